@@ -1,0 +1,1 @@
+"""betblock configuration: the typed settings tree (``config.settings``) and the default files."""

@@ -1,0 +1,359 @@
+"""The one typed settings tree of betblock.
+
+Owns every configurable value, its default and its description, the TOML loader with
+``BETBLOCK_SECTION__KEY`` environment overrides, and the start-up error message that names each
+bad key and value. Each component receives its own section through its constructor.
+
+Must not import any other betblock package: everything else depends on this one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path(__file__).with_name("betblock.toml")
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names each bad key and value."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _host_port(value: str, default_port: int) -> tuple[str, int]:
+    """Split ``host``, ``host:port``, ``[v6]:port`` or bare ``v6``; validates the address."""
+    value = value.strip()
+    host, port = value, default_port
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad address {value!r}")
+            port = int(rest[1:])
+    elif value.count(":") == 1:
+        host, p = value.split(":")
+        port = int(p)
+    ipaddress.ip_address(host)  # upstreams and listeners are addresses, never names
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, port
+
+
+class DnsSettings(_Section):
+    """Where and how the DNS listeners run."""
+
+    listen: list[str] = Field(
+        default=["127.0.0.1:1053"],
+        description="Addresses the DNS server listens on, UDP and TCP, as host:port or [v6]:port.",
+    )
+    tcp: bool = Field(default=True, description="Also listen on TCP on the same addresses.")
+    tcp_idle_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a TCP connection may stay idle before it is closed."
+    )
+    tcp_max_connections: int = Field(
+        default=1000, ge=1, description="Open TCP connections accepted at once; more are closed at once."
+    )
+    tcp_max_pending_per_connection: int = Field(
+        default=100, ge=1, description="Queries one TCP connection may have in flight at once."
+    )
+    edns_udp_size: int = Field(
+        default=1232,
+        ge=512,
+        le=4096,
+        description="UDP payload size we advertise and the largest UDP answer we send (DNS flag day 2020).",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one listen address is needed")
+        for item in v:
+            _host_port(item, 53)
+        return v
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [_host_port(item, 53) for item in self.listen]
+
+
+class AclSettings(_Section):
+    """Which clients may use the resolver; everyone else gets REFUSED."""
+
+    allow: list[str] = Field(
+        default=["127.0.0.0/8", "::1/128"],
+        description="Client networks allowed to query. An ISP lists its subscriber ranges here; "
+        "the default (loopback only) keeps the resolver from ever being open.",
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _check_networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            ipaddress.ip_network(item, strict=False)
+        return v
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in self.allow]
+
+
+class UpstreamSettings(_Section):
+    """The resolvers that answer everything not blocked."""
+
+    servers: list[str] = Field(
+        default=[],
+        description="Upstream resolvers as ip, ip:port or [v6]:port, tried in order. "
+        "Empty means the nameservers of /etc/resolv.conf, read at start-up.",
+    )
+    deadline: float = Field(
+        default=3.0, gt=0, description="Seconds one client query may take, shared by retries, TCP and failover."
+    )
+    attempt_timeout: float = Field(
+        default=1.0, gt=0, description="Seconds one UDP attempt waits before failing over to the next server."
+    )
+    max_inflight: int = Field(
+        default=10000, ge=1, description="Distinct queries waiting on upstreams at once; more get SERVFAIL."
+    )
+
+    @field_validator("servers")
+    @classmethod
+    def _check_servers(cls, v: list[str]) -> list[str]:
+        for item in v:
+            _host_port(item, 53)
+        return v
+
+    def addresses(self, resolv_conf: Path = RESOLV_CONF) -> list[tuple[str, int]]:
+        if self.servers:
+            return [_host_port(s, 53) for s in self.servers]
+        return nameservers_from_resolv_conf(resolv_conf)
+
+
+def nameservers_from_resolv_conf(path: Path) -> list[tuple[str, int]]:
+    """The ``nameserver`` lines of a resolv.conf file, as (address, 53)."""
+    found: list[tuple[str, int]] = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            addr = parts[1].split("%")[0]  # drop an IPv6 zone id
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                continue
+            found.append((addr, 53))
+    return found
+
+
+class CacheSettings(_Section):
+    """The answer cache (wire answers keyed by name, type, class and DO bit)."""
+
+    max_entries: int = Field(default=100_000, ge=0, description="Answers kept (LRU); 0 disables the cache.")
+    min_ttl: int = Field(default=0, ge=0, description="Lower clamp for cached TTLs, seconds.")
+    max_ttl: int = Field(default=86400, ge=0, description="Upper clamp for cached TTLs, seconds.")
+    max_negative_ttl: int = Field(
+        default=3600, ge=0, description="Upper clamp for NXDOMAIN/NODATA cached by their SOA minimum, seconds."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> CacheSettings:
+        if self.min_ttl > self.max_ttl:
+            raise ValueError(f"min_ttl ({self.min_ttl}) is above max_ttl ({self.max_ttl})")
+        return self
+
+
+Action = Literal["redirect", "nxdomain", "nodata", "refused"]
+
+
+class AgencySettings(_Section):
+    """One agency whose list is enforced, and how its listed names are answered."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Short stable id, e.g. pl-mf.")
+    name: str = Field(default="", description="Display name, used in Extended DNS Error text and reports.")
+    jurisdiction: str = Field(default="", description="ISO country code or region of the agency.")
+    precedence: int = Field(
+        default=0, description="When two agencies list the same name, the higher precedence decides the answer."
+    )
+    action: Action = Field(
+        default="nxdomain",
+        description="redirect (A/AAAA to the warning page, NODATA otherwise), nxdomain, nodata or refused.",
+    )
+    redirect_ipv4: list[ipaddress.IPv4Address] = Field(
+        default=[], description="Warning-page IPv4 addresses for the redirect action."
+    )
+    redirect_ipv6: list[ipaddress.IPv6Address] = Field(
+        default=[], description="Warning-page IPv6 addresses; none means AAAA gets NODATA."
+    )
+    lists: list[Path] = Field(
+        default=[], description="Plain list files, one domain per line; relative to the config file."
+    )
+
+    @model_validator(mode="after")
+    def _redirect_needs_address(self) -> AgencySettings:
+        if self.action == "redirect" and not (self.redirect_ipv4 or self.redirect_ipv6):
+            raise ValueError(f"agency {self.id!r}: action 'redirect' needs redirect_ipv4 or redirect_ipv6")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+class PolicySettings(_Section):
+    """How blocked names are answered, and what is never blocked."""
+
+    sinkhole_ttl: int = Field(default=300, ge=0, le=86400, description="TTL of sinkhole answers, seconds.")
+    allowlist: list[str] = Field(
+        default=[], description="Names never blocked, with their subdomains (overrides every agency)."
+    )
+    allowlist_files: list[Path] = Field(
+        default=[], description="Plain files of allowlisted names; relative to the config file."
+    )
+    cname_inspection: bool = Field(
+        default=True, description="Sinkhole an upstream answer whose CNAME chain reaches a listed name."
+    )
+
+
+class HitsSettings(_Section):
+    """The recorder of blocked queries."""
+
+    enabled: bool = Field(default=True, description="Record a hit for every blocked answer.")
+    buffer_size: int = Field(
+        default=100_000, ge=100, description="Hits held in memory between flushes before aggregation starts."
+    )
+    flush_interval: float = Field(default=1.0, gt=0, description="Seconds between writes of buffered hits.")
+    jsonl_path: Path | None = Field(
+        default=None, description="File the hits are appended to as JSON lines; unset means standard output."
+    )
+    node: str = Field(default="", description="Name of this resolver node in hit records; empty means the hostname.")
+
+
+class LogSettings(_Section):
+    """Application logging (not the hit log)."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Lowest level logged.")
+    format: Literal["json", "console"] = Field(default="json", description="json for machines, console for people.")
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one betblock node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BETBLOCK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    dns: DnsSettings = Field(default_factory=DnsSettings, description="DNS listeners.")
+    acl: AclSettings = Field(default_factory=AclSettings, description="Client access control.")
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings, description="Upstream resolvers.")
+    cache: CacheSettings = Field(default_factory=CacheSettings, description="Answer cache.")
+    policy: PolicySettings = Field(default_factory=PolicySettings, description="Sinkhole and allowlist.")
+    agencies: list[AgencySettings] = Field(default=[], description="Agencies whose lists are enforced.")
+    hits: HitsSettings = Field(default_factory=HitsSettings, description="Hit recording.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Application log.")
+    base_dir: Path = Field(
+        default=Path("."), description="Directory that relative paths are resolved against (the config file's)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_agencies(self) -> Settings:
+        seen: set[str] = set()
+        for agency in self.agencies:
+            if agency.id in seen:
+                raise ValueError(f"agency id {agency.id!r} appears twice")
+            seen.add(agency.id)
+        return self
+
+    def resolve_path(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file; explicit arguments (tests) beat both.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file") is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"  {loc}: {msg}{shown}"
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (TOML) plus ``BETBLOCK_*`` variables; raise ConfigError naming every bad key."""
+    toml_path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not toml_path.is_file():
+        raise ConfigError(f"config file {toml_path} does not exist")
+    try:
+        import tomllib
+
+        tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {toml_path} is not valid TOML: {exc}") from exc
+
+    bound = type("_FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml_path}})
+    overrides.setdefault("base_dir", toml_path.resolve().parent)
+    try:
+        loaded = bound(**overrides)
+    except ValidationError as exc:
+        lines = [f"invalid configuration in {toml_path}:"] + [_describe(e) for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    # Return the plain type so that callers never see the loader subclass.
+    return Settings.model_validate(loaded.model_dump())
+
+
+def field_table() -> list[tuple[str, str, str]]:
+    """(key, default, description) for every field, for the README table and `betblock config-doc`."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            key = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+                continue
+            if info.is_required():
+                default = "(required)"
+            elif info.default_factory is not None:
+                default = repr(info.default_factory())
+            else:
+                default = repr(info.default)
+            rows.append((key, default, info.description or ""))
+
+    walk(Settings, "")
+    for name, info in AgencySettings.model_fields.items():
+        default = "(required)" if info.is_required() else repr(info.default)
+        rows.append((f"agencies[].{name}", default, info.description or ""))
+    return rows

@@ -1,0 +1,373 @@
+#!/usr/bin/env python3
+"""betblock benchmark: betblock against Unbound, same list, same upstream, same load.
+
+One command builds the data (bench/data/), starts an NSD upstream on 127.0.0.1:BASE_PORT,
+then for every list size runs each peer in turn, pinned to the server CPU:
+
+  1. start it; time until the last listed name is answered NXDOMAIN (list load time);
+  2. check a listed name, a subdomain of one and an allowed name; RSS once loaded;
+  3. for each mix, run dnsperf from the other CPU and record QPS, loss, latency, the
+     server's CPU time per answered query and its RSS (allowed and mix after a warm-up);
+  4. stop it by PID, then empty its run directory (unless --keep).
+
+The records go to bench/results/RUN.jsonl, the table to bench/results/RUN.md and stdout.
+Everything stays on 127.0.0.1; every process started here is stopped by PID; every step has a
+time limit. See bench/README.md.
+
+Standard library only. betblock is started as a program and never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gen_data
+import peers
+import procs
+import report
+
+BENCH = Path(__file__).resolve().parent
+DATA, RUNS, RESULTS = BENCH / "data", BENCH / "run", BENCH / "results"
+MIXES = report.MIX_ORDER
+QUERY_FILE = {"blocked": "q-blocked-{size}.txt", "allowed": "q-allowed.txt", "mix": "q-mix-{size}.txt"}
+POLL_S = 0.02
+WARMUP_QPS = 5000
+
+
+class BenchError(Exception):
+    """A peer could not be measured; recorded, and the run goes on with the next peer."""
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+# ---------------------------------------------------------------------------- dnsperf
+def dnsperf_args(a: argparse.Namespace) -> list[str]:
+    return ["-s", "127.0.0.1", "-p", "{port}", "-d", "{file}", "-c", str(a.clients), "-T", "1",
+            "-q", str(a.qmax), "-t", "2"]
+
+
+def dnsperf(a: argparse.Namespace, port: int, qfile: Path, extra: list[str], limit: float) -> dict:
+    """Run dnsperf pinned to the client CPU; its figures plus its own CPU time."""
+    args = [w.replace("{port}", str(port)).replace("{file}", str(qfile)) for w in dnsperf_args(a)]
+    cmd = ["taskset", "-c", str(a.perf_cpu), "dnsperf", *args, *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        # On timeout subprocess.run kills dnsperf (by its PID) and waits for it.
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"dnsperf did not finish within {limit:.0f} s") from None
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = parse_dnsperf(done.stdout)
+    if res["qps"] is None:
+        raise BenchError(f"dnsperf gave no result (rc {done.returncode}): {done.stdout[-500:]!r}")
+    res["client_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return res
+
+
+def parse_dnsperf(text: str) -> dict:
+    def num(pattern: str, cast=float):
+        m = re.search(pattern, text)
+        return cast(m.group(1)) if m else None
+
+    rcodes = {}
+    m = re.search(r"Response codes:\s*(.*)", text)
+    if m:
+        rcodes = {code: int(n) for code, n in re.findall(r"([A-Z]+) (\d+)", m.group(1))}
+    latency = num(r"Average Latency \(s\):\s+([\d.]+)")
+    return {"sent": num(r"Queries sent:\s+(\d+)", int),
+            "completed": num(r"Queries completed:\s+(\d+)", int),
+            "lost": num(r"Queries lost:\s+(\d+)", int),
+            "qps": num(r"Queries per second:\s+([\d.]+)"),
+            "run_s": num(r"Run time \(s\):\s+([\d.]+)"),
+            "latency_ms": None if latency is None else latency * 1000,
+            "rcodes": rcodes}
+
+
+# ---------------------------------------------------------------------------- one peer
+def wait_until(server: procs.Server, what: str, probe, limit: float) -> float:
+    """Call `probe` every POLL_S until it is true; seconds since the server started."""
+    while True:
+        if not server.alive():
+            raise BenchError(f"{server.name} exited (rc {server.proc.returncode}) before {what}")
+        if probe():
+            return time.monotonic() - server.started
+        if time.monotonic() - server.started > limit:
+            raise BenchError(f"{server.name}: no {what} within {limit:.0f} s")
+        time.sleep(POLL_S)
+
+
+def first_word(path: Path) -> str:
+    with path.open() as f:
+        return f.readline().split()[0]
+
+
+def last_word(path: Path) -> str:
+    with path.open("rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+        return f.read().decode().split()[-1]
+
+
+def count_lines(path: Path) -> tuple[int, int] | tuple[None, None]:
+    if not path.exists():
+        return None, None
+    lines = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+    return lines, path.stat().st_size
+
+
+def run_peer(a: argparse.Namespace, job: peers.Job, emit) -> None:
+    shutil.rmtree(job.run_dir, ignore_errors=True)  # no cache or state left from an earlier run
+    job.run_dir.mkdir(parents=True)
+    if not procs.port_free(job.port):
+        raise BenchError(f"port {job.port} is already in use")
+    launch = peers.launch(job, a.betblock_cmd)
+    if not shutil.which(launch.argv[0]):
+        raise BenchError(f"{launch.argv[0]!r} is not an executable")
+    listed, last = first_word(job.blocklist), last_word(job.blocklist)
+    allowed = first_word(DATA / "q-allowed.txt")
+    log_path = RUNS / f"{job.peer}-{job.size}.log"
+    server = procs.Server(job.peer, launch.argv, a.server_cpu, log_path, launch.cwd)
+    STARTED.append(server)
+    try:
+        # The last name: a server that loads its list in order has loaded all of it by then.
+        load_s = wait_until(server, f"NXDOMAIN for {last}",
+                            lambda: (r := procs.query(job.port, last, timeout=0.2)) is not None and r.blocked,
+                            a.ready_timeout)
+        sub = "zz9." + listed
+        got = {"listed": procs.query(job.port, listed, timeout=2, edns=True),
+               "subdomain": procs.query(job.port, sub, timeout=2, edns=True),
+               "allowed": procs.query(job.port, allowed, timeout=3, edns=True)}
+        ok = (got["listed"] is not None and got["listed"].blocked and got["subdomain"] is not None
+              and got["subdomain"].blocked and got["allowed"] is not None and got["allowed"].resolved)
+        checks = {"listed": [listed, str(got["listed"])], "subdomain": [sub, str(got["subdomain"])],
+                  "allowed": [allowed, str(got["allowed"])]}
+        time.sleep(1.0)  # let the allocator settle after the load before reading RSS
+        rss_ready = server.rss_kib()
+        log(f"{job.peer} {job.size}: pid {server.pid} on :{job.port} loaded in {load_s:.2f} s, "
+            f"RSS {rss_ready / 1024:,.0f} MiB; " + "; ".join(f"{k} {v[1]}" for k, v in checks.items())
+            + ("" if ok else "  <-- CHECK FAILED"))
+        load_rec = {"type": "load", "peer": job.peer, "size": job.size, "port": job.port,
+                    "pid": server.pid, "cmd": shlex.join(launch.argv), "answer": launch.describe,
+                    "load_s": round(load_s, 3), "rss_ready_kib": rss_ready, "checks": checks,
+                    "checks_ok": ok}
+        emit(load_rec)
+
+        warmed = False
+        for mix in a.mixes:
+            if mix != "blocked" and not warmed:
+                # Every allowed name once, at a bounded rate: each is a cache miss forwarded
+                # to NSD. Afterwards the allowed names in the allowed and mix runs are hits.
+                w = dnsperf(a, job.port, DATA / "q-allowed.txt", ["-n", "1", "-Q", str(WARMUP_QPS)],
+                            limit=gen_data.N_ALLOWED / WARMUP_QPS + 30)
+                emit({"type": "warmup", "peer": job.peer, "size": job.size, **w})
+                log(f"  warm-up  {w['completed']:,} answered in {w['run_s']:.2f} s, lost {w['lost']}, "
+                    f"{w['rcodes']}")
+                warmed = True
+            qfile = DATA / QUERY_FILE[mix].format(size=job.size)
+            ticks0 = server.cpu_ticks()
+            r = dnsperf(a, job.port, qfile, ["-l", str(a.duration)], limit=a.duration + 30)
+            ticks1 = server.cpu_ticks()
+            if not server.alive():
+                raise BenchError(f"{job.peer} exited (rc {server.proc.returncode}) during the {mix} run")
+            cpu_s = (ticks1 - ticks0) / procs.CLK_TCK
+            run_s = r["run_s"] or a.duration
+            r.update(type="run", peer=job.peer, size=job.size, mix=mix, query_file=qfile.name,
+                     server_cpu_s=round(cpu_s, 2), server_cpu_pct=round(100 * cpu_s / run_s, 1),
+                     client_cpu_pct=round(100 * r["client_cpu_s"] / run_s, 1),
+                     us_per_query=round(cpu_s / r["completed"] * 1e6, 2) if r["completed"] else None,
+                     rss_after_kib=server.rss_kib())
+            emit(r)
+            log(f"  {mix:8s} {r['qps']:>10,.0f} qps  {r['us_per_query']} µs/q  server CPU "
+                f"{r['server_cpu_pct']}%  dnsperf CPU {r['client_cpu_pct']}%  lost {r['lost']}  "
+                f"lat {r['latency_ms']:.3f} ms  {r['rcodes']}  RSS {r['rss_after_kib'] / 1024:,.0f} MiB")
+    finally:
+        server.stop()
+        STARTED.remove(server)
+    rc = server.proc.returncode
+    if rc not in (0, -signal.SIGTERM):
+        log(f"  note: {job.peer} exited with rc {rc} after SIGTERM")
+    lines, size = count_lines(job.run_dir / "hits.jsonl")
+    emit({"type": "stop", "peer": job.peer, "size": job.size, "exit_rc": rc,
+          "hits_lines": lines, "hits_bytes": size})
+
+
+# ---------------------------------------------------------------------------- main
+STARTED: list[procs.Server] = []
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def versions() -> str:
+    def out(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+    pkgs = out(["dpkg-query", "-W", "-f", "${Package} ${Version}, ", "unbound", "nsd", "dnsperf"])
+    return pkgs.rstrip(", ")
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(peers.REPO), "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=10).stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", help="list sizes, comma-separated (default: 100k,1m; --quick: 10k)")
+    ap.add_argument("--duration", type=int, help="seconds per dnsperf run, -l (default: 15; --quick: 3)")
+    ap.add_argument("--mixes", default=",".join(MIXES), help="comma-separated from blocked,allowed,mix")
+    ap.add_argument("--peers", default="unbound,betblock", help="comma-separated from unbound,betblock")
+    ap.add_argument("--quick", action="store_true", help="smoke check: 10k list, 3 s runs")
+    ap.add_argument("--betblock-cmd", default=peers.BETBLOCK_CMD,
+                    help="command that starts betblock in the foreground; placeholders {config}, "
+                         "{port}, {dir}, {blocklist}, {upstream} (default: %(default)s)")
+    ap.add_argument("--base-port", type=int, default=5300,
+                    help="NSD upstream port; unbound uses +1, betblock +10 (default: 5300)")
+    ap.add_argument("--server-cpu", type=int, default=0, help="CPU of the server under test (default: 0)")
+    ap.add_argument("--perf-cpu", type=int, default=1,
+                    help="CPU of dnsperf, the NSD upstream and this harness (default: 1)")
+    ap.add_argument("--clients", type=int, default=10, help="dnsperf -c (default: 10)")
+    ap.add_argument("--qmax", type=int, default=100, help="dnsperf -q, queries in flight (default: 100)")
+    ap.add_argument("--ready-timeout", type=int, default=300,
+                    help="seconds a peer may take to load its list (default: 300)")
+    ap.add_argument("--seed", type=int, default=42, help="data seed (default: 42)")
+    ap.add_argument("--keep", action="store_true", help="keep run directories (configs, hits.jsonl)")
+    a = ap.parse_args(argv)
+    a.sizes = [s.strip().lower() for s in (a.sizes or ("10k" if a.quick else "100k,1m")).split(",") if s.strip()]
+    a.duration = a.duration or (3 if a.quick else 15)
+    a.mixes = [m for m in MIXES if m in {x.strip() for x in a.mixes.split(",")}]
+    a.peers = [p.strip() for p in a.peers.split(",") if p.strip()]
+    try:
+        for s in a.sizes:
+            gen_data.parse_size(s)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if not a.mixes:
+        ap.error(f"--mixes: choose from {','.join(MIXES)}")
+    if bad := [p for p in a.peers if p not in peers.PEERS]:
+        ap.error(f"--peers: unknown {bad}; choose from {','.join(peers.PEERS)}")
+    if not 1 <= a.duration <= 600:
+        ap.error("--duration must be 1..600")
+    if not 1024 <= a.base_port <= 65000:
+        ap.error("--base-port must be 1024..65000")
+    cpus = os.sched_getaffinity(0)
+    if a.server_cpu not in cpus or a.perf_cpu not in cpus or a.server_cpu == a.perf_cpu:
+        ap.error(f"--server-cpu and --perf-cpu must be two different CPUs of {sorted(cpus)}")
+    return a
+
+
+def main(argv: list[str]) -> int:
+    a = parse_args(argv)
+    tools = ["taskset", "dnsperf", "nsd"] + (["unbound"] if "unbound" in a.peers else [])
+    if missing := [t for t in tools if not shutil.which(t)]:
+        print(f"missing programs: {' '.join(missing)} (apt-get install dnsperf nsd unbound)", file=sys.stderr)
+        return 2
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so the finally below stops every server.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: sys.exit(128 + s))
+    # The harness polls and waits on the client CPU, never on the server's.
+    os.sched_setaffinity(0, {a.perf_cpu})
+
+    gen_data.ensure(a.sizes, a.seed, DATA)
+    for d in (RUNS, RESULTS):
+        d.mkdir(parents=True, exist_ok=True)
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    jsonl = RESULTS / f"{run_id}.jsonl"
+    records: list[dict] = []
+
+    def emit(rec: dict) -> None:
+        records.append(rec)
+        with jsonl.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), "?")
+    emit({"type": "meta", "run_id": run_id, "argv": argv, "sizes": a.sizes, "peers": a.peers,
+          "mixes": a.mixes, "duration": a.duration, "server_cpu": a.server_cpu, "perf_cpu": a.perf_cpu,
+          "dnsperf_args": " ".join(dnsperf_args(a) + ["-l", str(a.duration)])
+                          .replace("{port}", "PORT").replace("{file}", "FILE"),
+          "host": f"{os.cpu_count()} CPUs ({cpu_model}), kernel {os.uname().release}, "
+                  f"load average at start {Path('/proc/loadavg').read_text().split()[0]}",
+          "versions": versions(), "betblock_rev": git_rev(), "seed": a.seed})
+    log(f"run {run_id}: peers {','.join(a.peers)}, sizes {','.join(a.sizes)}, mixes "
+        f"{','.join(a.mixes)}, {a.duration} s per run")
+    try:
+        up_dir = RUNS / "nsd-upstream"
+        shutil.rmtree(up_dir, ignore_errors=True)
+        up_dir.mkdir(parents=True)
+        if not procs.port_free(a.base_port):
+            print(f"port {a.base_port} (upstream) is in use: pick another --base-port", file=sys.stderr)
+            return 2
+        nsd = procs.Server("nsd", peers.nsd(up_dir, a.base_port, DATA / "allow.test.zone", "allow.test"),
+                           a.perf_cpu, RUNS / "nsd-upstream.log", up_dir)
+        STARTED.append(nsd)
+        allowed = first_word(DATA / "q-allowed.txt")
+        try:
+            wait_until(nsd, f"an A record for {allowed}",
+                       lambda: (r := procs.query(a.base_port, allowed)) is not None and r.resolved, 30)
+        except BenchError as exc:
+            print(f"{exc}\n{tail(RUNS / 'nsd-upstream.log')}", file=sys.stderr)
+            return 1
+        # A peer that forwards a listed name must not get an NXDOMAIN that looks like a block.
+        outside = procs.query(a.base_port, first_word(DATA / f"blocklist-{a.sizes[0]}.txt"))
+        log(f"upstream nsd pid {nsd.pid} on 127.0.0.1:{a.base_port}; a listed name there gets "
+            f"{outside} (must not be NXDOMAIN)")
+        if outside is not None and outside.blocked:
+            print("the upstream answers NXDOMAIN outside its zone: load times would be wrong", file=sys.stderr)
+            return 1
+
+        for size in a.sizes:
+            for peer in a.peers:
+                job = peers.Job(peer, size, a.base_port + peers.PORT_OFFSET[peer], a.base_port,
+                                RUNS / f"{peer}-{size}", DATA / f"blocklist-{size}.txt", DATA / f"rpz-{size}.zone")
+                try:
+                    run_peer(a, job, emit)
+                except BenchError as exc:
+                    log(f"!! {peer} {size}: {exc}")
+                    log_tail = tail(RUNS / f"{peer}-{size}.log")
+                    if log_tail:
+                        print(log_tail, flush=True)
+                    emit({"type": "error", "peer": peer, "size": size, "error": str(exc),
+                          "log_tail": log_tail})
+                finally:
+                    if not a.keep:
+                        shutil.rmtree(job.run_dir, ignore_errors=True)
+    finally:
+        for server in reversed(STARTED):
+            server.stop()
+        STARTED.clear()
+        log("every started process is stopped")
+    md = report.write(jsonl, records)
+    print()
+    print(md.read_text())
+    log(f"records {jsonl}\n         table   {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,159 @@
+"""Config files and command lines for the upstream (NSD) and the peers (Unbound, betblock).
+
+Owns what each server is told: addresses, ports, the list it loads, where its scratch files
+go. Every address is 127.0.0.1; every path lives under the run directory or bench/data/.
+
+Standard library only; must not import betblock (it is started as a program, never imported)
+nor bench.bench.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BETBLOCK_CMD = f"{REPO}/.venv/bin/betblock serve --config {{config}}"
+PEERS = ("betblock", "unbound")
+PLACEHOLDER = re.compile(r"\{(config|port|dir|blocklist|upstream)\}")
+# Port of each peer relative to --base-port; the upstream sits on the base port itself.
+# betblock's +10 gives 5310 with the default base, the port of the benchmark contract.
+PORT_OFFSET = {"unbound": 1, "betblock": 10}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One peer with one list: where it runs and what it loads."""
+
+    peer: str
+    size: str
+    port: int
+    upstream_port: int
+    run_dir: Path
+    blocklist: Path
+    rpz: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    argv: list[str]
+    cwd: Path
+    describe: str  # how it answers a listed name, for the report
+
+
+def nsd(run_dir: Path, port: int, zone_file: Path, zone: str) -> list[str]:
+    """NSD in the foreground, authoritative for `zone`, every state file under `run_dir`."""
+    conf = run_dir / "nsd.conf"
+    conf.write_text(f"""server:
+  ip-address: 127.0.0.1
+  port: {port}
+  do-ip4: yes
+  do-ip6: no
+  server-count: 1
+  username: ""
+  chroot: ""
+  database: ""
+  zonesdir: "{run_dir}"
+  zonelistfile: "{run_dir}/zone.list"
+  xfrdfile: "{run_dir}/xfrd.state"
+  xfrdir: "{run_dir}"
+  pidfile: "{run_dir}/nsd.pid"
+  logfile: "{run_dir}/nsd.log"
+  verbosity: 0
+  # Response rate limiting off: warm-up bursts of cache misses must all be answered.
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
+remote-control:
+  control-enable: no
+zone:
+  name: "{zone}"
+  zonefile: "{zone_file}"
+""")
+    return ["nsd", "-d", "-c", str(conf)]
+
+
+def unbound(job: Job) -> Launch:
+    """Unbound, one thread, the list as an RPZ zone (respip), forwarding to the upstream."""
+    conf = job.run_dir / "unbound.conf"
+    conf.write_text(f"""server:
+  interface: 127.0.0.1
+  port: {job.port}
+  num-threads: 1
+  do-ip4: yes
+  do-ip6: no
+  do-tcp: yes
+  username: ""
+  chroot: ""
+  directory: "{job.run_dir}"
+  pidfile: "{job.run_dir}/unbound.pid"
+  use-syslog: no
+  logfile: ""
+  verbosity: 0
+  access-control: 127.0.0.0/8 allow
+  outgoing-interface: 127.0.0.1
+  do-not-query-localhost: no
+  # RFC 6761 makes test. a local zone by default; our upstream zone lives under it.
+  local-zone: "test." nodefault
+  qname-minimisation: no
+  minimal-responses: yes
+  msg-cache-size: 64m
+  rrset-cache-size: 128m
+  module-config: "respip iterator"
+rpz:
+  name: rpz.local
+  zonefile: "{job.rpz}"
+  rpz-log: no
+forward-zone:
+  name: "."
+  forward-addr: 127.0.0.1@{job.upstream_port}
+remote-control:
+  control-enable: no
+""")
+    return Launch(["unbound", "-d", "-c", str(conf)], job.run_dir, "RPZ `CNAME .` (NXDOMAIN)")
+
+
+def betblock(job: Job, command: str) -> Launch:
+    """betblock with the benchmark TOML: one agency, action nxdomain, hits to the run dir.
+
+    Hit recording, ACL and EDE keep their defaults (on): the benchmark measures the
+    resolver as an ISP runs it. `command` may use {config}, {port}, {dir}, {blocklist},
+    {upstream}; it is split like a shell would, but no shell runs it.
+    """
+    conf = job.run_dir / "betblock.toml"
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    conf.write_text(f"""# Written by bench/peers.py for one benchmark run.
+[dns]
+listen = [{q(f"127.0.0.1:{job.port}")}]
+
+[upstream]
+servers = [{q(f"127.0.0.1:{job.upstream_port}")}]
+
+[cache]
+max_entries = 200000
+
+[hits]
+jsonl_path = {q(str(job.run_dir / "hits.jsonl"))}
+
+[log]
+level = "warning"
+
+[[agencies]]
+id = "bench"
+name = "Benchmark agency"
+action = "nxdomain"
+lists = [{q(str(job.blocklist))}]
+""")
+    values = {"config": str(conf), "port": str(job.port), "dir": str(job.run_dir),
+              "blocklist": str(job.blocklist), "upstream": f"127.0.0.1:{job.upstream_port}"}
+    # Only our own placeholders are replaced; any other braces pass through untouched.
+    argv = [PLACEHOLDER.sub(lambda m: values[m.group(1)], word) for word in shlex.split(command)]
+    return Launch(argv, REPO, "agency action nxdomain")
+
+
+def launch(job: Job, betblock_cmd: str) -> Launch:
+    if job.peer == "unbound":
+        return unbound(job)
+    return betblock(job, betblock_cmd)

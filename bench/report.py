@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""The benchmark's one table, rendered from the JSON lines of one run.
+
+Owns the presentation: every figure as measured, and for betblock its ratio to Unbound's
+figure from the same run, same list and same mix. It never mixes runs (the noise between
+two runs on a shared VM is larger than many of the differences measured).
+
+Usage: python3 bench/report.py [bench/results/RUN.jsonl]   (default: the newest run)
+
+Standard library only; must not import betblock nor bench.bench.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MIX_ORDER = ("blocked", "allowed", "mix")
+PEER_ORDER = ("unbound", "betblock")
+REFERENCE = "unbound"
+SUBJECT = "betblock"
+# Issue targets, measured with one worker and the 1m list. 300 MB is 300e6 bytes.
+TARGETS_SIZE = "1m"
+TARGET_BLOCKED_QPS, TARGET_CACHED_QPS = 1.2, 0.5
+TARGET_LOAD_S, TARGET_RSS_BYTES = 3.0, 300e6
+# A run is client-bound when dnsperf used its whole core while the server still had CPU to
+# spare: its QPS is then dnsperf's ceiling, and only µs/query compares the servers.
+CLIENT_BUSY_PCT, SERVER_SPARE_PCT = 95.0, 90.0
+
+
+def client_bound(run: dict) -> bool:
+    return run["client_cpu_pct"] >= CLIENT_BUSY_PCT and run["server_cpu_pct"] < SERVER_SPARE_PCT
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _ratio(value, ref) -> str:
+    if value is None or not ref:
+        return ""
+    return f" ({value / ref:.2f}×)"
+
+
+def _fmt(value, spec: str, ref=None, with_ratio=False) -> str:
+    if value is None:
+        return "–"
+    return format(value, spec) + (_ratio(value, ref) if with_ratio else "")
+
+
+def _table(header: list[str], rows: list[list[str]], right: str) -> list[str]:
+    """Markdown, padded so that it also reads in a terminal; `right` marks right-aligned columns."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if a == "r" else c.ljust(w)
+                                 for c, w, a in zip(cells, widths, right)) + " |"
+    rule = "|" + "|".join("-" * (w + 1) + ":" if a == "r" else "-" * (w + 2)
+                          for w, a in zip(widths, right)) + "|"
+    return [line(header), rule, *[line(r) for r in rows]]
+
+
+def _rcodes(rc: dict, total: int) -> str:
+    if not rc or not total:
+        return "–"
+    return ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(rc.items(), key=lambda kv: -kv[1]))
+
+
+def render(records: list[dict]) -> str:
+    meta = next((r for r in records if r["type"] == "meta"), {})
+    loads = {(r["peer"], r["size"]): r for r in records if r["type"] == "load"}
+    runs = {(r["peer"], r["size"], r["mix"]): r for r in records if r["type"] == "run"}
+    warm = {(r["peer"], r["size"]): r for r in records if r["type"] == "warmup"}
+    stops = {(r["peer"], r["size"]): r for r in records if r["type"] == "stop"}
+    errors = [r for r in records if r["type"] == "error"]
+    peers = [p for p in PEER_ORDER if p in meta.get("peers", PEER_ORDER)]
+    sizes = meta.get("sizes", [])
+
+    out = [f"# betblock benchmark {meta.get('run_id', '')}", ""]
+    out.append(f"{meta.get('host', '')}. Servers pinned to CPU {meta.get('server_cpu')}, dnsperf, "
+               f"the NSD upstream and the harness to CPU {meta.get('perf_cpu')}. dnsperf "
+               f"`{meta.get('dnsperf_args', '')}`, one run per row. betblock "
+               f"`{meta.get('betblock_rev', '?')}`; {meta.get('versions', '')}.")
+    out.append("")
+    out.append(f"Ratios in parentheses: betblock ÷ Unbound, same list, same mix, this run. "
+               "QPS: higher is better. µs/query, RSS, load: lower is better.")
+    out.append("")
+    rows = []
+    for size in sizes:
+        for peer in peers:
+            ld = loads.get((peer, size))
+            if ld is None:
+                continue
+            cmp = peer == SUBJECT
+            ref_ld = loads.get((REFERENCE, size), {})
+            rows.append([peer, size, "load", "", "", "", "", "", "",
+                         _fmt(ld["rss_ready_kib"] / 1024, ",.0f",
+                              (ref_ld.get("rss_ready_kib") or 0) / 1024, cmp),
+                         _fmt(ld["load_s"], ".2f", ref_ld.get("load_s"), cmp)])
+            for mix in MIX_ORDER:
+                r = runs.get((peer, size, mix))
+                if r is None:
+                    continue
+                ref = runs.get((REFERENCE, size, mix), {})
+                qps = _fmt(r["qps"], ",.0f", ref.get("qps"), cmp)
+                if client_bound(r):
+                    qps += " *"
+                lost = f"{r['lost']:,}" if not r["lost"] else f"{r['lost']:,} ({100 * r['lost'] / max(r['sent'], 1):.2f}%)"
+                rows.append([peer, size, mix, qps,
+                             _fmt(r["us_per_query"], ".2f", ref.get("us_per_query"), cmp),
+                             _fmt(r["server_cpu_pct"], ".0f"), lost,
+                             _fmt(r["latency_ms"], ".3f"), _rcodes(r["rcodes"], r["completed"]),
+                             _fmt(r["rss_after_kib"] / 1024, ",.0f",
+                                  (ref.get("rss_after_kib") or 0) / 1024, cmp), ""])
+    out += _table(["peer", "list", "mix", "QPS", "server µs/query", "server CPU %", "lost",
+                   "avg latency ms", "rcodes", "RSS MiB", "load s"], rows, "lllrrrrrlrr")
+    out.append("")
+    out.append("`load` rows: list load time (start until the last listed name is answered "
+               "NXDOMAIN) and RSS 1 s after that. Mix rows: dnsperf closed loop (100 queries in "
+               "flight); server µs/query = server CPU time (user+system, all its processes) ÷ "
+               "answered queries; RSS after that run. allowed and mix follow a warm-up, so their "
+               "allowed names are cache hits."
+               + (f" `*`: client-bound: dnsperf used ≥ {CLIENT_BUSY_PCT:.0f} % of its core while the "
+                  f"server used < {SERVER_SPARE_PCT:.0f} % of its own, so that QPS is dnsperf's ceiling "
+                  "and the server could go faster; compare µs/query there."
+                  if any(client_bound(r) for r in runs.values()) else ""))
+    out.append("")
+
+    out.append("## Checks")
+    out.append("")
+    for size in sizes:
+        for peer in peers:
+            ld = loads.get((peer, size))
+            if ld is None:
+                continue
+            c = ld["checks"]
+            line = (f"- {peer} {size}: listed `{c['listed'][0]}` → {c['listed'][1]}; subdomain "
+                    f"`{c['subdomain'][0]}` → {c['subdomain'][1]}; allowed `{c['allowed'][0]}` → "
+                    f"{c['allowed'][1]}")
+            w = warm.get((peer, size))
+            if w:
+                line += (f"; warm-up {w['completed']:,} answered in {w['run_s']:.2f} s, lost "
+                         f"{w['lost']:,}, {_rcodes(w['rcodes'], w['completed'])}")
+            st = stops.get((peer, size), {})
+            if st.get("hits_lines") is not None:
+                line += f"; hits.jsonl {st['hits_lines']:,} lines ({st['hits_bytes'] / 2**20:,.0f} MiB)"
+            if st.get("exit_rc") not in (None, 0, -15):
+                line += f"; exit code {st['exit_rc']} after SIGTERM"
+            if not ld.get("checks_ok", True):
+                line += " — **CHECK FAILED**"
+            out.append(line)
+    for e in errors:
+        out.append(f"- **error** {e['peer']} {e['size']}: {e['error']}")
+    out.append("")
+
+    targets = _targets(loads, runs)
+    if targets:
+        out += ["## Targets (1m list, one worker)", "", *targets, ""]
+
+    out.append("## Commands")
+    out.append("")
+    for peer in peers:
+        cmd = next((ld["cmd"] for (p, _), ld in loads.items() if p == peer), None)
+        if cmd:
+            out.append(f"- {peer}: `taskset -c {meta.get('server_cpu')} {cmd}`")
+    out.append(f"- dnsperf: `taskset -c {meta.get('perf_cpu')} dnsperf {meta.get('dnsperf_args', '')}`; "
+               "warm-up: every allowed name once, `-n 1 -Q 5000`")
+    out.append(f"- harness: `python3 bench/bench.py {' '.join(meta.get('argv', []))}`")
+    out.append("")
+    return "\n".join(out)
+
+
+def _targets(loads: dict, runs: dict) -> list[str]:
+    size = TARGETS_SIZE
+    if (SUBJECT, size) not in loads:
+        return []
+    lines = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    for mix, want, label in (("blocked", TARGET_BLOCKED_QPS, "blocked QPS"),
+                             ("allowed", TARGET_CACHED_QPS, "cached QPS")):
+        mine, ref = runs.get((SUBJECT, size, mix)), runs.get((REFERENCE, size, mix))
+        if mine and ref and ref["qps"]:
+            got = mine["qps"] / ref["qps"]
+            lines.append(f"- {label} ≥ {want}× Unbound's: {got:.2f}× — {verdict(got >= want)}")
+    ld = loads[(SUBJECT, size)]
+    lines.append(f"- list loaded in ≤ {TARGET_LOAD_S:.0f} s: {ld['load_s']:.2f} s — "
+                 f"{verdict(ld['load_s'] <= TARGET_LOAD_S)}")
+    rss = ld["rss_ready_kib"] * 1024
+    lines.append(f"- ≤ 300 MB RSS once loaded: {rss / 1e6:,.0f} MB — {verdict(rss <= TARGET_RSS_BYTES)}")
+    return lines
+
+
+def write(path: Path, records: list[dict]) -> Path:
+    md = path.with_suffix(".md")
+    md.write_text(render(records) + "\n")
+    return md
+
+
+def main() -> int:
+    if len(sys.argv) > 1:
+        path = Path(sys.argv[1])
+    else:
+        found = sorted(RESULTS_DIR.glob("*.jsonl"))
+        if not found:
+            print("no bench/results/*.jsonl yet: run python3 bench/bench.py first", file=sys.stderr)
+            return 1
+        path = found[-1]
+    print(render(load(path)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -131,7 +131,7 @@ def count_lines(path: Path) -> tuple[int, int] | tuple[None, None]:
     return lines, path.stat().st_size
 
 
-def run_peer(a: argparse.Namespace, job: peers.Job, emit) -> None:
+def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit) -> None:
     shutil.rmtree(job.run_dir, ignore_errors=True)  # no cache or state left from an earlier run
     job.run_dir.mkdir(parents=True)
     if not procs.port_free(job.port):
@@ -180,9 +180,9 @@ def run_peer(a: argparse.Namespace, job: peers.Job, emit) -> None:
                     f"{w['rcodes']}")
                 warmed = True
             qfile = DATA / QUERY_FILE[mix].format(size=job.size)
-            ticks0 = server.cpu_ticks()
+            ticks0, up0 = server.cpu_ticks(), upstream.cpu_ticks()
             r = dnsperf(a, job.port, qfile, ["-l", str(a.duration)], limit=a.duration + 30)
-            ticks1 = server.cpu_ticks()
+            ticks1, up1 = server.cpu_ticks(), upstream.cpu_ticks()
             if not server.alive():
                 raise BenchError(f"{job.peer} exited (rc {server.proc.returncode}) during the {mix} run")
             cpu_s = (ticks1 - ticks0) / procs.CLK_TCK
@@ -190,11 +190,13 @@ def run_peer(a: argparse.Namespace, job: peers.Job, emit) -> None:
             r.update(type="run", peer=job.peer, size=job.size, mix=mix, query_file=qfile.name,
                      server_cpu_s=round(cpu_s, 2), server_cpu_pct=round(100 * cpu_s / run_s, 1),
                      client_cpu_pct=round(100 * r["client_cpu_s"] / run_s, 1),
+                     # Near zero when the peer's cache works: allowed names were warmed.
+                     upstream_cpu_pct=round(100 * (up1 - up0) / procs.CLK_TCK / run_s, 1),
                      us_per_query=round(cpu_s / r["completed"] * 1e6, 2) if r["completed"] else None,
                      rss_after_kib=server.rss_kib())
             emit(r)
             log(f"  {mix:8s} {r['qps']:>10,.0f} qps  {r['us_per_query']} µs/q  server CPU "
-                f"{r['server_cpu_pct']}%  dnsperf CPU {r['client_cpu_pct']}%  lost {r['lost']}  "
+                f"{r['server_cpu_pct']}%  dnsperf CPU {r['client_cpu_pct']}%  NSD CPU {r['upstream_cpu_pct']}%  lost {r['lost']}  "
                 f"lat {r['latency_ms']:.3f} ms  {r['rcodes']}  RSS {r['rss_after_kib'] / 1024:,.0f} MiB")
     finally:
         server.stop()
@@ -346,7 +348,7 @@ def main(argv: list[str]) -> int:
                 job = peers.Job(peer, size, a.base_port + peers.PORT_OFFSET[peer], a.base_port,
                                 RUNS / f"{peer}-{size}", DATA / f"blocklist-{size}.txt", DATA / f"rpz-{size}.zone")
                 try:
-                    run_peer(a, job, emit)
+                    run_peer(a, job, nsd, emit)
                 except BenchError as exc:
                     log(f"!! {peer} {size}: {exc}")
                     log_tail = tail(RUNS / f"{peer}-{size}.log")

@@ -13,6 +13,7 @@ Standard library only; must not import betblock nor bench.bench.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ TARGET_LOAD_S, TARGET_RSS_BYTES = 3.0, 300e6
 # A run is client-bound when dnsperf used its whole core while the server still had CPU to
 # spare: its QPS is then dnsperf's ceiling, and only µs/query compares the servers.
 CLIENT_BUSY_PCT, SERVER_SPARE_PCT = 95.0, 90.0
+UPSTREAM_BUSY_PCT = 5.0  # NSD CPU during a warmed run above this means cache misses
 
 
 def client_bound(run: dict) -> bool:
@@ -148,6 +150,11 @@ def render(records: list[dict]) -> str:
                 line += f"; hits.jsonl {st['hits_lines']:,} lines ({st['hits_bytes'] / 2**20:,.0f} MiB)"
             if st.get("exit_rc") not in (None, 0, -15):
                 line += f"; exit code {st['exit_rc']} after SIGTERM"
+            busy = [m for m in ("allowed", "mix")
+                    if (runs.get((peer, size, m)) or {}).get("upstream_cpu_pct", 0) > UPSTREAM_BUSY_PCT]
+            if busy:
+                line += (f"; **the NSD upstream was busy during the {'/'.join(busy)} run** (> "
+                         f"{UPSTREAM_BUSY_PCT:.0f} % CPU): cached answers were not all from the cache")
             if not ld.get("checks_ok", True):
                 line += " — **CHECK FAILED**"
             out.append(line)
@@ -167,7 +174,7 @@ def render(records: list[dict]) -> str:
             out.append(f"- {peer}: `taskset -c {meta.get('server_cpu')} {cmd}`")
     out.append(f"- dnsperf: `taskset -c {meta.get('perf_cpu')} dnsperf {meta.get('dnsperf_args', '')}`; "
                "warm-up: every allowed name once, `-n 1 -Q 5000`")
-    out.append(f"- harness: `python3 bench/bench.py {' '.join(meta.get('argv', []))}`")
+    out.append(f"- harness: `python3 bench/bench.py {shlex.join(meta.get('argv', []))}`")
     out.append("")
     return "\n".join(out)
 

@@ -1,0 +1,126 @@
+"""The composition root: settings -> snapshot -> resolver -> listeners, run under one TaskGroup.
+
+Owns the wiring of every part and the process lifecycle: start-up (lists compiled before the
+listeners open, so no listed name is ever answered unblocked), SIGHUP (lists recompiled off the
+event loop and swapped), SIGTERM/SIGINT (listeners closed, queries in flight finished, hits
+flushed). Nothing else wires components together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import structlog
+
+from config.settings import Settings
+from feeds.compile import load_from_settings
+from feeds.snapshot import PolicySnapshot
+from hits.recorder import HitRecorder
+from resolver.acl import Acl
+from resolver.cache import AnswerCache
+from resolver.pipeline import Pipeline
+from resolver.server import DnsServer
+from resolver.upstream import UpstreamClient
+
+log = structlog.get_logger("betblock.app")
+
+
+class App:
+    """One betblock node. ``start`` makes it answer; ``stop`` drains it."""
+
+    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
+        self.settings = settings
+        self.handle_signals = handle_signals
+        self.recorder = HitRecorder(settings.hits)
+        self.cache = AnswerCache(settings.cache)
+        self.upstream = UpstreamClient(
+            settings.upstream.addresses(), settings.upstream.attempt_timeout, settings.dns.edns_udp_size
+        )
+        self.pipeline = Pipeline(
+            acl=Acl(settings.acl.networks()),
+            cache=self.cache,
+            upstream=self.upstream,
+            recorder=self.recorder,
+            udp_size=settings.dns.edns_udp_size,
+            deadline=settings.upstream.deadline,
+            max_inflight=settings.upstream.max_inflight,
+            cname_inspection=settings.policy.cname_inspection,
+        )
+        self.server = DnsServer(settings.dns, self.pipeline.answer)
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+
+    async def load_policy(self) -> PolicySnapshot:
+        """Compile the lists in a thread and install the result."""
+        started = time.perf_counter()
+        snapshot, reports = await asyncio.to_thread(load_from_settings, self.settings)
+        for source, parsed in reports.items():
+            for lineno, text, reason in parsed.rejects[:20]:
+                log.warning("list line rejected", source=source, line=lineno, text=text, reason=reason)
+            if len(parsed.rejects) > 20:
+                log.warning("more list lines rejected", source=source, count=len(parsed.rejects) - 20)
+        self.pipeline.install(snapshot)
+        log.info(
+            "policy installed",
+            version=snapshot.version,
+            seconds=round(time.perf_counter() - started, 3),
+            **snapshot.stats,
+        )
+        return snapshot
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            try:
+                await self.load_policy()
+            except (OSError, ValueError) as exc:
+                log.error("reload failed; keeping the current policy", error=str(exc))
+
+    async def run(self) -> None:
+        """Serve until ``stopping`` is set; then drain and flush."""
+        await self.load_policy()
+        await self.server.start()
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if self.handle_signals else ()
+        if signals:
+            loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+            loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self.ready.set()
+        log.info("ready", upstreams=[f"{h}:{p}" for h, p in self.upstream.servers])
+        try:
+            async with asyncio.TaskGroup() as tg:
+                recorder = tg.create_task(self.recorder.run())
+                await self.stopping.wait()
+                await self.server.close()
+                recorder.cancel()  # its finally-block writes every buffered hit
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            self.recorder.close()
+            log.info("stopped", **self.recorder.stats())
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def serve(settings: Settings) -> int:
+    """Run one node in this process until SIGTERM/SIGINT."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+
+    async def main() -> None:
+        await App(settings).run()
+
+    try:
+        runner(main())
+    except OSError as exc:
+        log.error("cannot start", error=str(exc))
+        return 1
+    return 0

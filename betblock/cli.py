@@ -1,0 +1,70 @@
+"""The ``betblock`` command line: serve, check-config, config-doc, feeds validate.
+
+Owns argument parsing and exit codes only; the work is done by the composition root and the
+owners of each subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from config.settings import DEFAULT_CONFIG, ConfigError, field_table, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="betblock", description="DNS resolver enforcing gambling blocklists")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the resolver in the foreground")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+    serve.add_argument("--log-format", choices=["json", "console"], help="override log.format")
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+    sub.add_parser("config-doc", help="print the table of every config key (Markdown)")
+    feeds = sub.add_parser("feeds", help="feed tools")
+    feeds.add_argument("feeds_command", choices=["validate"])
+    feeds.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "config-doc":
+        print("| key | default | description |\n|---|---|---|")
+        for key, default, desc in field_table():
+            print(f"| `{key}` | `{default}` | {desc} |")
+        return 0
+    if args.command == "feeds":
+        from feeds.validate import main as validate
+
+        return validate(args.rest)
+    try:
+        settings = load_settings(args.config)
+        # Lists must exist before we claim the config is good.
+        for agency in settings.agencies:
+            for path in agency.lists:
+                if not settings.resolve_path(path).is_file():
+                    raise ConfigError(f"invalid configuration in {args.config}:\n  agencies.{agency.id}.lists: file {path} not found")
+        for path in settings.policy.allowlist_files:
+            if not settings.resolve_path(path).is_file():
+                raise ConfigError(f"invalid configuration in {args.config}:\n  policy.allowlist_files: file {path} not found")
+        if not settings.upstream.addresses():
+            raise ConfigError(
+                f"invalid configuration in {args.config}:\n  upstream.servers: empty, and /etc/resolv.conf has no nameserver"
+            )
+    except ConfigError as exc:
+        print(f"betblock: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"{args.config}: ok ({len(settings.agencies)} agencies)")
+        return 0
+    from betblock import logs
+    from betblock.app import serve
+
+    logs.configure(settings.log.level, args.log_format or settings.log.format)
+    return serve(settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The records every feed format produces: Entry, Reject, ParseResult, and FeedError.
+
+Owns the contract between the format parsers (``feeds.formats``) and everything downstream
+(guard, store, compiler). Plain data only: must not import aiohttp, SQL, resolver code or any
+parser; the formats import this module, never the other way round.
+
+Meaning of the fields, decided once here:
+
+- ``name``: the listed name as an A-label, lower case, no trailing dot, no ``*.`` prefix.
+  ``www.`` is kept as listed: the resolver blocks a listed name and all its subdomains, so
+  stripping it would only widen or narrow what the agency asked for.
+- ``wildcard``: the feed listed ``*.name``. That asks for the subdomains of ``name``, not for
+  ``name`` itself (RPZ semantics, draft-vixie-dnsop-dns-rpz): a feed that wants both lists both
+  lines, as RPZ zones do. Whether a wildcard-only listing also blocks the apex is the compiler's
+  choice; the parser only records what was written.
+- ``action`` / ``redirect``: a per-entry override, set only by formats that carry one (RPZ).
+  ``None`` means "the agency's configured action". ``redirect`` holds IP addresses in
+  canonical text form for ``redirect`` by address, or a single CNAME target host (A-label, no
+  trailing dot) for a redirect to a warning host; never both.
+- ``listed_at`` / ``removed_at``: timezone-aware. Feeds that publish local times without an
+  offset are read in the agency's zone: PL MF in Europe/Warsaw, CZ MF dates as midnight
+  Europe/Prague, CH ESBK dates as midnight Europe/Zurich; generic CSV/JSON use a configured zone
+  (UTC by default). A set ``removed_at`` is still an entry: the compiler honours the dates.
+- ``allow``: an exception (adblock ``@@``, RPZ ``rpz-passthru.``): never block this name.
+- ``source_id``: the feed's own id for the entry where it has one (PL ``Lp``), for provenance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# Actions a feed may set per entry. Anything else in a feed is a reject, not a new action.
+ACTIONS = frozenset({"nxdomain", "nodata", "passthru", "redirect"})
+
+
+class FeedError(Exception):
+    """The whole feed is unusable (bad checksum or signature, unparseable XML/JSON, wrong
+    header); the caller keeps its last good version. Line-level problems are Rejects instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One accepted listing; see the module docstring for the meaning of each field."""
+
+    name: str
+    line: int
+    wildcard: bool = False
+    action: str | None = None
+    redirect: tuple[str, ...] = ()
+    listed_at: datetime | None = None
+    removed_at: datetime | None = None
+    legal_ref: str | None = None
+    allow: bool = False
+    source_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """One line (or record) of a feed that produced no entry, and why.
+
+    ``text`` is the offending input as read (truncated to ``MAX_REJECT_TEXT`` characters so a
+    hostile feed cannot make the reject list huge); ``reason`` is a short human phrase.
+    """
+
+    line: int
+    text: str
+    reason: str
+
+
+@dataclass(slots=True)
+class ParseResult:
+    """What one parse of one feed file produced.
+
+    ``meta`` carries file-level facts for the store and the guard, e.g. ``version``,
+    ``serial``, ``header``, ``checksum`` ("ok"/"absent"), ``signature`` ("valid"/"absent"),
+    ``sha256`` of the input, and ``with_path``: line numbers whose URL had a path or query that
+    was dropped to block the host (kept for audit, FEEDS.md §7 guardrails).
+    """
+
+    entries: list[Entry]
+    rejects: list[Reject]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+MAX_REJECT_TEXT = 256
+
+
+def clip(text: str) -> str:
+    """``text`` cut to ``MAX_REJECT_TEXT`` characters, marked when cut."""
+    if len(text) <= MAX_REJECT_TEXT:
+        return text
+    return text[: MAX_REJECT_TEXT - 1] + "…"

@@ -1,0 +1,159 @@
+"""The hit recorder: every blocked answer becomes a hit, recorded without slowing the answer.
+
+Owns the bounded in-memory buffer the hot path appends to, the per-second aggregation that takes
+over when the buffer is full (a flood of blocked queries is counted, never silently lost), the
+drop counter for what even aggregation cannot hold, and the periodic flush that writes batches
+as JSON lines off the event loop. A clean shutdown flushes everything buffered.
+
+The hot path hands over a tuple ``(ts, client, qname_wire, qtype, rule, listed_wire,
+policy_version)``; turning it into text happens here, in the writer thread.
+Must not import the resolver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from config.settings import HitsSettings
+
+log = structlog.get_logger("betblock.hits")
+
+Hit = tuple[float, str, bytes, int, Any, bytes, int]
+
+_SAFE = re.compile(rb"[a-z0-9._-]*")
+_QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 65: "HTTPS", 64: "SVCB", 255: "ANY"}
+
+
+def dotted(wire: bytes) -> bytes:
+    """b'\\x03www\\x03bad\\x03bet\\x00' -> b'www.bad.bet'."""
+    labels = []
+    off = 0
+    while True:
+        length = wire[off]
+        if not length:
+            return b".".join(labels)
+        labels.append(wire[off + 1 : off + 1 + length])
+        off += length + 1
+
+
+def _json_str(raw: bytes) -> bytes:
+    """A JSON string literal; query names may hold any byte, so escape unless plainly safe."""
+    if _SAFE.fullmatch(raw):
+        return b'"' + raw + b'"'
+    return json.dumps(raw.decode("latin-1")).encode()
+
+
+class HitRecorder:
+    """Bounded buffer + aggregation + periodic JSON-lines writer."""
+
+    def __init__(self, settings: HitsSettings, stream: IO[bytes] | None = None) -> None:
+        self.settings = settings
+        self.enabled = settings.enabled
+        self.cap = settings.buffer_size
+        self.buffer: list[Hit] = []
+        self.aggregated: dict[tuple[Any, ...], int] = {}
+        self.recorded = 0  # hits written one line each
+        self.aggregated_count = 0  # hits folded into a count
+        self.dropped = 0  # hits lost: aggregation table full too
+        self.node = (settings.node or socket.gethostname()).encode()
+        self._stream = stream
+        self._own_stream = False
+        self._lock = threading.Lock()  # one writer at a time: the periodic flush and the final one
+
+    def record(self, hit: Hit) -> None:
+        """Hot path: one append while there is room, else count it per (client, name, type, entry, second)."""
+        if not self.enabled:
+            return
+        if len(self.buffer) < self.cap:
+            self.buffer.append(hit)
+            return
+        key = (int(hit[0]), hit[1], hit[2], hit[3], hit[4], hit[5], hit[6])
+        agg = self.aggregated
+        if key in agg:
+            agg[key] += 1
+        elif len(agg) < self.cap * 4:
+            agg[key] = 1
+        else:
+            self.dropped += 1
+
+    def take(self) -> tuple[list[Hit], dict[tuple[Any, ...], int]]:
+        """Everything buffered, leaving the buffers empty (called on the event loop)."""
+        batch, self.buffer = self.buffer, []
+        agg, self.aggregated = self.aggregated, {}
+        return batch, agg
+
+    async def run(self) -> None:
+        """Flush every ``flush_interval`` until cancelled; then flush what is left."""
+        dropped_seen = 0
+        try:
+            while True:
+                await asyncio.sleep(self.settings.flush_interval)
+                await self.flush()
+                if self.dropped != dropped_seen:
+                    log.warning("hits dropped: aggregation table full", dropped=self.dropped - dropped_seen)
+                    dropped_seen = self.dropped
+        finally:
+            self.write(*self.take())  # shutdown: nothing buffered is lost
+
+    async def flush(self) -> None:
+        batch, agg = self.take()
+        if batch or agg:
+            await asyncio.to_thread(self.write, batch, agg)
+
+    def write(self, batch: Iterable[Hit], agg: dict[tuple[Any, ...], int]) -> None:
+        lines = [self._line(h, 1) for h in batch]
+        lines.extend(self._line((float(k[0]),) + k[1:], n) for k, n in agg.items())
+        if not lines:
+            return
+        with self._lock:
+            out = self._open()
+            out.write(b"".join(lines))
+            out.flush()
+        self.recorded += len(lines) - len(agg)
+        self.aggregated_count += sum(agg.values())
+
+    def _line(self, hit: tuple[Any, ...], count: int) -> bytes:
+        ts, client, qname, qtype, rule, listed, version = hit
+        return b'{"ts":%.3f,"node":%s,"client":%s,"name":%s,"qtype":"%s","listed":%s,"agency":"%s","agencies":%s,"action":"%s","policy_version":%d,"count":%d}\n' % (
+            ts,
+            _json_str(self.node),
+            _json_str(client.encode()),
+            _json_str(dotted(qname)),
+            _QTYPES.get(qtype, f"TYPE{qtype}").encode(),
+            _json_str(dotted(listed)),
+            rule.agency.encode(),
+            json.dumps(list(rule.agencies)).encode(),
+            rule.action.encode(),
+            version,
+            count,
+        )
+
+    def _open(self) -> IO[bytes]:
+        if self._stream is None:
+            path: Path | None = self.settings.jsonl_path
+            if path is None:
+                self._stream = sys.stdout.buffer
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._stream = open(path, "ab")  # noqa: SIM115 - kept open for the process
+                self._own_stream = True
+        return self._stream
+
+    def close(self) -> None:
+        if self._own_stream and self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def stats(self) -> dict[str, int]:
+        return {"recorded": self.recorded, "aggregated": self.aggregated_count, "dropped": self.dropped, "buffered": len(self.buffer)}
+

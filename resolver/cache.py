@@ -1,0 +1,139 @@
+"""The answer cache: upstream replies as wire bytes, served with decreasing TTLs.
+
+Owns ``CacheEntry`` (an upstream reply without its OPT record, the offsets of its TTL fields,
+its lifetime and the CNAME targets found in it) and ``AnswerCache`` (bounded LRU, keyed by
+lower-case question name, type, class and DO bit). A hit copies the stored bytes and patches the
+ID, the question's letter case and the TTLs; the TTL-patched body is kept for the current second
+so that a popular name costs one patch per second, not one per query.
+
+What is not cached (as CoreDNS): SERVFAIL and other failures, truncated replies, negative answers
+without a SOA, and anything whose lifetime after clamping is zero.
+Must not import the server, the upstream client or the policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from config.settings import CacheSettings
+from resolver.wire import NOERROR, NXDOMAIN, RD, U16, U32, ParsedAnswer, Query, opt_record, truncated
+
+
+class CacheEntry:
+    """One reply, stored at ``stored`` (whole seconds of the cache's clock)."""
+
+    __slots__ = ("body", "flags", "offsets", "ttls", "stored", "expires", "cnames", "_sec", "_plain", "_edns")
+
+    def __init__(self, parsed: ParsedAnswer, ttls: tuple[int, ...], stored: int, lifetime: int) -> None:
+        self.body = parsed.body
+        self.flags = parsed.flags
+        self.offsets = parsed.ttl_offsets
+        self.ttls = ttls
+        self.stored = stored
+        self.expires = stored + lifetime
+        self.cnames = parsed.cname_targets
+        self._sec = -1
+        self._plain = b""
+        self._edns = b""
+
+    def render(self, data: bytes, name_end: int, edns: int, do: bool, now: int, udp_size: int, limit: int) -> bytes:
+        """The reply for the query in ``data``, TTLs decreased to ``now``; TC when over ``limit``."""
+        if now != self._sec:
+            self._patch(now)
+        qflags = data[2]
+        body = self._edns if edns else self._plain
+        if qflags & 0x01:  # RD set, as in the stored reply: the common case
+            resp = data[:2] + body[2:12] + data[12:name_end] + body[name_end:]
+        else:
+            flags = U16.unpack_from(body, 2)[0] & ~RD
+            resp = data[:2] + U16.pack(flags) + body[4:12] + data[12:name_end] + body[name_end:]
+        if edns:
+            resp += opt_record(udp_size, do)
+        if len(resp) > limit:
+            q = Query(U16.unpack_from(data)[0], U16.unpack_from(data, 2)[0], name_end, 0, 0, edns, do, 0)
+            return truncated(data, q, self.flags, udp_size)
+        return resp
+
+    def _patch(self, now: int) -> None:
+        elapsed = now - self.stored
+        buf = bytearray(self.body)
+        pack = U32.pack_into
+        for off, ttl in zip(self.offsets, self.ttls, strict=True):
+            pack(buf, off, ttl - elapsed if ttl > elapsed else 0)
+        self._plain = bytes(buf)
+        arcount = U16.unpack_from(buf, 10)[0]
+        U16.pack_into(buf, 10, arcount + 1)  # room for the client's OPT record
+        self._edns = bytes(buf)
+        self._sec = now
+
+    def remaining(self, now: int) -> int:
+        return self.expires - now
+
+
+def lifetime_of(parsed: ParsedAnswer, settings: CacheSettings) -> tuple[int, tuple[int, ...]]:
+    """(seconds to keep, clamped TTLs); 0 seconds means do not cache."""
+    if parsed.truncated or parsed.rcode not in (NOERROR, NXDOMAIN):
+        return 0, ()
+    ttls = tuple(min(max(t, settings.min_ttl), settings.max_ttl) for t in parsed.ttls)
+    negative = parsed.rcode == NXDOMAIN or parsed.ancount == 0
+    if negative:
+        if parsed.neg_ttl is None:
+            return 0, ()
+        life = min(max(parsed.neg_ttl, settings.min_ttl), settings.max_negative_ttl)
+        # Serve the SOA with the negative TTL (RFC 2308 section 5), never longer.
+        ttls = tuple(min(t, life) for t in ttls)
+        return life, ttls
+    life = min(ttls[: parsed.ancount]) if parsed.ancount else 0
+    return life, ttls
+
+
+class AnswerCache:
+    """Bounded LRU of ``CacheEntry`` by question key."""
+
+    def __init__(self, settings: CacheSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def get(self, key: bytes, now: int) -> CacheEntry | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry.expires <= now:
+            del self.entries[key]
+            self.misses += 1
+            return None
+        self.entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def entry_for(self, parsed: ParsedAnswer, now: int) -> tuple[CacheEntry, bool]:
+        """A renderable entry for a reply, and whether it may be cached."""
+        life, ttls = lifetime_of(parsed, self.settings)
+        if life <= 0:
+            return CacheEntry(parsed, parsed.ttls, now, 0), False
+        return CacheEntry(parsed, ttls, now, life), True
+
+    def put(self, key: bytes, entry: CacheEntry) -> None:
+        limit = self.settings.max_entries
+        if limit <= 0:
+            return
+        self.entries[key] = entry
+        self.entries.move_to_end(key)
+        while len(self.entries) > limit:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+

@@ -1,0 +1,33 @@
+"""Typed outcomes of a query and their counters.
+
+Every answer the pipeline produces is counted under exactly one ``Kind`` at the point where the
+decision is made; metrics and logs read these counters, never strings. The hot path increments a
+list slot instead of allocating an outcome object per packet.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Kind(IntEnum):
+    BLOCKED = 0  # sinkholed by policy (including CNAME inspection)
+    CACHED = 1  # served from the answer cache
+    FORWARDED = 2  # answered by an upstream
+    REFUSED = 3  # client not allowed by the ACL
+    FORMERR = 4  # malformed question
+    NOTIMP = 5  # opcode other than QUERY
+    SERVFAIL = 6  # upstreams failed, or our own error
+    DROPPED = 7  # unreadable header or a response packet: no answer at all
+
+
+class Counters:
+    """Answers by kind; ``counts`` is indexed by ``Kind``."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(Kind)
+
+    def snapshot(self) -> dict[str, int]:
+        return {k.name.lower(): self.counts[k] for k in Kind}

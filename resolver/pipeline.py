@@ -1,0 +1,246 @@
+"""The query pipeline: the one place where the order of stages is written.
+
+    wire.parse -> acl -> policy -> cache -> upstream
+
+Owns ``Pipeline.answer`` (bytes in; bytes, None or an awaitable out) and the installed policy
+(snapshot plus its precomputed sinkholes, swapped by one reference). Blocked and cached answers
+are computed synchronously inside the caller's ``datagram_received``; only a cache miss creates a
+coroutine that waits on the upstream. Every answer is counted under one ``Kind``.
+
+Stages never touch sockets; the server makes no policy decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from feeds.snapshot import EMPTY, PolicySnapshot
+from hits.recorder import HitRecorder
+from resolver.acl import Acl
+from resolver.cache import AnswerCache, CacheEntry
+from resolver.outcome import Counters, Kind
+from resolver.sinkhole import Sinkhole, build_sinkholes
+from resolver.upstream import UpstreamClient, UpstreamError
+from resolver.wire import (
+    BADVERS,
+    EDE_NO_REACHABLE_AUTHORITY,
+    EDE_OTHER,
+    EDE_PROHIBITED,
+    FORMERR,
+    NOTIMP,
+    REFUSED,
+    SERVFAIL,
+    U16,
+    Drop,
+    FormErr,
+    NotImp,
+    Query,
+    WireError,
+    ede_option,
+    error_response,
+    parse_answer,
+    parse_query,
+    truncated,
+)
+
+log = structlog.get_logger("betblock.pipeline")
+
+_EDE_REFUSED = ede_option(EDE_PROHIBITED, "client not allowed")
+_EDE_UPSTREAM = ede_option(EDE_NO_REACHABLE_AUTHORITY, "no upstream answered")
+_EDE_INTERNAL = ede_option(EDE_OTHER, "internal error")
+_DO_KEY = (b"\x00", b"\x01")
+
+Answer = bytes | None | Coroutine[Any, Any, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePolicy:
+    """A snapshot with its sinkholes, installed as one reference."""
+
+    snapshot: PolicySnapshot
+    table: dict[bytes, int]
+    sinks: tuple[Sinkhole | None, ...]
+    version: int
+
+
+class Pipeline:
+    """Answers one DNS message. ``answer`` is called by the UDP and TCP servers alike."""
+
+    def __init__(
+        self,
+        *,
+        acl: Acl,
+        cache: AnswerCache,
+        upstream: UpstreamClient,
+        recorder: HitRecorder,
+        udp_size: int,
+        deadline: float,
+        max_inflight: int,
+        cname_inspection: bool = True,
+        counters: Counters | None = None,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self.acl = acl
+        self.cache = cache
+        self.upstream = upstream
+        self.recorder = recorder
+        self.udp_size = udp_size
+        self.deadline = deadline
+        self.max_inflight = max_inflight
+        self.cname_inspection = cname_inspection
+        self.counters = counters or Counters()
+        self.wallclock = wallclock
+        self.inflight: dict[bytes, asyncio.Future[CacheEntry]] = {}
+        self.policy = self._prepare(EMPTY)
+
+    # -- policy ---------------------------------------------------------------------------
+
+    def _prepare(self, snapshot: PolicySnapshot) -> ActivePolicy:
+        return ActivePolicy(snapshot, snapshot.table, build_sinkholes(snapshot, self.udp_size), snapshot.version)
+
+    def install(self, snapshot: PolicySnapshot) -> None:
+        """Swap in a new snapshot. Blocked answers are never cached, so the next packet sees it;
+        cached upstream answers whose CNAMEs reach a newly listed name are re-checked on use."""
+        self.policy = self._prepare(snapshot)
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    def answer(self, data: bytes, client: str, udp: bool) -> Answer:
+        """bytes to send now, None to send nothing, or a coroutine that resolves to either."""
+        counts = self.counters.counts
+        try:
+            q = parse_query(data)
+        except Drop:
+            counts[Kind.DROPPED] += 1
+            return None
+        except NotImp:
+            counts[Kind.NOTIMP] += 1
+            return error_response(data, None, NOTIMP, self.udp_size)
+        except FormErr:
+            counts[Kind.FORMERR] += 1
+            return error_response(data, None, FORMERR, self.udp_size)
+        try:
+            # 1. ACL first: a client we do not serve learns nothing, not even what is listed.
+            ok = self.acl.memo.get(client)
+            if ok is None:
+                ok = self.acl.allowed(client)
+            if not ok:
+                counts[Kind.REFUSED] += 1
+                return error_response(data, q, REFUSED, self.udp_size, _EDE_REFUSED if q.edns_size else b"")
+            if q.edns_version:
+                counts[Kind.FORMERR] += 1
+                return error_response(data, q, BADVERS, self.udp_size)  # RFC 6891 6.1.3
+            if udp:
+                limit = min(q.edns_size, self.udp_size) if q.edns_size else 512
+            else:
+                limit = 65535
+            name_end = q.name_end
+            name = data[12:name_end].lower()
+
+            # 2. Policy before cache: the cache holds only upstream answers, so a swapped
+            #    snapshot decides the very next packet and no stale block can be served.
+            pol = self.policy
+            get = pol.table.get
+            off = 0
+            while name[off]:
+                listed = name[off:]
+                rid = get(listed)
+                if rid is not None:
+                    if rid:  # 0 is an allowlist entry: not blocked, stop looking
+                        return self._blocked(data, q, name, client, pol, rid, off, listed, limit)
+                    break
+                off += name[off] + 1
+
+            # 3. Cache: answers from upstream, TTLs decreased, the client's ID and letter case.
+            key = name + data[name_end : name_end + 4] + _DO_KEY[q.do]
+            cache = self.cache
+            now = cache.now()
+            entry = cache.get(key, now)
+            if entry is not None:
+                if entry.cnames and self.cname_inspection:
+                    blocked = self._cname_block(data, q, name, client, entry, limit)
+                    if blocked is not None:
+                        return blocked
+                counts[Kind.CACHED] += 1
+                return entry.render(data, name_end, q.edns_size, q.do, now, self.udp_size, limit)
+        except Exception:
+            return self._failed(data, q)
+        # 4. Upstream: the only stage that waits.
+        return self._forward(data, q, name, key, client, limit)
+
+    def _blocked(
+        self, data: bytes, q: Query, name: bytes, client: str, pol: ActivePolicy, rid: int, off: int, listed: bytes, limit: int
+    ) -> bytes:
+        sink = pol.sinks[rid]
+        assert sink is not None
+        resp = sink.render(data, q.qid, q.flags, q.name_end, q.qtype, q.edns_size, q.do, off)
+        self.counters.counts[Kind.BLOCKED] += 1
+        self.recorder.record((self.wallclock(), client, name, q.qtype, sink.rule, listed, pol.version))
+        if len(resp) > limit:  # only with many warning-page addresses
+            return truncated(data, q, U16.unpack_from(resp, 2)[0], self.udp_size)
+        return resp
+
+    def _cname_block(
+        self, data: bytes, q: Query, name: bytes, client: str, entry: CacheEntry, limit: int
+    ) -> bytes | None:
+        """Sinkhole the query when the answer's CNAME chain reaches a listed name."""
+        pol = self.policy
+        for target in entry.cnames:
+            match = pol.snapshot.match(target)
+            if match is not None:
+                # The SOA of a negative answer is owned by the question name (offset 0): the
+                # listed name is not in this message.
+                return self._blocked(data, q, name, client, pol, match.rule.id, 0, match.listed, limit)
+        return None
+
+    async def _forward(self, data: bytes, q: Query, name: bytes, key: bytes, client: str, limit: int) -> bytes | None:
+        counts = self.counters.counts
+        fetch = self.inflight.get(key)
+        if fetch is None:
+            if len(self.inflight) >= self.max_inflight:
+                counts[Kind.SERVFAIL] += 1
+                return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
+            # Identical questions in flight share one upstream exchange.
+            fetch = asyncio.ensure_future(self._fetch(key, name, q.qtype, q.qclass, q.do))
+            self.inflight[key] = fetch
+            fetch.add_done_callback(lambda _f, k=key: self.inflight.pop(k, None))
+        try:
+            async with asyncio.timeout(self.deadline):
+                entry = await asyncio.shield(fetch)
+        except (TimeoutError, UpstreamError, WireError) as exc:
+            counts[Kind.SERVFAIL] += 1
+            log.debug("upstream failed", error=str(exc) or type(exc).__name__)
+            return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
+        except Exception:
+            return self._failed(data, q)
+        try:
+            if entry.cnames and self.cname_inspection:
+                blocked = self._cname_block(data, q, name, client, entry, limit)
+                if blocked is not None:
+                    return blocked
+            counts[Kind.FORWARDED] += 1
+            return entry.render(data, q.name_end, q.edns_size, q.do, self.cache.now(), self.udp_size, limit)
+        except Exception:
+            return self._failed(data, q)
+
+    async def _fetch(self, key: bytes, name: bytes, qtype: int, qclass: int, do: bool) -> CacheEntry:
+        async with asyncio.timeout(self.deadline):
+            raw = await self.upstream.resolve(name, qtype, qclass, do)
+        parsed = parse_answer(raw)
+        entry, cacheable = self.cache.entry_for(parsed, self.cache.now())
+        if cacheable:
+            self.cache.put(key, entry)
+        return entry
+
+    def _failed(self, data: bytes, q: Query) -> bytes:
+        """Our own bug: SERVFAIL and one log line with context, never a dead server."""
+        self.counters.counts[Kind.SERVFAIL] += 1
+        log.exception("internal error answering query", qtype=q.qtype, size=len(data))
+        return error_response(data, q, SERVFAIL, self.udp_size, _EDE_INTERNAL if q.edns_size else b"")
+

@@ -31,7 +31,14 @@ log = structlog.get_logger("betblock.hits")
 Hit = tuple[float, str, bytes, int, Any, bytes, int]
 
 _SAFE = re.compile(rb"[a-z0-9._-]*")
-_QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 65: "HTTPS", 64: "SVCB", 255: "ANY"}
+_QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 65: "HTTPS", 64: "SVCB", 255: "ANY"}
+
+
+_QTYPES = {code: name.encode() for code, name in _QTYPE_NAMES.items()}
+
+
+def _qtype(code: int) -> bytes:
+    return _QTYPES.get(code) or b"TYPE%d" % code
 
 
 def dotted(wire: bytes) -> bytes:
@@ -68,6 +75,7 @@ class HitRecorder:
         self.node = (settings.node or socket.gethostname()).encode()
         self._stream = stream
         self._own_stream = False
+        self._names: dict[bytes, bytes] = {}  # wire name -> JSON text, see format()
         self._lock = threading.Lock()  # one writer at a time: the periodic flush and the final one
 
     def record(self, hit: Hit) -> None:
@@ -111,8 +119,7 @@ class HitRecorder:
             await asyncio.to_thread(self.write, batch, agg)
 
     def write(self, batch: Iterable[Hit], agg: dict[tuple[Any, ...], int]) -> None:
-        lines = [self._line(h, 1) for h in batch]
-        lines.extend(self._line((float(k[0]),) + k[1:], n) for k, n in agg.items())
+        lines = self.format(batch, agg)
         if not lines:
             return
         with self._lock:
@@ -122,21 +129,48 @@ class HitRecorder:
         self.recorded += len(lines) - len(agg)
         self.aggregated_count += sum(agg.values())
 
-    def _line(self, hit: tuple[Any, ...], count: int) -> bytes:
-        ts, client, qname, qtype, rule, listed, version = hit
-        return b'{"ts":%.3f,"node":%s,"client":%s,"name":%s,"qtype":"%s","listed":%s,"agency":"%s","agencies":%s,"action":"%s","policy_version":%d,"count":%d}\n' % (
-            ts,
-            _json_str(self.node),
-            _json_str(client.encode()),
-            _json_str(dotted(qname)),
-            _QTYPES.get(qtype, f"TYPE{qtype}").encode(),
-            _json_str(dotted(listed)),
-            rule.agency.encode(),
-            json.dumps(list(rule.agencies)).encode(),
-            rule.action.encode(),
-            version,
-            count,
-        )
+    def format(self, batch: Iterable[Hit], agg: dict[tuple[Any, ...], int]) -> list[bytes]:
+        """JSON lines for a batch, at about one %-format per hit: the parts that repeat (the
+        client/rule/type/version prefix, and each name's JSON text) are memoised, because a
+        flood of blocked queries comes from few clients and few rules and repeats names."""
+        prefixes: dict[tuple[Any, ...], bytes] = {}
+        names = self._names
+        if len(names) > 262144:
+            names.clear()  # bounded memo of name texts, kept across batches
+        node = _json_str(self.node)
+        lines: list[bytes] = []
+        append = lines.append
+
+        def line(hit: tuple[Any, ...], count: int) -> bytes:
+            ts, client, qname, qtype, rule, listed, version = hit
+            pkey = (id(rule), client, qtype, version)
+            prefix = prefixes.get(pkey)
+            if prefix is None:
+                prefix = prefixes[pkey] = (
+                    b'{"node":%s,"client":%s,"qtype":"%s","agency":%s,"agencies":%s,"action":"%s","policy_version":%d,"ts":'
+                    % (
+                        node,
+                        _json_str(client.encode()),
+                        _qtype(qtype),
+                        _json_str(rule.agency.encode()),
+                        json.dumps(list(rule.agencies)).encode(),
+                        rule.action.encode(),
+                        version,
+                    )
+                )
+            name = names.get(qname)
+            if name is None:
+                name = names[qname] = _json_str(dotted(qname))
+            lname = names.get(listed)
+            if lname is None:
+                lname = names[listed] = _json_str(dotted(listed))
+            return b'%s%.3f,"name":%s,"listed":%s,"count":%d}\n' % (prefix, ts, name, lname, count)
+
+        for hit in batch:
+            append(line(hit, 1))
+        for key, count in agg.items():
+            append(line((float(key[0]),) + key[1:], count))
+        return lines
 
     def _open(self) -> IO[bytes]:
         if self._stream is None:

@@ -1,0 +1,43 @@
+# betblock: the two commands are `make run` and `make test`; see README.md.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+TEST_APT := nsd
+BENCH_APT := dnsperf unbound nsd
+
+.PHONY: run test test-fast bench bench-quick check-config clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+## Run the service on the embedded defaults (DNS on 127.0.0.1:1053, sample lists, no root).
+run: $(STAMP)
+	$(VENV)/bin/betblock serve --config config/betblock.toml --log-format console
+
+## Install what the tests need (venv, Debian packages) and run them.
+test: $(STAMP)
+	tools/apt-install.sh $(TEST_APT)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow"
+
+check-config: $(STAMP)
+	$(VENV)/bin/betblock check-config --config config/betblock.toml
+
+## Benchmark against Unbound with dnsperf (not part of make test; see bench/README.md).
+bench: $(STAMP)
+	tools/apt-install.sh $(BENCH_APT)
+	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	tools/apt-install.sh $(BENCH_APT)
+	$(PYTHON) bench/bench.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache bench/run bench/results

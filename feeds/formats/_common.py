@@ -1,0 +1,176 @@
+"""Shared machinery of the format parsers: decoding into numbered lines, the collector that
+normalises, de-duplicates and records rejects, and date parsing in an agency's time zone.
+
+Owns the rules every format shares (what a duplicate is, how undecodable bytes are reported).
+Must not import aiohttp, SQL or resolver code.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from datetime import datetime, timezone, tzinfo
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from feeds.entry import Entry, FeedError, ParseResult, Reject, clip
+from feeds.normalize import InvalidName, normalize_detail
+
+# What decoding with errors="surrogateescape" leaves where bytes did not decode.
+_UNDECODABLE = re.compile("[\udc80-\udcff]").search
+
+
+def decode_lines(data: bytes, encoding: str = "utf-8") -> tuple[list[str], frozenset[int]]:
+    """The text of ``data`` split into lines (``lines[0]`` is line 1, terminators removed) and
+    the numbers of lines holding bytes that do not decode.
+
+    Only ``\\n`` ends a line (CRLF loses its CR), so numbers match what an editor shows; a
+    UTF-8 byte-order mark is dropped. Undecodable bytes never raise: the caller rejects those
+    lines with ``undecodable_reason``.
+    """
+    if data.startswith(codecs.BOM_UTF8) and codecs.lookup(encoding).name == "utf-8":
+        data = data[3:]
+    try:
+        text = data.decode(encoding)
+        bad: frozenset[int] = frozenset()
+    except UnicodeDecodeError:
+        text = data.decode(encoding, "surrogateescape")
+        bad = frozenset(i for i, line in enumerate(text.split("\n"), 1) if _UNDECODABLE(line))
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines], bad
+
+
+def undecodable_reason(encoding: str) -> str:
+    return f"undecodable bytes (not {codecs.lookup(encoding).name})"
+
+
+def has_undecodable(text: str) -> bool:
+    return _UNDECODABLE(text) is not None
+
+
+def printable(text: str) -> str:
+    """``text`` with surrogate-escaped bytes shown as ``\\xNN``, for reject texts."""
+    if not has_undecodable(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class Collector:
+    """Accumulates the entries and rejects of one parse.
+
+    Duplicates: entries are the same listing when name, wildcard and allow agree. The first is
+    kept and later ones are rejected ("duplicate" when identical apart from the line,
+    "duplicate with different data (kept line N)" otherwise) — with one exception: a later
+    listing that starts after the kept one was removed is a re-listing (CZ keeps removed rows
+    in its file), so it replaces the kept entry and the earlier line is rejected as
+    superseded. Keeping the removed one would unblock a name the agency lists again.
+    """
+
+    __slots__ = ("entries", "rejects", "with_path", "_seen", "_undecodable")
+
+    def __init__(self, encoding: str = "utf-8") -> None:
+        self._undecodable = undecodable_reason(encoding)
+        self.entries: list[Entry] = []
+        self.rejects: list[Reject] = []
+        self.with_path: list[int] = []
+        self._seen: dict[tuple[str, bool, bool], tuple[int, str]] = {}
+
+    def reject(self, line: int, text: str, reason: str) -> None:
+        self.rejects.append(Reject(line, clip(printable(text)), reason))
+
+    def add(self, raw: str, line: int, text: str | None = None, **fields: Any) -> Entry | None:
+        """Normalise ``raw`` and keep it as an entry, or record why not. ``text`` is what a
+        reject shows (default ``raw``); ``fields`` are the other Entry fields."""
+        shown = raw if text is None else text
+        if has_undecodable(raw):
+            self.reject(line, shown, self._undecodable)
+            return None
+        try:
+            name, wildcard, had_path = normalize_detail(raw)
+        except InvalidName as exc:
+            self.reject(line, shown, exc.reason)
+            return None
+        if had_path:
+            self.with_path.append(line)
+        return self.keep(Entry(name, line, wildcard, **fields), shown)
+
+    def keep(self, entry: Entry, text: str) -> Entry | None:
+        key = (entry.name, entry.wildcard, entry.allow)
+        seen = self._seen.get(key)
+        if seen is None:
+            self._seen[key] = (len(self.entries), text)
+            self.entries.append(entry)
+            return entry
+        index, kept_text = seen
+        kept = self.entries[index]
+        if _relisted(kept, entry):
+            self.entries[index] = entry
+            self._seen[key] = (index, text)
+            self.reject(kept.line, kept_text, f"superseded by line {entry.line} (listed again)")
+            return entry
+        if _same_listing(kept, entry):
+            self.reject(entry.line, text, "duplicate")
+        else:
+            self.reject(entry.line, text, f"duplicate with different data (kept line {kept.line})")
+        return None
+
+    def result(self, meta: dict[str, Any] | None = None) -> ParseResult:
+        meta = {} if meta is None else meta
+        meta["with_path"] = self.with_path
+        self.rejects.sort(key=lambda r: r.line)
+        return ParseResult(self.entries, self.rejects, meta)
+
+
+def _same_listing(a: Entry, b: Entry) -> bool:
+    return (a.action, a.redirect, a.listed_at, a.removed_at, a.legal_ref, a.source_id) == (
+        b.action,
+        b.redirect,
+        b.listed_at,
+        b.removed_at,
+        b.legal_ref,
+        b.source_id,
+    )
+
+
+def _relisted(kept: Entry, new: Entry) -> bool:
+    return (
+        kept.removed_at is not None
+        and new.listed_at is not None
+        and new.listed_at >= kept.removed_at
+    )
+
+
+@lru_cache(maxsize=32)
+def zone(name: str) -> tzinfo:
+    """The time zone ``name`` ("UTC", "Europe/Warsaw", ...); FeedError when the system has no
+    tz database (slim containers need the ``tzdata`` package)."""
+    if name.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise FeedError(f"time zone {name!r} is not available ({exc}); install tzdata") from None
+
+
+_DMY = re.compile(r"(\d{1,2})\.(\d{1,2})\.(\d{4})", re.ASCII).fullmatch
+
+
+def parse_date(text: str, tz: tzinfo) -> datetime:
+    """An aware datetime from ISO 8601 (``2024-05-06T08:00:00``, with or without offset or
+    ``Z``) or ``dd.mm.yyyy``; naive values are read in ``tz`` (a bare date is its midnight).
+    ValueError when it is neither."""
+    text = text.strip()
+    m = _DMY(text)
+    if m:
+        day, month, year = (int(g) for g in m.groups())
+        value = datetime(year, month, day)
+    else:
+        if not text.isascii():
+            raise ValueError(text)
+        value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    return value

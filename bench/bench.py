@@ -180,9 +180,10 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                     f"{w['rcodes']}")
                 warmed = True
             qfile = DATA / QUERY_FILE[mix].format(size=job.size)
-            ticks0, up0 = server.cpu_ticks(), upstream.cpu_ticks()
+            core0, ticks0, up0 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
             r = dnsperf(a, job.port, qfile, ["-l", str(a.duration)], limit=a.duration + 30)
-            ticks1, up1 = server.cpu_ticks(), upstream.cpu_ticks()
+            core1, ticks1, up1 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
+            core = {k: core1[k] - core0[k] for k in core0}
             if not server.alive():
                 raise BenchError(f"{job.peer} exited (rc {server.proc.returncode}) during the {mix} run")
             cpu_s = (ticks1 - ticks0) / procs.CLK_TCK
@@ -192,11 +193,17 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                      client_cpu_pct=round(100 * r["client_cpu_s"] / run_s, 1),
                      # Near zero when the peer's cache works: allowed names were warmed.
                      upstream_cpu_pct=round(100 * (up1 - up0) / procs.CLK_TCK / run_s, 1),
+                     # Other programs on the server's CPU, and time the hypervisor took from
+                     # it: both make the server look slower than it is.
+                     foreign_pct=round(100 * max(0, core["task"] - (ticks1 - ticks0)) / max(core["total"], 1), 1),
+                     steal_pct=round(100 * core["steal"] / max(core["total"], 1), 1),
+                     softirq_pct=round(100 * core["softirq"] / max(core["total"], 1), 1),
                      us_per_query=round(cpu_s / r["completed"] * 1e6, 2) if r["completed"] else None,
                      rss_after_kib=server.rss_kib())
             emit(r)
             log(f"  {mix:8s} {r['qps']:>10,.0f} qps  {r['us_per_query']} µs/q  server CPU "
-                f"{r['server_cpu_pct']}%  dnsperf CPU {r['client_cpu_pct']}%  NSD CPU {r['upstream_cpu_pct']}%  lost {r['lost']}  "
+                f"{r['server_cpu_pct']}%  dnsperf CPU {r['client_cpu_pct']}%  NSD CPU {r['upstream_cpu_pct']}%  "
+                f"other/steal on CPU {a.server_cpu} {r['foreign_pct']}/{r['steal_pct']}%  lost {r['lost']}  "
                 f"lat {r['latency_ms']:.3f} ms  {r['rcodes']}  RSS {r['rss_after_kib'] / 1024:,.0f} MiB")
     finally:
         server.stop()

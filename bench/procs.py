@@ -119,6 +119,16 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
+def core_ticks(cpu: int) -> dict[str, int]:
+    """Tick counters of one CPU from /proc/stat: task time, softirq, steal, total."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in line.split()[1:9])
+            return {"task": user + nice + system, "softirq": irq + softirq, "steal": steal,
+                    "total": user + nice + system + idle + iowait + irq + softirq + steal}
+    raise ValueError(f"cpu{cpu} is not in /proc/stat")
+
+
 def port_free(port: int) -> bool:
     """True when neither UDP nor TCP `port` on 127.0.0.1 is bound by anyone."""
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):

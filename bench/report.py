@@ -30,6 +30,7 @@ TARGET_LOAD_S, TARGET_RSS_BYTES = 3.0, 300e6
 # spare: its QPS is then dnsperf's ceiling, and only µs/query compares the servers.
 CLIENT_BUSY_PCT, SERVER_SPARE_PCT = 95.0, 90.0
 UPSTREAM_BUSY_PCT = 5.0  # NSD CPU during a warmed run above this means cache misses
+NOISE_PCT = 5.0  # other programs or steal on the server's CPU above this: the run was disturbed
 
 
 def client_bound(run: dict) -> bool:
@@ -155,6 +156,12 @@ def render(records: list[dict]) -> str:
             if busy:
                 line += (f"; **the NSD upstream was busy during the {'/'.join(busy)} run** (> "
                          f"{UPSTREAM_BUSY_PCT:.0f} % CPU): cached answers were not all from the cache")
+            noisy = [f"{m} {r.get('foreign_pct', 0):.0f}/{r.get('steal_pct', 0):.0f} %"
+                     for m in MIX_ORDER if (r := runs.get((peer, size, m)))
+                     and r.get("foreign_pct", 0) + r.get("steal_pct", 0) > NOISE_PCT]
+            if noisy:
+                line += (f"; **disturbed: other programs/steal on the server CPU during** "
+                         f"{', '.join(noisy)}: repeat on an idle machine")
             if not ld.get("checks_ok", True):
                 line += " — **CHECK FAILED**"
             out.append(line)

@@ -1,0 +1,84 @@
+"""`betblock serve` as a real process: starts, answers, and on SIGTERM flushes every hit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+
+from tests.fakedns import FakeDns
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _wait_answer(port: int, name: str, deadline: float) -> dns.message.Message:
+    while True:
+        try:
+            return await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.2)
+        except dns.exception.Timeout:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def test_serve_answers_and_sigterm_flushes_hits(tmp_path: Path) -> None:
+    upstream = await FakeDns().start()
+    upstream.add("ok.test", "A", "192.0.2.7")
+    port = _free_port()
+    (tmp_path / "list.txt").write_text("bad.test\n")
+    hits = tmp_path / "hits.jsonl"
+    cfg = tmp_path / "betblock.toml"
+    cfg.write_text(
+        f"""
+[dns]
+listen = ["127.0.0.1:{port}"]
+[upstream]
+servers = ["{upstream.address}"]
+[hits]
+jsonl_path = "{hits}"
+flush_interval = 3600  # only the shutdown flush can write the hits
+[[agencies]]
+id = "pl-mf"
+action = "nxdomain"
+lists = ["list.txt"]
+"""
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        blocked = await _wait_answer(port, "www.bad.test", time.monotonic() + 20)
+        assert blocked.rcode() == dns.rcode.NXDOMAIN
+        for _ in range(4):
+            r = await dns.asyncquery.udp(dns.message.make_query("bad.test", "AAAA"), "127.0.0.1", port=port, timeout=2)
+            assert r.rcode() == dns.rcode.NXDOMAIN
+        ok = await dns.asyncquery.tcp(dns.message.make_query("ok.test", "A"), "127.0.0.1", port=port, timeout=2)
+        assert ok.answer[0][0].address == "192.0.2.7"
+        assert not hits.exists() or hits.read_text() == ""
+        proc.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.wait_for(proc.communicate(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await upstream.stop()
+    assert proc.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in hits.read_text().splitlines()]
+    assert sum(h["count"] for h in lines) == 5
+    first = lines[0]
+    assert (first["name"], first["qtype"], first["listed"], first["agency"], first["action"]) == (
+        "www.bad.test", "A", "bad.test", "pl-mf", "nxdomain",
+    )
+    assert first["client"] == "127.0.0.1"

@@ -21,6 +21,7 @@ class Behaviour:
     wrong_id_first: bool = False  # send a reply with a wrong ID (and a wrong question) first
     rcode: int | None = None  # force this rcode
     silent: bool = False  # never answer
+    truncate_tcp: bool = False  # TCP replies carry TC and no records too (a broken upstream)
 
 
 @dataclass
@@ -35,6 +36,8 @@ class FakeDns:
     udp_queries: int = 0
     tcp_queries: int = 0
     seen: list[tuple[str, str, bool]] = field(default_factory=list)  # (name, type, DO)
+    # (query ID, client source port, "udp" or "tcp") of every query received, in arrival order.
+    sources: list[tuple[int, int, str]] = field(default_factory=list)
 
     def add(self, name: str, rtype: str, value: object, ttl: int = 300) -> None:
         self.records.setdefault(name.lower().rstrip("."), []).append((rtype, value, ttl))
@@ -50,7 +53,7 @@ class FakeDns:
         if b.rcode is not None:
             reply.header.rcode = b.rcode
             return reply.pack()
-        if udp and b.truncate_udp:
+        if (udp and b.truncate_udp) or (not udp and b.truncate_tcp):
             reply.header.tc = 1
             return reply.pack()
         rrs = self.records.get(qname)
@@ -95,11 +98,14 @@ class FakeDns:
         return f"{self.host}:{self.port}"
 
     async def _handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
         try:
             while True:
                 size = struct.unpack(">H", await reader.readexactly(2))[0]
                 data = await reader.readexactly(size)
                 self.tcp_queries += 1
+                if len(data) >= 2:
+                    self.sources.append((struct.unpack_from(">H", data)[0], peer[1], "tcp"))
                 if self.behaviour.delay:
                     await asyncio.sleep(self.behaviour.delay)
                 if self.behaviour.silent:
@@ -123,6 +129,8 @@ class _Udp(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.server.udp_queries += 1
+        if len(data) >= 2:
+            self.server.sources.append((struct.unpack_from(">H", data)[0], addr[1], "udp"))
         asyncio.ensure_future(self._answer(data, addr))
 
     async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:

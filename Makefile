@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_APT := nsd
 BENCH_APT := dnsperf unbound nsd
 
-.PHONY: run test test-fast bench bench-quick check-config clean
+.PHONY: run test test-fast bench bench-quick check-config clean readme
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,7 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench/run bench/results
+
+## Regenerate the README's configuration table from config/settings.py.
+readme: $(STAMP)
+	$(PY) tools/readme_config.py

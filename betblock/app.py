@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Iterable
 import time
 
 import structlog
 
+from betblock.http import HttpMount, HttpServer, build_app
 from config.settings import Settings
 from feeds.compile import load_from_settings
 from feeds.snapshot import PolicySnapshot
@@ -30,7 +32,9 @@ log = structlog.get_logger("betblock.app")
 class App:
     """One betblock node. ``start`` makes it answer; ``stop`` drains it."""
 
-    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, handle_signals: bool = True, http_mounts: Iterable[HttpMount] = ()
+    ) -> None:
         self.settings = settings
         self.handle_signals = handle_signals
         self.recorder = HitRecorder(settings.hits)
@@ -49,6 +53,9 @@ class App:
             cname_inspection=settings.policy.cname_inspection,
         )
         self.server = DnsServer(settings.dns, self.pipeline.answer)
+        # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
+        self.http_mounts: list[HttpMount] = list(http_mounts)
+        self.http: HttpServer | None = None
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -82,6 +89,11 @@ class App:
         """Serve until ``stopping`` is set; then drain and flush."""
         await self.load_policy()
         await self.server.start()
+        if self.settings.http.enabled:
+            self.http = HttpServer(
+                self.settings.http, build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts)
+            )
+            await self.http.start()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if self.handle_signals else ()
         if signals:
@@ -94,6 +106,8 @@ class App:
             async with asyncio.TaskGroup() as tg:
                 recorder = tg.create_task(self.recorder.run())
                 await self.stopping.wait()
+                if self.http is not None:
+                    await self.http.close()
                 await self.server.close()
                 recorder.cancel()  # its finally-block writes every buffered hit
         finally:

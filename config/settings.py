@@ -13,7 +13,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -243,6 +243,29 @@ class HitsSettings(_Section):
     node: str = Field(default="", description="Name of this resolver node in hit records; empty means the hostname.")
 
 
+class HttpSettings(_Section):
+    """The HTTP listener: agency push API, admin API and page, health endpoints."""
+
+    enabled: bool = Field(default=True, description="Run the HTTP listener.")
+    listen: str = Field(default="127.0.0.1:8053", description="Address of the HTTP listener, host:port.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for admin routes; unset disables them (401). Use a long random value.",
+    )
+    max_body_bytes: int = Field(
+        default=64 << 20, ge=1024, description="Largest request body accepted; larger gets 413."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        _host_port(v, 8053)
+        return v
+
+    def address(self) -> tuple[str, int]:
+        return _host_port(self.listen, 8053)
+
+
 class LogSettings(_Section):
     """Application logging (not the hit log)."""
 
@@ -267,7 +290,12 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings, description="Sinkhole and allowlist.")
     agencies: list[AgencySettings] = Field(default=[], description="Agencies whose lists are enforced.")
     hits: HitsSettings = Field(default_factory=HitsSettings, description="Hit recording.")
+    http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP API and pages.")
     log: LogSettings = Field(default_factory=LogSettings, description="Application log.")
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="Directory for state (feed store, hit store, compiled snapshot); relative to the working directory.",
+    )
     base_dir: Path = Field(
         default=Path("."), description="Directory that relative paths are resolved against (the config file's)."
     )

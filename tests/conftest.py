@@ -40,6 +40,7 @@ async def node(tmp_path: Path, upstream: FakeDns) -> AsyncIterator[NodeFactory]:
         lists: dict[str, list[str]] | None = None,
         agencies: list[dict[str, Any]] | None = None,
         upstreams: list[str] | None = None,
+        http_mounts: list[Any] | None = None,
         **overrides: Any,
     ) -> App:
         lists = {"pl-mf": ["casino.test"]} if lists is None else lists
@@ -55,6 +56,7 @@ async def node(tmp_path: Path, upstream: FakeDns) -> AsyncIterator[NodeFactory]:
             agency_cfg.append(cfg)
         data: dict[str, Any] = {
             "dns": {"listen": ["127.0.0.1:0"]},
+            "http": {"listen": "127.0.0.1:0"},
             "upstream": {"servers": upstreams or [upstream.address], "deadline": 2.0, "attempt_timeout": 0.5},
             "agencies": agency_cfg,
             "hits": {"jsonl_path": str(tmp_path / "hits.jsonl"), "flush_interval": 0.2},
@@ -65,7 +67,7 @@ async def node(tmp_path: Path, upstream: FakeDns) -> AsyncIterator[NodeFactory]:
                 data.setdefault(section, {}).update(values)
             else:
                 data[section] = values
-        app = App(Settings(**data), handle_signals=False)
+        app = App(Settings(**data), handle_signals=False, http_mounts=http_mounts or ())
         task = asyncio.create_task(app.run())
         ready = asyncio.create_task(app.ready.wait())
         done, _ = await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)

@@ -20,4 +20,4 @@ def test_first_section_gives_exactly_the_two_commands() -> None:
 def test_config_table_matches_the_settings_tree() -> None:
     table = README.split("<!-- config-table:start -->")[1].split("<!-- config-table:end -->")[0]
     documented = re.findall(r"^\| `([^`]+)` \|", table, re.M)
-    assert documented == [key for key, _default, _desc in field_table()]
+    assert documented == [key for key, _default, _desc in field_table()], "run `make readme`"

@@ -1,0 +1,82 @@
+"""The HTTP composition: one aiohttp application, error handling, health, and each owner's routes.
+
+Owns the middleware every route shares (JSON errors with the status the owner chose, 413 from the
+body-size cap, a 500 with one log line for our own bugs) and /healthz, /readyz. Owners (feeds for
+agencies, hits for admins) hand over their route tables or sub-applications; nothing here knows
+their business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+
+import structlog
+from aiohttp import web
+
+from config.settings import HttpSettings
+
+log = structlog.get_logger("betblock.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HttpMount = Callable[[web.Application], None]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        # Owners raise with a plain reason; clients get JSON they can parse.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return web.json_response({"error": exc.reason, "detail": exc.text}, status=exc.status, headers=headers)
+    except Exception:
+        log.exception("internal error", method=request.method, path=request.path)
+        return web.json_response({"error": "internal error"}, status=500)
+
+
+def build_app(
+    settings: HttpSettings,
+    *,
+    ready: Callable[[], bool],
+    mounts: Iterable[HttpMount] = (),
+) -> web.Application:
+    """The application; each ``mount`` adds an owner's routes to it."""
+    app = web.Application(middlewares=[errors], client_max_size=settings.max_body_bytes)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "starting"}, status=503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    for mount in mounts:
+        mount(app)
+    return app
+
+
+class HttpServer:
+    """Runs the application on the configured address."""
+
+    def __init__(self, settings: HttpSettings, app: web.Application) -> None:
+        self.settings = settings
+        self.app = app
+        self.runner = web.AppRunner(app, access_log=None)
+        self.bound: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        host, port = self.settings.address()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        sock = site._server.sockets[0]  # type: ignore[union-attr]  # the real port when 0 was asked
+        self.bound = sock.getsockname()[:2]
+        log.info("http listening", address=self.bound[0], port=self.bound[1])
+
+    async def close(self) -> None:
+        await self.runner.cleanup()

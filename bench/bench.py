@@ -42,6 +42,7 @@ DATA, RUNS, RESULTS = BENCH / "data", BENCH / "run", BENCH / "results"
 MIXES = report.MIX_ORDER
 QUERY_FILE = {"blocked": "q-blocked-{size}.txt", "allowed": "q-allowed.txt", "mix": "q-mix-{size}.txt"}
 POLL_S = 0.02
+IDLE_PCT = 3.0  # foreign CPU time (% of one core, both CPUs together) that counts as idle
 WARMUP_QPS = 5000
 
 
@@ -98,6 +99,37 @@ def parse_dnsperf(text: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- one peer
+def wait_idle(a: argparse.Namespace, ours: list[procs.Server]) -> float:
+    """Wait (at most --wait-idle s) until other programs leave both CPUs alone; seconds waited.
+
+    Samples one second at a time: task time on each CPU minus our own processes' time. A run
+    started while something else is busy measures that program as much as the server.
+    """
+    t0 = time.monotonic()
+    said = False
+    while True:
+        c0 = {c: procs.core_ticks(c) for c in (a.server_cpu, a.perf_cpu)}
+        own0, self0 = sum(s.cpu_ticks() for s in ours), os.times()
+        time.sleep(1.0)
+        c1 = {c: procs.core_ticks(c) for c in (a.server_cpu, a.perf_cpu)}
+        own1, self1 = sum(s.cpu_ticks() for s in ours), os.times()
+        own = (own1 - own0) + (self1.user + self1.system - self0.user - self0.system) * procs.CLK_TCK
+        busy = sum(c1[c]["task"] + c1[c]["steal"] - c0[c]["task"] - c0[c]["steal"] for c in c0) - own
+        total = max(1, min(c1[c]["total"] - c0[c]["total"] for c in c0))
+        pct = 100 * busy / total
+        waited = time.monotonic() - t0
+        if pct < IDLE_PCT:
+            if said:
+                log(f"  CPUs {a.server_cpu},{a.perf_cpu} idle after {waited:.0f} s")
+            return waited
+        if waited > a.wait_idle:
+            log(f"  !! other programs still use {pct:.0f} % of a CPU after {waited:.0f} s: measuring anyway")
+            return waited
+        if not said:
+            log(f"  other programs use {pct:.0f} % of a CPU: waiting up to {a.wait_idle} s for quiet")
+            said = True
+
+
 def wait_until(server: procs.Server, what: str, probe, limit: float) -> float:
     """Call `probe` every POLL_S until it is true; seconds since the server started."""
     while True:
@@ -121,17 +153,29 @@ def last_word(path: Path) -> str:
         return f.read().decode().split()[-1]
 
 
-def count_lines(path: Path) -> tuple[int, int] | tuple[None, None]:
+COUNT_FIELD = re.compile(rb'"count":\s*(\d+)')
+
+
+def count_hits(path: Path) -> dict:
+    """Lines, bytes and hits of a hits.jsonl; a line with a "count" field stands for that many."""
     if not path.exists():
-        return None, None
-    lines = 0
+        return {"hits_lines": None, "hits_bytes": None, "hits_counted": None}
+    lines = hits = 0
+    rest = b""
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            lines += chunk.count(b"\n")
-    return lines, path.stat().st_size
+        while chunk := f.read(1 << 22):
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1
+            body, rest = chunk[:cut], chunk[cut:]
+            n = body.count(b"\n")
+            counts = COUNT_FIELD.findall(body)
+            lines += n
+            hits += sum(int(c) for c in counts) + (n - len(counts))  # no count field: one hit
+    return {"hits_lines": lines, "hits_bytes": path.stat().st_size, "hits_counted": hits}
 
 
 def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit) -> None:
+    wait_idle(a, [upstream])
     shutil.rmtree(job.run_dir, ignore_errors=True)  # no cache or state left from an earlier run
     job.run_dir.mkdir(parents=True)
     if not procs.port_free(job.port):
@@ -180,15 +224,24 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                     f"{w['rcodes']}")
                 warmed = True
             qfile = DATA / QUERY_FILE[mix].format(size=job.size)
+            waited = wait_idle(a, [server, upstream])
             core0, ticks0, up0 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
+            pcore0, self0 = procs.core_ticks(a.perf_cpu), os.times()
             r = dnsperf(a, job.port, qfile, ["-l", str(a.duration)], limit=a.duration + 30)
             core1, ticks1, up1 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
+            pcore1, self1 = procs.core_ticks(a.perf_cpu), os.times()
             core = {k: core1[k] - core0[k] for k in core0}
+            pcore = {k: pcore1[k] - pcore0[k] for k in pcore0}
+            # On the client CPU, ours are dnsperf, NSD and this harness; anything else is foreign.
+            ours_s = r["client_cpu_s"] + (up1 - up0) / procs.CLK_TCK + (self1.user + self1.system
+                                                                         - self0.user - self0.system)
+            client_foreign = max(0.0, pcore["task"] / procs.CLK_TCK - ours_s)
             if not server.alive():
                 raise BenchError(f"{job.peer} exited (rc {server.proc.returncode}) during the {mix} run")
             cpu_s = (ticks1 - ticks0) / procs.CLK_TCK
             run_s = r["run_s"] or a.duration
             r.update(type="run", peer=job.peer, size=job.size, mix=mix, query_file=qfile.name,
+                     waited_idle_s=round(waited, 1),
                      server_cpu_s=round(cpu_s, 2), server_cpu_pct=round(100 * cpu_s / run_s, 1),
                      client_cpu_pct=round(100 * r["client_cpu_s"] / run_s, 1),
                      # Near zero when the peer's cache works: allowed names were warmed.
@@ -198,12 +251,15 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                      foreign_pct=round(100 * max(0, core["task"] - (ticks1 - ticks0)) / max(core["total"], 1), 1),
                      steal_pct=round(100 * core["steal"] / max(core["total"], 1), 1),
                      softirq_pct=round(100 * core["softirq"] / max(core["total"], 1), 1),
+                     client_foreign_pct=round(100 * client_foreign * procs.CLK_TCK / max(pcore["total"], 1), 1),
+                     client_steal_pct=round(100 * pcore["steal"] / max(pcore["total"], 1), 1),
                      us_per_query=round(cpu_s / r["completed"] * 1e6, 2) if r["completed"] else None,
                      rss_after_kib=server.rss_kib())
             emit(r)
             log(f"  {mix:8s} {r['qps']:>10,.0f} qps  {r['us_per_query']} µs/q  server CPU "
                 f"{r['server_cpu_pct']}%  dnsperf CPU {r['client_cpu_pct']}%  NSD CPU {r['upstream_cpu_pct']}%  "
-                f"other/steal on CPU {a.server_cpu} {r['foreign_pct']}/{r['steal_pct']}%  lost {r['lost']}  "
+                f"other/steal on CPU {a.server_cpu} {r['foreign_pct']}/{r['steal_pct']}%, on CPU "
+                f"{a.perf_cpu} {r['client_foreign_pct']}/{r['client_steal_pct']}%  lost {r['lost']}  "
                 f"lat {r['latency_ms']:.3f} ms  {r['rcodes']}  RSS {r['rss_after_kib'] / 1024:,.0f} MiB")
     finally:
         server.stop()
@@ -211,9 +267,11 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
     rc = server.proc.returncode
     if rc not in (0, -signal.SIGTERM):
         log(f"  note: {job.peer} exited with rc {rc} after SIGTERM")
-    lines, size = count_lines(job.run_dir / "hits.jsonl")
-    emit({"type": "stop", "peer": job.peer, "size": job.size, "exit_rc": rc,
-          "hits_lines": lines, "hits_bytes": size})
+    hits = count_hits(job.run_dir / "hits.jsonl")
+    if hits["hits_lines"] is not None:
+        log(f"  hits.jsonl: {hits['hits_lines']:,} lines, {hits['hits_counted']:,} hits, "
+            f"{hits['hits_bytes'] / 2**20:,.0f} MiB")
+    emit({"type": "stop", "peer": job.peer, "size": job.size, "exit_rc": rc, **hits})
 
 
 # ---------------------------------------------------------------------------- main
@@ -266,6 +324,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="seconds a peer may take to load its list (default: 300)")
     ap.add_argument("--seed", type=int, default=42, help="data seed (default: 42)")
     ap.add_argument("--keep", action="store_true", help="keep run directories (configs, hits.jsonl)")
+    ap.add_argument("--wait-idle", type=int, default=120,
+                    help="before each load and run, wait up to this many seconds for other programs "
+                         "to leave both CPUs idle; 0 only checks (default: 120)")
     a = ap.parse_args(argv)
     a.sizes = [s.strip().lower() for s in (a.sizes or ("10k" if a.quick else "100k,1m")).split(",") if s.strip()]
     a.duration = a.duration or (3 if a.quick else 15)

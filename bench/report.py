@@ -71,6 +71,11 @@ def _rcodes(rc: dict, total: int) -> str:
     return ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(rc.items(), key=lambda kv: -kv[1]))
 
 
+def _disturbed(run: dict) -> bool:
+    return (run.get("foreign_pct", 0) + run.get("steal_pct", 0) > NOISE_PCT
+            or run.get("client_foreign_pct", 0) + run.get("client_steal_pct", 0) > NOISE_PCT)
+
+
 def render(records: list[dict]) -> str:
     meta = next((r for r in records if r["type"] == "meta"), {})
     loads = {(r["peer"], r["size"]): r for r in records if r["type"] == "load"}
@@ -148,7 +153,12 @@ def render(records: list[dict]) -> str:
                          f"{w['lost']:,}, {_rcodes(w['rcodes'], w['completed'])}")
             st = stops.get((peer, size), {})
             if st.get("hits_lines") is not None:
-                line += f"; hits.jsonl {st['hits_lines']:,} lines ({st['hits_bytes'] / 2**20:,.0f} MiB)"
+                blocked = sum((runs.get((peer, size, m)) or {}).get("rcodes", {}).get("NXDOMAIN", 0)
+                              for m in MIX_ORDER)
+                line += (f"; hits.jsonl {st['hits_lines']:,} lines ({st['hits_bytes'] / 2**20:,.0f} MiB) "
+                         f"recording {st['hits_counted']:,} hits for {blocked:,} NXDOMAIN answers dnsperf got")
+                if st["hits_counted"] < blocked:
+                    line += " — **hits missing**"
             if st.get("exit_rc") not in (None, 0, -15):
                 line += f"; exit code {st['exit_rc']} after SIGTERM"
             busy = [m for m in ("allowed", "mix")
@@ -156,11 +166,10 @@ def render(records: list[dict]) -> str:
             if busy:
                 line += (f"; **the NSD upstream was busy during the {'/'.join(busy)} run** (> "
                          f"{UPSTREAM_BUSY_PCT:.0f} % CPU): cached answers were not all from the cache")
-            noisy = [f"{m} {r.get('foreign_pct', 0):.0f}/{r.get('steal_pct', 0):.0f} %"
-                     for m in MIX_ORDER if (r := runs.get((peer, size, m)))
-                     and r.get("foreign_pct", 0) + r.get("steal_pct", 0) > NOISE_PCT]
+            noisy = [f"{m} ({r.get('foreign_pct', 0):.0f} % / {r.get('client_foreign_pct', 0):.0f} %)"
+                     for m in MIX_ORDER if (r := runs.get((peer, size, m))) and _disturbed(r)]
             if noisy:
-                line += (f"; **disturbed: other programs/steal on the server CPU during** "
+                line += (f"; **disturbed runs** (other programs or steal on the server / client CPU): "
                          f"{', '.join(noisy)}: repeat on an idle machine")
             if not ld.get("checks_ok", True):
                 line += " — **CHECK FAILED**"

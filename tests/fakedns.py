@@ -11,7 +11,7 @@ import asyncio
 import struct
 from dataclasses import dataclass, field
 
-from dnslib import QTYPE, RCODE, RR, DNSRecord, A, AAAA, CNAME, SOA, TXT
+from dnslib import EDNS0, QTYPE, RCODE, RR, DNSRecord, A, AAAA, CNAME, SOA, TXT
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Behaviour:
     wrong_id_first: bool = False  # send a reply with a wrong ID (and a wrong question) first
     rcode: int | None = None  # force this rcode
     silent: bool = False  # never answer
+    edns_reply: bool = False  # every reply carries an OPT record, as real servers' replies do
     truncate_tcp: bool = False  # TCP replies carry TC and no records too (a broken upstream)
 
 
@@ -43,6 +44,12 @@ class FakeDns:
         self.records.setdefault(name.lower().rstrip("."), []).append((rtype, value, ttl))
 
     def reply_for(self, data: bytes, udp: bool) -> bytes | None:
+        reply = self._reply(data, udp)
+        if self.behaviour.edns_reply:
+            reply.add_ar(EDNS0(udp_len=4096))
+        return reply.pack()
+
+    def _reply(self, data: bytes, udp: bool) -> DNSRecord:
         req = DNSRecord.parse(data)
         qname = str(req.q.qname).rstrip(".").lower()
         qtype = QTYPE[req.q.qtype]
@@ -52,15 +59,15 @@ class FakeDns:
         reply = req.reply()
         if b.rcode is not None:
             reply.header.rcode = b.rcode
-            return reply.pack()
+            return reply
         if (udp and b.truncate_udp) or (not udp and b.truncate_tcp):
             reply.header.tc = 1
-            return reply.pack()
+            return reply
         rrs = self.records.get(qname)
         if rrs is None:
             reply.header.rcode = RCODE.NXDOMAIN
             self._soa(reply, qname)
-            return reply.pack()
+            return reply
         matched = False
         for rtype, value, ttl in rrs:
             if rtype == qtype or rtype == "CNAME":
@@ -73,7 +80,7 @@ class FakeDns:
                             reply.add_answer(RR(target, getattr(QTYPE, rt2), rdata=_rdata(rt2, v2), ttl=ttl2))
         if not matched:
             self._soa(reply, qname)
-        return reply.pack()
+        return reply
 
     def _soa(self, reply: DNSRecord, qname: str) -> None:
         zone = ".".join(qname.split(".")[-2:]) or "."

@@ -42,7 +42,11 @@ def _matches(reply: bytes, qid: int, question: bytes) -> bool:
     rid, flags, qdcount = struct.unpack_from(">HHH", reply)
     if rid != qid or not flags & QR or qdcount != 1:
         return False
-    return reply[12 : 12 + len(question)].lower() == question
+    # Only the name is compared case-insensitively: lower-casing the type and class bytes too
+    # turned e.g. HTTPS (65 = 0x0041, "A") into 0x0061, so every reply to such a type was
+    # ignored as a mismatch and the client got SERVFAIL.
+    split = len(question) - 4
+    return reply[12 : 12 + split].lower() == question[:split] and reply[12 + split : 12 + len(question)] == question[split:]
 
 
 class _UdpExchange(asyncio.DatagramProtocol):

@@ -16,6 +16,7 @@ import time
 import structlog
 
 from betblock.http import HttpMount, HttpServer, build_app
+from betblock.metrics import ExtraMetrics, mount_metrics
 from config.settings import Settings
 from feeds.compile import load_from_settings
 from feeds.snapshot import PolicySnapshot
@@ -55,6 +56,9 @@ class App:
         self.server = DnsServer(settings.dns, self.pipeline.answer)
         # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
         self.http_mounts: list[HttpMount] = list(http_mounts)
+        # Owners add metric families here (feed status, hit store); read at scrape time.
+        self.extra_metrics: list[ExtraMetrics] = []
+        self.http_mounts.append(mount_metrics(self))
         self.http: HttpServer | None = None
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()

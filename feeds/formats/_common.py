@@ -8,7 +8,9 @@ Must not import aiohttp, SQL or resolver code.
 from __future__ import annotations
 
 import codecs
+import csv
 import re
+from collections.abc import Iterator
 from datetime import datetime, timezone, tzinfo
 from functools import lru_cache
 from typing import Any
@@ -174,3 +176,41 @@ def parse_date(text: str, tz: tzinfo) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
     return value
+
+
+def csv_rows(
+    lines: list[str], delimiter: str
+) -> Iterator[tuple[int, int, list[str] | None, str | None]]:
+    """``(first line, last line, fields, error)`` per CSV record of ``lines``.
+
+    Fed line by line, so only ``\\n`` ends a record and line numbers match ``decode_lines``;
+    stray CRs inside a line (seen in the CZ file) are dropped. A malformed record yields
+    ``fields=None`` and the csv module's message instead of raising.
+    """
+    reader = csv.reader((line.replace("\r", "") for line in lines), delimiter=delimiter)
+    previous = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if reader.line_num == previous:
+                return  # nothing consumed: the error is at the end of the input
+            yield previous + 1, reader.line_num, None, f"malformed CSV ({exc})"
+            previous = reader.line_num
+            continue
+        yield previous + 1, reader.line_num, row, None
+        previous = reader.line_num
+
+
+def header_index(header: list[str], column: str) -> int:
+    """Position of ``column`` in a CSV header (exact, then case-insensitive); FeedError
+    naming the header when it is absent, so a misconfigured column fails loudly."""
+    cells = [cell.strip() for cell in header]
+    if column in cells:
+        return cells.index(column)
+    folded = [cell.casefold() for cell in cells]
+    if column.casefold() in folded:
+        return folded.index(column.casefold())
+    raise FeedError(f"column {column!r} is not in the header {cells!r}")

@@ -28,7 +28,7 @@ ENV BETBLOCK_DATA_DIR=/var/lib/betblock
 VOLUME ["/var/lib/betblock"]
 USER 10001:10001
 WORKDIR /var/lib/betblock
-EXPOSE 53/udp 53/tcp 8053/tcp
+EXPOSE 53/udp 53/tcp 80/tcp 8053/tcp
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8053/readyz', timeout=2)"]
 ENTRYPOINT ["betblock"]

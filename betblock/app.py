@@ -17,6 +17,7 @@ import structlog
 
 from betblock.http import HttpMount, HttpServer, build_app
 from betblock.metrics import ExtraMetrics, mount_metrics
+from betblock.warning import Provenance, WarningPage
 from config.settings import Settings
 from feeds.compile import load_from_settings
 from feeds.snapshot import PolicySnapshot
@@ -60,6 +61,9 @@ class App:
         self.extra_metrics: list[ExtraMetrics] = []
         self.http_mounts.append(mount_metrics(self))
         self.http: HttpServer | None = None
+        self.warning: HttpServer | None = None
+        # (agency id, listed name) -> legal reference and dates, for the warning page; set by feeds.
+        self.provenance: Provenance | None = None
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -95,9 +99,19 @@ class App:
         await self.server.start()
         if self.settings.http.enabled:
             self.http = HttpServer(
-                self.settings.http, build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts)
+                self.settings.http.address(),
+                build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts),
             )
             await self.http.start()
+        if self.settings.warning_page.enabled:
+            page = WarningPage(
+                self.settings.warning_page,
+                self.settings.agencies,
+                lambda: self.pipeline.policy.snapshot,
+                self.provenance,
+            )
+            self.warning = HttpServer(self.settings.warning_page.address(), page.app())
+            await self.warning.start()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if self.handle_signals else ()
         if signals:
@@ -110,8 +124,9 @@ class App:
             async with asyncio.TaskGroup() as tg:
                 recorder = tg.create_task(self.recorder.run())
                 await self.stopping.wait()
-                if self.http is not None:
-                    await self.http.close()
+                for http in (self.http, self.warning):
+                    if http is not None:
+                        await http.close()
                 await self.server.close()
                 recorder.cancel()  # its finally-block writes every buffered hit
         finally:

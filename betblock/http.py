@@ -61,17 +61,17 @@ def build_app(
 
 
 class HttpServer:
-    """Runs the application on the configured address."""
+    """Runs an application on one address."""
 
-    def __init__(self, settings: HttpSettings, app: web.Application) -> None:
-        self.settings = settings
+    def __init__(self, address: tuple[str, int], app: web.Application) -> None:
+        self.address = address
         self.app = app
         self.runner = web.AppRunner(app, access_log=None)
         self.bound: tuple[str, int] | None = None
 
     async def start(self) -> None:
         await self.runner.setup()
-        host, port = self.settings.address()
+        host, port = self.address
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
         sock = site._server.sockets[0]  # type: ignore[union-attr]  # the real port when 0 was asked

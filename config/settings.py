@@ -230,17 +230,60 @@ class PolicySettings(_Section):
 
 
 class HitsSettings(_Section):
-    """The recorder of blocked queries."""
+    """The hit log: recording of blocked queries, its store, privacy and retention."""
 
     enabled: bool = Field(default=True, description="Record a hit for every blocked answer.")
     buffer_size: int = Field(
         default=100_000, ge=100, description="Hits held in memory between flushes before aggregation starts."
     )
-    flush_interval: float = Field(default=1.0, gt=0, description="Seconds between writes of buffered hits.")
+    flush_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between writes of buffered hits; a crash loses at most this much."
+    )
+    store: Literal["sqlite", "postgres", "none"] = Field(
+        default="sqlite",
+        description="Where hits are stored: sqlite (embedded, WAL), postgres (one store for a fleet) or none.",
+    )
+    sqlite_path: Path | None = Field(
+        default=None, description="SQLite hit store file; unset means data_dir/hits.sqlite."
+    )
+    postgres_dsn: SecretStr | None = Field(
+        default=None, description="PostgreSQL connection string for store = postgres, e.g. postgresql://user@host/db."
+    )
+    postgres_schema: str = Field(
+        default="betblock_hits",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema that holds the hit tables (created on start).",
+    )
+    privacy: Literal["full", "truncate", "hash", "none"] = Field(
+        default="truncate",
+        description="What is kept of the client address: full, truncate (to a network), hash (keyed HMAC) or none.",
+    )
+    truncate_ipv4: int = Field(default=24, ge=0, le=32, description="Prefix length kept of IPv4 clients when privacy = truncate.")
+    truncate_ipv6: int = Field(default=56, ge=0, le=128, description="Prefix length kept of IPv6 clients when privacy = truncate.")
+    hash_secret: SecretStr | None = Field(
+        default=None, description="Key of the client HMAC when privacy = hash; changing it unlinks old hits from new."
+    )
+    retention_days: int = Field(default=90, ge=1, description="Hits older than this many days are deleted.")
+    retention_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds between runs of the retention job (also run at start)."
+    )
     jsonl_path: Path | None = Field(
-        default=None, description="File the hits are appended to as JSON lines; unset means standard output."
+        default=None,
+        description="Also append hits as JSON lines to this file (for shipping to a SIEM); '-' means standard output, unset writes none.",
     )
     node: str = Field(default="", description="Name of this resolver node in hit records; empty means the hostname.")
+
+    @model_validator(mode="after")
+    def _needs(self) -> HitsSettings:
+        if self.privacy == "hash" and (self.hash_secret is None or not self.hash_secret.get_secret_value()):
+            raise ValueError("privacy 'hash' needs hash_secret")
+        if self.store == "postgres" and self.postgres_dsn is None:
+            raise ValueError("store 'postgres' needs postgres_dsn")
+        return self
+
+    def sqlite_file(self, data_dir: Path) -> Path:
+        """The SQLite file: ``sqlite_path``, or ``data_dir/hits.sqlite``."""
+        return self.sqlite_path if self.sqlite_path is not None else data_dir / "hits.sqlite"
 
 
 class HttpSettings(_Section):
@@ -264,6 +307,40 @@ class HttpSettings(_Section):
 
     def address(self) -> tuple[str, int]:
         return _host_port(self.listen, 8053)
+
+
+class WarningPageText(_Section):
+    """The warning page of one agency, in the agency's language."""
+
+    language: str = Field(default="en", description="Language tag of the page (html lang), e.g. pl, it, cs.")
+    title: str = Field(default="", description="Page title; empty means a generic English title.")
+    text: str = Field(
+        default="", description="Paragraph shown under the title; {name} and {agency} are replaced. Plain text."
+    )
+    link: str = Field(default="", description="Link to the agency's register or explanation page.")
+    link_text: str = Field(default="", description="Text of that link; empty shows the URL.")
+
+
+class WarningPageSettings(_Section):
+    """The warning page betblock serves for agencies without one of their own."""
+
+    enabled: bool = Field(default=True, description="Serve the warning page.")
+    listen: str = Field(
+        default="127.0.0.1:8080",
+        description="Address of the warning-page HTTP listener; point an agency's redirect_ipv4/ipv6 here (port 80 in production).",
+    )
+    pages: dict[str, WarningPageText] = Field(
+        default={}, description="Per-agency page text, keyed by agency id; agencies without one get the generic text."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        _host_port(v, 80)
+        return v
+
+    def address(self) -> tuple[str, int]:
+        return _host_port(self.listen, 80)
 
 
 class LogSettings(_Section):
@@ -291,6 +368,9 @@ class Settings(BaseSettings):
     agencies: list[AgencySettings] = Field(default=[], description="Agencies whose lists are enforced.")
     hits: HitsSettings = Field(default_factory=HitsSettings, description="Hit recording.")
     http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP API and pages.")
+    warning_page: WarningPageSettings = Field(
+        default_factory=WarningPageSettings, description="Warning page for blocked names."
+    )
     log: LogSettings = Field(default_factory=LogSettings, description="Application log.")
     data_dir: Path = Field(
         default=Path("var"),
@@ -381,7 +461,8 @@ def field_table() -> list[tuple[str, str, str]]:
             rows.append((key, default, info.description or ""))
 
     walk(Settings, "")
-    for name, info in AgencySettings.model_fields.items():
-        default = "(required)" if info.is_required() else repr(info.default)
-        rows.append((f"agencies[].{name}", default, info.description or ""))
+    for prefix, model in (("agencies[].", AgencySettings), ("warning_page.pages.<agency>.", WarningPageText)):
+        for name, info in model.model_fields.items():
+            default = "(required)" if info.is_required() else repr(info.default)
+            rows.append((f"{prefix}{name}", default, info.description or ""))
     return rows

@@ -57,6 +57,7 @@ async def node(tmp_path: Path, upstream: FakeDns) -> AsyncIterator[NodeFactory]:
         data: dict[str, Any] = {
             "dns": {"listen": ["127.0.0.1:0"]},
             "http": {"listen": "127.0.0.1:0"},
+            "warning_page": {"listen": "127.0.0.1:0"},
             "upstream": {"servers": upstreams or [upstream.address], "deadline": 2.0, "attempt_timeout": 0.5},
             "agencies": agency_cfg,
             "hits": {"jsonl_path": str(tmp_path / "hits.jsonl"), "flush_interval": 0.2},

@@ -80,6 +80,7 @@ def test_wheel_install_serves_with_the_image_cmd_and_passes_its_healthcheck(tmp_
         "BETBLOCK_DATA_DIR": str(tmp_path / "data"),
         "BETBLOCK_DNS__LISTEN": json.dumps([f"127.0.0.1:{dns_port}"]),
         "BETBLOCK_HTTP__LISTEN": f"127.0.0.1:{http_port}",
+        "BETBLOCK_WARNING_PAGE__LISTEN": "127.0.0.1:0",
         "BETBLOCK_UPSTREAM__SERVERS": json.dumps(["127.0.0.1:9"]),
         "BETBLOCK_HITS__JSONL_PATH": str(tmp_path / "hits.jsonl"),
     }

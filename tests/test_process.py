@@ -45,6 +45,8 @@ async def test_serve_answers_and_sigterm_flushes_hits(tmp_path: Path) -> None:
 listen = ["127.0.0.1:{port}"]
 [http]
 listen = "127.0.0.1:0"
+[warning_page]
+listen = "127.0.0.1:0"
 [upstream]
 servers = ["{upstream.address}"]
 [hits]

@@ -178,6 +178,96 @@ class CacheSettings(_Section):
 
 
 Action = Literal["redirect", "nxdomain", "nodata", "refused"]
+SourceKind = Literal["url", "file", "push"]
+# The names of feeds.formats.FORMATS (tests/feeds_plane checks they agree): config may not
+# import feeds, and a typo in a format must fail at start-up naming the key.
+FormatName = Literal[
+    "plain", "hosts", "adblock", "rpz", "csv", "json", "pl-mf", "it-adm", "ch-gespa", "ch-esbk", "cz-mf"
+]
+# Formats that verify the list against a second file, and the parser option that file fills.
+INTEGRITY_OPTION = {"it-adm": "control", "ch-gespa": "signature"}
+
+
+class SourceSettings(_Section):
+    """Where one agency's list comes from: a URL we poll, a file we watch, or the push API."""
+
+    kind: SourceKind = Field(
+        default="url", description="url (polled over HTTPS), file (watched) or push (PUT/PATCH /v1/feeds/<agency>)."
+    )
+    id: str = Field(
+        default="",
+        pattern=r"^$|^[a-z0-9][a-z0-9_.-]{0,63}$",
+        description="Stable id of the source within its agency (history is kept per source); empty derives one from the kind, URL or path.",
+    )
+    format: FormatName = Field(
+        default="plain",
+        description="Feed format: plain, hosts, adblock, rpz, csv, json, pl-mf, it-adm, ch-gespa, ch-esbk or cz-mf.",
+    )
+    options: dict[str, str | int | float | bool] = Field(
+        default={}, description="Options of the format parser, e.g. {column = \"domain\", delimiter = \";\"} for csv."
+    )
+    url: str = Field(default="", description="kind = url: the list's URL (https:// in production).")
+    path: Path | None = Field(default=None, description="kind = file: the list file; relative to the config file.")
+    control_url: str = Field(
+        default="",
+        description="URL of the file that authenticates the list: the SHA-256 control file (it-adm) or the detached signature (ch-gespa).",
+    )
+    control_file: Path | None = Field(
+        default=None, description="The same for a file source: checksum or signature file beside the list."
+    )
+    public_key: Path | None = Field(
+        default=None, description="PEM public key (or certificate) that signs the list (ch-gespa); relative to the config file."
+    )
+    poll_interval: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds between polls of a URL (0 = 3600) or between checks of a file's size and time (0 = 5).",
+    )
+    timeout: float = Field(default=60.0, gt=0, description="kind = url: seconds one whole download may take.")
+    connect_timeout: float = Field(default=10.0, gt=0, description="kind = url: seconds to connect to the server.")
+    read_timeout: float = Field(
+        default=20.0, gt=0, description="kind = url: seconds without a byte of the body before the download fails."
+    )
+    retries: int = Field(
+        default=3, ge=0, le=10, description="kind = url: retries after a network error, a timeout or a 5xx, with backoff."
+    )
+    retry_backoff: float = Field(
+        default=2.0, ge=0, description="kind = url: seconds before the first retry; doubled for each further one."
+    )
+    max_bytes: int = Field(
+        default=64 << 20, ge=1024, description="Largest list accepted from this source, bytes; larger is refused (413 on push)."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> SourceSettings:
+        if self.kind == "url" and not self.url.startswith(("https://", "http://")):
+            raise ValueError(f"source kind 'url' needs url = 'https://...' (got {self.url!r})")
+        if self.kind == "file" and self.path is None:
+            raise ValueError("source kind 'file' needs path")
+        if (self.control_url or self.control_file) and self.format not in INTEGRITY_OPTION:
+            raise ValueError(f"control_url/control_file apply to formats {sorted(INTEGRITY_OPTION)} only")
+        if self.control_url and self.kind != "url":
+            raise ValueError("control_url applies to kind 'url' (use control_file for a file)")
+        if self.public_key is not None and self.format != "ch-gespa":
+            raise ValueError("public_key applies to format 'ch-gespa' only")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The source's id in the store: ``id``, or one derived from what it reads."""
+        if self.id:
+            return self.id
+        if self.kind == "push":
+            return "push"
+        if self.kind == "url":
+            return "url:" + self.url
+        return "file:" + str(self.path)
+
+    @property
+    def interval(self) -> float:
+        if self.poll_interval:
+            return self.poll_interval
+        return 3600.0 if self.kind == "url" else 5.0
 
 
 class AgencySettings(_Section):
@@ -200,18 +290,63 @@ class AgencySettings(_Section):
         default=[], description="Warning-page IPv6 addresses; none means AAAA gets NODATA."
     )
     lists: list[Path] = Field(
-        default=[], description="Plain list files, one domain per line; relative to the config file."
+        default=[],
+        description="Plain list files, one domain per line; relative to the config file. Each is a watched file source of format plain.",
+    )
+    sources: list[SourceSettings] = Field(
+        default=[], description="Where the agency's list comes from (see agencies[].sources[].*); the agency's list is the union of its sources."
+    )
+    token_sha256: str = Field(
+        default="",
+        pattern=r"^$|^[0-9a-fA-F]{64}$",
+        description="SHA-256 (hex) of the agency's push-API bearer token; `betblock token-hash` makes a token and its hash. Empty: no push.",
+    )
+    churn_limit: float = Field(
+        default=0.05,
+        ge=0,
+        description="Largest share of a source's previous list an update may add, remove or change; a bigger update is quarantined for an admin.",
+    )
+    churn_floor: int = Field(
+        default=10,
+        ge=0,
+        description="Updates that add, remove or change at most this many entries are never quarantined for churn (5% of a short list is no entry).",
+    )
+    min_entries: int = Field(
+        default=1,
+        ge=0,
+        description="An update leaving a source with fewer entries than this is quarantined (1: an emptied list never applies by itself).",
+    )
+    deadline_hours: float = Field(
+        default=0.0,
+        ge=0,
+        description="Legal deadline to apply a listing (PL 48, CH 120, CZ 360); status flags a source not refreshed within it. 0: none.",
     )
 
     @model_validator(mode="after")
     def _redirect_needs_address(self) -> AgencySettings:
         if self.action == "redirect" and not (self.redirect_ipv4 or self.redirect_ipv6):
             raise ValueError(f"agency {self.id!r}: action 'redirect' needs redirect_ipv4 or redirect_ipv6")
+        keys = [s.key for s in self.all_sources()]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise ValueError(f"agency {self.id!r}: source {sorted(dup)[0]!r} appears twice")
+        if sum(1 for s in self.sources if s.kind == "push") > 1:
+            raise ValueError(f"agency {self.id!r}: at most one push source")
+        if any(s.kind == "push" for s in self.sources) and not self.token_sha256:
+            raise ValueError(f"agency {self.id!r}: a push source needs token_sha256")
         return self
 
     @property
     def display_name(self) -> str:
         return self.name or self.id
+
+    def all_sources(self) -> list[SourceSettings]:
+        """``sources`` plus one plain file source per entry of the older ``lists`` key."""
+        legacy = [SourceSettings(kind="file", format="plain", path=p) for p in self.lists]
+        return legacy + list(self.sources)
+
+    def push_source(self) -> SourceSettings | None:
+        return next((s for s in self.sources if s.kind == "push"), None)
 
 
 class PolicySettings(_Section):
@@ -223,6 +358,13 @@ class PolicySettings(_Section):
     )
     allowlist_files: list[Path] = Field(
         default=[], description="Plain files of allowlisted names; relative to the config file."
+    )
+    protected: list[str] = Field(
+        default=[],
+        description="Names no feed may list: an entry equal to one, below one or above one is rejected with a reason (critical infrastructure, CDNs, own domains).",
+    )
+    protected_files: list[Path] = Field(
+        default=[], description="Plain files of protected names; relative to the config file."
     )
     cname_inspection: bool = Field(
         default=True, description="Sinkhole an upstream answer whose CNAME chain reaches a listed name."
@@ -461,7 +603,11 @@ def field_table() -> list[tuple[str, str, str]]:
             rows.append((key, default, info.description or ""))
 
     walk(Settings, "")
-    for prefix, model in (("agencies[].", AgencySettings), ("warning_page.pages.<agency>.", WarningPageText)):
+    for prefix, model in (
+        ("agencies[].", AgencySettings),
+        ("agencies[].sources[].", SourceSettings),
+        ("warning_page.pages.<agency>.", WarningPageText),
+    ):
         for name, info in model.model_fields.items():
             default = "(required)" if info.is_required() else repr(info.default)
             rows.append((f"{prefix}{name}", default, info.description or ""))

@@ -1,0 +1,100 @@
+"""RPZ zone files: the shared sample, origins, record sets and what is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from feeds.entry import Entry, Reject
+from feeds.formats import rpz
+
+SAMPLES = Path(__file__).parent / "samples"
+
+
+def test_sample() -> None:
+    result = rpz.parse((SAMPLES / "rpz.zone").read_bytes())
+    assert result.entries == [
+        Entry("casino-royal-bet.example", 6, False, "redirect", ("145.237.235.240",)),
+        Entry("casino-royal-bet.example", 7, True, "redirect", ("145.237.235.240",)),
+        Entry("spin-win-777.test", 9, False, "redirect", ("217.175.53.72",)),
+        Entry("spin-win-777.test", 10, True, "redirect", ("sito-inibito-giochi.adm.gov.it",)),
+        Entry("bet-mirror-41.example", 12, False, "nxdomain"),
+        Entry("bet-mirror-41.example", 13, True, "nxdomain"),
+        Entry("xn--zakady-online-yhc.test", 15, False, "nxdomain"),
+        Entry("legit-lottery.example", 17, False, "passthru", allow=True),
+    ]
+    assert result.rejects == []
+    assert result.meta["serial"] == 2025091501  # from the SOA spread over parentheses
+
+
+ZONE = b"""\
+$TTL 300
+$ORIGIN rpz.isp.example.
+@ SOA ns.isp.example. hostmaster.isp.example. (
+      7 ; serial
+      3600 600 604800 300 )
+@ NS ns.isp.example.
+nodata.example 300 IN CNAME *.
+both.example A 192.0.2.1
+both.example AAAA 2001:db8::1
+both.example A 192.0.2.1
+  IN A 192.0.2.2
+abs.example.rpz.isp.example. CNAME .
+outside.example. CNAME .
+32.1.2.0.192.rpz-ip CNAME .
+ns.example.rpz-nsdname CNAME .
+drop.example CNAME rpz-drop.
+text.example TXT "blocked; by order"
+cname.example CNAME .
+cname.example A 192.0.2.3
+bad.example A 2001:db8::2
+com CNAME .
+$INCLUDE /etc/passwd
+rewrite.example CNAME *.garden.example.
+@ A 192.0.2.9
+"""
+
+
+def test_origin_record_sets_and_refusals() -> None:
+    result = rpz.parse(ZONE)
+    assert result.meta["origin"] == "rpz.isp.example"
+    assert result.meta["serial"] == 7
+    assert result.entries == [
+        Entry("nodata.example", 7, False, "nodata"),
+        Entry("both.example", 8, False, "redirect", ("192.0.2.1", "2001:db8::1", "192.0.2.2")),
+        Entry("abs.example", 12, False, "nxdomain"),
+        Entry("cname.example", 18, False, "nxdomain"),
+    ]
+    assert [(r.line, r.reason) for r in result.rejects] == [
+        (10, "duplicate"),
+        (13, "owner outside the zone"),
+        (14, "unsupported trigger (rpz-ip)"),
+        (15, "unsupported trigger (rpz-nsdname)"),
+        (16, "unsupported action rpz-drop."),
+        (17, "unsupported record type TXT"),
+        (19, "conflicts with line 18"),
+        (20, "A record with an IPv6 address"),
+        (21, "single-label name"),
+        (22, "$INCLUDE not supported"),
+        (23, "unsupported action (wildcard CNAME rewrite)"),
+        (24, "A record at the zone apex"),
+    ]
+
+
+def test_configured_origin_and_relative_cname_target() -> None:
+    data = b"casino.example CNAME warning\nbet.example CNAME warn.isp.example.\n"
+    result = rpz.parse(data, origin="rpz.isp.example.")
+    assert [(e.name, e.redirect) for e in result.entries] == [
+        ("casino.example", ("warning.rpz.isp.example",)),
+        ("bet.example", ("warn.isp.example",)),
+    ]
+
+
+def test_broken_syntax_is_rejected_per_record() -> None:
+    data = b'a.example TXT "unterminated\nb.example CNAME . )\nc.example CNAME ( .\n'
+    result = rpz.parse(data)
+    assert result.entries == []
+    assert result.rejects == [
+        Reject(1, 'a.example TXT "unterminated', "unterminated quoted string"),
+        Reject(2, "b.example CNAME . )", "unbalanced parentheses"),
+        Reject(3, "c.example CNAME ( .", "unbalanced parentheses"),
+    ]

@@ -2,8 +2,10 @@
 
 Owns the bounded in-memory buffer the hot path appends to, the per-second aggregation that takes
 over when the buffer is full (a flood of blocked queries is counted, never silently lost), the
-drop counter for what even aggregation cannot hold, and the periodic flush that writes batches
-as JSON lines off the event loop. A clean shutdown flushes everything buffered.
+drop counter for what even aggregation cannot hold, and the periodic flush that hands batches
+to one writer thread: the store (through ``hits.writer``) and, when configured, JSON lines for a
+SIEM. A clean shutdown flushes everything buffered; a batch the store refused is kept and
+retried at the next flush.
 
 The hot path hands over a tuple ``(ts, client, qname_wire, qtype, rule, listed_wire,
 policy_version)``; turning it into text happens here, in the writer thread.
@@ -19,12 +21,17 @@ import socket
 import sys
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
 from config.settings import HitsSettings
+from hits.privacy import ClientPrivacy
+
+if TYPE_CHECKING:
+    from hits.writer import HitWriter
 
 log = structlog.get_logger("betblock.hits")
 
@@ -63,7 +70,14 @@ def _json_str(raw: bytes) -> bytes:
 class HitRecorder:
     """Bounded buffer + aggregation + periodic JSON-lines writer."""
 
-    def __init__(self, settings: HitsSettings, stream: IO[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        settings: HitsSettings,
+        stream: IO[bytes] | None = None,
+        *,
+        writer: HitWriter | None = None,
+        privacy: ClientPrivacy | None = None,
+    ) -> None:
         self.settings = settings
         self.enabled = settings.enabled
         self.cap = settings.buffer_size
@@ -71,12 +85,22 @@ class HitRecorder:
         self.aggregated: dict[tuple[Any, ...], int] = {}
         self.recorded = 0  # hits written one line each
         self.aggregated_count = 0  # hits folded into a count
-        self.dropped = 0  # hits lost: aggregation table full too
+        self.dropped = 0  # hits lost: aggregation table full too, or the store failed too long
+        self.stored_rows = 0  # rows the store accepted
+        self.store_errors = 0
         self.node = (settings.node or socket.gethostname()).encode()
+        self.writer = writer
+        self.privacy = privacy or ClientPrivacy("full")
+        # JSON lines only when asked for (a path, '-' for stdout, or a stream from a test).
+        self.jsonl = stream is not None or settings.jsonl_path is not None
         self._stream = stream
         self._own_stream = False
         self._names: dict[bytes, bytes] = {}  # wire name -> JSON text, see format()
         self._lock = threading.Lock()  # one writer at a time: the periodic flush and the final one
+        self._retry: list[tuple[list[Hit], dict[tuple[Any, ...], int]]] = []  # refused by the store
+        # One thread does every write: the SQLite connection and the PostgreSQL writer loop
+        # belong to it.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hits-writer")
 
     def record(self, hit: Hit) -> None:
         """Hot path: one append while there is room, else count it per (client, name, type, entry, second)."""
@@ -103,31 +127,53 @@ class HitRecorder:
     async def run(self) -> None:
         """Flush every ``flush_interval`` until cancelled; then flush what is left."""
         dropped_seen = 0
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 await asyncio.sleep(self.settings.flush_interval)
                 await self.flush()
                 if self.dropped != dropped_seen:
-                    log.warning("hits dropped: aggregation table full", dropped=self.dropped - dropped_seen)
+                    log.warning("hits dropped", dropped=self.dropped - dropped_seen, total=self.dropped)
                     dropped_seen = self.dropped
         finally:
-            self.write(*self.take())  # shutdown: nothing buffered is lost
+            # Shutdown: nothing buffered is lost. Through the writer thread, which owns the
+            # store's connection; shielded so that a second cancel cannot cut it short.
+            batch, agg = self.take()
+            await asyncio.shield(loop.run_in_executor(self._executor, self.write, batch, agg))
 
     async def flush(self) -> None:
         batch, agg = self.take()
-        if batch or agg:
-            await asyncio.to_thread(self.write, batch, agg)
+        if batch or agg or self._retry:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.write, batch, agg)
 
-    def write(self, batch: Iterable[Hit], agg: dict[tuple[Any, ...], int]) -> None:
-        lines = self.format(batch, agg)
-        if not lines:
-            return
+    def write(self, batch: list[Hit], agg: dict[tuple[Any, ...], int]) -> None:
+        """Writer thread: store first (the evidence), then JSON lines."""
         with self._lock:
-            out = self._open()
-            out.write(b"".join(lines))
-            out.flush()
-        self.recorded += len(lines) - len(agg)
-        self.aggregated_count += sum(agg.values())
+            if self.writer is not None:
+                pending = self._retry + [(batch, agg)]
+                self._retry = []
+                for i, (b, a) in enumerate(pending):
+                    try:
+                        self.stored_rows += self.writer.write(b, a)
+                    except Exception as exc:
+                        self.store_errors += 1
+                        self._retry = pending[i:]
+                        held = sum(len(b) + sum(a.values()) for b, a in self._retry)
+                        while len(self._retry) > 1 and held > self.cap * 4:
+                            lost_b, lost_a = self._retry.pop(0)
+                            lost = len(lost_b) + sum(lost_a.values())
+                            held -= lost
+                            self.dropped += lost
+                        log.error("hit store write failed; keeping the batch for the next flush", error=str(exc), held=held)
+                        break
+            if self.jsonl:
+                lines = self.format(batch, agg)
+                if lines:
+                    out = self._open()
+                    out.write(b"".join(lines))
+                    out.flush()
+            self.recorded += len(batch)
+            self.aggregated_count += sum(agg.values())
 
     def format(self, batch: Iterable[Hit], agg: dict[tuple[Any, ...], int]) -> list[bytes]:
         """JSON lines for a batch, at about one %-format per hit: the parts that repeat (the
@@ -150,7 +196,7 @@ class HitRecorder:
                     b'{"node":%s,"client":%s,"qtype":"%s","agency":%s,"agencies":%s,"action":"%s","policy_version":%d,"ts":'
                     % (
                         node,
-                        _json_str(client.encode()),
+                        _json_str(self.privacy.client(client).encode()),
                         _qtype(qtype),
                         _json_str(rule.agency.encode()),
                         json.dumps(list(rule.agencies)).encode(),
@@ -175,7 +221,7 @@ class HitRecorder:
     def _open(self) -> IO[bytes]:
         if self._stream is None:
             path: Path | None = self.settings.jsonl_path
-            if path is None:
+            if path is None or str(path) == "-":
                 self._stream = sys.stdout.buffer
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,10 +230,17 @@ class HitRecorder:
         return self._stream
 
     def close(self) -> None:
+        self._executor.shutdown(wait=True)
         if self._own_stream and self._stream is not None:
             self._stream.close()
             self._stream = None
 
     def stats(self) -> dict[str, int]:
-        return {"recorded": self.recorded, "aggregated": self.aggregated_count, "dropped": self.dropped, "buffered": len(self.buffer)}
-
+        return {
+            "recorded": self.recorded,
+            "aggregated": self.aggregated_count,
+            "dropped": self.dropped,
+            "buffered": len(self.buffer),
+            "stored_rows": self.stored_rows,
+            "store_errors": self.store_errors,
+        }

@@ -1,0 +1,49 @@
+"""The hash chain over written batches: tamper evidence for the hit log.
+
+Owns the canonical bytes of a batch and its digest. Each batch's digest covers the previous
+batch's digest, every row of the batch (as the integers stored) and the text of every dictionary
+entry the rows refer to (names, clients, agencies, nodes, policy versions), so that editing,
+deleting or inserting a row, or editing a dictionary entry, breaks the chain at that batch.
+Shared by the SQLite and PostgreSQL stores. Must not import the resolver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from array import array
+from collections.abc import Mapping, Sequence
+from itertools import chain
+
+GENESIS = b"\x00" * 32  # prev of the first batch ever written
+ROW_FIELDS = ("ts", "node", "client", "name", "qtype", "listed", "rule", "policy", "count")
+# dictionary kind of each row column that refers to one (listed shares the names dictionary)
+REFS = {1: "node", 2: "client", 3: "name", 5: "name", 6: "rule", 7: "policy"}
+
+Row = tuple[int, int, int, int, int, int, int, int, int]
+
+
+def referenced(rows: Sequence[Row]) -> dict[str, set[int]]:
+    """The dictionary ids the rows refer to, by kind."""
+    out: dict[str, set[int]] = {"node": set(), "client": set(), "name": set(), "rule": set(), "policy": set()}
+    if not rows:
+        return out
+    cols = list(zip(*rows))
+    for col, kind in REFS.items():
+        out[kind].update(cols[col])
+    return out
+
+
+def digest(prev: bytes, rows: Sequence[Row], texts: Mapping[str, Mapping[int, str]]) -> bytes:
+    """sha256 over prev, the rows in id order, and the referenced dictionary texts."""
+    h = hashlib.sha256(prev)
+    h.update(b"betblock-hits-1 %d\n" % len(rows))
+    flat = array("q", chain.from_iterable(rows))
+    if sys.byteorder != "little":  # pragma: no cover - the same digest on every machine
+        flat.byteswap()
+    h.update(flat.tobytes())
+    for kind in sorted(texts):
+        entries = texts[kind]
+        for ident in sorted(entries):
+            h.update(b"%s\t%d\t%s\n" % (kind.encode(), ident, entries[ident].encode("utf-8", "surrogateescape")))
+    return h.digest()

@@ -1,0 +1,267 @@
+"""Filters over the hit log and the SQL that serves them, shared by both stores.
+
+Owns ``Filters`` (time range, name or suffix, agency, client, type, action), parsing them from
+request or command-line parameters with a message naming the bad one, keyset pagination (newest
+first, the cursor is the last id seen, so pages are stable while hits arrive) and the text form
+of a hit (JSON object, CSV row). SQL is written with ``?`` placeholders; the PostgreSQL store
+renumbers them. Must not import the resolver.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33, "SVCB": 64, "HTTPS": 65, "ANY": 255}
+QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
+ACTIONS = ("redirect", "nxdomain", "nodata", "refused")
+MAX_LIMIT = 1000
+DRIVE_MAX = 64  # up to this many dictionary ids, a filter drives the query through its index
+INLINE_MAX = 500  # more ids than this are matched through a subquery instead of a list
+
+HIT_FIELDS = ("id", "time", "node", "client", "name", "qtype", "listed", "agency", "agencies", "action", "policy_version", "count")
+
+
+class FilterError(ValueError):
+    """A filter parameter is invalid; the message names it and its value."""
+
+
+def qtype_text(code: int) -> str:
+    return QTYPE_NAMES.get(code) or f"TYPE{code}"
+
+
+def parse_time(value: str, key: str) -> float:
+    """Epoch seconds, or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    v = value.strip()
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise FilterError(f"{key}: not a time (epoch seconds or ISO 8601): {value!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+_NAME = re.compile(r"^[a-z0-9_*](?:[a-z0-9_.-]*[a-z0-9_])?$")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a query selects; None means any."""
+
+    since: float | None = None  # epoch seconds, inclusive
+    until: float | None = None  # epoch seconds, exclusive
+    name: str | None = None  # this name and its subdomains (or only it, with exact)
+    exact: bool = False
+    agency: str | None = None  # any agency whose entry matched
+    client: str | None = None  # a stored client value or client network
+    qtype: int | None = None
+    action: str | None = None
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> Filters:
+        known = {f.name for f in fields(cls)}
+        out: dict[str, Any] = {}
+        for key in ("since", "until"):
+            if params.get(key):
+                out[key] = parse_time(params[key], key)
+        if params.get("name"):
+            name = params["name"].strip().lower().rstrip(".")
+            if name.startswith("*."):
+                name = name[2:]
+            if not _NAME.match(name):
+                raise FilterError(f"name: not a domain name: {params['name']!r}")
+            out["name"] = name
+        if params.get("exact"):
+            out["exact"] = params["exact"].lower() in ("1", "true", "yes", "on")
+        if params.get("agency"):
+            out["agency"] = params["agency"].strip()
+        if params.get("client"):
+            out["client"] = params["client"].strip()
+        if params.get("qtype") or params.get("type"):
+            raw = (params.get("qtype") or params.get("type") or "").strip().upper()
+            if raw.isdigit():
+                out["qtype"] = int(raw)
+            elif raw in QTYPES:
+                out["qtype"] = QTYPES[raw]
+            elif raw.startswith("TYPE") and raw[4:].isdigit():
+                out["qtype"] = int(raw[4:])
+            else:
+                raise FilterError(f"qtype: unknown type {raw!r}")
+        if params.get("action"):
+            action = params["action"].strip().lower()
+            if action not in ACTIONS:
+                raise FilterError(f"action: one of {', '.join(ACTIONS)}, got {action!r}")
+            out["action"] = action
+        del known
+        return cls(**out)
+
+    def query_string(self) -> dict[str, str]:
+        """The parameters that parse back into these filters."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None or v is False:
+                continue
+            out[f.name] = "1" if v is True else (qtype_text(v) if f.name == "qtype" else str(v))
+        return out
+
+
+def parse_limit(value: str | None, default: int = 100) -> int:
+    if not value:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise FilterError(f"limit: not a number: {value!r}") from None
+    if not 1 <= n <= MAX_LIMIT:
+        raise FilterError(f"limit: between 1 and {MAX_LIMIT}, got {n}")
+    return n
+
+
+def parse_cursor(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise FilterError(f"cursor: not a cursor from a previous page: {value!r}") from None
+    if n < 0:
+        raise FilterError(f"cursor: not a cursor from a previous page: {value!r}")
+    return n
+
+
+def name_rev(name: str) -> str:
+    """Labels reversed ('www.bet.test' -> 'test.bet.www'): a suffix becomes a prefix, so that
+    'bet.test and its subdomains' is one range of an index."""
+    return ".".join(reversed(name.split(".")))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Filters turned into dictionary ids. ``ids`` None means no such filter; an empty tuple
+    means nothing can match. ``subquery`` replaces a list too long to inline."""
+
+    column: str
+    ids: tuple[int, ...] | None
+    subquery: tuple[str, tuple[Any, ...]] | None = None
+
+
+COLUMNS = "id, ts, node, client, name, qtype, listed, rule, policy, cnt"
+
+
+def page_sql(
+    resolved: Sequence[Resolved],
+    f: Filters,
+    id_lo: int | None,
+    id_hi: int | None,
+    before: int | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """One page of hit rows (ids, newest first), with the dictionary texts joined in.
+
+    The most selective filter with few ids drives the query: one ordered index scan per id,
+    each stopped after ``limit`` rows, merged; the other filters are plain predicates."""
+    preds: list[str] = []
+    params: list[Any] = []
+    if id_lo is not None:
+        preds.append("id >= ?")
+        params.append(id_lo)
+    if id_hi is not None:
+        preds.append("id <= ?")
+        params.append(id_hi)
+    if before is not None:
+        preds.append("id < ?")
+        params.append(before)
+    if f.since is not None:
+        preds.append("ts >= ?")
+        params.append(int(f.since * 1000))
+    if f.until is not None:
+        preds.append("ts < ?")
+        params.append(int(f.until * 1000))
+    if f.qtype is not None:
+        preds.append("qtype = ?")
+        params.append(f.qtype)
+    drive: Resolved | None = None
+    for r in resolved:
+        if r.ids is not None and 0 < len(r.ids) <= DRIVE_MAX and drive is None:
+            drive = r
+            continue
+        if r.subquery is not None:
+            preds.append(f"{r.column} IN ({r.subquery[0]})")
+            params.extend(r.subquery[1])
+        elif r.ids is not None:
+            preds.append(f"{r.column} IN ({', '.join('?' * len(r.ids))})")
+            params.extend(r.ids)
+    where = " AND ".join(preds) or "1=1"
+    if drive is None:
+        inner = f"SELECT {COLUMNS} FROM hits WHERE {where} ORDER BY id DESC LIMIT ?"
+        all_params = params + [limit]
+    elif len(drive.ids or ()) == 1:
+        inner = f"SELECT {COLUMNS} FROM hits WHERE {drive.column} = ? AND {where} ORDER BY id DESC LIMIT ?"
+        all_params = [drive.ids[0]] + params + [limit]  # type: ignore[index]
+    else:
+        parts = []
+        all_params = []
+        for i, ident in enumerate(drive.ids or ()):
+            parts.append(
+                f"SELECT * FROM (SELECT {COLUMNS} FROM hits WHERE {drive.column} = ? AND {where} "
+                f"ORDER BY id DESC LIMIT ?) AS u{i}"
+            )
+            all_params += [ident] + params + [limit]
+        inner = f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u ORDER BY id DESC LIMIT ?"
+        all_params.append(limit)
+    sql = (
+        "SELECT h.id, h.ts, nd.node, c.client, n.name, h.qtype, l.name, r.agencies, r.action, p.version, h.cnt "
+        f"FROM ({inner}) AS h "
+        "JOIN nodes nd ON nd.id = h.node JOIN clients c ON c.id = h.client JOIN names n ON n.id = h.name "
+        "JOIN names l ON l.id = h.listed JOIN rules r ON r.id = h.rule JOIN policies p ON p.id = h.policy "
+        "ORDER BY h.id DESC"
+    )
+    return sql, all_params
+
+
+def hit_dict(row: Sequence[Any]) -> dict[str, Any]:
+    """A joined row of ``page_sql`` as the API's JSON object."""
+    ident, ts, node, client, name, qtype, listed, agencies, action, version, count = row
+    agencies_list = agencies.split(",") if agencies else []
+    return {
+        "id": ident,
+        "time": datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "node": node,
+        "client": client,
+        "name": name,
+        "qtype": qtype_text(qtype),
+        "listed": listed,
+        "agency": agencies_list[0] if agencies_list else "",
+        "agencies": agencies_list,
+        "action": action,
+        "policy_version": int(version),
+        "count": count,
+    }
+
+
+def ndjson_lines(hits: Sequence[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(h, separators=(",", ":")).encode() + b"\n" for h in hits)
+
+
+def csv_header() -> bytes:
+    return (",".join(HIT_FIELDS) + "\r\n").encode()
+
+
+def csv_rows(hits: Sequence[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    for h in hits:
+        w.writerow([" ".join(h[k]) if k == "agencies" else h[k] for k in HIT_FIELDS])
+    return buf.getvalue().encode()

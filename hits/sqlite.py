@@ -1,0 +1,292 @@
+"""The embedded hit store: one SQLite file in WAL mode.
+
+Owns the SQLite schema and its migrations, the writer connection (used only by the writer
+thread, so a write never runs on the event loop), and read-only connections in a small thread
+pool for the API. WAL lets the API read while the writer appends. Must not import the resolver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from hits.chain import digest
+from hits.store import DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError
+
+# Each migration moves the schema from version i to i + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE nodes (id INTEGER PRIMARY KEY, node TEXT NOT NULL UNIQUE);
+    CREATE TABLE clients (id INTEGER PRIMARY KEY, client TEXT NOT NULL UNIQUE, net TEXT NOT NULL);
+    CREATE INDEX clients_net ON clients (net);
+    CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, rev TEXT NOT NULL);
+    CREATE INDEX names_rev ON names (rev);
+    CREATE TABLE rules (id INTEGER PRIMARY KEY, agencies TEXT NOT NULL, action TEXT NOT NULL, UNIQUE (agencies, action));
+    CREATE TABLE policies (id INTEGER PRIMARY KEY, version INTEGER NOT NULL UNIQUE);
+    -- One row per hit, or per aggregated (second, client, name, type, entry) with its count.
+    -- Integers only: SQLite stores each in 0-6 bytes (0 for a count of 1).
+    CREATE TABLE hits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,      -- ms since the epoch
+        node INTEGER NOT NULL,
+        client INTEGER NOT NULL,
+        name INTEGER NOT NULL,
+        qtype INTEGER NOT NULL,
+        listed INTEGER NOT NULL,  -- the matched entry (a names id)
+        rule INTEGER NOT NULL,    -- agencies (winner first) and action
+        policy INTEGER NOT NULL,
+        cnt INTEGER NOT NULL
+    );
+    -- Each index holds (column, rowid): filtered pages walk them newest first.
+    CREATE INDEX hits_name ON hits (name);
+    CREATE INDEX hits_client ON hits (client);
+    CREATE INDEX hits_rule ON hits (rule);
+    CREATE TABLE batches (
+        id INTEGER PRIMARY KEY,
+        node INTEGER NOT NULL,
+        written INTEGER NOT NULL,
+        first_hit INTEGER NOT NULL,
+        last_hit INTEGER NOT NULL,
+        min_ts INTEGER NOT NULL,
+        max_ts INTEGER NOT NULL,
+        hash BLOB NOT NULL
+    );
+    CREATE INDEX batches_max_ts ON batches (max_ts);
+    CREATE INDEX batches_min_ts ON batches (min_ts);
+    CREATE TABLE first_seen (name INTEGER PRIMARY KEY, ts INTEGER NOT NULL);
+    CREATE INDEX first_seen_ts ON first_seen (ts);
+    CREATE TABLE daily_rule (day INTEGER, rule INTEGER, hits INTEGER NOT NULL, PRIMARY KEY (day, rule)) WITHOUT ROWID;
+    CREATE TABLE daily_name (day INTEGER, name INTEGER, hits INTEGER NOT NULL, PRIMARY KEY (day, name)) WITHOUT ROWID;
+    CREATE TABLE daily_net (day INTEGER, net TEXT, hits INTEGER NOT NULL, PRIMARY KEY (day, net)) WITHOUT ROWID;
+    """,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+DICT = {
+    "node": ("nodes", ("node",)),
+    "client": ("clients", ("client", "net")),
+    "name": ("names", ("name", "rev")),
+    "rule": ("rules", ("agencies", "action")),
+    "policy": ("policies", ("version",)),
+}
+UNIQUE = {"node": ("node",), "client": ("client",), "name": ("name",), "rule": ("agencies", "action"), "policy": ("version",)}
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: a committed batch survives a process crash; a power cut may lose the
+        # last ones (the OS had not synced the WAL yet).
+        conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA cache_size = -65536")
+    return conn
+
+
+class SqliteStore(HitStore):
+    """Hits in one SQLite file."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
+        self.path = Path(path)
+        self._w: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hits-read")
+        self._conns: list[sqlite3.Connection] = []
+        self._wlock = threading.Lock()  # writer thread and retention never write at once
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._w = _connect(self.path)
+            self._migrate(self._w)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open hit store {self.path}: {exc}") from exc
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"hit store {self.path} has schema version {version}, newer than this program ({SCHEMA_VERSION})")
+            for i in range(version, SCHEMA_VERSION):
+                for stmt in MIGRATIONS[i].split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        self._readers.shutdown(wait=True)
+        for c in self._conns:
+            c.close()
+        self._conns.clear()
+        if self._w is not None:
+            with self._wlock:
+                self._w.close()
+            self._w = None
+
+    # -- read ------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.path, readonly=True)
+            self._conns.append(conn)
+        return conn
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._reader().execute(sql, tuple(params)).fetchall()
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._fetch, sql, params)
+
+    async def size_bytes(self) -> int | None:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += Path(str(self.path) + suffix).stat().st_size
+            except OSError:
+                pass
+        return total
+
+    # -- write (writer thread) -------------------------------------------------------------
+
+    def ids(self, kind: str, values: Mapping[str, tuple[Any, ...]]) -> dict[str, int]:
+        table, cols = DICT[kind]
+        uniq = UNIQUE[kind]
+        conn = self._w
+        assert conn is not None
+        out: dict[str, int] = {}
+        ins = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) ON CONFLICT DO NOTHING"
+        sel = f"SELECT id FROM {table} WHERE {' AND '.join(c + ' = ?' for c in uniq)}"
+        with self._wlock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for key, row in values.items():
+                    conn.execute(ins, row)
+                    out[key] = conn.execute(sel, row[: len(uniq)]).fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return out
+
+    def write_batch(self, batch: Batch) -> tuple[int, int]:
+        conn = self._w
+        assert conn is not None and batch.rows
+        rows = batch.rows
+        with self._wlock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                prev = conn.execute("SELECT hash FROM batches ORDER BY id DESC LIMIT 1").fetchone()
+                if prev is None:
+                    anchor = conn.execute("SELECT value FROM meta WHERE key = 'anchor'").fetchone()
+                    prev_hash = bytes.fromhex(anchor[0]) if anchor else b"\x00" * 32
+                else:
+                    prev_hash = bytes(prev[0])
+                seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'hits'").fetchone()
+                first = (seq[0] if seq else 0) + 1
+                conn.executemany(
+                    "INSERT INTO hits (ts, node, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+                last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'hits'").fetchone()[0]
+                if last - first + 1 != len(rows):
+                    raise StoreError(f"hit ids not contiguous: {first}..{last} for {len(rows)} rows")
+                h = digest(prev_hash, rows, batch.texts)
+                ts = [r[0] for r in rows]
+                conn.execute(
+                    "INSERT INTO batches (node, written, first_hit, last_hit, min_ts, max_ts, hash) VALUES (?,?,?,?,?,?,?)",
+                    (batch.node, int(self.clock() * 1000), first, last, min(ts), max(ts), h),
+                )
+                _rollups(conn, batch)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return first, last
+
+    async def purge(self, cutoff_ms: int) -> int:
+        return await asyncio.to_thread(self._purge, cutoff_ms)
+
+    def _purge(self, cutoff_ms: int) -> int:
+        conn = self._w
+        assert conn is not None
+        removed = 0
+        while True:
+            # Oldest batches first, a chunk per transaction so that the writer is never held up long.
+            with self._wlock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    batches = conn.execute(
+                        "SELECT id, first_hit, last_hit, max_ts, hash FROM batches ORDER BY id LIMIT 200"
+                    ).fetchall()
+                    gone = []
+                    for b in batches:
+                        if b[3] >= cutoff_ms:
+                            break
+                        gone.append(b)
+                    if gone:
+                        conn.executemany("DELETE FROM hits WHERE id >= ? AND id <= ?", [(b[1], b[2]) for b in gone])
+                        conn.execute("DELETE FROM batches WHERE id <= ?", (gone[-1][0],))
+                        conn.execute(
+                            "INSERT INTO meta (key, value) VALUES ('anchor', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            (bytes(gone[-1][4]).hex(),),
+                        )
+                        removed += sum(b[2] - b[1] + 1 for b in gone)
+                    day = cutoff_ms // DAY_MS
+                    for table in ("daily_rule", "daily_name", "daily_net"):
+                        conn.execute(f"DELETE FROM {table} WHERE day < ?", (day,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            if len(gone) < 200:
+                break
+        self.last_purge = {"at": self.clock(), "cutoff_ms": cutoff_ms, "rows_removed": removed}
+        return removed
+
+
+def _rollups(conn: sqlite3.Connection, batch: Batch) -> None:
+    conn.executemany(
+        "INSERT INTO daily_rule (day, rule, hits) VALUES (?,?,?) ON CONFLICT (day, rule) DO UPDATE SET hits = hits + excluded.hits",
+        [(d, r, n) for (d, r), n in batch.daily_rule.items()],
+    )
+    conn.executemany(
+        "INSERT INTO daily_name (day, name, hits) VALUES (?,?,?) ON CONFLICT (day, name) DO UPDATE SET hits = hits + excluded.hits",
+        [(d, r, n) for (d, r), n in batch.daily_name.items()],
+    )
+    conn.executemany(
+        "INSERT INTO daily_net (day, net, hits) VALUES (?,?,?) ON CONFLICT (day, net) DO UPDATE SET hits = hits + excluded.hits",
+        [(d, r, n) for (d, r), n in batch.daily_net.items()],
+    )
+    if batch.first_seen:
+        conn.executemany(
+            "INSERT INTO first_seen (name, ts) VALUES (?,?) ON CONFLICT (name) DO NOTHING", list(batch.first_seen.items())
+        )

@@ -1,0 +1,301 @@
+"""The hit store's contract and everything both stores (SQLite, PostgreSQL) share.
+
+Owns the schema's shape (dictionary tables for nodes, clients, names, agency sets and policy
+versions; one compact integer row per hit or per aggregated count; the batch chain; daily
+roll-ups for the statistics), the read side (pages, export, statistics, status, chain
+verification) written once in portable SQL, and the retention rule (whole batches older than
+the retention age, oldest first, so the chain stays verifiable from an anchor).
+
+A store is written by one writer thread (``write_batch``, ``ids``) and read from the event loop
+(``fetch``). Must not import the resolver.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hits.chain import GENESIS, REFS, Row, digest, referenced
+from hits.query import DRIVE_MAX, INLINE_MAX, Filters, Resolved, hit_dict, name_rev, page_sql
+
+SCHEMA_VERSION = 1
+DAY_MS = 86_400_000
+KINDS = ("node", "client", "name", "rule", "policy")
+# kind -> (table, text column expression, key column)
+DICT_TABLES = {
+    "node": ("nodes", "node", "node"),
+    "client": ("clients", "client || char(31) || net", "client"),
+    "name": ("names", "name", "name"),
+    "rule": ("rules", "agencies || '|' || action", "agencies"),
+    "policy": ("policies", "version", "version"),
+}
+
+
+class StoreError(Exception):
+    """The hit store cannot be opened or written."""
+
+
+@dataclass
+class Batch:
+    """What the writer hands to a store: rows plus what the chain and roll-ups need."""
+
+    node: int
+    rows: list[Row]
+    texts: dict[str, dict[int, str]]  # dictionary texts the rows refer to (for the chain)
+    daily_rule: dict[tuple[int, int], int] = field(default_factory=dict)  # (day, rule) -> hits
+    daily_name: dict[tuple[int, int], int] = field(default_factory=dict)  # (day, name) -> hits
+    daily_net: dict[tuple[int, str], int] = field(default_factory=dict)  # (day, network) -> hits
+    first_seen: dict[int, int] = field(default_factory=dict)  # name id -> ts ms
+
+
+@dataclass(frozen=True)
+class Broken:
+    """The first link of the chain that does not verify."""
+
+    batch: int
+    first_hit: int
+    last_hit: int
+    reason: str
+
+
+class HitStore(abc.ABC):
+    """A hit store. Subclasses provide the connection handling and the dialect."""
+
+    kind = "?"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.last_purge: dict[str, Any] | None = None
+
+    # -- lifecycle and primitives (per dialect) ----------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, create or migrate the schema."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query (``?`` placeholders) and return its rows."""
+
+    @abc.abstractmethod
+    def ids(self, kind: str, values: Mapping[str, tuple[Any, ...]]) -> dict[str, int]:
+        """Writer thread: the dictionary ids of ``values`` (key -> extra columns), inserting new ones."""
+
+    @abc.abstractmethod
+    def write_batch(self, batch: Batch) -> tuple[int, int]:
+        """Writer thread: append rows, chain link and roll-ups in one transaction; (first id, last id)."""
+
+    @abc.abstractmethod
+    async def purge(self, cutoff_ms: int) -> int:
+        """Delete the oldest batches whose hits are all older than ``cutoff_ms``; the count of rows."""
+
+    @abc.abstractmethod
+    async def size_bytes(self) -> int | None: ...
+
+    # -- read side -------------------------------------------------------------------------
+
+    async def _resolve(self, f: Filters) -> list[Resolved] | None:
+        """Dictionary ids for each filter; None when some filter can match nothing."""
+        out: list[Resolved] = []
+        if f.name is not None:
+            if f.exact:
+                where, params = "name = ?", (f.name,)
+            else:
+                rev = name_rev(f.name)
+                where, params = "name = ? OR (rev > ? AND rev < ?)", (f.name, rev + ".", rev + "/")
+            ids = [r[0] for r in await self.fetch(f"SELECT id FROM names WHERE {where} LIMIT {INLINE_MAX + 1}", params)]
+            if not ids:
+                return None
+            if len(ids) > INLINE_MAX:
+                out.append(Resolved("name", None, (f"SELECT id FROM names WHERE {where}", params)))
+            else:
+                out.append(Resolved("name", tuple(ids)))
+        if f.client is not None:
+            ids = [r[0] for r in await self.fetch(f"SELECT id FROM clients WHERE client = ? OR net = ? LIMIT {INLINE_MAX + 1}", (f.client, f.client))]
+            if not ids:
+                return None
+            if len(ids) > INLINE_MAX:
+                out.append(Resolved("client", None, ("SELECT id FROM clients WHERE client = ? OR net = ?", (f.client, f.client))))
+            else:
+                out.append(Resolved("client", tuple(ids)))
+        if f.agency is not None or f.action is not None:
+            rules = await self.fetch("SELECT id, agencies, action FROM rules")
+            ids = [
+                rid
+                for rid, agencies, action in rules
+                if (f.agency is None or f.agency in agencies.split(",")) and (f.action is None or f.action == action)
+            ]
+            if not ids:
+                return None
+            out.append(Resolved("rule", tuple(ids)))
+        # Fewest ids first: the first short list drives the query through its index.
+        out.sort(key=lambda r: len(r.ids) if r.ids is not None else DRIVE_MAX + 1)
+        return out
+
+    async def _id_bounds(self, f: Filters) -> tuple[int | None, int | None]:
+        """Ids that can hold hits in the time range, from the batches' time spans."""
+        lo = hi = None
+        if f.since is not None:
+            rows = await self.fetch("SELECT MIN(first_hit) FROM batches WHERE max_ts >= ?", (int(f.since * 1000),))
+            lo = rows[0][0] if rows and rows[0][0] is not None else None
+            if lo is None:
+                return -1, -1  # nothing that recent
+        if f.until is not None:
+            rows = await self.fetch("SELECT MAX(last_hit) FROM batches WHERE min_ts < ?", (int(f.until * 1000),))
+            hi = rows[0][0] if rows and rows[0][0] is not None else -1
+        return lo, hi
+
+    async def page(self, f: Filters, limit: int = 100, before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to ``limit`` hits older than the cursor ``before``, newest first, and the next cursor."""
+        resolved = await self._resolve(f)
+        if resolved is None:
+            return [], None
+        lo, hi = await self._id_bounds(f)
+        if lo == -1 and hi == -1:
+            return [], None
+        sql, params = page_sql(resolved, f, lo, hi, before, limit)
+        rows = await self.fetch(sql, params)
+        hits = [hit_dict(r) for r in rows]
+        nxt = hits[-1]["id"] if len(hits) == limit else None
+        return hits, nxt
+
+    async def iterate(self, f: Filters, chunk: int = 5000) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every hit matching ``f``, newest first, in pages (for export)."""
+        before = None
+        while True:
+            hits, before = await self.page(f, chunk, before)
+            if hits:
+                yield hits
+            if before is None:
+                return
+
+    async def stats(self, days: int = 30, top: int = 20, now: float | None = None) -> dict[str, Any]:
+        """Hits per agency per day, top names and client networks, names first seen in the last day."""
+        now = self.clock() if now is None else now
+        first_day = int(now * 1000) // DAY_MS - days + 1
+        rules = {rid: agencies.split(",") for rid, agencies in await self.fetch("SELECT id, agencies FROM rules")}
+        per: dict[tuple[int, str], int] = {}
+        for day, rule, hits in await self.fetch(
+            "SELECT day, rule, SUM(hits) FROM daily_rule WHERE day >= ? GROUP BY day, rule", (first_day,)
+        ):
+            for agency in rules.get(rule, []):  # a hit counts for every agency whose entry matched
+                per[(day, agency)] = per.get((day, agency), 0) + int(hits)
+        top_names = await self.fetch(
+            "SELECT n.name, SUM(d.hits) AS s FROM daily_name d JOIN names n ON n.id = d.name "
+            "WHERE d.day >= ? GROUP BY n.name ORDER BY s DESC, n.name LIMIT ?",
+            (first_day, top),
+        )
+        top_nets = await self.fetch(
+            "SELECT net, SUM(hits) AS s FROM daily_net WHERE day >= ? GROUP BY net ORDER BY s DESC, net LIMIT ?",
+            (first_day, top),
+        )
+        new_names = await self.fetch(
+            "SELECT n.name, f.ts FROM first_seen f JOIN names n ON n.id = f.name WHERE f.ts >= ? ORDER BY f.ts DESC, n.name LIMIT ?",
+            (int((now - 86400) * 1000), top * 5),
+        )
+        return {
+            "days": days,
+            "per_agency_day": [
+                {"day": _day_text(day), "agency": agency, "hits": hits} for (day, agency), hits in sorted(per.items())
+            ],
+            "top_names": [{"name": n, "hits": int(s)} for n, s in top_names],
+            "top_networks": [{"network": n, "hits": int(s)} for n, s in top_nets],
+            "new_names": [{"name": n, "first_seen": _ms_text(ts)} for n, ts in new_names],
+        }
+
+    async def status(self) -> dict[str, Any]:
+        rows = await self.fetch("SELECT MIN(first_hit), MAX(last_hit), MIN(min_ts), MAX(max_ts), COUNT(*) FROM batches")
+        lo, hi, oldest, newest, batches = rows[0]
+        total = await self.fetch("SELECT SUM(hits) FROM daily_rule")
+        return {
+            "store": self.kind,
+            "rows": (hi - lo + 1) if lo is not None else 0,
+            "hits": int(total[0][0] or 0),
+            "batches": batches,
+            "oldest": _ms_text(oldest) if oldest is not None else None,
+            "newest": _ms_text(newest) if newest is not None else None,
+            "size_bytes": await self.size_bytes(),
+            "last_purge": self.last_purge,
+        }
+
+    # -- chain verification ----------------------------------------------------------------
+
+    async def verify(self, chunk: int = 500) -> tuple[int, Broken | None]:
+        """Walk the chain from its anchor; (batches verified, the first broken link or None)."""
+        anchor_rows = await self.fetch("SELECT value FROM meta WHERE key = 'anchor'")
+        prev = bytes.fromhex(anchor_rows[0][0]) if anchor_rows else GENESIS
+        verified = 0
+        covered = 0
+        last = -1
+        while True:
+            batches = await self.fetch(
+                "SELECT id, first_hit, last_hit, hash FROM batches WHERE id > ? ORDER BY id LIMIT ?", (last, chunk)
+            )
+            if not batches:
+                break
+            for bid, first, lastid, stored in batches:
+                stored = bytes(stored)
+                rows: list[Row] = [
+                    tuple(r)  # type: ignore[misc]
+                    for r in await self.fetch(
+                        "SELECT ts, node, client, name, qtype, listed, rule, policy, cnt FROM hits "
+                        "WHERE id >= ? AND id <= ? ORDER BY id",
+                        (first, lastid),
+                    )
+                ]
+                if len(rows) != lastid - first + 1:
+                    return verified, Broken(bid, first, lastid, f"{lastid - first + 1 - len(rows)} rows missing")
+                texts = await self._texts(referenced(rows))
+                if digest(prev, rows, texts) != stored:
+                    return verified, Broken(bid, first, lastid, "hash does not match the rows and names stored")
+                prev = stored
+                verified += 1
+                covered += len(rows)
+                last = bid
+        count = (await self.fetch("SELECT COUNT(*) FROM hits"))[0][0]
+        if count != covered:
+            return verified, Broken(last, -1, -1, f"{count - covered} rows outside every batch")
+        return verified, None
+
+    async def _texts(self, refs: dict[str, set[int]]) -> dict[str, dict[int, str]]:
+        out: dict[str, dict[int, str]] = {}
+        for kind, ids in refs.items():
+            table, expr, _key = DICT_TABLES[kind]
+            out[kind] = {}
+            items = sorted(ids)
+            for i in range(0, len(items), 500):
+                part = items[i : i + 500]
+                for ident, text in await self.fetch(
+                    f"SELECT id, {self.text_expr(kind, expr)} FROM {table} WHERE id IN ({', '.join('?' * len(part))})", part
+                ):
+                    out[kind][ident] = str(text)
+        return out
+
+    def text_expr(self, kind: str, expr: str) -> str:
+        return expr
+
+
+def _day_text(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+
+
+def _ms_text(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{int(ms) % 1000:03d}Z"
+
+
+def dictionary_text(kind: str, key: str, extra: tuple[Any, ...]) -> str:
+    """The text of a dictionary entry as the chain hashes it (the same as ``DICT_TABLES`` exprs)."""
+    if kind == "client":
+        return f"{key}\x1f{extra[0]}"
+    if kind == "rule":
+        return f"{key}|{extra[0]}"
+    return key
+
+
+__all__ = ["Batch", "Broken", "HitStore", "StoreError", "DAY_MS", "KINDS", "REFS", "SCHEMA_VERSION", "DICT_TABLES"]

@@ -27,7 +27,7 @@ Meaning of the fields, decided once here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +54,33 @@ class Entry:
     legal_ref: str | None = None
     allow: bool = False
     source_id: str | None = None
+
+
+# Bulk construction for the loaders of million-line lists. A frozen dataclass sets each of
+# its ten fields through object.__setattr__, which is most of the cost of loading a plain
+# list; writing the slots directly halves it. The result equals Entry(name, line, wildcard)
+# (a test holds it to that, so a new field must be added here too).
+_new = object.__new__
+(_set_name, _set_line, _set_wildcard, _set_action, _set_redirect, _set_listed_at,
+ _set_removed_at, _set_legal_ref, _set_allow, _set_source_id) = (
+    getattr(Entry, f.name).__set__ for f in fields(Entry)
+)  # fmt: skip
+
+
+def plain_entry(name: str, line: int, wildcard: bool = False) -> Entry:
+    """``Entry(name, line, wildcard)`` with every other field at its default, built faster."""
+    entry = _new(Entry)
+    _set_name(entry, name)
+    _set_line(entry, line)
+    _set_wildcard(entry, wildcard)
+    _set_action(entry, None)
+    _set_redirect(entry, ())
+    _set_listed_at(entry, None)
+    _set_removed_at(entry, None)
+    _set_legal_ref(entry, None)
+    _set_allow(entry, False)
+    _set_source_id(entry, None)
+    return entry
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 
 from feeds.entry import ParseResult
-from feeds.formats._common import Collector, decode_lines, has_undecodable
+from feeds.formats._common import Collector, decode_lines, gc_paused, has_undecodable
 
 # Names every stock hosts file maps for the machine itself. Listing them is boilerplate, not a
 # block order, and some (localhost.localdomain) would pass the name checks.
@@ -34,6 +34,11 @@ BOILERPLATE = frozenset(
 
 def parse(data: bytes) -> ParseResult:
     """Entries and rejects of a hosts file; every name after the address is an entry."""
+    with gc_paused():
+        return _parse(data)
+
+
+def _parse(data: bytes) -> ParseResult:
     lines, _ = decode_lines(data)
     out = Collector()
     for number, line in enumerate(lines, 1):
@@ -41,7 +46,7 @@ def parse(data: bytes) -> ParseResult:
         if not text:
             continue
         if has_undecodable(text):
-            out.reject(number, line, "undecodable bytes (not utf-8)")
+            out.reject(number, line, out.undecodable)
             continue
         fields = text.split()
         try:

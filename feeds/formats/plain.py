@@ -8,13 +8,18 @@ normaliser. Must not import aiohttp, SQL or resolver code.
 
 from __future__ import annotations
 
-from feeds.entry import Entry, ParseResult
-from feeds.formats._common import Collector, decode_lines, has_undecodable
+from feeds.entry import ParseResult, plain_entry
+from feeds.formats._common import Collector, decode_lines, gc_paused, has_undecodable
 from feeds.normalize import MAX_NAME, InvalidName, fast_match, needs_full_check, normalize_detail
 
 
 def parse(data: bytes) -> ParseResult:
     """Entries and rejects of a plain list; ``meta["lines"]`` is the number of lines read."""
+    with gc_paused():
+        return _parse(data)
+
+
+def _parse(data: bytes) -> ParseResult:
     lines, bad = decode_lines(data)
     out = Collector()
     entries = out.entries
@@ -33,7 +38,7 @@ def parse(data: bytes) -> ParseResult:
             # '#' never occurs in a name; a URL fragment after it is dropped with it.
             text = text[: text.index("#")].rstrip()
         if bad and has_undecodable(text):
-            reject(number, line, out._undecodable)
+            reject(number, line, out.undecodable)
             continue
         name = text.lower()
         # Inlined fast_name(): this loop runs once per line of the biggest lists.
@@ -58,5 +63,5 @@ def parse(data: bytes) -> ParseResult:
             reject(number, line, "duplicate")
             continue
         add_seen(key)
-        append(Entry(name, number, wildcard))
+        append(plain_entry(name, number, wildcard))
     return out.result({"lines": len(lines)})

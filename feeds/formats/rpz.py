@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from feeds.entry import Entry, ParseResult
-from feeds.formats._common import Collector, decode_lines, has_undecodable
+from feeds.formats._common import Collector, decode_lines, gc_paused, has_undecodable
 from feeds.normalize import InvalidName, normalize, normalize_detail
 
 # A quoted string, a lone quote (an unterminated string), a parenthesis, a comment, a word.
@@ -43,6 +43,11 @@ class _Policy:
 def parse(data: bytes, *, origin: str | None = None) -> ParseResult:
     """Entries with ``action``/``redirect``/``allow`` set per trigger; ``meta["serial"]`` is
     the SOA serial and ``meta["origin"]`` the zone origin used (None if never stated)."""
+    with gc_paused():
+        return _parse(data, origin)
+
+
+def _parse(data: bytes, origin: str | None) -> ParseResult:
     lines, _ = decode_lines(data)
     out = Collector()
     zone = _absolute(origin, None) if origin is not None else None

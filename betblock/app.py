@@ -20,8 +20,12 @@ from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.warning import Provenance, WarningPage
 from config.settings import Settings
 from feeds.compile import load_from_settings
-from feeds.snapshot import PolicySnapshot
-from hits.recorder import HitRecorder
+from feeds.compile import to_wire
+from feeds.normalize import normalize
+from feeds.snapshot import ALLOW, PolicySnapshot
+from hits import api as hits_api
+from hits.service import HitLog
+from hits.store import StoreError
 from resolver.acl import Acl
 from resolver.cache import AnswerCache
 from resolver.pipeline import Pipeline
@@ -39,7 +43,9 @@ class App:
     ) -> None:
         self.settings = settings
         self.handle_signals = handle_signals
-        self.recorder = HitRecorder(settings.hits)
+        # The hit log: store (opened in run), writer thread, recorder, retention job.
+        self.hitlog = HitLog(settings)
+        self.recorder = self.hitlog.recorder
         self.cache = AnswerCache(settings.cache)
         self.upstream = UpstreamClient(
             settings.upstream.addresses(), settings.upstream.attempt_timeout, settings.dns.edns_udp_size
@@ -58,7 +64,17 @@ class App:
         # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
         self.http_mounts: list[HttpMount] = list(http_mounts)
         # Owners add metric families here (feed status, hit store); read at scrape time.
-        self.extra_metrics: list[ExtraMetrics] = []
+        self.extra_metrics: list[ExtraMetrics] = [self.hitlog.metrics]
+        self.http_mounts.append(
+            hits_api.mount(
+                self.hitlog.store,
+                admin_token=settings.http.admin_token,
+                lookup=self.lookup,
+                feed_status=self.feed_status,
+                recorder_stats=self.recorder.stats,
+                retention_days=settings.hits.retention_days,
+            )
+        )
         self.http_mounts.append(mount_metrics(self))
         self.http: HttpServer | None = None
         self.warning: HttpServer | None = None
@@ -86,6 +102,48 @@ class App:
         )
         return snapshot
 
+    def lookup(self, name: str) -> dict[str, object]:
+        """Why is ``name`` blocked (or not), by the snapshot in force now. ValueError for a bad name."""
+        text, _wildcard = normalize(name)
+        wire = to_wire(text.encode("ascii"))
+        labels = text.split(".")
+        snapshot = self.pipeline.policy.snapshot
+        out: dict[str, object] = {"name": text, "blocked": False, "policy_version": snapshot.version}
+        match = snapshot.match(wire)
+        if match is not None:
+            out.update(
+                blocked=True,
+                listed=".".join(labels[len(labels) - _labels(match.listed) :]),
+                agencies=list(match.rule.agencies),
+                agency_name=match.rule.agency_name,
+                action=match.rule.action,
+            )
+            return out
+        off = 0
+        while wire[off]:
+            if snapshot.table.get(wire[off:]) == ALLOW:
+                out["allowlisted"] = ".".join(labels[len(labels) - _labels(wire[off:]) :])
+                break
+            off += wire[off] + 1
+        return out
+
+    def feed_status(self) -> list[dict[str, object]]:
+        """Per agency, its configuration and the snapshot in force (the feeds issue brings more)."""
+        snapshot = self.pipeline.policy.snapshot
+        return [
+            {
+                "id": a.id,
+                "name": a.display_name,
+                "jurisdiction": a.jurisdiction,
+                "precedence": a.precedence,
+                "action": a.action,
+                "list files": len(a.lists),
+                "policy version": snapshot.version,
+                "entries (all agencies)": snapshot.stats.get("entries", len(snapshot)),
+            }
+            for a in self.settings.agencies
+        ]
+
     async def reload(self) -> None:
         async with self._reload_lock:
             try:
@@ -96,6 +154,7 @@ class App:
     async def run(self) -> None:
         """Serve until ``stopping`` is set; then drain and flush."""
         await self.load_policy()
+        await self.hitlog.open()  # schema migrated before the first hit can arrive
         await self.server.start()
         if self.settings.http.enabled:
             self.http = HttpServer(
@@ -123,16 +182,18 @@ class App:
         try:
             async with asyncio.TaskGroup() as tg:
                 recorder = tg.create_task(self.recorder.run())
+                retention = tg.create_task(self.hitlog.retention())
                 await self.stopping.wait()
                 for http in (self.http, self.warning):
                     if http is not None:
                         await http.close()
                 await self.server.close()
+                retention.cancel()
                 recorder.cancel()  # its finally-block writes every buffered hit
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            self.recorder.close()
+            await self.hitlog.close()  # after the recorder's final flush
             log.info("stopped", **self.recorder.stats())
 
     def stop(self) -> None:
@@ -153,7 +214,15 @@ def serve(settings: Settings) -> int:
 
     try:
         runner(main())
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         log.error("cannot start", error=str(exc))
         return 1
     return 0
+
+
+def _labels(wire: bytes) -> int:
+    n = off = 0
+    while wire[off]:
+        n += 1
+        off += wire[off] + 1
+    return n

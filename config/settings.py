@@ -397,8 +397,9 @@ class HitsSettings(_Section):
         description="PostgreSQL schema that holds the hit tables (created on start).",
     )
     privacy: Literal["full", "truncate", "hash", "none"] = Field(
-        default="truncate",
-        description="What is kept of the client address: full, truncate (to a network), hash (keyed HMAC) or none.",
+        default="full",
+        description="What is kept of the client address: full, truncate (to truncate_ipv4/truncate_ipv6), "
+        "hash (keyed HMAC: hits of one client link up without its address) or none.",
     )
     truncate_ipv4: int = Field(default=24, ge=0, le=32, description="Prefix length kept of IPv4 clients when privacy = truncate.")
     truncate_ipv6: int = Field(default=56, ge=0, le=128, description="Prefix length kept of IPv6 clients when privacy = truncate.")

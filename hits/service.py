@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import structlog
@@ -86,3 +87,13 @@ class HitLog:
         self.recorder.close()
         if self.store is not None:
             await self.store.close()
+
+    def metrics(self) -> list[Any]:
+        """Metric families of the hit store (read at scrape time by the composition root)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        rec = self.recorder
+        return [
+            CounterMetricFamily("betblock_hits_stored_rows", "Rows written to the hit store", value=rec.stored_rows),
+            CounterMetricFamily("betblock_hits_store_errors", "Failed writes to the hit store (batches kept and retried)", value=rec.store_errors),
+        ]

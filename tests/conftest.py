@@ -62,6 +62,7 @@ async def node(tmp_path: Path, upstream: FakeDns) -> AsyncIterator[NodeFactory]:
             "agencies": agency_cfg,
             "hits": {"jsonl_path": str(tmp_path / "hits.jsonl"), "flush_interval": 0.2},
             "base_dir": tmp_path,
+            "data_dir": tmp_path / "var",  # the hit store and other state, per test
         }
         for section, values in overrides.items():
             if isinstance(values, dict):

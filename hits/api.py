@@ -1,0 +1,182 @@
+"""The admin HTTP interface of the hit log: JSON API, streaming export, the admin page's routes.
+
+Owns the routes under /v1/hits (list with keyset pagination, export as CSV or NDJSON, stats,
+status), /v1/lookup ("why is this name blocked"), the admin page at / with its login, and admin
+authentication: ``Authorization: Bearer <admin token>``, or the session cookie that the page's
+login form sets (HttpOnly, SameSite=Strict, in memory, 8 hours). Everything here is read-only
+except the login itself, so a cookie cannot be used to change anything.
+
+The composition root calls ``mount`` with the store and two callables (feed status and lookup)
+so that this module needs nothing from the resolver. Must not import the resolver.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from config.auth import bearer, matches_secret
+from hits.query import FilterError, Filters, csv_header, csv_rows, ndjson_lines, parse_cursor, parse_limit
+from hits.store import HitStore
+
+COOKIE = "betblock_admin"
+SESSION_SECONDS = 8 * 3600
+
+Lookup = Callable[[str], dict[str, Any]]
+FeedStatus = Callable[[], list[dict[str, Any]]]
+
+
+@dataclass
+class AdminAuth:
+    """Who may read the hit log: the admin token, or a session the login form created with it."""
+
+    token: SecretStr | None
+    clock: Callable[[], float] = time.time
+    sessions: dict[str, float] = field(default_factory=dict)  # session id -> expiry
+
+    def login(self, token: str | None) -> str | None:
+        if not matches_secret(token, self.token):
+            return None
+        now = self.clock()
+        for sid, exp in list(self.sessions.items()):
+            if exp < now:
+                del self.sessions[sid]
+        sid = secrets.token_urlsafe(32)
+        self.sessions[sid] = now + SESSION_SECONDS
+        return sid
+
+    def logout(self, sid: str | None) -> None:
+        if sid:
+            self.sessions.pop(sid, None)
+
+    def allowed(self, request: web.Request) -> bool:
+        if self.token is None:
+            return False  # admin routes are off until a token is configured
+        if matches_secret(bearer(request.headers.get("Authorization")), self.token):
+            return True
+        sid = request.cookies.get(COOKIE)
+        exp = self.sessions.get(sid) if sid else None
+        return exp is not None and exp >= self.clock()
+
+    def require(self, request: web.Request) -> None:
+        if not self.allowed(request):
+            raise web.HTTPUnauthorized(reason="admin token required", headers={"WWW-Authenticate": 'Bearer realm="betblock"'})
+
+
+def _filters(request: web.Request) -> Filters:
+    try:
+        return Filters.parse(request.query)
+    except FilterError as exc:
+        raise web.HTTPBadRequest(reason=str(exc)) from None
+
+
+def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(key)
+    if not raw:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{key}: not a number: {raw!r}") from None
+    if not lo <= v <= hi:
+        raise web.HTTPBadRequest(reason=f"{key}: between {lo} and {hi}, got {v}")
+    return v
+
+
+def mount(
+    store: HitStore | None,
+    *,
+    admin_token: SecretStr | None,
+    lookup: Lookup,
+    feed_status: FeedStatus,
+    recorder_stats: Callable[[], dict[str, Any]] = dict,
+    retention_days: int = 90,
+    clock: Callable[[], float] = time.time,
+) -> Callable[[web.Application], None]:
+    """A function that adds the hit log's routes to the application."""
+    auth = AdminAuth(admin_token, clock)
+
+    def need_store() -> HitStore:
+        if store is None:
+            raise web.HTTPServiceUnavailable(reason="no hit store configured (hits.store = none)")
+        return store
+
+    async def list_hits(request: web.Request) -> web.Response:
+        auth.require(request)
+        st = need_store()
+        f = _filters(request)
+        try:
+            limit = parse_limit(request.query.get("limit"))
+            cursor = parse_cursor(request.query.get("cursor"))
+        except FilterError as exc:
+            raise web.HTTPBadRequest(reason=str(exc)) from None
+        hits, nxt = await st.page(f, limit, cursor)
+        return web.json_response({"hits": hits, "next": str(nxt) if nxt is not None else None})
+
+    async def export(request: web.Request) -> web.StreamResponse:
+        auth.require(request)
+        st = need_store()
+        f = _filters(request)
+        fmt = request.query.get("format", "csv")
+        if fmt not in ("csv", "ndjson"):
+            raise web.HTTPBadRequest(reason=f"format: csv or ndjson, got {fmt!r}")
+        ctype = "text/csv" if fmt == "csv" else "application/x-ndjson"
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock()))
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": f"{ctype}; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="hits-{stamp}.{fmt}"',
+                "Cache-Control": "no-store",
+            }
+        )
+        await resp.prepare(request)
+        if fmt == "csv":
+            await resp.write(csv_header())
+        async for hits in st.iterate(f):
+            await resp.write(csv_rows(hits) if fmt == "csv" else ndjson_lines(hits))
+        await resp.write_eof()
+        return resp
+
+    async def stats(request: web.Request) -> web.Response:
+        auth.require(request)
+        st = need_store()
+        days = _int(request, "days", 30, 1, 3660)
+        top = _int(request, "top", 20, 1, 1000)
+        return web.json_response(await st.stats(days, top))
+
+    async def status(request: web.Request) -> web.Response:
+        auth.require(request)
+        body: dict[str, Any] = {"retention_days": retention_days, "recorder": recorder_stats()}
+        body["store"] = await store.status() if store is not None else None
+        return web.json_response(body)
+
+    async def lookup_route(request: web.Request) -> web.Response:
+        auth.require(request)
+        name = request.query.get("name", "").strip()
+        if not name:
+            raise web.HTTPBadRequest(reason="name: required")
+        try:
+            return web.json_response(lookup(name))
+        except ValueError as exc:
+            raise web.HTTPBadRequest(reason=f"name: {exc}") from None
+
+    def add(app: web.Application) -> None:
+        from hits import page
+
+        app.router.add_get("/v1/hits", list_hits)
+        app.router.add_get("/v1/hits/export", export)
+        app.router.add_get("/v1/hits/stats", stats)
+        app.router.add_get("/v1/hits/status", status)
+        app.router.add_get("/v1/lookup", lookup_route)
+        page.add_routes(
+            app, auth=auth, store=store, lookup=lookup, feed_status=feed_status,
+            recorder_stats=recorder_stats, retention_days=retention_days,
+        )
+
+    return add

@@ -1,4 +1,4 @@
-"""The ``betblock`` command line: serve, check-config, config-doc, feeds validate.
+"""The ``betblock`` command line: serve, check-config, config-doc, feeds validate, hits.
 
 Owns argument parsing and exit codes only; the work is done by the composition root and the
 owners of each subcommand.
@@ -25,10 +25,17 @@ def _parser() -> argparse.ArgumentParser:
     feeds = sub.add_parser("feeds", help="feed tools")
     feeds.add_argument("feeds_command", choices=["validate"])
     feeds.add_argument("rest", nargs=argparse.REMAINDER)
+    # Listed for --help; main() hands everything after "hits" to hits.cli.
+    sub.add_parser("hits", help="read, export and verify the hit log (betblock hits --help)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "hits":
+        from hits.cli import main as hits_main
+
+        return hits_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "config-doc":
         print("| key | default | description |\n|---|---|---|")

@@ -69,6 +69,7 @@ if isinstance(_rules, frozenset):
     _PSL_WILD: frozenset[str] = frozenset(r[2:] for r in _rules if r.startswith("*."))
 else:  # pragma: no cover - depends on the installed publicsuffixlist
     _PSL_EXACT, _PSL_WILD = None, frozenset()
+_PSL_TOUCHED = (_PSL_EXACT or frozenset()) | _PSL_WILD
 del _rules
 
 
@@ -129,9 +130,12 @@ def fast_name(low: str) -> bool:
 def _maybe_public(name: str) -> bool:
     # Cheaper than is_public_suffix for the common no-rule case; True means "take the full
     # path", which also owns the special-use refusals.
-    if _PSL_EXACT is None or name.endswith(_SPECIAL_ENDINGS):
-        return True
-    return name in _PSL_EXACT or name in _PSL_WILD or name.partition(".")[2] in _PSL_WILD
+    return (
+        name in _PSL_TOUCHED
+        or name[name.find(".") + 1 :] in _PSL_WILD
+        or name.endswith(_SPECIAL_ENDINGS)
+        or _PSL_EXACT is None
+    )
 
 
 # The pieces of fast_name, for loops that inline it (plain format): a call per line is a

@@ -63,8 +63,13 @@ def main(argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr:
     print(f"accepted: {len(result.entries)}", file=out)
     print(f"rejected: {len(result.rejects)}", file=out)
     for key in _META_SHOWN:
-        if result.meta.get(key) is not None:
-            print(f"{key}: {_shown(str(result.meta[key]))}", file=out)
+        value = result.meta.get(key)
+        if value is not None and not isinstance(value, (list, dict)):
+            print(f"{key}: {_shown(str(value))}", file=out)
+    if result.meta.get("with_path"):
+        # A listed page became a whole-host block: the operator should see where.
+        lines = ", ".join(str(n) for n in result.meta["with_path"])
+        print(f"url paths dropped on lines: {lines}", file=out)
     for reject in result.rejects:
         print(f"line {reject.line}: {reject.reason}: {_shown(reject.text)}", file=out)
     return 0 if result.entries else 1

@@ -44,7 +44,9 @@ def decode_lines(data: bytes, encoding: str = "utf-8") -> tuple[list[str], froze
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines], bad
+    if "\r" in text:
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return lines, bad
 
 
 def undecodable_reason(encoding: str) -> str:
@@ -233,3 +235,11 @@ def header_index(header: list[str], column: str) -> int:
     if column.casefold() in folded:
         return folded.index(column.casefold())
     raise FeedError(f"column {column!r} is not in the header {cells!r}")
+
+
+
+def cell_date(raw: str | None, tz: tzinfo) -> datetime | None:
+    """The date in one CSV cell or JSON value: None when blank, ValueError when not a date."""
+    if raw is None or not raw.strip():
+        return None
+    return parse_date(raw, tz)

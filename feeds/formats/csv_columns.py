@@ -12,9 +12,9 @@ from feeds.formats._common import (
     Collector,
     csv_rows,
     decode_lines,
+    cell_date,
     has_undecodable,
     header_index,
-    parse_date,
     undecodable_reason,
     zone,
 )
@@ -68,21 +68,24 @@ def parse(
         if len(row) <= max(index.values()):
             out.reject(first, text, f"row has {len(row)} fields, fewer than the header")
             continue
-        fields: dict[str, object] = {}
-        for key, attr, label in (
-            ("listed", "listed_at", listed_column),
-            ("removed", "removed_at", removed_column),
-        ):
-            if key in index and row[index[key]].strip():
-                try:
-                    fields[attr] = parse_date(row[index[key]], tz)
-                except ValueError:
-                    out.reject(first, text, f"invalid date in column {label!r}")
-                    break
-        else:
-            if "legal" in index and row[index["legal"]].strip():
-                fields["legal_ref"] = row[index["legal"]].strip()
-            if "id" in index and row[index["id"]].strip():
-                fields["source_id"] = row[index["id"]].strip()
-            out.add(row[index["name"]], first, text=text, **fields)
+        cells = {key: row[position] for key, position in index.items()}
+        try:
+            listed = cell_date(cells.get("listed"), tz)
+        except ValueError:
+            out.reject(first, text, f"invalid date in column {listed_column!r}")
+            continue
+        try:
+            removed = cell_date(cells.get("removed"), tz)
+        except ValueError:
+            out.reject(first, text, f"invalid date in column {removed_column!r}")
+            continue
+        out.add(
+            cells["name"],
+            first,
+            text=text,
+            listed_at=listed,
+            removed_at=removed,
+            legal_ref=cells.get("legal", "").strip() or None,
+            source_id=cells.get("id", "").strip() or None,
+        )
     return out.result(meta)

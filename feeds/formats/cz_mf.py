@@ -17,10 +17,10 @@ import unicodedata
 from feeds.entry import FeedError, ParseResult
 from feeds.formats._common import (
     Collector,
+    cell_date,
     csv_rows,
     decode_lines,
     has_undecodable,
-    parse_date,
     undecodable_reason,
     zone,
 )
@@ -86,20 +86,26 @@ def parse(data: bytes) -> ParseResult:
         if KINDS[folded] is not None:
             out.reject(first, text, KINDS[folded])
             continue
-        fields: dict[str, object] = {}
-        for key, attr, label in (("listed", "listed_at", "listing"), ("removed", "removed_at", "removal")):
-            value = row[index[key]].strip()
-            if not value:
-                continue
-            try:
-                fields[attr] = parse_date(value, tz)
-            except ValueError:
-                out.reject(first, text, f"invalid {label} date {value!r}")
-                break
-        else:
-            if "legal" in index and row[index["legal"]].strip():
-                fields["legal_ref"] = " ".join(row[index["legal"]].split())
-            out.add(row[index["address"]], first, text=text, **fields)
+        try:
+            listed = cell_date(row[index["listed"]], tz)
+        except ValueError:
+            out.reject(first, text, f"invalid listing date {row[index['listed']].strip()!r}")
+            continue
+        try:
+            removed = cell_date(row[index["removed"]], tz)
+        except ValueError:
+            out.reject(first, text, f"invalid removal date {row[index['removed']].strip()!r}")
+            continue
+        # Several grounds come quoted in one cell; only the spacing is tidied.
+        legal = " ".join(row[index["legal"]].split()) if "legal" in index else ""
+        out.add(
+            row[index["address"]],
+            first,
+            text=text,
+            listed_at=listed,
+            removed_at=removed,
+            legal_ref=legal or None,
+        )
     if index is None:
         raise FeedError("no header row: not the MF CSV")
     return out.result(meta)

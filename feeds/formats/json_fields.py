@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from feeds.entry import FeedError, ParseResult
-from feeds.formats._common import Collector, has_undecodable, parse_date, zone
+from feeds.formats._common import Collector, cell_date, has_undecodable, zone
 
 _WS = re.compile(r"[ \t\n\r]*")
 _decoder = json.JSONDecoder()
@@ -63,23 +63,18 @@ def parse(
             out.reject(line, shown, f"no string field {field!r}")
             continue
         fields: dict[str, Any] = {}
-        error = None
-        for name, attr in ((listed_field, "listed_at"), (removed_field, "removed_at")):
-            value = element.get(name) if name else None
-            if value is None:
-                continue
-            try:
-                if not isinstance(value, str) or has_undecodable(value):
+        try:
+            for name, attr in ((listed_field, "listed_at"), (removed_field, "removed_at")):
+                value = element.get(name) if name else None
+                if value is not None and (not isinstance(value, str) or has_undecodable(value)):
                     raise ValueError(value)
-                fields[attr] = parse_date(value, tz)
-            except ValueError:
-                error = f"invalid date in field {name!r}"
-                break
-        if error:
-            out.reject(line, shown, error)
+                fields[attr] = cell_date(value, tz)
+        except ValueError:
+            out.reject(line, shown, f"invalid date in field {name!r}")
             continue
         for name, attr in ((legal_field, "legal_ref"), (id_field, "source_id")):
             value = element.get(name) if name else None
+            # Ids are often numbers (RegisterPositionId); nested values are not ids.
             if value is not None and not isinstance(value, (dict, list)):
                 fields[attr] = str(value)
         out.add(raw, line, text=shown, **fields)

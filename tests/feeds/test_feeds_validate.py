@@ -92,3 +92,12 @@ def test_nothing_accepted_exits_1_and_escapes_control_characters(tmp_path: Path)
 )
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert _run(*argv)[0] == 2
+
+
+def test_czech_sample_shows_dropped_paths_and_non_domain_rows() -> None:
+    code, out, _ = _run("--format", "cz-mf", str(SAMPLES / "czech-mfcr.csv"))
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[:4] == ["accepted: 8", "rejected: 4", "encoding: cp1250", "url paths dropped on lines: 8"]
+    assert lines[4].startswith("line 3: not a domain (payment account): Platební účet;")
+    assert lines[6].startswith("line 10: not a domain (app): Aplikace;")

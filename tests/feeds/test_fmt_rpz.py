@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from feeds.entry import Entry, Reject
+from feeds.entry import ACTIONS, Entry, Reject
 from feeds.formats import rpz
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -23,6 +23,7 @@ def test_sample() -> None:
         Entry("legit-lottery.example", 17, False, "passthru", allow=True),
     ]
     assert result.rejects == []
+    assert {e.action for e in result.entries} <= ACTIONS
     assert result.meta["serial"] == 2025091501  # from the SOA spread over parentheses
 
 

@@ -1,0 +1,238 @@
+"""Both hit stores, the same tests: filters, pagination, retention, chain, stats, schema."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import asyncpg
+import pytest
+
+from hits.postgres import numbered
+from hits.query import Filters
+from hits.store import DAY_MS, HitStore
+from hits.writer import HitWriter
+from tests.hits.conftest import CZ, PG_DSN, PL, PL_IT, T0, Clock, hit, write
+
+
+async def tamper(store: HitStore, sql: str, *params: Any) -> None:
+    """Edit the store behind its back, as an attacker with database access would."""
+    if store.kind == "sqlite":
+        conn = sqlite3.connect(store.path)  # type: ignore[attr-defined]
+        conn.execute(sql, params)
+        conn.commit()
+        conn.close()
+    else:
+        conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": store.schema})  # type: ignore[attr-defined]
+        await conn.execute(numbered(sql), *params)
+        await conn.close()
+
+
+SAMPLE = [
+    # (seconds after T0, client, name, qtype, rule, listed)
+    (0, "192.0.2.1", "casino.test", 1, PL, "casino.test"),
+    (1, "192.0.2.2", "www.casino.test", 28, PL, "casino.test"),
+    (2, "198.51.100.7", "a.b.casino.test", 1, PL, "casino.test"),
+    (3, "2001:db8::1", "bet.test", 65, PL_IT, "bet.test"),
+    (4, "192.0.2.1", "xcasino.test", 1, CZ, "xcasino.test"),  # not a subdomain of casino.test
+    (5, "192.0.2.9", "m.bet.test", 1, PL_IT, "bet.test"),
+    (3600, "198.51.100.7", "poker.test", 16, CZ, "poker.test"),
+]
+
+
+@pytest.fixture
+async def filled(store: HitStore, writer: HitWriter) -> HitStore:
+    await write(writer, [hit(T0 + dt, c, n, t, r, l) for dt, c, n, t, r, l in SAMPLE[:4]])
+    await write(writer, [hit(T0 + dt, c, n, t, r, l) for dt, c, n, t, r, l in SAMPLE[4:]])
+    return store
+
+
+FILTER_CASES = [
+    ({}, ["poker.test", "m.bet.test", "xcasino.test", "bet.test", "a.b.casino.test", "www.casino.test", "casino.test"]),
+    ({"name": "casino.test"}, ["a.b.casino.test", "www.casino.test", "casino.test"]),
+    ({"name": "casino.test", "exact": "1"}, ["casino.test"]),
+    ({"name": "CASINO.test."}, ["a.b.casino.test", "www.casino.test", "casino.test"]),
+    ({"name": "b.casino.test"}, ["a.b.casino.test"]),
+    ({"name": "nothing.test"}, []),
+    ({"agency": "it-adm"}, ["m.bet.test", "bet.test"]),
+    ({"agency": "pl-mf"}, ["m.bet.test", "bet.test", "a.b.casino.test", "www.casino.test", "casino.test"]),
+    ({"agency": "cz-mf"}, ["poker.test", "xcasino.test"]),
+    ({"agency": "nope"}, []),
+    ({"client": "192.0.2.1"}, ["xcasino.test", "casino.test"]),
+    ({"client": "192.0.2.0/24"}, ["m.bet.test", "xcasino.test", "www.casino.test", "casino.test"]),
+    ({"client": "2001:db8::1"}, ["bet.test"]),
+    ({"qtype": "AAAA"}, ["www.casino.test"]),
+    ({"qtype": "65"}, ["bet.test"]),
+    ({"type": "txt"}, ["poker.test"]),
+    ({"action": "nxdomain"}, ["poker.test", "xcasino.test"]),
+    ({"action": "redirect", "agency": "cz-mf"}, []),
+    ({"since": str(T0 + 2), "until": str(T0 + 5)}, ["xcasino.test", "bet.test", "a.b.casino.test"]),
+    ({"since": "2026-09-21T14:30:00Z"}, ["poker.test"]),
+    ({"until": "2026-09-21T14:13:21"}, ["casino.test"]),
+    ({"since": str(T0 + 7200)}, []),
+    ({"name": "casino.test", "client": "192.0.2.0/24", "qtype": "A"}, ["casino.test"]),
+    ({"agency": "pl-mf", "since": str(T0 + 3)}, ["m.bet.test", "bet.test"]),
+]
+
+
+@pytest.mark.parametrize(("params", "expected"), FILTER_CASES, ids=[str(p) for p, _ in FILTER_CASES])
+async def test_each_filter(filled: HitStore, params: dict[str, str], expected: list[str]) -> None:
+    hits, nxt = await filled.page(Filters.parse(params), limit=100)
+    assert [h["name"] for h in hits] == expected
+    assert nxt is None
+
+
+async def test_hit_fields(filled: HitStore) -> None:
+    hits, _ = await filled.page(Filters.parse({"name": "bet.test", "exact": "1"}))
+    (h,) = hits
+    assert h == {
+        "id": h["id"], "time": "2026-09-21T14:13:23.000Z", "node": "node-a", "client": "2001:db8::1",
+        "name": "bet.test", "qtype": "HTTPS", "listed": "bet.test", "agency": "pl-mf",
+        "agencies": ["pl-mf", "it-adm"], "action": "redirect", "policy_version": 7, "count": 1,
+    }
+
+
+async def test_pagination_is_stable_while_hits_arrive(store: HitStore, writer: HitWriter) -> None:
+    await write(writer, [hit(T0 + i, "192.0.2.1", f"n{i}.casino.test", listed="casino.test") for i in range(25)])
+    f = Filters.parse({"name": "casino.test"})
+    seen: list[str] = []
+    page, cursor = await store.page(f, limit=10)
+    seen += [h["name"] for h in page]
+    # New hits arrive between pages (newer ids): they must neither shift nor repeat older ones.
+    await write(writer, [hit(T0 + 100 + i, "192.0.2.1", f"new{i}.casino.test", listed="casino.test") for i in range(10)])
+    while cursor is not None:
+        page, cursor = await store.page(f, limit=10, before=cursor)
+        seen += [h["name"] for h in page]
+    assert seen == [f"n{i}.casino.test" for i in reversed(range(25))]
+    first, _ = await store.page(f, limit=10)
+    assert [h["name"] for h in first] == [f"new{i}.casino.test" for i in reversed(range(10))]
+
+
+async def test_many_names_under_a_suffix_and_many_agency_sets(store: HitStore, writer: HitWriter) -> None:
+    # More names than the query drives through the index one by one, and more than are inlined.
+    await write(writer, [hit(T0 + i / 1000, "192.0.2.1", f"h{i}.bet.test", listed="bet.test") for i in range(700)])
+    hits, nxt = await store.page(Filters.parse({"name": "bet.test"}), limit=50)
+    assert [h["name"] for h in hits] == [f"h{i}.bet.test" for i in range(699, 649, -1)]
+    total = 0
+    async for chunk in store.iterate(Filters.parse({"name": "bet.test", "agency": "pl-mf"}), chunk=128):
+        total += len(chunk)
+    assert total == 700
+
+
+async def test_retention_by_injected_clock(store: HitStore, writer: HitWriter, clock: Clock) -> None:
+    day = 86400
+    await write(writer, [hit(T0 - 100 * day, "192.0.2.1", "old.test")])
+    await write(writer, [hit(T0 - 10 * day, "192.0.2.1", "mid.test")])
+    await write(writer, [hit(T0, "192.0.2.1", "new.test"), hit(T0 + 1, "192.0.2.2", "new.test")])
+    assert await store.purge(int(clock() * 1000) - 90 * DAY_MS) == 1
+    names = [h["name"] for h in (await store.page(Filters()))[0]]
+    assert names == ["new.test", "new.test", "mid.test"]
+    status = await store.status()
+    assert status["rows"] == 3 and status["oldest"].startswith("2026-09-11")
+    assert status["last_purge"]["rows_removed"] == 1
+    assert await store.verify() == (2, None)  # the chain verifies from the anchor the purge left
+    stats = await store.stats(days=3650, now=clock())
+    assert sum(d["hits"] for d in stats["per_agency_day"]) == 3  # the roll-ups went too
+    clock.now += 85 * day
+    assert await store.purge(int(clock() * 1000) - 90 * DAY_MS) == 1
+    assert [h["name"] for h in (await store.page(Filters()))[0]] == ["new.test", "new.test"]
+    await write(writer, [hit(clock.now, "192.0.2.3", "later.test")])
+    assert await store.verify() == (2, None)
+
+
+async def test_chain_catches_an_edited_row(store: HitStore, writer: HitWriter) -> None:
+    for b in range(3):
+        await write(writer, [hit(T0 + b * 10 + i, "192.0.2.1", f"b{b}-{i}.casino.test", listed="casino.test") for i in range(3)])
+    assert await store.verify() == (3, None)
+    hits, _ = await store.page(Filters.parse({"name": "b1-1.casino.test"}))
+    await tamper(store, "UPDATE hits SET cnt = 40 WHERE id = ?", hits[0]["id"])
+    verified, broken = await store.verify()
+    assert verified == 1 and broken is not None
+    assert broken.first_hit <= hits[0]["id"] <= broken.last_hit
+    assert "hash" in broken.reason
+    await tamper(store, "UPDATE hits SET cnt = 1 WHERE id = ?", hits[0]["id"])
+    assert await store.verify() == (3, None)
+
+
+async def test_chain_catches_an_edited_name_a_deleted_row_and_a_deleted_batch(store: HitStore, writer: HitWriter) -> None:
+    for b in range(3):
+        await write(writer, [hit(T0 + b * 10 + i, f"192.0.2.{b}", f"b{b}-{i}.casino.test", listed="casino.test") for i in range(3)])
+    await tamper(store, "UPDATE names SET name = 'innocent.test' WHERE name = 'b2-0.casino.test'")
+    verified, broken = await store.verify()
+    assert verified == 2 and broken is not None and "hash" in broken.reason
+    await tamper(store, "UPDATE names SET name = 'b2-0.casino.test' WHERE name = 'innocent.test'")
+    assert await store.verify() == (3, None)
+
+    hits, _ = await store.page(Filters.parse({"name": "b0-2.casino.test"}))
+    await tamper(store, "DELETE FROM hits WHERE id = ?", hits[0]["id"])
+    verified, broken = await store.verify()
+    assert verified == 0 and broken is not None and "missing" in broken.reason
+
+
+async def test_chain_catches_a_deleted_batch_and_an_inserted_row(store: HitStore, writer: HitWriter) -> None:
+    for b in range(3):
+        await write(writer, [hit(T0 + b, "192.0.2.1", f"b{b}.casino.test", listed="casino.test")])
+    await tamper(store, "INSERT INTO hits (ts, node, client, name, qtype, listed, rule, policy, cnt) SELECT ts, node, client, name, qtype, listed, rule, policy, cnt FROM hits WHERE id = (SELECT MIN(id) FROM hits)")
+    verified, broken = await store.verify()
+    assert verified == 3 and broken is not None and "outside" in broken.reason
+    await tamper(store, "DELETE FROM hits WHERE id = (SELECT MAX(id) FROM hits)")
+    await tamper(store, "DELETE FROM batches WHERE id = (SELECT MIN(id) + 1 FROM batches)")
+    verified, broken = await store.verify()
+    assert verified == 1 and broken is not None
+
+
+async def test_stats(store: HitStore, writer: HitWriter, clock: Clock) -> None:
+    day = 86400
+    await write(writer, [hit(T0 - 3 * day, "192.0.2.1", "old.bet.test", rule=PL_IT, listed="bet.test")])
+    await write(
+        writer,
+        [hit(T0 - 60, "192.0.2.1", "casino.test")] * 3
+        + [hit(T0 - 30, "198.51.100.4", "fresh.test", rule=CZ), hit(T0 - 20, "192.0.2.200", "old.bet.test", rule=PL_IT, listed="bet.test")],
+    )
+    s = await store.stats(days=7, top=10, now=clock())
+    per = {(d["day"], d["agency"]): d["hits"] for d in s["per_agency_day"]}
+    assert per == {
+        ("2026-09-18", "pl-mf"): 1, ("2026-09-18", "it-adm"): 1,
+        ("2026-09-21", "pl-mf"): 4, ("2026-09-21", "it-adm"): 1, ("2026-09-21", "cz-mf"): 1,
+    }
+    assert s["top_names"][0] == {"name": "casino.test", "hits": 3}
+    assert {"name": "old.bet.test", "hits": 2} in s["top_names"]
+    assert s["top_networks"][0] == {"network": "192.0.2.0/24", "hits": 5}
+    assert [n["name"] for n in s["new_names"]] == ["fresh.test", "casino.test"]  # old.bet.test was seen 3 days ago
+    only_today = await store.stats(days=1, now=clock())
+    assert sum(d["hits"] for d in only_today["per_agency_day"] if d["agency"] == "pl-mf") == 4
+
+
+async def test_aggregated_rows_keep_their_counts(store: HitStore, writer: HitWriter) -> None:
+    h = hit(T0 + 0.5, "192.0.2.1", "casino.test")
+    key = (int(h[0]),) + h[1:]
+    await write(writer, [h], {key: 5000})
+    hits, _ = await store.page(Filters())
+    assert [x["count"] for x in hits] == [5000, 1]
+    assert (await store.status())["hits"] == 5001
+    assert await store.verify() == (1, None)
+
+
+async def test_schema_is_migrated_once_and_reopens(store: HitStore, writer: HitWriter, clock: Clock) -> None:
+    await write(writer, [hit(T0, "192.0.2.1", "casino.test")])
+    assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("1",)]
+    if store.kind == "sqlite":
+        from hits.sqlite import SqliteStore
+
+        again: HitStore = SqliteStore(store.path, clock=clock)  # type: ignore[attr-defined]
+    else:
+        from hits.postgres import PostgresStore
+
+        again = PostgresStore(PG_DSN, store.schema, clock=clock)  # type: ignore[attr-defined]
+    await again.open()
+    try:
+        assert len((await again.page(Filters()))[0]) == 1
+    finally:
+        await again.close()
+    await tamper(store, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    from hits.store import StoreError
+
+    newer = SqliteStore(store.path, clock=clock) if store.kind == "sqlite" else PostgresStore(PG_DSN, store.schema, clock=clock)  # type: ignore[attr-defined]
+    with pytest.raises(StoreError, match="99"):
+        await newer.open()
+    await newer.close()

@@ -1,0 +1,119 @@
+"""A real `betblock serve` process: SIGTERM writes every buffered hit to the store, and
+`betblock hits` reads it back and verifies the chain (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.rcode
+import pytest
+
+from tests.fakedns import FakeDns
+from tests.hits.conftest import PG_DSN, need_pg, pg_schema
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _first_answer(port: int, name: str, deadline: float) -> dns.message.Message:
+    while True:
+        try:
+            return await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.2)
+        except dns.exception.Timeout:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "betblock.cli", "hits", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_sigterm_flushes_every_hit_to_the_store(tmp_path: Path, kind: str) -> None:
+    schema = pg_schema()
+    if kind == "postgres":
+        await need_pg()
+        store_cfg = f'store = "postgres"\npostgres_dsn = "{PG_DSN}"\npostgres_schema = "{schema}"'
+    else:
+        store_cfg = f'sqlite_path = "{tmp_path / "hits.sqlite"}"'
+    upstream = await FakeDns().start()
+    port = _free_port()
+    (tmp_path / "list.txt").write_text("bad.test\n")
+    cfg = tmp_path / "betblock.toml"
+    cfg.write_text(
+        f"""
+data_dir = "{tmp_path / 'var'}"
+[dns]
+listen = ["127.0.0.1:{port}"]
+[http]
+listen = "127.0.0.1:0"
+[warning_page]
+listen = "127.0.0.1:0"
+[upstream]
+servers = ["{upstream.address}"]
+[hits]
+flush_interval = 3600  # only the shutdown flush can write the hits
+privacy = "truncate"
+node = "edge-1"
+{store_cfg}
+[[agencies]]
+id = "pl-mf"
+action = "nxdomain"
+lists = ["list.txt"]
+"""
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        r = await _first_answer(port, "www.bad.test", time.monotonic() + 20)
+        assert r.rcode() == dns.rcode.NXDOMAIN
+        for i in range(40):
+            r = await dns.asyncquery.udp(dns.message.make_query(f"n{i}.bad.test", "AAAA"), "127.0.0.1", port=port, timeout=2)
+            assert r.rcode() == dns.rcode.NXDOMAIN
+        rc, out, _ = await _cli("--config", str(cfg), "status")
+        assert rc == 0 and json.loads(out)["hits"] == 0  # nothing written before the signal
+        proc.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, err.decode()
+
+        rc, out, err = await _cli("--config", str(cfg), "list", "--json", "--limit", "1000")
+        assert rc == 0, err
+        hits = json.loads(out)["hits"]
+        assert sum(h["count"] for h in hits) == 41
+        assert {h["client"] for h in hits} == {"127.0.0.0/24"} and {h["node"] for h in hits} == {"edge-1"}
+        assert hits[-1]["name"] == "www.bad.test" and hits[-1]["listed"] == "bad.test"
+        rc, out, _ = await _cli("--config", str(cfg), "verify")
+        assert rc == 0 and out.startswith("ok: 1 batches verified")
+        rc, out, _ = await _cli("--config", str(cfg), "export", "--format", "csv", "--name", "n1.bad.test", "--exact")
+        assert rc == 0 and out.splitlines()[1].split(",")[4] == "n1.bad.test"
+        rc, _, err = await _cli("--config", str(cfg), "list", "--qtype", "NOPE")
+        assert rc == 2 and "qtype" in err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await upstream.stop()
+        if kind == "postgres":
+            from hits.postgres import PostgresStore
+
+            await PostgresStore(PG_DSN, schema).drop_schema()

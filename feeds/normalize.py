@@ -108,22 +108,18 @@ def normalize(raw: str) -> tuple[str, bool]:
 def normalize_detail(raw: str) -> tuple[str, bool, bool]:
     """Like ``normalize`` plus a third value: True when a URL path or query was dropped."""
     low = raw.strip().lower()
-    if _FAST(low) and len(low) <= MAX_NAME and "xn--" not in low and not _maybe_public(low):
+    if _clean(low):
         return low, False, False
-    if low.startswith("*."):
-        # RPZ zones list every name twice, once as "*.name"; keep those on the fast path too.
-        low = low[2:]
-        if _FAST(low) and len(low) <= MAX_NAME and "xn--" not in low and not _maybe_public(low):
-            return low, True, False
+    # RPZ zones list every name twice, once as "*.name"; keep those on the fast path too.
+    if low.startswith("*.") and _clean(low[2:]):
+        return low[2:], True, False
     return _normalize_full(raw)
 
 
-def fast_name(low: str) -> bool:
-    """True when the stripped, lower-cased ``low`` is already a final, acceptable name.
-
-    For tight loops (the plain format) that want to skip a function call per line; anything
-    this refuses must go through ``normalize_detail``.
-    """
+def _clean(low: str) -> bool:
+    """True when the stripped, lower-cased ``low`` is already a final, acceptable name: the
+    fast path. The plain format inlines this test (``fast_match``/``needs_full_check``), and a
+    property test holds the fast path to the full one's answers."""
     return bool(_FAST(low)) and len(low) <= MAX_NAME and "xn--" not in low and not _maybe_public(low)
 
 
@@ -138,7 +134,7 @@ def _maybe_public(name: str) -> bool:
     )
 
 
-# The pieces of fast_name, for loops that inline it (plain format): a call per line is a
+# The pieces of _clean(), for loops that inline it (plain format): a call per line is a
 # measurable share of loading a million-line list.
 fast_match = _FAST
 needs_full_check = _maybe_public

@@ -86,10 +86,11 @@ class Collector:
 
     Duplicates: entries are the same listing when name, wildcard and allow agree. The first is
     kept and later ones are rejected ("duplicate" when identical apart from the line,
-    "duplicate with different data (kept line N)" otherwise) — with one exception: a later
-    listing that starts after the kept one was removed is a re-listing (CZ keeps removed rows
-    in its file), so it replaces the kept entry and the earlier line is rejected as
-    superseded. Keeping the removed one would unblock a name the agency lists again.
+    "duplicate with different data (kept line N)" otherwise) — except when the dates show the
+    later one is the newer state: listed again after the kept one's removal (CZ keeps removed
+    rows in its file) or removed after the kept one's listing. Then it replaces the kept entry
+    and the earlier line is rejected as superseded; keeping the first would unblock a name the
+    agency lists again, or keep blocking one it removed.
     """
 
     __slots__ = ("entries", "rejects", "with_path", "_seen", "undecodable")
@@ -129,10 +130,11 @@ class Collector:
             return entry
         index, kept_text = seen
         kept = self.entries[index]
-        if _relisted(kept, entry):
+        why = _supersedes(kept, entry)
+        if why:
             self.entries[index] = entry
             self._seen[key] = (index, text)
-            self.reject(kept.line, kept_text, f"superseded by line {entry.line} (listed again)")
+            self.reject(kept.line, kept_text, f"superseded by line {entry.line} ({why})")
             return entry
         if _same_listing(kept, entry):
             self.reject(entry.line, text, "duplicate")
@@ -158,12 +160,20 @@ def _same_listing(a: Entry, b: Entry) -> bool:
     )
 
 
-def _relisted(kept: Entry, new: Entry) -> bool:
-    return (
-        kept.removed_at is not None
-        and new.listed_at is not None
-        and new.listed_at >= kept.removed_at
-    )
+def _supersedes(kept: Entry, new: Entry) -> str | None:
+    """Why ``new`` replaces ``kept`` for the same name, when its dates show it is the later
+    state: a listing again after the kept one's removal, or a removal after the kept one's
+    listing (a push body may carry both). None keeps the first."""
+    if kept.removed_at is not None and new.listed_at is not None and new.listed_at >= kept.removed_at:
+        return "listed again"
+    if (
+        kept.removed_at is None
+        and new.removed_at is not None
+        and kept.listed_at is not None
+        and new.removed_at > kept.listed_at
+    ):
+        return "removed later"
+    return None
 
 
 @lru_cache(maxsize=32)

@@ -41,7 +41,7 @@ def _parse(data: bytes) -> ParseResult:
             reject(number, line, out.undecodable)
             continue
         name = text.lower()
-        # Inlined fast_name(): this loop runs once per line of the biggest lists.
+        # normalize._clean() inlined: this loop runs once per line of the biggest lists.
         if (
             match(name)
             and len(name) <= MAX_NAME

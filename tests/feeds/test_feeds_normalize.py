@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import assume, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from publicsuffixlist import PublicSuffixList
 
@@ -109,6 +109,9 @@ def test_fast_path_serves_clean_names_without_the_full_path(monkeypatch: pytest.
     assert normalize("Bet.Example") == ("bet.example", False)
 
 
+# No per-example deadline: a loaded CI runner must not turn a slow example into a failure.
+RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
 # --- public suffixes -------------------------------------------------------------------
 
 _PSL = PublicSuffixList()
@@ -118,7 +121,7 @@ _RULES = sorted(
 
 
 @given(rule=st.sampled_from(_RULES), prefix=st.sampled_from(["", "x.", "a.b.", "city.", "www."]))
-@settings(max_examples=400)
+@settings(RELAXED, max_examples=400)
 def test_public_suffix_prefilter_agrees_with_the_library(rule: str, prefix: str) -> None:
     name = prefix + rule
     assert is_public_suffix(name) == _PSL.is_public(name)
@@ -154,6 +157,7 @@ def _check_output(name: str) -> None:
 
 
 @given(st.one_of(st.text(max_size=300), _NAMEISH))
+@RELAXED
 @example("a" * 5000)
 @example("ä" * 5000 + ".example")
 @example("http://[")
@@ -167,6 +171,7 @@ def test_only_invalid_name_escapes(raw: str) -> None:
 
 
 @given(st.one_of(st.text(max_size=80), _NAMEISH))
+@RELAXED
 def test_normalize_is_idempotent_on_its_output(raw: str) -> None:
     try:
         name, wildcard = normalize(raw)
@@ -178,7 +183,7 @@ def test_normalize_is_idempotent_on_its_output(raw: str) -> None:
 
 
 @given(_NAMEISH)
-@settings(max_examples=500)
+@settings(RELAXED, max_examples=500)
 def test_fast_path_agrees_with_full_path(raw: str) -> None:
     def outcome(fn):  # type: ignore[no-untyped-def]
         try:
@@ -190,6 +195,7 @@ def test_fast_path_agrees_with_full_path(raw: str) -> None:
 
 
 @given(st.lists(_LABEL, min_size=1, max_size=4), st.sampled_from(["example", "test", "com", "pl"]))
+@RELAXED
 def test_ordinary_names_are_accepted_in_any_case(labels: list[str], tld: str) -> None:
     name = ".".join([*labels, tld])
     assume(len(name) <= 253)

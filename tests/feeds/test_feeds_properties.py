@@ -3,8 +3,6 @@ line-based formats account for every line (an entry or a reject, never silently 
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,9 +23,13 @@ _FEEDISH = st.lists(
 ).map(b"".join)
 
 
+# No per-example deadline: a loaded CI runner must not turn a slow example into a failure.
+RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 @given(data=st.one_of(st.binary(max_size=400), _FEEDISH))
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(RELAXED, max_examples=150)
 def test_arbitrary_bytes_raise_only_feed_error(fmt: str, data: bytes) -> None:
     try:
         result = FORMATS[fmt](data)
@@ -44,9 +46,11 @@ def test_arbitrary_bytes_raise_only_feed_error(fmt: str, data: bytes) -> None:
 
 
 _LINE = st.text(st.sampled_from(list("abz09-_.*: /#@\t") + ["ł", "\u00ad", "Ａ"]), max_size=30)
+_FIELD = st.text(st.sampled_from(list("abz09-_.*:/@") + ["ł", "\u00ad", "Ａ"]), min_size=1, max_size=30)
 
 
 @given(st.lists(_LINE, max_size=40))
+@RELAXED
 def test_plain_accounts_for_every_line(lines: list[str]) -> None:
     result = plain.parse("\n".join(lines).encode())
     content = [i for i, line in enumerate(lines, 1) if line.strip() and not line.strip().startswith("#")]
@@ -57,7 +61,8 @@ def test_plain_accounts_for_every_line(lines: list[str]) -> None:
         assert normalize(raw) == (entry.name, entry.wildcard)
 
 
-@given(st.lists(st.lists(_LINE.filter(lambda s: s.strip() and not re.search(r"\s|#", s)), min_size=1, max_size=3), max_size=20))
+@given(st.lists(st.lists(_FIELD, min_size=1, max_size=3), max_size=20))
+@RELAXED
 def test_hosts_accounts_for_every_name(rows: list[list[str]]) -> None:
     data = "\n".join("0.0.0.0 " + " ".join(names) for names in rows).encode()
     result = hosts.parse(data)
@@ -65,6 +70,7 @@ def test_hosts_accounts_for_every_name(rows: list[list[str]]) -> None:
 
 
 @given(st.lists(_LINE, max_size=40))
+@RELAXED
 def test_rejected_lines_are_those_normalize_refuses_or_repeats(lines: list[str]) -> None:
     result = plain.parse("\n".join(lines).encode())
     for reject in result.rejects:

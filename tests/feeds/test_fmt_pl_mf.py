@@ -99,3 +99,14 @@ def test_empty_register_is_not_an_error() -> None:
     # An empty pull is for the guard to judge (it quarantines sharp shrinks), not the parser.
     result = pl_mf.parse(b'<Rejestr xmlns="http://www.hazard.mf.gov.pl/2017/03/21/"/>')
     assert result.entries == [] and result.rejects == []
+
+
+def test_push_adding_then_removing_a_name_keeps_the_removal() -> None:
+    data = b"""<Rejestr>
+<PozycjaRejestru Lp="7"><AdresDomeny>casino.example</AdresDomeny><DataWpisu>2025-01-01T10:00:00</DataWpisu></PozycjaRejestru>
+<PozycjaRejestru Lp="7"><AdresDomeny>casino.example</AdresDomeny><DataWpisu>2025-01-01T10:00:00</DataWpisu><DataWykreslenia>2025-02-01T10:00:00</DataWykreslenia></PozycjaRejestru>
+</Rejestr>"""
+    result = pl_mf.parse(data)
+    assert [(e.line, e.removed_at) for e in result.entries] == [(3, datetime(2025, 2, 1, 10, tzinfo=WARSAW))]
+    assert [(r.line, r.reason) for r in result.rejects] == [(2, "superseded by line 3 (removed later)")]
+    assert result.meta["removals"] == 1

@@ -164,9 +164,19 @@ def feeds_section(feeds: list[dict[str, Any]]) -> str:
 
 
 def status_section(status: dict[str, Any] | None, recorder: dict[str, Any], retention_days: int) -> str:
-    items = {"retention (days)": retention_days, **(status or {"store": "none"}), **{f"recorder {k}": v for k, v in recorder.items()}}
+    shown = dict(status or {"store": "none"})
+    purge = shown.pop("last_purge", None)
+    if purge:
+        shown["last retention run"] = f"{_utc(purge['at'])}: {purge['rows_removed']} rows deleted"
+    items = {"retention (days)": retention_days, **shown, **{f"recorder {k}": v for k, v in recorder.items()}}
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items.items())
     return f'<section id="store"><h2>Store</h2><table>{rows}</table></section>'
+
+
+def _utc(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def add_routes(

@@ -88,7 +88,7 @@ def _parse(data: bytes, origin: str | None) -> ParseResult:
             continue
         if trigger == "":
             if rtype == "SOA":
-                if len(rdata) >= 3 and rdata[2].isdigit():
+                if len(rdata) >= 3 and rdata[2].isascii() and rdata[2].isdigit():
                     meta["serial"] = int(rdata[2])
             elif rtype != "NS":
                 out.reject(number, text, f"{rtype} record at the zone apex")

@@ -17,7 +17,8 @@ _FEEDISH = st.lists(
         [b"a", b"b.example", b".", b"*.", b"\n", b"\r\n", b" ", b"\t", b"#", b";", b",", b'"', b"(", b")",
          b"<", b">", b"/", b"PozycjaRejestru", b"AdresDomeny", b"Rejestr", b"{", b"}", b"[", b"]", b":",
          b"$ORIGIN", b"CNAME", b"A", b"IN", b"SOA", b"@@||", b"^", b"$", b"#Version: 1", b"0.0.0.0",
-         b"\xff", b"\xc5\x82", b"\x81", b"\x00", b"1", b"http://", b"xn--", b"Internetov\xe1 str\xe1nka"]
+         b"\xff", b"\xc5\x82", b"\x81", b"\x00", b"1", b"http://", b"xn--", b"Internetov\xe1 str\xe1nka",
+         b"\xc2\xb2", b"\xd9\xa1", b"\r", b"01.01.2020", b"2020-01-01T00:00:00", b"DataWpisu", b"'", b"&amp;"]
     ),
     max_size=60,
 ).map(b"".join)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterable
-import time
 
 import structlog
 
@@ -19,8 +18,9 @@ from betblock.http import HttpMount, HttpServer, build_app
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.warning import Provenance, WarningPage
 from config.settings import Settings
-from feeds.compile import load_from_settings
+from feeds import api as feeds_api
 from feeds.compile import to_wire
+from feeds.manager import FeedManager
 from feeds.normalize import normalize
 from feeds.snapshot import ALLOW, PolicySnapshot
 from hits import api as hits_api
@@ -61,10 +61,13 @@ class App:
             cname_inspection=settings.policy.cname_inspection,
         )
         self.server = DnsServer(settings.dns, self.pipeline.answer)
+        # The feeds control plane: sources, store, guardrails, compile; it installs snapshots.
+        self.feeds = FeedManager(settings, self.pipeline.install)
         # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
         self.http_mounts: list[HttpMount] = list(http_mounts)
         # Owners add metric families here (feed status, hit store); read at scrape time.
-        self.extra_metrics: list[ExtraMetrics] = [self.hitlog.metrics]
+        self.extra_metrics: list[ExtraMetrics] = [self.hitlog.metrics, self.feeds.metrics]
+        self.http_mounts.append(feeds_api.mount(self.feeds, settings))
         self.http_mounts.append(
             hits_api.mount(
                 self.hitlog.store,
@@ -79,28 +82,15 @@ class App:
         self.http: HttpServer | None = None
         self.warning: HttpServer | None = None
         # (agency id, listed name) -> legal reference and dates, for the warning page; set by feeds.
-        self.provenance: Provenance | None = None
+        self.provenance: Provenance | None = self.feeds.provenance
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self._reload_lock = asyncio.Lock()
 
     async def load_policy(self) -> PolicySnapshot:
-        """Compile the lists in a thread and install the result."""
-        started = time.perf_counter()
-        snapshot, reports = await asyncio.to_thread(load_from_settings, self.settings)
-        for source, parsed in reports.items():
-            for lineno, text, reason in parsed.rejects[:20]:
-                log.warning("list line rejected", source=source, line=lineno, text=text, reason=reason)
-            if len(parsed.rejects) > 20:
-                log.warning("more list lines rejected", source=source, count=len(parsed.rejects) - 20)
-        self.pipeline.install(snapshot)
-        log.info(
-            "policy installed",
-            version=snapshot.version,
-            seconds=round(time.perf_counter() - started, 3),
-            **snapshot.stats,
-        )
-        return snapshot
+        """Install the first snapshot: the one saved by the last run when it still holds, else
+        the lists in the feed store plus the local files, compiled in a thread."""
+        return await self.feeds.start()
 
     def lookup(self, name: str) -> dict[str, object]:
         """Why is ``name`` blocked (or not), by the snapshot in force now. ValueError for a bad name."""
@@ -128,28 +118,33 @@ class App:
         return out
 
     def feed_status(self) -> list[dict[str, object]]:
-        """Per agency, its configuration and the snapshot in force (the feeds issue brings more)."""
-        snapshot = self.pipeline.policy.snapshot
-        return [
-            {
-                "id": a.id,
-                "name": a.display_name,
-                "jurisdiction": a.jurisdiction,
-                "precedence": a.precedence,
-                "action": a.action,
-                "list files": len(a.lists),
-                "policy version": snapshot.version,
-                "entries (all agencies)": snapshot.stats.get("entries", len(snapshot)),
-            }
-            for a in self.settings.agencies
-        ]
+        """Per agency: configuration, entries in force, last fetch, failures, quarantine."""
+        status = self.feeds.status()
+        policy = status["policy"]
+        rows: list[dict[str, object]] = []
+        for a in status["agencies"]:
+            sources = a["sources"]
+            rows.append(
+                {
+                    "id": a["id"],
+                    "name": a["name"],
+                    "jurisdiction": a["jurisdiction"],
+                    "precedence": a["precedence"],
+                    "action": a["action"],
+                    "sources": len(sources),
+                    "entries": a["entries"],
+                    "last success": min((s["last_success"] or "never" for s in sources), default=""),
+                    "failing": ", ".join(a["failing"]),
+                    "quarantined": ", ".join(f"v{q['version']}" for q in a["quarantined"]),
+                    "policy version": policy["version"],
+                }
+            )
+        return rows
 
     async def reload(self) -> None:
+        """SIGHUP: re-read the allowlist, protected names and list files; recompile."""
         async with self._reload_lock:
-            try:
-                await self.load_policy()
-            except (OSError, ValueError) as exc:
-                log.error("reload failed; keeping the current policy", error=str(exc))
+            await self.feeds.reload()
 
     async def run(self) -> None:
         """Serve until ``stopping`` is set; then drain and flush."""
@@ -183,7 +178,9 @@ class App:
             async with asyncio.TaskGroup() as tg:
                 recorder = tg.create_task(self.recorder.run())
                 retention = tg.create_task(self.hitlog.retention())
+                feeds = tg.create_task(self.feeds.run())  # polls, file watches, date timer
                 await self.stopping.wait()
+                feeds.cancel()
                 for http in (self.http, self.warning):
                     if http is not None:
                         await http.close()
@@ -194,6 +191,7 @@ class App:
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await self.hitlog.close()  # after the recorder's final flush
+            self.feeds.close()
             log.info("stopped", **self.recorder.stats())
 
     def stop(self) -> None:

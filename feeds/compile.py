@@ -1,25 +1,45 @@
 """Compile agencies' lists and the allowlist into one immutable ``PolicySnapshot``.
 
 Owns the merge: names listed by several agencies get one rule naming all of them (the winner by
-precedence first); allowlisted names and everything below them are removed; allowlist entries are
-kept in the table so that they punch holes under a blocked parent. Also owns the fast reader for
-plain one-name-per-line files, which is what a 1M-name list costs at start-up.
+precedence first); a rule is shared by every name with the same agencies and the same per-entry
+action, so a million names make a handful of rules. Dated entries count only between their
+listing and removal dates, and the compile reports when the next such date falls so that the
+caller can recompile then. A feed's own exceptions (adblock ``@@``, RPZ ``rpz-passthru.``) lift
+that agency's listings at and below the name, never another agency's. Allowlisted names and
+everything below them are removed; allowlist entries are kept in the table so that they punch
+holes under a blocked parent. Also owns the fast reader for plain one-name-per-line files,
+which is what a 1M-name list costs at start-up.
 
 Runs off the event loop (the caller uses a thread). Must not import the resolver or aiohttp.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.settings import AgencySettings, PolicySettings, Settings
+from feeds.entry import Entry
+from feeds.guard import Protected
+from feeds.lists import to_wire
+from feeds.normalize import InvalidName, needs_full_check, normalize_detail
 from feeds.snapshot import ALLOW, PolicySnapshot, Rule
 
-_LEN = [bytes((i,)) for i in range(256)]
+__all__ = [
+    "AgencyList",
+    "Compiled",
+    "PlainList",
+    "Timed",
+    "compile_lists",
+    "compile_snapshot",
+    "read_plain",
+    "to_wire",
+]
+
 # A name that needs no further normalisation: lower-case LDH labels, at least two of them.
 # The top-level label starts with a letter, so that an IPv4 literal never takes this path.
 _CLEAN = re.compile(rb"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
@@ -31,59 +51,121 @@ class PlainList:
 
     names: list[bytes] = field(default_factory=list)  # lower-case wire format
     rejects: list[tuple[int, str, str]] = field(default_factory=list)  # (line, text, reason)
+    wild: list[tuple[int, int]] = field(default_factory=list)  # (index in names, line) of "*." lines
+    lines: int = 0
 
 
-def to_wire(name: bytes) -> bytes:
-    return b"".join([_LEN[len(p)] + p for p in name.split(b".")]) + b"\x00"
+def read_plain(data: bytes, protected: Protected | None = None) -> PlainList:
+    """Parse a plain list: one name per line, ``#`` comments, blank lines ignored.
 
-
-def read_plain(data: bytes) -> PlainList:
-    """Parse a plain list: one name per line, ``#`` comments, blank lines ignored."""
+    Accepts what ``feeds.formats.plain`` accepts (URLs, ``*.`` wildcards, IDN), refuses public
+    suffixes and, when given, protected names, but builds wire names directly instead of one
+    ``Entry`` per line: a third of the memory for a million-line list. Duplicates are not
+    reported (the caller keeps a set).
+    """
     out = PlainList()
     clean = _CLEAN.fullmatch
+    maybe_public = needs_full_check
+    refuses = protected.refuses_bytes if protected else None
     names = out.names
+    lineno = 0
     for lineno, raw in enumerate(data.splitlines(), 1):
         line = raw.strip().lower()
-        if not line or line.startswith(b"#"):
+        if not line or line[0] == 0x23:  # "#"
             continue
-        if line.endswith(b"."):
-            line = line.rstrip(b".")
+        if b"#" in line:
+            line = line[: line.index(b"#")].rstrip()
+        wild = False
         if line.startswith(b"*."):
-            line = line[2:]  # a listed name blocks its subdomains anyway
-        if clean(line) and len(line) <= 253:
-            names.append(to_wire(line))
-            continue
-        name, reason = _slow_normalise(line)
-        if name is None:
-            out.rejects.append((lineno, raw.decode("utf-8", "replace"), reason))
-        else:
-            names.append(to_wire(name))
+            line = line[2:]
+            wild = True
+        if line.endswith(b"."):
+            line = line[:-1]
+        if not (clean(line) and len(line) <= 253 and b"xn--" not in line and not maybe_public(line.decode("ascii"))):
+            name, reason, was_wild = _slow_normalise(raw)
+            if name is None:
+                out.rejects.append((lineno, raw.decode("utf-8", "replace"), reason))
+                continue
+            line, wild = name, was_wild
+        if refuses is not None:
+            hit = refuses(line)
+            if hit is not None:
+                out.rejects.append((lineno, raw.decode("utf-8", "replace"), f"protected name ({hit.decode()})"))
+                continue
+        if wild:
+            out.wild.append((len(names), lineno))
+        names.append(to_wire(line))
+    out.lines = lineno
     return out
 
 
-def _slow_normalise(line: bytes) -> tuple[bytes | None, str]:
-    """Names that are not plain lower-case ASCII: IDN to A-labels, or a reason to reject."""
+def _slow_normalise(raw: bytes) -> tuple[bytes | None, str, bool]:
+    """Names that are not plain lower-case ASCII: URLs, IDN, or a reason to reject."""
     try:
-        text = line.decode("utf-8")
+        text = raw.decode("utf-8").split("#", 1)[0]
     except UnicodeDecodeError:
-        return None, "not UTF-8"
+        return None, "undecodable bytes (not utf-8)", False
     try:
-        from feeds.normalize import InvalidName, normalize
-    except ImportError:  # pragma: no cover - normalize ships with the feeds package
-        return None, "invalid name"
-    try:
-        name, _wildcard = normalize(text)
+        name, wildcard, _had_path = normalize_detail(text)
     except InvalidName as exc:
-        return None, str(exc)
-    return name.encode("ascii"), ""
+        return None, exc.reason, False
+    return name.encode("ascii"), "", wildcard
+
+
+@dataclass(frozen=True, slots=True)
+class Timed:
+    """A listing that is not a bare name: dated, with its own action, or an exception."""
+
+    wire: bytes
+    start: float | None = None  # listed_at; before it the entry does not block
+    end: float | None = None  # removed_at; from it the entry does not block
+    action: str | None = None  # per-entry action (RPZ); None is the agency's
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+    allow: bool = False  # the agency's own exception: its listings at and below do not block
+
+    @classmethod
+    def of(cls, e: Entry) -> Timed:
+        ipv4: list[str] = []
+        ipv6: list[str] = []
+        action = e.action
+        if action == "passthru":
+            action = None
+        elif action == "redirect":
+            for target in e.redirect:
+                try:
+                    ip = ipaddress.ip_address(target)
+                except ValueError:
+                    continue
+                (ipv4 if ip.version == 4 else ipv6).append(str(ip))
+            if not (ipv4 or ipv6):
+                # A redirect to a warning *host* (CNAME) cannot be answered from the
+                # snapshot; the agency's own configured action applies instead.
+                action = None
+        return cls(
+            wire=to_wire(e.name.encode("ascii")),
+            start=e.listed_at.timestamp() if e.listed_at else None,
+            end=e.removed_at.timestamp() if e.removed_at else None,
+            action=action,
+            ipv4=tuple(ipv4),
+            ipv6=tuple(ipv6),
+            allow=e.allow or e.action == "passthru",
+        )
 
 
 @dataclass(frozen=True)
 class AgencyList:
-    """One agency's settings and the names it lists now."""
+    """Names one agency lists (one source of it: several lists of one agency merge)."""
 
     agency: AgencySettings
-    names: Sequence[bytes]  # lower-case wire format
+    names: Collection[bytes]  # lower-case wire format; block from now on
+    timed: Sequence[Timed] = ()
+
+
+@dataclass(frozen=True)
+class Compiled:
+    snapshot: PolicySnapshot
+    next_change: float | None  # the next listing or removal date after ``now``; recompile then
 
 
 def compile_snapshot(
@@ -93,32 +175,109 @@ def compile_snapshot(
     version: int | None = None,
 ) -> PolicySnapshot:
     """Merge the agencies' names into one table; see the module docstring for the rules."""
-    ordered = sorted(lists, key=lambda al: -al.agency.precedence)  # stable: config order breaks ties
+    return compile_lists(lists, allow, sinkhole_ttl, version=version).snapshot
+
+
+def compile_lists(
+    lists: Iterable[AgencyList],
+    allow: Iterable[bytes],
+    sinkhole_ttl: int,
+    *,
+    version: int | None = None,
+    now: float | None = None,
+) -> Compiled:
+    """The snapshot in force at ``now`` (default: the wall clock) and when it next changes."""
+    now = time.time() if now is None else now
+    # One bit per agency, the highest precedence first (stable: config order breaks ties).
+    ordered = sorted(lists, key=lambda al: -al.agency.precedence)
+    bits: dict[str, int] = {}
+    agencies: list[AgencySettings] = []
+    for al in ordered:
+        if al.agency.id not in bits:
+            bits[al.agency.id] = len(agencies)
+            agencies.append(al.agency)
+
     masks: dict[bytes, int] = {}
-    for bit, al in enumerate(ordered):
+    overrides: dict[bytes, dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]]] = {}
+    exceptions: dict[int, set[bytes]] = {}
+    next_change: float | None = None
+    for al in ordered:
+        bit = bits[al.agency.id]
         flag = 1 << bit
         get = masks.get
-        for name in al.names:
-            masks[name] = get(name, 0) | flag
+        if not masks:
+            masks = dict.fromkeys(al.names, flag)
+        else:
+            for name in al.names:
+                masks[name] = get(name, 0) | flag
+        for t in al.timed:
+            if t.start is not None and t.start > now:
+                next_change = t.start if next_change is None else min(next_change, t.start)
+                continue
+            if t.end is not None:
+                if t.end <= now:
+                    continue
+                next_change = t.end if next_change is None else min(next_change, t.end)
+            if t.allow:
+                exceptions.setdefault(bit, set()).add(t.wire)
+                continue
+            masks[t.wire] = masks.get(t.wire, 0) | flag
+            if t.action is not None:
+                overrides.setdefault(t.wire, {})[bit] = (t.action, t.ipv4, t.ipv6)
 
-    # One rule per distinct set of agencies: a handful, however long the lists.
-    rule_of_mask: dict[int, int] = {}
+    if exceptions:
+        _apply_exceptions(masks, exceptions)
+
+    # One rule per distinct (agencies, winner's per-entry action): a handful, however long
+    # the lists. A mask of 0 is an agency exception that nobody else overrides: ALLOW.
     rules: list[Rule | None] = [None]
-    for mask in set(masks.values()):
-        members = [al.agency for bit, al in enumerate(ordered) if mask >> bit & 1]
+    rule_of: dict[tuple[int, tuple[str, tuple[str, ...], tuple[str, ...]] | None], int] = {}
+
+    def rule_id(mask: int, override: tuple[str, tuple[str, ...], tuple[str, ...]] | None) -> int:
+        rid = rule_of.get((mask, override))
+        if rid is not None:
+            return rid
+        if mask == 0:
+            rule_of[(mask, override)] = ALLOW
+            return ALLOW
+        members = [a for bit, a in enumerate(agencies) if mask >> bit & 1]
         winner = members[0]
+        if override is None:
+            action, ipv4, ipv6 = (
+                winner.action,
+                tuple(str(ip) for ip in winner.redirect_ipv4),
+                tuple(str(ip) for ip in winner.redirect_ipv6),
+            )
+        else:
+            action, ipv4, ipv6 = override
         rule = Rule(
             id=len(rules),
             agencies=tuple(a.id for a in members),
             agency_name=winner.display_name,
-            action=winner.action,
-            ipv4=tuple(str(ip) for ip in winner.redirect_ipv4),
-            ipv6=tuple(str(ip) for ip in winner.redirect_ipv6),
+            action=action,  # type: ignore[arg-type]
+            ipv4=ipv4,
+            ipv6=ipv6,
             ttl=sinkhole_ttl,
         )
-        rule_of_mask[mask] = rule.id
         rules.append(rule)
-    table = {name: rule_of_mask[m] for name, m in masks.items()}
+        rule_of[(mask, override)] = rule.id
+        return rule.id
+
+    plain_rule = {m: rule_id(m, None) for m in set(masks.values())}
+    if overrides:
+        table = {}
+        for name, m in masks.items():
+            over = overrides.get(name)
+            if over is not None and m:
+                winner_bit = (m & -m).bit_length() - 1
+                table[name] = rule_id(m, over.get(winner_bit))
+            else:
+                table[name] = plain_rule[m]
+    elif len(plain_rule) == 1:
+        # One agency, or every name listed by the same agencies: no per-name lookup needed.
+        table = dict.fromkeys(masks, next(iter(plain_rule.values())))
+    else:
+        table = {name: plain_rule[m] for name, m in masks.items()}
     del masks
 
     allow_set = set(allow)
@@ -136,18 +295,65 @@ def compile_snapshot(
         for name in allow_set:
             table[name] = ALLOW
 
-    return PolicySnapshot(
+    exempt = sum(1 for rid in table.values() if rid == ALLOW) if exceptions else len(allow_set)
+    snapshot = PolicySnapshot(
         version=version if version is not None else time.time_ns() // 1_000_000,
         table=table,
         rules=tuple(rules),
-        stats={"entries": len(table) - len(allow_set), "allowlisted": len(allow_set), "unblocked": removed},
+        stats={
+            "entries": len(table) - exempt,
+            "allowlisted": len(allow_set),
+            "unblocked": removed,
+            "rules": len(rules) - 1,
+        },
     )
+    return Compiled(snapshot, next_change)
+
+
+def _apply_exceptions(masks: dict[bytes, int], exceptions: dict[int, set[bytes]]) -> None:
+    """Lift each agency's listings at and below its own exceptions; keep other agencies'."""
+    for bit, names in exceptions.items():
+        flag = 1 << bit
+        # Listings of this agency at or below an exception lose the agency's bit.
+        for name in [n for n, m in masks.items() if m & flag]:
+            off = 0
+            while name[off]:
+                if name[off:] in names:
+                    masks[name] &= ~flag
+                    break
+                off += name[off] + 1
+        # An exception under a listed parent needs its own table entry, naming the agencies
+        # that still block it (or none: then it stops the lookup as an allow entry does).
+        for name in names:
+            if name in masks:
+                continue
+            off = name[0] + 1
+            while name[off]:
+                parent = masks.get(name[off:])
+                if parent is not None:
+                    if parent & flag:
+                        masks[name] = parent & ~flag
+                    break
+                off += name[off] + 1
+    for name in [n for n, m in masks.items() if m == 0 and not _needed(n, masks)]:
+        del masks[name]
+
+
+def _needed(name: bytes, masks: dict[bytes, int]) -> bool:
+    """A zero mask (nobody blocks this name) matters only when a parent is blocked."""
+    off = name[0] + 1
+    while name[off]:
+        if masks.get(name[off:]):
+            return True
+        off += name[off] + 1
+    return False
 
 
 def load_from_settings(settings: Settings, version: int | None = None) -> tuple[PolicySnapshot, dict[str, PlainList]]:
-    """Read every agency's plain list files and the allowlist, and compile them.
+    """Read every agency's plain list files and the allowlist, and compile them (no store, no
+    history: what ``betblock`` did before the feeds control plane, kept for tools).
 
-    Returns the snapshot and, per file, what was read (for reject reporting at start-up).
+    Returns the snapshot and, per file, what was read (for reject reporting).
     """
     reports: dict[str, PlainList] = {}
     lists: list[AgencyList] = []
@@ -159,19 +365,42 @@ def load_from_settings(settings: Settings, version: int | None = None) -> tuple[
             reports[str(full)] = parsed
             names.extend(parsed.names)
         lists.append(AgencyList(agency, names))
-    allow = _allow_names(settings.policy, settings, reports)
+    allow = allow_names(settings.policy, settings, reports)
     return compile_snapshot(lists, allow, settings.policy.sinkhole_ttl, version), reports
 
 
-def _allow_names(policy: PolicySettings, settings: Settings, reports: dict[str, PlainList]) -> list[bytes]:
+def allow_names(policy: PolicySettings, settings: Settings, reports: dict[str, PlainList]) -> list[bytes]:
+    """The configured allowlist (inline and files) as wire names; bad lines go to ``reports``."""
     text = "\n".join(policy.allowlist).encode()
-    parsed = read_plain(text)
+    parsed = _read_allow(text)
     if parsed.rejects:
         reports["policy.allowlist"] = parsed
     names = list(parsed.names)
     for path in policy.allowlist_files:
         full = settings.resolve_path(path)
-        got = read_plain(Path(full).read_bytes())
+        got = _read_allow(Path(full).read_bytes())
         reports[str(full)] = got
         names.extend(got.names)
     return names
+
+
+def _read_allow(data: bytes) -> PlainList:
+    # An allowlist entry may be anything an operator wants left alone, public suffixes too
+    # ("never block anything under gov.pl" is a fine wish): read leniently.
+    out = PlainList()
+    for lineno, raw in enumerate(data.splitlines(), 1):
+        text = raw.split(b"#", 1)[0].strip()
+        if not text:
+            continue
+        line = text.lower().rstrip(b".")
+        if line.startswith(b"*."):
+            line = line[2:]
+        if _CLEAN.fullmatch(line) and len(line) <= 253:
+            out.names.append(to_wire(line))
+            continue
+        name, reason, _wild = _slow_normalise(text)
+        if name is None:
+            out.rejects.append((lineno, raw.decode("utf-8", "replace"), reason))
+        else:
+            out.names.append(to_wire(name))
+    return out

@@ -1,0 +1,297 @@
+"""The feeds HTTP API: agencies push their lists; admins watch, decide and allowlist.
+
+Owns the routes, their authentication and their error answers:
+
+- agency routes (``/v1/feeds/{agency}``...) take the agency's own bearer token, configured as
+  its SHA-256 and compared in constant time; a valid token of another agency gets 403, no valid
+  token 401. The admin token may read them, and push on an agency's behalf (audited as admin).
+- admin routes take the admin token.
+- 413 when a body is over the push source's ``max_bytes``; 422 with the per-line rejects when
+  nothing valid remains, or with the reason when the feed as a whole is refused (a bad
+  signature); 202 when an update is quarantined for an admin.
+
+``mount(manager, settings)`` returns the function the composition root hands to the HTTP app.
+Must not import resolver, hits or betblock code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from config.auth import bearer, matches_hash, matches_secret
+from config.settings import Settings
+from feeds.entry import FeedError
+from feeds.lookup import explain
+from feeds.manager import Conflict, FeedManager, NotFound, Refused, UpdateResult, reject_json
+from feeds.normalize import InvalidName
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def mount(manager: FeedManager, settings: Settings) -> Callable[[web.Application], None]:
+    """The routes, bound to ``manager``; call the result with the aiohttp application."""
+    api = FeedsApi(manager, settings)
+
+    def add(app: web.Application) -> None:
+        r = app.router
+        r.add_get("/v1/feeds", api.list_feeds)
+        r.add_put("/v1/feeds/{agency}", api.put)
+        r.add_patch("/v1/feeds/{agency}", api.patch)
+        r.add_get("/v1/feeds/{agency}", api.get)
+        r.add_get("/v1/feeds/{agency}/versions/{version:\\d+}", api.version)
+        r.add_post("/v1/feeds/{agency}/versions/{version:\\d+}/approve", api.approve)
+        r.add_post("/v1/feeds/{agency}/versions/{version:\\d+}/reject", api.reject)
+        r.add_post("/v1/feeds/{agency}/refresh", api.refresh)
+        r.add_get("/v1/allowlist", api.allowlist)
+        r.add_put("/v1/allowlist/{name}", api.allow_add)
+        r.add_delete("/v1/allowlist/{name}", api.allow_remove)
+        r.add_get("/v1/lookup/{name}", api.lookup)
+        r.add_get("/v1/audit", api.audit)
+
+    return add
+
+
+def _unauthorized() -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(reason="a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"})
+
+
+class FeedsApi:
+    def __init__(self, manager: FeedManager, settings: Settings) -> None:
+        self.m = manager
+        self.settings = settings
+        self.admin_token = settings.http.admin_token
+        self.hashes = [(a.id, a.token_sha256) for a in settings.agencies if a.token_sha256]
+
+    # -- auth -----------------------------------------------------------------------------
+
+    def _owners(self, token: str | None) -> set[str]:
+        # Every hash is compared (no early exit), each in constant time.
+        return {aid for aid, digest in self.hashes if matches_hash(token, digest)}
+
+    def _admin(self, request: web.Request) -> str:
+        token = bearer(request.headers.get("Authorization"))
+        if matches_secret(token, self.admin_token):
+            return "admin"
+        if token is not None and self._owners(token):
+            raise web.HTTPForbidden(reason="admin routes need the admin token")
+        raise _unauthorized()
+
+    def _agency(self, request: web.Request) -> tuple[str, str]:
+        """(agency id, actor) when the caller may act on the agency in the path."""
+        agency = request.match_info["agency"]
+        token = bearer(request.headers.get("Authorization"))
+        owners = self._owners(token)
+        is_admin = matches_secret(token, self.admin_token)
+        if agency in owners:
+            return agency, f"agency:{agency}"
+        if is_admin:
+            if agency not in self.m.agencies:
+                raise web.HTTPNotFound(reason=f"no agency {agency!r}")
+            return agency, "admin"
+        if owners:
+            raise web.HTTPForbidden(reason="this token may only touch its own agency's feed")
+        raise _unauthorized()
+
+    # -- agency routes --------------------------------------------------------------------
+
+    async def put(self, request: web.Request) -> web.Response:
+        agency, actor = self._agency(request)
+        rt = self._push_runtime(agency)
+        fmt = request.query.get("format")
+        if fmt is not None:
+            from feeds.formats import FORMATS
+
+            if fmt not in FORMATS:
+                raise web.HTTPBadRequest(reason=f"unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
+        body = await self._body(request, rt.settings.max_bytes)
+        try:
+            result = await self.m.push(agency, body, fmt=fmt, actor=actor)
+        except Refused as exc:
+            return _refused(str(exc), exc.rejects)
+        except FeedError as exc:
+            return web.json_response({"error": "feed refused", "detail": str(exc)}, status=422)
+        return _result(result)
+
+    async def patch(self, request: web.Request) -> web.Response:
+        agency, actor = self._agency(request)
+        rt = self._push_runtime(agency)
+        body = await self._body(request, rt.settings.max_bytes)
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise web.HTTPBadRequest(reason=f"body is not JSON: {exc}") from None
+        if not isinstance(doc, dict) or set(doc) - {"add", "remove"}:
+            raise web.HTTPBadRequest(reason='body must be {"add": [...], "remove": [...]}')
+        add, remove = doc.get("add", []), doc.get("remove", [])
+        if not isinstance(add, list) or not isinstance(remove, list):
+            raise web.HTTPBadRequest(reason="add and remove must be lists")
+        if not add and not remove:
+            raise web.HTTPBadRequest(reason="nothing to add or remove")
+        try:
+            result = await self.m.patch(agency, add, [str(x) for x in remove], actor=actor)
+        except Refused as exc:
+            return _refused(str(exc), exc.rejects)
+        return _result(result)
+
+    async def get(self, request: web.Request) -> web.Response:
+        agency, _actor = self._agency(request)
+        status = self.m.status(agency)["agencies"][0]
+        assert self.m.store is not None
+        status["versions"] = await _thread(self.m.store.versions, agency, _int(request, "limit", 50))
+        return web.json_response(status)
+
+    async def version(self, request: web.Request) -> web.Response:
+        agency, _actor = self._agency(request)
+        v = int(request.match_info["version"])
+        assert self.m.store is not None
+        row = await _thread(self.m.store.version, agency, v)
+        if row is None:
+            raise web.HTTPNotFound(reason=f"agency {agency!r} has no version {v}")
+        row["diff"] = await _thread(
+            self.m.store.version_diff, agency, v, _int(request, "limit", 1000), _int(request, "offset", 0)
+        )
+        return web.json_response(row)
+
+    def _push_runtime(self, agency: str) -> Any:
+        try:
+            return self.m.runtime(agency)
+        except NotFound as exc:
+            raise web.HTTPConflict(reason=str(exc)) from None
+
+    async def _body(self, request: web.Request, cap: int) -> bytes:
+        cap = min(cap, self.settings.http.max_body_bytes)
+        if request.content_length is not None and request.content_length > cap:
+            raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=request.content_length)
+        buf = bytearray()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            buf += chunk
+            if len(buf) > cap:
+                raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=len(buf))
+        return bytes(buf)
+
+    # -- admin routes ---------------------------------------------------------------------
+
+    async def list_feeds(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        out = self.m.status()
+        assert self.m.store is not None
+        out["quarantined"] = await _thread(self.m.store.quarantined)
+        return web.json_response(out)
+
+    async def approve(self, request: web.Request) -> web.Response:
+        actor = self._admin(request)
+        try:
+            result = await self.m.approve(request.match_info["agency"], int(request.match_info["version"]), actor=actor)
+        except NotFound as exc:
+            raise web.HTTPNotFound(reason=str(exc)) from None
+        except Conflict as exc:
+            raise web.HTTPConflict(reason=str(exc)) from None
+        return web.json_response(result.json())
+
+    async def reject(self, request: web.Request) -> web.Response:
+        actor = self._admin(request)
+        try:
+            out = await self.m.reject(request.match_info["agency"], int(request.match_info["version"]), actor=actor)
+        except NotFound as exc:
+            raise web.HTTPNotFound(reason=str(exc)) from None
+        except Conflict as exc:
+            raise web.HTTPConflict(reason=str(exc)) from None
+        return web.json_response(out)
+
+    async def refresh(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        agency = request.match_info["agency"]
+        if agency not in self.m.agencies:
+            raise web.HTTPNotFound(reason=f"no agency {agency!r}")
+        n = self.m.poke(agency, request.query.get("source"))
+        return web.json_response({"agency": agency, "sources": n}, status=202)
+
+    async def allowlist(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        assert self.m.store is not None
+        admin = await _thread(self.m.store.allowlist)
+        return web.json_response(
+            {"config": [*self.settings.policy.allowlist, *map(str, self.settings.policy.allowlist_files)], "admin": admin}
+        )
+
+    async def allow_add(self, request: web.Request) -> web.Response:
+        actor = self._admin(request)
+        note = ""
+        if request.can_read_body:
+            raw = await self._body(request, 1 << 16)
+            if raw:
+                try:
+                    doc = json.loads(raw)
+                except ValueError:
+                    raise web.HTTPBadRequest(reason='body must be {"note": "..."}') from None
+                if not isinstance(doc, dict):
+                    raise web.HTTPBadRequest(reason='body must be {"note": "..."}')
+                note = str(doc.get("note", ""))
+        try:
+            out = await self.m.allow_add(request.match_info["name"], actor=actor, note=note)
+        except InvalidName as exc:
+            return web.json_response({"error": "invalid name", "detail": exc.reason}, status=422)
+        return web.json_response(out, status=201 if out["added"] else 200)
+
+    async def allow_remove(self, request: web.Request) -> web.Response:
+        actor = self._admin(request)
+        try:
+            out = await self.m.allow_remove(request.match_info["name"], actor=actor)
+        except InvalidName as exc:
+            return web.json_response({"error": "invalid name", "detail": exc.reason}, status=422)
+        if not out["removed"]:
+            raise web.HTTPNotFound(reason=f"{out['name']} is not on the admin allowlist")
+        return web.json_response(out)
+
+    async def lookup(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        assert self.m.store is not None
+        admin = {row["name"] for row in await _thread(self.m.store.allowlist)}
+        info = await _thread(
+            explain,
+            request.match_info["name"],
+            self.settings,
+            self.m.store,
+            snapshot=self.m.snapshot,
+            allow=self.m.allow,
+            admin_allow=admin,
+            now=self.m.clock(),
+        )
+        return web.json_response(info)
+
+    async def audit(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        assert self.m.store is not None
+        rows = await _thread(self.m.store.audit_log, request.query.get("agency"), _int(request, "limit", 100))
+        return web.json_response({"audit": rows})
+
+
+def _result(result: UpdateResult) -> web.Response:
+    return web.json_response(result.json(), status=202 if result.status == "quarantined" else 200)
+
+
+def _refused(message: str, rejects: list[Any]) -> web.Response:
+    return web.json_response(
+        {"error": "nothing valid remains", "detail": message, "rejects": [reject_json(r) for r in rejects[:1000]], "rejected": len(rejects)},
+        status=422,
+    )
+
+
+def _int(request: web.Request, key: str, default: int) -> int:
+    try:
+        value = int(request.query.get(key, default))
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{key} must be an integer") from None
+    if value < 0:
+        raise web.HTTPBadRequest(reason=f"{key} must not be negative")
+    return min(value, 100_000)
+
+
+async def _thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    import asyncio
+
+    return await asyncio.to_thread(fn, *args, **kwargs)

@@ -1,0 +1,903 @@
+"""The feeds control plane: every source of every agency, from bytes to an installed snapshot.
+
+Owns the life of each source (poll a URL, watch a file, accept a push), the path of an update
+(parse -> guard -> diff -> quarantine or apply -> store -> compile -> install), the decisions an
+admin takes (approve or reject a quarantined version, the allowlist), the timer that recompiles
+when a listing or removal date passes, and the start-up order:
+
+1. the snapshot persisted by the last run is installed at once when it was compiled under the
+   same configuration and no date has passed since: the node answers before any source is
+   reachable and before the store is read;
+2. otherwise the lists held in the store, plus the local files, are compiled before the DNS
+   listeners open, so that no listed name is ever answered unblocked;
+3. then, in the background, the store is read, files are re-read and URLs polled.
+
+A source that fails (network, size, checksum, signature, a parse error) keeps its last good
+list; the failure shows in ``status`` and the metrics. Updates are serialised by one lock;
+compiles run in a thread and coalesce (updates arriving during a compile share the next one).
+
+Must not import the resolver, hits or betblock: the composition root hands in ``install``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from config.settings import INTEGRITY_OPTION, AgencySettings, Settings, SourceSettings
+from feeds import persist
+from feeds.compile import AgencyList, PlainList, Timed, allow_names, compile_lists, read_plain
+from feeds.entry import MAX_REJECT_TEXT, Entry, FeedError, Reject, clip
+from feeds.fetch import FetchError, fetch
+from feeds.guard import Change, Protected, entry_refusal, quarantine_reason
+from feeds.lists import Key, SourceList, diff, to_wire
+from feeds.normalize import InvalidName, normalize_detail
+from feeds.snapshot import PolicySnapshot
+from feeds.store import FeedStore, VersionInfo, iso
+
+log = structlog.get_logger("betblock.feeds")
+
+STORE_FILE = "feeds.sqlite"
+MAX_REJECTS_SHOWN = 1000
+
+
+class Refused(Exception):
+    """Nothing valid remains of an update (every line rejected): it is not recorded as a version."""
+
+    def __init__(self, message: str, rejects: list[Reject]) -> None:
+        super().__init__(message)
+        self.rejects = rejects
+
+
+class NotFound(Exception):
+    """No such agency, source or version."""
+
+
+class Conflict(Exception):
+    """The request does not fit the state (approving a version that is not quarantined)."""
+
+
+@dataclass
+class UpdateResult:
+    """What became of one update, for the API, the CLI and the log."""
+
+    status: str  # applied | unchanged | quarantined
+    agency: str
+    source: str
+    version: int | None
+    entries: int
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    reason: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "agency": self.agency,
+            "source": self.source,
+            "version": self.version,
+            "entries": self.entries,
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "reason": self.reason,
+            "rejected": len(self.rejects),
+            "rejects": [reject_json(r) for r in self.rejects[:MAX_REJECTS_SHOWN]],
+        }
+
+
+def reject_json(r: Reject) -> dict[str, Any]:
+    return {"line": r.line, "text": r.text, "reason": r.reason}
+
+
+@dataclass
+class SourceRuntime:
+    """One configured source: its list in force and how fetching it has gone."""
+
+    agency: AgencySettings
+    settings: SourceSettings
+    key: str
+    path: Path | None = None  # file sources, resolved
+    current: SourceList = field(default_factory=SourceList)
+    timed: tuple[Timed, ...] = ()
+    version: int | None = None
+    sha256: str | None = None
+    pending_version: int | None = None
+    pending_sha: str | None = None
+    pending_reason: str | None = None
+    rejected_sha: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    last_attempt: float | None = None
+    last_success: float | None = None
+    last_change: float | None = None
+    last_error: str | None = None
+    failures: int = 0
+    fetches: dict[str, int] = field(default_factory=dict)
+    stat: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of a watched file
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set_list(self, new: SourceList) -> None:
+        self.current = new
+        self.timed = tuple(Timed.of(e) for e in new.rich.values())
+
+    def count(self, result: str) -> None:
+        self.fetches[result] = self.fetches.get(result, 0) + 1
+
+    def status(self, now: float) -> dict[str, Any]:
+        s = self.settings
+        deadline = self.agency.deadline_hours * 3600
+        overdue = bool(deadline) and s.kind != "push" and (self.last_success is None or now - self.last_success > deadline)
+        out: dict[str, Any] = {
+            "id": self.key,
+            "kind": s.kind,
+            "format": s.format,
+            "version": self.version,
+            "entries": len(self.current),
+            "last_attempt": iso(self.last_attempt),
+            "last_success": iso(self.last_success),
+            "last_change": iso(self.last_change),
+            "last_error": self.last_error,
+            "failures": self.failures,
+            "overdue": overdue,
+        }
+        if s.kind == "url":
+            out["url"] = s.url
+            out["etag"] = self.etag
+        elif s.kind == "file":
+            out["path"] = str(self.path)
+        if self.pending_version is not None:
+            out["quarantined"] = {"version": self.pending_version, "reason": self.pending_reason}
+        return out
+
+
+class FeedManager:
+    """Owns the sources, the store and compiling; ``install`` hands a snapshot to the resolver."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        install: Callable[[PolicySnapshot], None],
+        *,
+        clock: Callable[[], float] = time.time,
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._install = install
+        self.clock = clock
+        self._session_factory = session_factory or (lambda: aiohttp.ClientSession(trust_env=False))
+        self.agencies = {a.id: a for a in settings.agencies}
+        self.sources: dict[tuple[str, str], SourceRuntime] = {}
+        for agency in settings.agencies:
+            for src in agency.all_sources():
+                path = settings.resolve_path(src.path) if src.path is not None else None
+                self.sources[(agency.id, src.key)] = SourceRuntime(agency, src, src.key, path)
+        self.data_dir = settings.data_dir
+        self.store: FeedStore | None = None
+        self.snapshot: PolicySnapshot | None = None
+        self.next_change: float | None = None
+        self.protected = Protected()
+        self.allow: list[bytes] = []
+        self.admin_allow: list[bytes] = []
+        self.fingerprint = persist.fingerprint(settings)
+        self.compile_seconds: float | None = None
+        self.compiles = 0
+        self.loaded = asyncio.Event()  # the store's lists are in memory: updates may proceed
+        self._lock = asyncio.Lock()  # one update at a time
+        self._compile_lock = asyncio.Lock()
+        self._gen = 0  # bumped by every change of what a compile reads
+        self._compiled_gen = -1
+        self._last_version = 0
+        self._timer_wake = asyncio.Event()
+        self._persist_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- paths ----------------------------------------------------------------------------
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / STORE_FILE
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.data_dir / persist.FILENAME
+
+    # -- start-up -------------------------------------------------------------------------
+
+    async def start(self) -> PolicySnapshot:
+        """Install the first snapshot (see the module docstring); returns it."""
+        started = time.perf_counter()
+        self.store = await asyncio.to_thread(FeedStore, self.store_path)
+        await asyncio.to_thread(self._read_policy_files)
+        saved = await asyncio.to_thread(persist.load, self.snapshot_path, self.fingerprint, self.clock())
+        if saved is not None:
+            self._publish(saved, None)
+            log.info("policy installed from the saved snapshot", version=saved.version,
+                     seconds=round(time.perf_counter() - started, 3), **saved.stats)
+            return saved
+        await self._load_state()
+        await self._refresh_files(initial=True)
+        await self.compile(force=True)
+        assert self.snapshot is not None
+        log.info("policy installed", version=self.snapshot.version,
+                 seconds=round(time.perf_counter() - started, 3), **self.snapshot.stats)
+        return self.snapshot
+
+    async def run(self) -> None:
+        """The background work: load the store when start() did not, poll URLs, watch files,
+        recompile when dates pass. Runs until cancelled."""
+        if self.store is None:
+            await self.start()
+        self._session = self._session_factory()
+        try:
+            if not self.loaded.is_set():
+                await self._load_state()
+                await self._refresh_files(initial=True)
+                await self.compile(force=True)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._timer())
+                for rt in self.sources.values():
+                    if rt.settings.kind == "url":
+                        tg.create_task(self._poll(rt))
+                    elif rt.settings.kind == "file":
+                        tg.create_task(self._watch(rt))
+        finally:
+            await self._session.close()
+            if self._persist_task is not None:
+                await asyncio.shield(self._persist_task)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    async def _load_state(self) -> None:
+        """Read every configured source's list in force, pending version and fetch state."""
+        assert self.store is not None
+        store = self.store
+
+        def load() -> None:
+            for (agency_id, key), rt in self.sources.items():
+                rt.set_list(store.live(agency_id, key))
+                active = store.active(agency_id, key)
+                if active is not None:
+                    rt.version, rt.sha256 = active["version"], active["sha256"]
+                latest = store.latest(agency_id, key)
+                if latest is not None and latest["status"] == "quarantined":
+                    rt.pending_version, rt.pending_sha, rt.pending_reason = latest["version"], latest["sha256"], latest["reason"]
+                elif latest is not None and latest["status"] == "rejected":
+                    rt.rejected_sha = latest["sha256"]
+                st = store.source_state(agency_id, key)
+                rt.etag, rt.last_modified = st.get("etag"), st.get("last_modified")
+                rt.last_success, rt.last_change = st.get("last_success"), st.get("last_change")
+                rt.last_error, rt.failures = st.get("last_error"), st.get("failures") or 0
+            self.admin_allow = [to_wire(row["name"].encode("ascii")) for row in store.allowlist()]
+
+        await asyncio.to_thread(load)
+        self._gen += 1
+        self.loaded.set()
+
+    def _read_policy_files(self) -> None:
+        """The configured allowlist and protected names (inline and files)."""
+        reports: dict[str, PlainList] = {}
+        self.allow = allow_names(self.settings.policy, self.settings, reports)
+        for source, parsed in reports.items():
+            for lineno, text, reason in parsed.rejects[:20]:
+                log.warning("allowlist line rejected", source=source, line=lineno, text=text, reason=reason)
+        lines = list(self.settings.policy.protected)
+        for path in self.settings.policy.protected_files:
+            lines.extend(self.settings.resolve_path(path).read_text(encoding="utf-8").splitlines())
+        self.protected, bad = Protected.parse(lines)
+        for lineno, text, reason in bad:
+            log.warning("protected name rejected", line=lineno, text=text, reason=reason)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the allowlist, protected names and every file source; recompile."""
+        try:
+            await asyncio.to_thread(self._read_policy_files)
+        except OSError as exc:
+            log.error("reload: cannot read policy files; keeping the current ones", error=str(exc))
+        await self.loaded.wait()
+        await self._refresh_files(initial=True)
+        self._gen += 1
+        await self.compile()
+
+    # -- sources --------------------------------------------------------------------------
+
+    async def _refresh_files(self, *, initial: bool = False) -> None:
+        for rt in self.sources.values():
+            if rt.settings.kind == "file":
+                await self.refresh(rt, compile=False)
+
+    async def refresh(self, rt: SourceRuntime, *, compile: bool = True) -> UpdateResult | None:
+        """Fetch or read one source once and ingest what changed; failures are recorded on the
+        source, never raised. Returns the update's result, or None when nothing new came."""
+        now = self.clock()
+        rt.last_attempt = now
+        try:
+            if rt.settings.kind == "url":
+                if self._session is None:
+                    return None
+                got = await fetch(self._session, rt.settings, etag=rt.etag, last_modified=rt.last_modified)
+                if got.body is None:
+                    rt.count("not_modified")
+                    await self._source_ok(rt, now)
+                    return None
+                data, control, etag, lm = got.body, got.control, got.etag, got.last_modified
+            elif rt.settings.kind == "file":
+                data, control = await asyncio.to_thread(self._read_file, rt)
+                etag = lm = None
+            else:
+                return None
+            result = await self._ingest(rt, data, control=control, actor=f"source:{rt.key}", compile=compile)
+        except (FetchError, FeedError, Refused, OSError) as exc:
+            rt.count("failed")
+            rt.failures += 1
+            rt.last_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (FetchError, FeedError)) else str(exc)
+            log.warning("source failed; keeping its last good list", agency=rt.agency.id, source=rt.key, error=rt.last_error)
+            await self._save_source(rt, last_attempt=now, last_error=rt.last_error, failures=rt.failures)
+            return None
+        rt.count(result.status)
+        if rt.settings.kind == "url":
+            # Only after the body was dealt with: a failed check must fetch the body again.
+            rt.etag, rt.last_modified = etag, lm
+        await self._source_ok(rt, now)
+        return result
+
+    def _read_file(self, rt: SourceRuntime) -> tuple[bytes, bytes | None]:
+        assert rt.path is not None
+        st = os.stat(rt.path)
+        if st.st_size > rt.settings.max_bytes:
+            raise FeedError(f"{rt.path}: {st.st_size} bytes is over max_bytes {rt.settings.max_bytes}")
+        rt.stat = (st.st_mtime_ns, st.st_size, st.st_ino)
+        data = rt.path.read_bytes()
+        control = None
+        if rt.settings.control_file is not None:
+            control = self.settings.resolve_path(rt.settings.control_file).read_bytes()
+        return data, control
+
+    async def _source_ok(self, rt: SourceRuntime, now: float) -> None:
+        rt.last_success = now
+        rt.last_error = None
+        rt.failures = 0
+        await self._save_source(
+            rt, etag=rt.etag, last_modified=rt.last_modified, last_attempt=now, last_success=now,
+            last_change=rt.last_change, last_error=None, failures=0,
+        )
+
+    async def _save_source(self, rt: SourceRuntime, **fields: Any) -> None:
+        if self.store is not None:
+            await asyncio.to_thread(self.store.save_source_state, rt.agency.id, rt.key, **fields)
+
+    async def _poll(self, rt: SourceRuntime) -> None:
+        while True:
+            await self.refresh(rt)
+            interval = rt.settings.interval
+            if rt.failures:
+                # Retry a failing source sooner than its interval: legal deadlines run.
+                interval = min(interval, 30.0 * 2 ** min(rt.failures - 1, 10))
+            try:
+                async with asyncio.timeout(interval):
+                    await rt.wake.wait()
+            except TimeoutError:
+                pass
+            rt.wake.clear()
+
+    async def _watch(self, rt: SourceRuntime) -> None:
+        assert rt.path is not None
+        while True:
+            try:
+                async with asyncio.timeout(rt.settings.interval):
+                    await rt.wake.wait()
+            except TimeoutError:
+                pass
+            forced = rt.wake.is_set()
+            rt.wake.clear()
+            try:
+                st = await asyncio.to_thread(os.stat, rt.path)
+                seen: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+            except OSError:
+                seen = None
+            if forced or seen != rt.stat:
+                await self.refresh(rt)
+
+    def poke(self, agency: str, source: str | None = None) -> int:
+        """Poll (url) or re-read (file) an agency's sources now; returns how many."""
+        n = 0
+        for (a, key), rt in self.sources.items():
+            if a == agency and (source is None or key == source) and rt.settings.kind != "push":
+                rt.wake.set()
+                n += 1
+        return n
+
+    # -- updates --------------------------------------------------------------------------
+
+    def runtime(self, agency: str, source: str | None = None) -> SourceRuntime:
+        if agency not in self.agencies:
+            raise NotFound(f"no agency {agency!r}")
+        if source is None:
+            push = self.agencies[agency].push_source()
+            if push is None:
+                raise NotFound(f"agency {agency!r} has no push source")
+            source = push.key
+        rt = self.sources.get((agency, source))
+        if rt is None:
+            raise NotFound(f"agency {agency!r} has no source {source!r}")
+        return rt
+
+    async def push(self, agency: str, data: bytes, *, fmt: str | None = None, actor: str) -> UpdateResult:
+        """PUT: the agency's whole list through its push source."""
+        rt = self.runtime(agency)
+        await self.loaded.wait()
+        result = await self._ingest(rt, data, control=None, actor=actor, fmt=fmt)
+        now = self.clock()
+        rt.last_attempt = now
+        rt.count(result.status)
+        await self._source_ok(rt, now)
+        return result
+
+    async def _ingest(
+        self, rt: SourceRuntime, data: bytes, *, control: bytes | None, actor: str, fmt: str | None = None, compile: bool = True
+    ) -> UpdateResult:
+        fmt = fmt or rt.settings.format
+        sha = hashlib.sha256(data).hexdigest()
+        async with self._lock:
+            same = self._same(rt, sha, fmt)
+            if same is not None:
+                return same
+            received = self.clock()
+            new, rejects, meta = await asyncio.to_thread(self._parse, rt, data, control, fmt)
+            if not len(new) and rejects:
+                await asyncio.to_thread(
+                    self._audit, actor, "update refused", rt.agency.id, None, source=rt.key, sha256=sha, rejects=len(rejects)
+                )
+                raise Refused("nothing valid remains: every line was rejected", rejects)
+            info = VersionInfo(
+                agency=rt.agency.id, source=rt.key, kind=rt.settings.kind, format=fmt, sha256=sha,
+                received_at=received, actor=actor, entries=len(new), rejects=len(rejects),
+                checksum=meta.get("checksum"), signature=meta.get("signature"),
+                meta={k: v for k, v in meta.items() if k in ("header", "version", "serial", "order", "date", "origin", "lines")},
+            )
+            result = await self._decide(rt, new, info, rejects)
+        if compile and result.status == "applied":
+            await self.compile()
+        return result
+
+    def _same(self, rt: SourceRuntime, sha: str, fmt: str) -> UpdateResult | None:
+        """Idempotence: the list in force, the one waiting in quarantine or the one an admin
+        rejected, sent again, changes nothing."""
+        if sha == rt.sha256:
+            return UpdateResult("unchanged", rt.agency.id, rt.key, rt.version, len(rt.current))
+        if sha == rt.pending_sha:
+            return UpdateResult("quarantined", rt.agency.id, rt.key, rt.pending_version, len(rt.current), reason=rt.pending_reason)
+        if sha == rt.rejected_sha:
+            return UpdateResult("unchanged", rt.agency.id, rt.key, rt.version, len(rt.current), reason="this list was rejected by an admin")
+        return None
+
+    async def _decide(self, rt: SourceRuntime, new: SourceList, info: VersionInfo, rejects: list[Reject]) -> UpdateResult:
+        """Quarantine or apply ``new`` (the caller holds the update lock)."""
+        assert self.store is not None
+        store = self.store
+        d = await asyncio.to_thread(diff, rt.current, new)
+        change = Change(len(rt.current), len(new), d.n_added, d.n_removed, d.changed)
+        reason = quarantine_reason(rt.agency, change, first=rt.version is None)
+        base = dict(agency=rt.agency.id, source=rt.key, entries=len(new), added=d.n_added, removed=d.n_removed,
+                    changed=d.changed, rejects=rejects)
+        if reason is not None:
+            v = await asyncio.to_thread(store.quarantine, info, new, d, rejects, reason)
+            rt.pending_version, rt.pending_sha, rt.pending_reason = v, info.sha256, reason
+            await asyncio.to_thread(self._audit, info.actor, "update quarantined", rt.agency.id, v, source=rt.key,
+                                    sha256=info.sha256, reason=reason, added=d.n_added, removed=d.n_removed, changed=d.changed)
+            log.warning("update quarantined", agency=rt.agency.id, source=rt.key, version=v, reason=reason)
+            return UpdateResult("quarantined", version=v, reason=reason, **base)  # type: ignore[arg-type]
+        v = await asyncio.to_thread(store.apply, info, d, rejects)
+        rt.set_list(new)
+        rt.version, rt.sha256, rt.last_change = v, info.sha256, info.received_at
+        rt.pending_version = rt.pending_sha = rt.pending_reason = None
+        self._gen += 1
+        await asyncio.to_thread(self._audit, info.actor, "update applied", rt.agency.id, v, source=rt.key,
+                                sha256=info.sha256, added=d.n_added, removed=d.n_removed, changed=d.changed,
+                                entries=len(new))
+        log.info("update applied", agency=rt.agency.id, source=rt.key, version=v, entries=len(new),
+                 added=d.n_added, removed=d.n_removed, changed=d.changed, rejected=len(rejects))
+        return UpdateResult("applied", version=v, **base)  # type: ignore[arg-type]
+
+    def _parse(
+        self, rt: SourceRuntime, data: bytes, control: bytes | None, fmt: str
+    ) -> tuple[SourceList, list[Reject], dict[str, Any]]:
+        """Bytes to a list, its rejects and its file-level facts (in a thread)."""
+        if len(data) > rt.settings.max_bytes:
+            raise FeedError(f"{len(data)} bytes is over max_bytes {rt.settings.max_bytes}")
+        if fmt == "plain" and not rt.settings.options:
+            plain = read_plain(data, self.protected)
+            rejects = [Reject(line, clip(text), reason) for line, text, reason in plain.rejects]
+            if not plain.wild:
+                return SourceList.build(plain.names, ()), rejects, {"lines": plain.lines}
+            wild_idx = {i for i, _line in plain.wild}
+            names = [n for i, n in enumerate(plain.names) if i not in wild_idx]
+            from feeds.lists import from_wire
+
+            wild = [Entry(from_wire(plain.names[i]), line, wildcard=True) for i, line in plain.wild]
+            return SourceList.build(names, wild), rejects, {"lines": plain.lines}
+        from feeds.formats import FORMATS
+
+        parser = FORMATS.get(fmt)
+        if parser is None:
+            raise FeedError(f"unknown format {fmt!r}")
+        options: dict[str, Any] = dict(rt.settings.options)
+        if control is not None and fmt in INTEGRITY_OPTION:
+            options[INTEGRITY_OPTION[fmt]] = control
+        if rt.settings.public_key is not None:
+            options["public_key_pem"] = self.settings.resolve_path(rt.settings.public_key).read_bytes()
+        try:
+            result = parser(data, **options)
+        except TypeError as exc:
+            raise FeedError(f"format {fmt}: bad options {sorted(options)}: {exc}") from None
+        kept: list[Entry] = []
+        rejects = list(result.rejects)
+        for e in result.entries:
+            refusal = None if e.allow else entry_refusal(e.name, self.protected)
+            if refusal is not None:
+                rejects.append(Reject(e.line, e.name, refusal))
+            else:
+                kept.append(e)
+        rejects.sort(key=lambda r: r.line)
+        return SourceList.build((), kept), rejects, dict(result.meta)
+
+    async def patch(self, agency: str, add: list[dict[str, Any]], remove: list[str], *, actor: str) -> UpdateResult:
+        """PATCH: add and remove entries of the agency's pushed list."""
+        rt = self.runtime(agency)
+        await self.loaded.wait()
+        entries, rejects = _patch_entries(add, self.protected)
+        keys: list[Key] = []
+        for i, raw in enumerate(remove, len(add) + 1):
+            try:
+                name, wildcard, _ = normalize_detail(str(raw))
+            except InvalidName as exc:
+                rejects.append(Reject(i, clip(str(raw)), exc.reason))
+                continue
+            key = (name, wildcard, False)
+            if not rt.current.has(key):
+                rejects.append(Reject(i, clip(str(raw)), "not listed"))
+                continue
+            keys.append(key)
+        if not entries and not keys and rejects:
+            await asyncio.to_thread(self._audit, actor, "patch refused", agency, None, rejects=len(rejects))
+            raise Refused("nothing valid remains: every item was rejected", rejects)
+        body = repr((sorted((e.name, e.wildcard, repr(e)) for e in entries), sorted(keys))).encode()
+        sha = hashlib.sha256(body).hexdigest()
+        async with self._lock:
+            new = rt.current.patched(entries, keys)
+            info = VersionInfo(
+                agency=agency, source=rt.key, kind="push", format="patch", sha256=sha, received_at=self.clock(),
+                actor=actor, entries=len(new), rejects=len(rejects),
+            )
+            d = await asyncio.to_thread(diff, rt.current, new)
+            if d.empty:
+                result = UpdateResult("unchanged", agency, rt.key, rt.version, len(new), rejects=rejects)
+            else:
+                result = await self._decide(rt, new, info, rejects)
+        if result.status == "applied":
+            await self.compile()
+        now = self.clock()
+        rt.last_attempt = now
+        rt.count(result.status)
+        await self._source_ok(rt, now)
+        return result
+
+    # -- admin decisions ------------------------------------------------------------------
+
+    async def approve(self, agency: str, version: int, *, actor: str) -> UpdateResult:
+        """Apply a quarantined version."""
+        assert self.store is not None
+        store = self.store
+        await self.loaded.wait()
+        async with self._lock:
+            row = await asyncio.to_thread(store.version, agency, version)
+            if row is None:
+                raise NotFound(f"agency {agency!r} has no version {version}")
+            if row["status"] != "quarantined":
+                raise Conflict(f"version {version} is {row['status']}, not quarantined")
+            rt = self.runtime(agency, row["source"])
+            new = await asyncio.to_thread(store.pending_list, agency, version)
+            if new is None:
+                raise Conflict(f"version {version} has no list kept")
+            d = await asyncio.to_thread(diff, rt.current, new)
+            now = self.clock()
+            info = VersionInfo(
+                agency=agency, source=rt.key, kind=row["kind"], format=row["format"], sha256=row["sha256"],
+                received_at=now, actor=actor, entries=len(new), rejects=row["rejects"],
+            )
+            await asyncio.to_thread(store.apply, info, d, [], version=version)
+            await asyncio.to_thread(store.mark_decided, agency, version, actor, now)
+            rt.set_list(new)
+            rt.version, rt.sha256, rt.last_change = version, row["sha256"], now
+            rt.pending_version = rt.pending_sha = rt.pending_reason = None
+            self._gen += 1
+            await asyncio.to_thread(self._audit, actor, "quarantine approved", agency, version, source=rt.key,
+                                    added=d.n_added, removed=d.n_removed, changed=d.changed)
+        await self.compile()
+        log.info("quarantined update approved", agency=agency, version=version, actor=actor)
+        return UpdateResult("applied", agency, rt.key, version, len(new), d.n_added, d.n_removed, d.changed)
+
+    async def reject(self, agency: str, version: int, *, actor: str) -> dict[str, Any]:
+        """Refuse a quarantined version for good; the source keeps its list."""
+        assert self.store is not None
+        store = self.store
+        await self.loaded.wait()
+        async with self._lock:
+            row = await asyncio.to_thread(store.version, agency, version)
+            if row is None:
+                raise NotFound(f"agency {agency!r} has no version {version}")
+            if row["status"] != "quarantined":
+                raise Conflict(f"version {version} is {row['status']}, not quarantined")
+            rt = self.runtime(agency, row["source"])
+            await asyncio.to_thread(store.decide, agency, version, "rejected", actor, self.clock())
+            rt.pending_version = rt.pending_sha = rt.pending_reason = None
+            rt.rejected_sha = row["sha256"]
+            await asyncio.to_thread(self._audit, actor, "quarantine rejected", agency, version, source=rt.key)
+        log.info("quarantined update rejected", agency=agency, version=version, actor=actor)
+        return {"status": "rejected", "agency": agency, "version": version}
+
+    async def allow_add(self, raw: str, *, actor: str, note: str = "") -> dict[str, Any]:
+        assert self.store is not None
+        name = allow_name(raw)
+        added = await asyncio.to_thread(self.store.allow_add, name, actor, note, self.clock())
+        if added:
+            self.admin_allow = self.admin_allow + [to_wire(name.encode("ascii"))]
+            await asyncio.to_thread(self._audit, actor, "allowlist add", None, None, name=name, note=note)
+            self._gen += 1
+            await self.compile()
+        return {"name": name, "added": added}
+
+    async def allow_remove(self, raw: str, *, actor: str) -> dict[str, Any]:
+        assert self.store is not None
+        name = allow_name(raw)
+        removed = await asyncio.to_thread(self.store.allow_remove, name)
+        if removed:
+            wire = to_wire(name.encode("ascii"))
+            self.admin_allow = [w for w in self.admin_allow if w != wire]
+            await asyncio.to_thread(self._audit, actor, "allowlist remove", None, None, name=name)
+            self._gen += 1
+            await self.compile()
+        return {"name": name, "removed": removed}
+
+    def _audit(self, actor: str, action: str, agency: str | None, version: int | None, **detail: Any) -> None:
+        assert self.store is not None
+        self.store.audit(actor, action, agency, version, ts=self.clock(), **detail)
+
+    # -- compile --------------------------------------------------------------------------
+
+    async def compile(self, *, force: bool = False) -> PolicySnapshot:
+        """Compile what the sources hold now, off the event loop, and install it. Callers that
+        arrive during a compile share the next one."""
+        wanted = self._gen
+        async with self._compile_lock:
+            if not force and self._compiled_gen >= wanted and self.snapshot is not None:
+                return self.snapshot
+            gen = self._gen
+            lists = [
+                AgencyList(rt.agency, rt.current.plain, rt.timed) for rt in self.sources.values()
+            ]
+            allow = self.allow + self.admin_allow
+            now = self.clock()
+            version = max(self._last_version + 1, int(now * 1000))
+            started = time.perf_counter()
+            compiled = await asyncio.to_thread(
+                compile_lists, lists, allow, self.settings.policy.sinkhole_ttl, version=version, now=now
+            )
+            self.compile_seconds = time.perf_counter() - started
+            self.compiles += 1
+            self._compiled_gen = gen
+            self._publish(compiled.snapshot, compiled.next_change)
+            self._save_later(compiled.snapshot, compiled.next_change)
+            return compiled.snapshot
+
+    def _publish(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
+        self._install(snapshot)
+        self.snapshot = snapshot
+        self._last_version = max(self._last_version, snapshot.version)
+        self.next_change = next_change
+        self._timer_wake.set()
+
+    def _save_later(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
+        previous = self._persist_task
+
+        async def save() -> None:
+            if previous is not None:
+                await previous
+            if self.snapshot is not snapshot:
+                return  # a newer one is on its way to disk
+            try:
+                await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change)
+            except OSError as exc:
+                log.error("cannot save the compiled snapshot", path=str(self.snapshot_path), error=str(exc))
+
+        self._persist_task = asyncio.ensure_future(save())
+
+    async def flush(self) -> None:
+        """Wait until the latest snapshot is on disk (tests, shutdown)."""
+        if self._persist_task is not None:
+            await self._persist_task
+
+    async def tick(self) -> bool:
+        """Recompile when a listing or removal date has passed; True when it did."""
+        if self.next_change is None or self.next_change > self.clock():
+            return False
+        self._gen += 1
+        await self.compile()
+        return True
+
+    async def _timer(self) -> None:
+        while True:
+            self._timer_wake.clear()
+            if await self.tick():
+                continue
+            delay = 3600.0 if self.next_change is None else min(3600.0, self.next_change - self.clock())
+            try:
+                async with asyncio.timeout(max(delay, 0.05)):
+                    await self._timer_wake.wait()
+            except TimeoutError:
+                pass
+
+    # -- reading --------------------------------------------------------------------------
+
+    def status(self, agency: str | None = None) -> dict[str, Any]:
+        """Each agency with its sources' state (or one agency)."""
+        now = self.clock()
+        out = []
+        for a in self.settings.agencies:
+            if agency is not None and a.id != agency:
+                continue
+            srcs = [rt.status(now) for (aid, _k), rt in self.sources.items() if aid == a.id]
+            out.append(
+                {
+                    "id": a.id,
+                    "name": a.display_name,
+                    "jurisdiction": a.jurisdiction,
+                    "precedence": a.precedence,
+                    "action": a.action,
+                    "push": a.push_source() is not None,
+                    "entries": sum(s["entries"] for s in srcs),
+                    "quarantined": [s["quarantined"] for s in srcs if "quarantined" in s],
+                    "failing": [s["id"] for s in srcs if s["last_error"]],
+                    "sources": srcs,
+                }
+            )
+        return {
+            "policy": self.policy_status(),
+            "agencies": out,
+        }
+
+    def policy_status(self) -> dict[str, Any]:
+        snap = self.snapshot
+        return {
+            "version": snap.version if snap else None,
+            "stats": dict(snap.stats) if snap else {},
+            "next_change": iso(self.next_change),
+            "compile_seconds": None if self.compile_seconds is None else round(self.compile_seconds, 3),
+            "loaded": self.loaded.is_set(),
+        }
+
+    def provenance(self, agency: str, name: str) -> dict[str, Any] | None:
+        """What the agency's feed said about ``name`` (legal reference, dates), for the
+        warning page; None when it said nothing but the name."""
+        for (aid, _k), rt in self.sources.items():
+            if aid != agency:
+                continue
+            for e in rt.current.get(name):
+                if e.allow:
+                    continue
+                facts = {
+                    "legal_ref": e.legal_ref,
+                    "listed_at": e.listed_at.isoformat() if e.listed_at else None,
+                    "removed_at": e.removed_at.isoformat() if e.removed_at else None,
+                    "source_id": e.source_id,
+                }
+                if any(facts.values()):
+                    return facts
+        return None
+
+    def metrics(self) -> Iterator[Metric]:
+        """Prometheus families for the feeds, read at scrape time."""
+        labels = ["agency", "source"]
+        entries = GaugeMetricFamily("betblock_feed_entries", "Entries in force per source", labels=labels)
+        version = GaugeMetricFamily("betblock_feed_version", "Version in force per source", labels=labels)
+        success = GaugeMetricFamily("betblock_feed_last_success_timestamp", "Last good fetch or read (Unix time)", labels=labels)
+        failures = GaugeMetricFamily("betblock_feed_failures", "Consecutive failed fetches or reads", labels=labels)
+        quarantined = GaugeMetricFamily("betblock_feed_quarantined", "1 when a version waits for an admin", labels=labels)
+        overdue = GaugeMetricFamily("betblock_feed_overdue", "1 when not refreshed within the agency's legal deadline", labels=labels)
+        fetches = CounterMetricFamily("betblock_feed_updates", "Fetches, reads and pushes by result", labels=[*labels, "result"])
+        now = self.clock()
+        for (aid, key), rt in self.sources.items():
+            lv = [aid, key]
+            st = rt.status(now)
+            entries.add_metric(lv, len(rt.current))
+            version.add_metric(lv, rt.version or 0)
+            success.add_metric(lv, rt.last_success or 0)
+            failures.add_metric(lv, rt.failures)
+            quarantined.add_metric(lv, 1 if rt.pending_version is not None else 0)
+            overdue.add_metric(lv, 1 if st["overdue"] else 0)
+            for result, n in rt.fetches.items():
+                fetches.add_metric([*lv, result], n)
+        yield from (entries, version, success, failures, quarantined, overdue, fetches)
+        yield GaugeMetricFamily(
+            "betblock_policy_compile_seconds", "Duration of the last compile", value=self.compile_seconds or 0.0
+        )
+        yield CounterMetricFamily("betblock_policy_compiles", "Compiles since start", value=self.compiles)
+        yield GaugeMetricFamily(
+            "betblock_policy_next_change_timestamp", "Next listing or removal date (Unix time; 0 = none)",
+            value=self.next_change or 0.0,
+        )
+
+
+def allow_name(raw: str) -> str:
+    """An allowlist name: lenient (a public suffix may be allowlisted), but a name."""
+    text = raw.strip().lower().rstrip(".")
+    if text.startswith("*."):
+        text = text[2:]
+    try:
+        name, _w, _p = normalize_detail(text)
+        return name
+    except InvalidName as exc:
+        if exc.reason == "public suffix" and "." in text:
+            return text.encode("idna").decode("ascii") if not text.isascii() else text
+        raise
+
+
+def _patch_entries(items: Iterable[Any], protected: Protected) -> tuple[list[Entry], list[Reject]]:
+    """PATCH ``add`` items (a name, or an object with name and optional dates, legal_ref,
+    source_id, wildcard) to entries; item n is "line" n."""
+    entries: list[Entry] = []
+    rejects: list[Reject] = []
+    for i, item in enumerate(items, 1):
+        shown = clip(str(item))[:MAX_REJECT_TEXT]
+        fields: dict[str, Any] = {}
+        if isinstance(item, str):
+            raw = item
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            raw = item["name"]
+            try:
+                for key in ("listed_at", "removed_at"):
+                    if item.get(key):
+                        value = datetime.fromisoformat(str(item[key]).replace("Z", "+00:00"))
+                        fields[key] = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            except ValueError:
+                rejects.append(Reject(i, shown, "bad date (ISO 8601 expected)"))
+                continue
+            for key in ("legal_ref", "source_id"):
+                if item.get(key) is not None:
+                    fields[key] = str(item[key])
+            unknown = set(item) - {"name", "listed_at", "removed_at", "legal_ref", "source_id", "wildcard"}
+            if unknown:
+                rejects.append(Reject(i, shown, f"unknown field {sorted(unknown)[0]!r}"))
+                continue
+        else:
+            rejects.append(Reject(i, shown, "not a name or an object with a name"))
+            continue
+        try:
+            name, wildcard, _ = normalize_detail(raw)
+        except InvalidName as exc:
+            rejects.append(Reject(i, shown, exc.reason))
+            continue
+        if isinstance(item, dict) and item.get("wildcard"):
+            wildcard = True
+        refusal = entry_refusal(name, protected)
+        if refusal is not None:
+            rejects.append(Reject(i, shown, refusal))
+            continue
+        entries.append(Entry(name, i, wildcard, **fields))
+    return entries, rejects

@@ -1,0 +1,475 @@
+"""The feed store (SQLite): every version of every source, every entry, the audit trail.
+
+Owns the schema and every query on it:
+
+- ``versions``: one row per update received from a source, applied or not: its hash, source,
+  time received, counts, what it added and removed, checksum and signature status, and its
+  status (``active`` = the source's list now, ``superseded``, ``quarantined`` = waiting for an
+  admin, ``rejected`` by an admin).
+- ``entries``: one row per listing per version range. A row is added by the version that
+  listed it and closed (``dropped_version``) by the one that no longer does, so the list of any
+  version, the diff of any version and the history of any name are queries, and an update costs
+  rows in proportion to its change, not to the list.
+- ``pending``: the full list of a quarantined version, until an admin decides.
+- ``rejects``: the first rejected lines of each version.
+- ``sources``: fetch state per source (ETag, Last-Modified, last success and error).
+- ``allowlist``: names an admin allowlisted through the API.
+- ``audit``: who changed what and when.
+
+Blocking calls: the caller runs them in a thread. One connection guarded by a lock; WAL so
+that ``betblock lookup`` can read while the server writes. Must not import aiohttp or resolver
+code.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from feeds.entry import Entry, Reject
+from feeds.lists import Key, ListDiff, SourceList, from_wire, is_plain
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    agency TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    format TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    status TEXT NOT NULL,
+    entries INTEGER NOT NULL,
+    added INTEGER NOT NULL,
+    removed INTEGER NOT NULL,
+    changed INTEGER NOT NULL,
+    rejects INTEGER NOT NULL,
+    checksum TEXT,
+    signature TEXT,
+    reason TEXT,
+    meta TEXT,
+    decided_at REAL,
+    decided_by TEXT,
+    PRIMARY KEY (agency, version)
+);
+CREATE INDEX IF NOT EXISTS versions_source ON versions(agency, source, version);
+CREATE TABLE IF NOT EXISTS entries (
+    agency TEXT NOT NULL,
+    source TEXT NOT NULL,
+    name TEXT NOT NULL,
+    wildcard INTEGER NOT NULL,
+    allow INTEGER NOT NULL,
+    action TEXT,
+    redirect TEXT,
+    listed_at REAL,
+    removed_at REAL,
+    legal_ref TEXT,
+    source_id TEXT,
+    line INTEGER,
+    added_version INTEGER NOT NULL,
+    added_at REAL NOT NULL,
+    dropped_version INTEGER,
+    dropped_at REAL
+);
+CREATE INDEX IF NOT EXISTS entries_name ON entries(name);
+CREATE INDEX IF NOT EXISTS entries_added ON entries(agency, added_version);
+CREATE INDEX IF NOT EXISTS entries_dropped ON entries(agency, dropped_version);
+CREATE TABLE IF NOT EXISTS pending (
+    agency TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    list BLOB NOT NULL,
+    diff TEXT NOT NULL,
+    PRIMARY KEY (agency, version)
+);
+CREATE TABLE IF NOT EXISTS rejects (
+    agency TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejects_version ON rejects(agency, version);
+CREATE TABLE IF NOT EXISTS sources (
+    agency TEXT NOT NULL,
+    source TEXT NOT NULL,
+    etag TEXT,
+    last_modified TEXT,
+    last_attempt REAL,
+    last_success REAL,
+    last_change REAL,
+    last_error TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (agency, source)
+);
+CREATE TABLE IF NOT EXISTS allowlist (
+    name TEXT PRIMARY KEY,
+    added_at REAL NOT NULL,
+    added_by TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    agency TEXT,
+    version INTEGER,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_agency ON audit(agency, id);
+"""
+
+MAX_STORED_REJECTS = 1000
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def iso(ts: float | None) -> str | None:
+    """A store timestamp as ISO 8601 UTC, for people and JSON."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """What is recorded about one update, before its rows."""
+
+    agency: str
+    source: str
+    kind: str
+    format: str
+    sha256: str
+    received_at: float
+    actor: str
+    entries: int
+    rejects: int
+    checksum: str | None = None
+    signature: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+class FeedStore:
+    """The SQLite file under ``data_dir``; every method blocks, call it from a thread."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        self.db.row_factory = sqlite3.Row
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    # -- versions -----------------------------------------------------------------------
+
+    def _next_version(self, agency: str) -> int:
+        row = self.db.execute("SELECT MAX(version) FROM versions WHERE agency = ?", (agency,)).fetchone()
+        return (row[0] or 0) + 1
+
+    def latest(self, agency: str, source: str) -> dict[str, Any] | None:
+        """The newest version of a source, whatever its status."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT * FROM versions WHERE agency = ? AND source = ? ORDER BY version DESC LIMIT 1",
+                (agency, source),
+            ).fetchone()
+        return dict(row) if row else None
+
+    def active(self, agency: str, source: str) -> dict[str, Any] | None:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT * FROM versions WHERE agency = ? AND source = ? AND status = 'active'", (agency, source)
+            ).fetchone()
+        return dict(row) if row else None
+
+    def apply(
+        self, info: VersionInfo, d: ListDiff, rejects: Sequence[Reject], *, reason: str | None = None, version: int | None = None
+    ) -> int:
+        """Record an applied version: its row, its entry rows, its rejects; the source's previous
+        active version becomes superseded, as does any quarantined one older than it.
+        ``version`` is given when an admin approves a quarantined version."""
+        now = info.received_at
+        with self.lock, self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            v = version if version is not None else self._next_version(info.agency)
+            self.db.execute(
+                "UPDATE versions SET status = 'superseded' WHERE agency = ? AND source = ? AND status IN ('active', 'quarantined') AND version != ?",
+                (info.agency, info.source, v),
+            )
+            if version is None:
+                self._insert_version(info, v, "active", d, len(rejects), reason)
+                self._insert_rejects(info.agency, v, rejects)
+            else:
+                self.db.execute(
+                    "UPDATE versions SET status = 'active' WHERE agency = ? AND version = ?", (info.agency, v)
+                )
+                self.db.execute("DELETE FROM pending WHERE agency = ? AND version = ?", (info.agency, v))
+            # Close the rows of what this version no longer lists, then add what it lists anew.
+            self.db.executemany(
+                "UPDATE entries SET dropped_version = ?, dropped_at = ? WHERE agency = ? AND source = ? "
+                "AND name = ? AND wildcard = ? AND allow = ? AND dropped_version IS NULL",
+                ((v, now, info.agency, info.source, e.name, int(e.wildcard), int(e.allow)) for e in d.removed()),
+            )
+            self.db.executemany(
+                "INSERT INTO entries (agency, source, name, wildcard, allow, action, redirect, listed_at, removed_at, "
+                "legal_ref, source_id, line, added_version, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (_entry_row(info.agency, info.source, e, v, now) for e in d.added()),
+            )
+        return v
+
+    def quarantine(self, info: VersionInfo, new: SourceList, d: ListDiff, rejects: Sequence[Reject], reason: str) -> int:
+        """Record a version held for an admin, with its whole list; an older quarantined
+        version of the same source is superseded by it."""
+        with self.lock, self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            v = self._next_version(info.agency)
+            self.db.execute(
+                "UPDATE versions SET status = 'superseded' WHERE agency = ? AND source = ? AND status = 'quarantined'",
+                (info.agency, info.source),
+            )
+            self.db.execute("DELETE FROM pending WHERE agency = ? AND version IN (SELECT version FROM versions WHERE agency = ? AND source = ? AND status = 'superseded')", (info.agency, info.agency, info.source))
+            self._insert_version(info, v, "quarantined", d, len(rejects), reason)
+            self._insert_rejects(info.agency, v, rejects)
+            self.db.execute(
+                "INSERT INTO pending (agency, version, list, diff) VALUES (?,?,?,?)",
+                (info.agency, v, new.dumps(), json.dumps(d.summary(limit=10_000))),
+            )
+        return v
+
+    def pending_list(self, agency: str, version: int) -> SourceList | None:
+        with self.lock:
+            row = self.db.execute("SELECT list FROM pending WHERE agency = ? AND version = ?", (agency, version)).fetchone()
+        return SourceList.loads(row[0]) if row else None
+
+    def decide(self, agency: str, version: int, status: str, actor: str, ts: float) -> None:
+        """Mark a quarantined version ``rejected`` (approval goes through ``apply``)."""
+        with self.lock, self.db:
+            self.db.execute(
+                "UPDATE versions SET status = ?, decided_at = ?, decided_by = ? WHERE agency = ? AND version = ?",
+                (status, ts, actor, agency, version),
+            )
+            if status != "quarantined":
+                self.db.execute("DELETE FROM pending WHERE agency = ? AND version = ?", (agency, version))
+
+    def mark_decided(self, agency: str, version: int, actor: str, ts: float) -> None:
+        with self.lock, self.db:
+            self.db.execute(
+                "UPDATE versions SET decided_at = ?, decided_by = ? WHERE agency = ? AND version = ?",
+                (ts, actor, agency, version),
+            )
+
+    def _insert_version(self, info: VersionInfo, v: int, status: str, d: ListDiff, n_rejects: int, reason: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO versions (agency, version, source, kind, format, sha256, received_at, actor, status, entries, "
+            "added, removed, changed, rejects, checksum, signature, reason, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                info.agency, v, info.source, info.kind, info.format, info.sha256, info.received_at, info.actor, status,
+                info.entries, d.n_added, d.n_removed, d.changed, n_rejects, info.checksum, info.signature, reason,
+                json.dumps(info.meta or {}, default=str),
+            ),
+        )
+
+    def _insert_rejects(self, agency: str, v: int, rejects: Sequence[Reject]) -> None:
+        self.db.executemany(
+            "INSERT INTO rejects (agency, version, line, text, reason) VALUES (?,?,?,?,?)",
+            ((agency, v, r.line, r.text, r.reason) for r in rejects[:MAX_STORED_REJECTS]),
+        )
+
+    def versions(self, agency: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT * FROM versions WHERE agency = ? ORDER BY version DESC LIMIT ?", (agency, limit)
+            ).fetchall()
+        return [_version_json(r) for r in rows]
+
+    def version(self, agency: str, version: int) -> dict[str, Any] | None:
+        with self.lock:
+            row = self.db.execute("SELECT * FROM versions WHERE agency = ? AND version = ?", (agency, version)).fetchone()
+        return _version_json(row) if row else None
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.db.execute("SELECT * FROM versions WHERE status = 'quarantined' ORDER BY received_at").fetchall()
+        return [_version_json(r) for r in rows]
+
+    def version_diff(self, agency: str, version: int, limit: int = 1000, offset: int = 0) -> dict[str, Any]:
+        """Names the version added, removed and changed (applied versions from the entry rows;
+        quarantined ones from what was computed when they arrived)."""
+        with self.lock:
+            pend = self.db.execute("SELECT diff FROM pending WHERE agency = ? AND version = ?", (agency, version)).fetchone()
+            if pend is not None:
+                d = json.loads(pend[0])
+                return {k: v[offset : offset + limit] for k, v in d.items()}
+            added = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT name FROM entries WHERE agency = ? AND added_version = ? ORDER BY name", (agency, version)
+                )
+            ]
+            removed = [
+                r[0]
+                for r in self.db.execute(
+                    "SELECT name FROM entries WHERE agency = ? AND dropped_version = ? ORDER BY name", (agency, version)
+                )
+            ]
+            rejects = [
+                {"line": r[0], "text": r[1], "reason": r[2]}
+                for r in self.db.execute(
+                    "SELECT line, text, reason FROM rejects WHERE agency = ? AND version = ? ORDER BY line LIMIT ?",
+                    (agency, version, limit),
+                )
+            ]
+        changed = set(added) & set(removed)
+        return {
+            "added": [n for n in added if n not in changed][offset : offset + limit],
+            "removed": [n for n in removed if n not in changed][offset : offset + limit],
+            "changed": sorted(changed)[offset : offset + limit],
+            "rejects": rejects,
+        }
+
+    # -- entries ------------------------------------------------------------------------
+
+    def live(self, agency: str, source: str) -> SourceList:
+        """The list a source holds now, rebuilt from its open entry rows."""
+        from feeds.lists import to_wire
+
+        plain: list[bytes] = []
+        rich: list[Entry] = []
+        with self.lock:
+            cur = self.db.execute(
+                "SELECT name, wildcard, allow, action, redirect, listed_at, removed_at, legal_ref, source_id "
+                "FROM entries WHERE agency = ? AND source = ? AND dropped_version IS NULL",
+                (agency, source),
+            )
+            for row in cur:
+                if not any(row[1:]):
+                    plain.append(to_wire(row[0].encode("ascii")))
+                else:
+                    rich.append(_row_entry(row))
+        return SourceList.build(plain, rich)
+
+    def entries_named(self, names: Iterable[str], *, history: bool = True) -> list[dict[str, Any]]:
+        """Entry rows (open, and closed when ``history``) for exactly these names."""
+        names = list(names)
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        sql = f"SELECT * FROM entries WHERE name IN ({marks})"
+        if not history:
+            sql += " AND dropped_version IS NULL"
+        with self.lock:
+            rows = self.db.execute(sql + " ORDER BY added_at", names).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- sources ------------------------------------------------------------------------
+
+    def source_state(self, agency: str, source: str) -> dict[str, Any]:
+        with self.lock:
+            row = self.db.execute("SELECT * FROM sources WHERE agency = ? AND source = ?", (agency, source)).fetchone()
+        return dict(row) if row else {}
+
+    def save_source_state(self, agency: str, source: str, **fields: Any) -> None:
+        cols = ", ".join(fields)
+        marks = ", ".join("?" * len(fields))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in fields)
+        with self.lock, self.db:
+            self.db.execute(
+                f"INSERT INTO sources (agency, source, {cols}) VALUES (?, ?, {marks}) "
+                f"ON CONFLICT(agency, source) DO UPDATE SET {updates}",
+                (agency, source, *fields.values()),
+            )
+
+    # -- allowlist and audit ------------------------------------------------------------
+
+    def allowlist(self) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.db.execute("SELECT * FROM allowlist ORDER BY name").fetchall()
+        return [dict(r) for r in rows]
+
+    def allow_add(self, name: str, actor: str, note: str, ts: float) -> bool:
+        with self.lock, self.db:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO allowlist (name, added_at, added_by, note) VALUES (?,?,?,?)", (name, ts, actor, note)
+            )
+            return cur.rowcount > 0
+
+    def allow_remove(self, name: str) -> bool:
+        with self.lock, self.db:
+            return self.db.execute("DELETE FROM allowlist WHERE name = ?", (name,)).rowcount > 0
+
+    def audit(self, actor: str, action: str, agency: str | None = None, version: int | None = None, ts: float | None = None, **detail: Any) -> None:
+        with self.lock, self.db:
+            self.db.execute(
+                "INSERT INTO audit (ts, actor, action, agency, version, detail) VALUES (?,?,?,?,?,?)",
+                (time.time() if ts is None else ts, actor, action, agency, version, json.dumps(detail, default=str)),
+            )
+
+    def audit_log(self, agency: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM audit"
+        args: list[Any] = []
+        if agency is not None:
+            sql += " WHERE agency = ?"
+            args.append(agency)
+        with self.lock:
+            rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["detail"] = json.loads(item["detail"])
+            item["time"] = iso(item.pop("ts"))
+            out.append(item)
+        return out
+
+
+def _entry_row(agency: str, source: str, e: Entry, v: int, now: float) -> tuple[Any, ...]:
+    return (
+        agency, source, e.name, int(e.wildcard), int(e.allow), e.action,
+        ",".join(e.redirect) if e.redirect else None, _ts(e.listed_at), _ts(e.removed_at),
+        e.legal_ref, e.source_id, e.line or None, v, now,
+    )
+
+
+def _row_entry(row: Sequence[Any]) -> Entry:
+    name, wildcard, allow, action, redirect, listed_at, removed_at, legal_ref, source_id = row
+    return Entry(
+        name=name,
+        line=0,
+        wildcard=bool(wildcard),
+        allow=bool(allow),
+        action=action,
+        redirect=tuple(redirect.split(",")) if redirect else (),
+        listed_at=datetime.fromtimestamp(listed_at, timezone.utc) if listed_at is not None else None,
+        removed_at=datetime.fromtimestamp(removed_at, timezone.utc) if removed_at is not None else None,
+        legal_ref=legal_ref,
+        source_id=source_id,
+    )
+
+
+def _version_json(row: sqlite3.Row) -> dict[str, Any]:
+    item = dict(row)
+    item["meta"] = json.loads(item["meta"] or "{}")
+    item["received"] = iso(item.pop("received_at"))
+    item["decided"] = iso(item.pop("decided_at"))
+    return item
+
+
+

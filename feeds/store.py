@@ -85,7 +85,7 @@ CREATE INDEX IF NOT EXISTS entries_dropped ON entries(agency, dropped_version);
 CREATE TABLE IF NOT EXISTS pending (
     agency TEXT NOT NULL,
     version INTEGER NOT NULL,
-    list BLOB NOT NULL,
+    list BLOB,
     diff TEXT NOT NULL,
     PRIMARY KEY (agency, version)
 );
@@ -222,7 +222,7 @@ class FeedStore:
                 self.db.execute(
                     "UPDATE versions SET status = 'active' WHERE agency = ? AND version = ?", (info.agency, v)
                 )
-                self.db.execute("DELETE FROM pending WHERE agency = ? AND version = ?", (info.agency, v))
+            self._drop_pending_lists(info.agency, info.source)
             # Close the rows of what this version no longer lists, then add what it lists anew.
             self.db.executemany(
                 "UPDATE entries SET dropped_version = ?, dropped_at = ? WHERE agency = ? AND source = ? "
@@ -246,7 +246,7 @@ class FeedStore:
                 "UPDATE versions SET status = 'superseded' WHERE agency = ? AND source = ? AND status = 'quarantined'",
                 (info.agency, info.source),
             )
-            self.db.execute("DELETE FROM pending WHERE agency = ? AND version IN (SELECT version FROM versions WHERE agency = ? AND source = ? AND status = 'superseded')", (info.agency, info.agency, info.source))
+            self._drop_pending_lists(info.agency, info.source)
             self._insert_version(info, v, "quarantined", d, len(rejects), reason)
             self._insert_rejects(info.agency, v, rejects)
             self.db.execute(
@@ -258,7 +258,15 @@ class FeedStore:
     def pending_list(self, agency: str, version: int) -> SourceList | None:
         with self.lock:
             row = self.db.execute("SELECT list FROM pending WHERE agency = ? AND version = ?", (agency, version)).fetchone()
-        return SourceList.loads(row[0]) if row else None
+        return SourceList.loads(row[0]) if row and row[0] is not None else None
+
+    def _drop_pending_lists(self, agency: str, source: str) -> None:
+        # The whole list of a version no longer waiting is not needed; its diff stays.
+        self.db.execute(
+            "UPDATE pending SET list = NULL WHERE list IS NOT NULL AND agency = ? AND version IN "
+            "(SELECT version FROM versions WHERE agency = ? AND source = ? AND status != 'quarantined')",
+            (agency, agency, source),
+        )
 
     def decide(self, agency: str, version: int, status: str, actor: str, ts: float) -> None:
         """Mark a quarantined version ``rejected`` (approval goes through ``apply``)."""
@@ -267,8 +275,7 @@ class FeedStore:
                 "UPDATE versions SET status = ?, decided_at = ?, decided_by = ? WHERE agency = ? AND version = ?",
                 (status, ts, actor, agency, version),
             )
-            if status != "quarantined":
-                self.db.execute("DELETE FROM pending WHERE agency = ? AND version = ?", (agency, version))
+            self.db.execute("UPDATE pending SET list = NULL WHERE agency = ? AND version = ?", (agency, version))
 
     def mark_decided(self, agency: str, version: int, actor: str, ts: float) -> None:
         with self.lock, self.db:

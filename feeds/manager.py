@@ -242,7 +242,6 @@ class FeedManager:
         recompile when dates pass. Runs until cancelled."""
         if self.store is None:
             await self.start()
-        self._session = self._session_factory()
         try:
             if not self.loaded.is_set():
                 await self._load_state()
@@ -256,9 +255,15 @@ class FeedManager:
                     elif rt.settings.kind == "file":
                         tg.create_task(self._watch(rt))
         finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session and wait for the snapshot on its way to disk."""
+        if self._session is not None:
             await self._session.close()
-            if self._persist_task is not None:
-                await asyncio.shield(self._persist_task)
+            self._session = None
+        if self._persist_task is not None:
+            await asyncio.shield(self._persist_task)
 
     def close(self) -> None:
         if self.store is not None:
@@ -330,7 +335,7 @@ class FeedManager:
         try:
             if rt.settings.kind == "url":
                 if self._session is None:
-                    return None
+                    self._session = self._session_factory()
                 got = await fetch(self._session, rt.settings, etag=rt.etag, last_modified=rt.last_modified)
                 if got.body is None:
                     rt.count("not_modified")

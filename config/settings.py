@@ -314,7 +314,7 @@ class AgencySettings(_Section):
     min_entries: int = Field(
         default=1,
         ge=0,
-        description="An update leaving a source with fewer entries than this is quarantined (1: an emptied list never applies by itself).",
+        description="An update leaving a source with fewer entries than this is quarantined; an update that empties a list always is.",
     )
     deadline_hours: float = Field(
         default=0.0,

@@ -110,13 +110,19 @@ class Change:
         return self.touched / self.before if self.before else (1.0 if self.after else 0.0)
 
 
-def quarantine_reason(agency: AgencySettings, change: Change, *, first: bool) -> str | None:
+def quarantine_reason(agency: AgencySettings, change: Change) -> str | None:
     """Why the update must wait for an admin, or None when it may apply at once."""
-    if change.after == 0 and change.before > 0:
+    if change.before == 0:
+        # Nothing to protect yet: an empty first list blocks nothing either way, but a first
+        # list far shorter than the agency's lists ever are is a broken source.
+        if 0 < change.after < agency.min_entries:
+            return f"first list has {change.after} entries, below min_entries {agency.min_entries}"
+        return None
+    if change.after == 0:
         return f"update empties the list ({change.before} entries before)"
     if change.after < agency.min_entries:
         return f"update leaves {change.after} entries, below min_entries {agency.min_entries}"
-    if first or change.touched <= agency.churn_floor:
+    if change.touched <= agency.churn_floor:
         return None
     if change.churn > agency.churn_limit:
         return (

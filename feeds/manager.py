@@ -498,7 +498,7 @@ class FeedManager:
         store = self.store
         d = await asyncio.to_thread(diff, rt.current, new)
         change = Change(len(rt.current), len(new), d.n_added, d.n_removed, d.changed)
-        reason = quarantine_reason(rt.agency, change, first=rt.version is None)
+        reason = quarantine_reason(rt.agency, change)
         base = dict(agency=rt.agency.id, source=rt.key, entries=len(new), added=d.n_added, removed=d.n_removed,
                     changed=d.changed, rejects=rejects)
         if reason is not None:

@@ -174,6 +174,52 @@ def count_hits(path: Path) -> dict:
     return {"hits_lines": lines, "hits_bytes": path.stat().st_size, "hits_counted": hits}
 
 
+def measure(a: argparse.Namespace, job: peers.Job, server: procs.Server, upstream: procs.Server,
+            mix: str, qfile: Path) -> dict:
+    """One closed-loop dnsperf run and what the server, the upstream and both CPUs did meanwhile."""
+    waited = wait_idle(a, [server, upstream])
+    core0, ticks0, up0 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
+    pcore0, self0 = procs.core_ticks(a.perf_cpu), os.times()
+    r = dnsperf(a, job.port, qfile, ["-l", str(a.duration)], limit=a.duration + 30)
+    core1, ticks1, up1 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
+    pcore1, self1 = procs.core_ticks(a.perf_cpu), os.times()
+    if not server.alive():
+        raise BenchError(f"{job.peer} exited (rc {server.proc.returncode}) during the {mix} run")
+    core = {k: core1[k] - core0[k] for k in core0}
+    pcore = {k: pcore1[k] - pcore0[k] for k in pcore0}
+    cpu_ticks = ticks1 - ticks0
+    # A process's stime includes the softirq ticks that hit it, while /proc/stat files them
+    # under softirq, so foreign time is task + softirq minus our processes. On the client CPU
+    # ours are dnsperf, NSD and this harness.
+    ours = (r["client_cpu_s"] + self1.user + self1.system - self0.user - self0.system) * procs.CLK_TCK \
+        + (up1 - up0)
+    run_s = r["run_s"] or a.duration
+    cpu_s = cpu_ticks / procs.CLK_TCK
+
+    def share(ticks: float, total: int) -> float:
+        return round(100 * max(0.0, ticks) / max(total, 1), 1)
+
+    r.update(type="run", peer=job.peer, size=job.size, mix=mix, query_file=qfile.name,
+             waited_idle_s=round(waited, 1),
+             server_cpu_s=round(cpu_s, 2), server_cpu_pct=round(100 * cpu_s / run_s, 1),
+             client_cpu_pct=round(100 * r["client_cpu_s"] / run_s, 1),
+             # Near zero when the peer's cache works: the allowed names were warmed.
+             upstream_cpu_pct=round(100 * (up1 - up0) / procs.CLK_TCK / run_s, 1),
+             # Other programs on either CPU, and time the hypervisor took: both make the
+             # server (or dnsperf) look slower than it is.
+             foreign_pct=share(core["task"] + core["softirq"] - cpu_ticks, core["total"]),
+             steal_pct=share(core["steal"], core["total"]),
+             softirq_pct=share(core["softirq"], core["total"]),
+             client_foreign_pct=share(pcore["task"] + pcore["softirq"] - ours, pcore["total"]),
+             server_core_idle_pct=share(core["idle"], core["total"]),
+             client_core_idle_pct=share(pcore["idle"], pcore["total"]),
+             server_core_ticks=core, client_core_ticks=pcore,
+             client_steal_pct=share(pcore["steal"], pcore["total"]),
+             us_per_query=round(cpu_s / r["completed"] * 1e6, 2) if r["completed"] else None,
+             rss_after_kib=server.rss_kib())
+    return r
+
+
 def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit) -> None:
     wait_idle(a, [upstream])
     shutil.rmtree(job.run_dir, ignore_errors=True)  # no cache or state left from an earlier run
@@ -224,43 +270,21 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                     f"{w['rcodes']}")
                 warmed = True
             qfile = DATA / QUERY_FILE[mix].format(size=job.size)
-            waited = wait_idle(a, [server, upstream])
-            core0, ticks0, up0 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
-            pcore0, self0 = procs.core_ticks(a.perf_cpu), os.times()
-            r = dnsperf(a, job.port, qfile, ["-l", str(a.duration)], limit=a.duration + 30)
-            core1, ticks1, up1 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
-            pcore1, self1 = procs.core_ticks(a.perf_cpu), os.times()
-            core = {k: core1[k] - core0[k] for k in core0}
-            pcore = {k: pcore1[k] - pcore0[k] for k in pcore0}
-            # On the client CPU, ours are dnsperf, NSD and this harness; anything else is foreign.
-            ours_s = r["client_cpu_s"] + (up1 - up0) / procs.CLK_TCK + (self1.user + self1.system
-                                                                         - self0.user - self0.system)
-            client_foreign = max(0.0, pcore["task"] / procs.CLK_TCK - ours_s)
-            if not server.alive():
-                raise BenchError(f"{job.peer} exited (rc {server.proc.returncode}) during the {mix} run")
-            cpu_s = (ticks1 - ticks0) / procs.CLK_TCK
-            run_s = r["run_s"] or a.duration
-            r.update(type="run", peer=job.peer, size=job.size, mix=mix, query_file=qfile.name,
-                     waited_idle_s=round(waited, 1),
-                     server_cpu_s=round(cpu_s, 2), server_cpu_pct=round(100 * cpu_s / run_s, 1),
-                     client_cpu_pct=round(100 * r["client_cpu_s"] / run_s, 1),
-                     # Near zero when the peer's cache works: allowed names were warmed.
-                     upstream_cpu_pct=round(100 * (up1 - up0) / procs.CLK_TCK / run_s, 1),
-                     # Other programs on the server's CPU, and time the hypervisor took from
-                     # it: both make the server look slower than it is.
-                     foreign_pct=round(100 * max(0, core["task"] - (ticks1 - ticks0)) / max(core["total"], 1), 1),
-                     steal_pct=round(100 * core["steal"] / max(core["total"], 1), 1),
-                     softirq_pct=round(100 * core["softirq"] / max(core["total"], 1), 1),
-                     client_foreign_pct=round(100 * client_foreign * procs.CLK_TCK / max(pcore["total"], 1), 1),
-                     client_steal_pct=round(100 * pcore["steal"] / max(pcore["total"], 1), 1),
-                     us_per_query=round(cpu_s / r["completed"] * 1e6, 2) if r["completed"] else None,
-                     rss_after_kib=server.rss_kib())
-            emit(r)
-            log(f"  {mix:8s} {r['qps']:>10,.0f} qps  {r['us_per_query']} µs/q  server CPU "
-                f"{r['server_cpu_pct']}%  dnsperf CPU {r['client_cpu_pct']}%  NSD CPU {r['upstream_cpu_pct']}%  "
-                f"other/steal on CPU {a.server_cpu} {r['foreign_pct']}/{r['steal_pct']}%, on CPU "
-                f"{a.perf_cpu} {r['client_foreign_pct']}/{r['client_steal_pct']}%  lost {r['lost']}  "
-                f"lat {r['latency_ms']:.3f} ms  {r['rcodes']}  RSS {r['rss_after_kib'] / 1024:,.0f} MiB")
+            for attempt in range(1, a.retries + 2):
+                r = measure(a, job, server, upstream, mix, qfile)
+                r["attempt"] = attempt
+                emit(r)
+                log(f"  {mix:8s} {r['qps']:>10,.0f} qps  {r['us_per_query']} µs/q  server CPU "
+                    f"{r['server_cpu_pct']}%  dnsperf CPU {r['client_cpu_pct']}%  NSD CPU "
+                    f"{r['upstream_cpu_pct']}%  other/steal on CPU {a.server_cpu} {r['foreign_pct']}/"
+                    f"{r['steal_pct']}%, on CPU {a.perf_cpu} {r['client_foreign_pct']}/{r['client_steal_pct']}%  "
+                    f"lost {r['lost']}  lat {r['latency_ms']:.3f} ms  {r['rcodes']}  "
+                    f"RSS {r['rss_after_kib'] / 1024:,.0f} MiB")
+                if not report.disturbed(r):
+                    break
+                if attempt <= a.retries:
+                    log(f"  {mix}: other programs shared the CPUs during the run; repeating it "
+                        f"({attempt}/{a.retries})")
     finally:
         server.stop()
         STARTED.remove(server)
@@ -324,6 +348,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="seconds a peer may take to load its list (default: 300)")
     ap.add_argument("--seed", type=int, default=42, help="data seed (default: 42)")
     ap.add_argument("--keep", action="store_true", help="keep run directories (configs, hits.jsonl)")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="repeat a run disturbed by other programs up to this many times; the table "
+                         "shows the least disturbed attempt, the JSON keeps all (default: 2)")
     ap.add_argument("--wait-idle", type=int, default=120,
                     help="before each load and run, wait up to this many seconds for other programs "
                          "to leave both CPUs idle; 0 only checks (default: 120)")
@@ -386,6 +413,7 @@ def main(argv: list[str]) -> int:
           "versions": versions(), "betblock_rev": git_rev(), "seed": a.seed})
     log(f"run {run_id}: peers {','.join(a.peers)}, sizes {','.join(a.sizes)}, mixes "
         f"{','.join(a.mixes)}, {a.duration} s per run")
+    status = "complete"
     try:
         up_dir = RUNS / "nsd-upstream"
         shutil.rmtree(up_dir, ignore_errors=True)
@@ -427,15 +455,19 @@ def main(argv: list[str]) -> int:
                 finally:
                     if not a.keep:
                         shutil.rmtree(job.run_dir, ignore_errors=True)
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a bug: still stop everything and report
+        status = f"interrupted ({type(exc).__name__}: {exc})"
+        raise
     finally:
         for server in reversed(STARTED):
             server.stop()
         STARTED.clear()
         log("every started process is stopped")
-    md = report.write(jsonl, records)
-    print()
-    print(md.read_text())
-    log(f"records {jsonl}\n         table   {md}")
+        emit({"type": "end", "status": status})
+        md = report.write(jsonl, records)
+        print()
+        print(md.read_text())
+        log(f"records {jsonl}\n         table   {md}")
     return 0
 
 

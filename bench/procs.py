@@ -120,12 +120,12 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def core_ticks(cpu: int) -> dict[str, int]:
-    """Tick counters of one CPU from /proc/stat: task time, softirq, steal, total."""
+    """Tick counters of one CPU from /proc/stat: task time, (soft)irq, steal, idle, total."""
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith(f"cpu{cpu} "):
             user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in line.split()[1:9])
             return {"task": user + nice + system, "softirq": irq + softirq, "steal": steal,
-                    "total": user + nice + system + idle + iowait + irq + softirq + steal}
+                    "idle": idle + iowait, "total": user + nice + system + idle + iowait + irq + softirq + steal}
     raise ValueError(f"cpu{cpu} is not in /proc/stat")
 
 

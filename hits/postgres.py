@@ -195,13 +195,22 @@ class PostgresStore(HitStore):
         out: dict[str, int] = {}
         async with conn.transaction():
             # Insert what is new, then read every id back (other nodes may have inserted some).
-            await conn.executemany(
-                f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(f'${i + 1}' for i in range(n))}) ON CONFLICT DO NOTHING",
-                rows,
+            types = ["bigint" if kind == "policy" else "text"] * n
+            await conn.execute(
+                f"INSERT INTO {table} ({', '.join(cols)}) SELECT * FROM unnest("
+                + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+                + ") ON CONFLICT DO NOTHING",
+                *[list(col) for col in zip(*rows)],
             )
-            sel = f"SELECT id FROM {table} WHERE {' AND '.join(f'{c} = ${i + 1}' for i, c in enumerate(uniq))}"
-            for k, row in zip(keys, rows):
-                out[k] = await conn.fetchval(sel, *row[: len(uniq)])
+            if len(uniq) == 1:
+                key_of = {row[0]: k for k, row in zip(keys, rows)}
+                typ = "bigint" if kind == "policy" else "text"
+                for ident, k in await conn.fetch(f"SELECT id, {uniq[0]} FROM {table} WHERE {uniq[0]} = ANY($1::{typ}[])", [r[0] for r in rows]):
+                    out[key_of[k]] = ident
+            else:
+                sel = f"SELECT id FROM {table} WHERE {' AND '.join(f'{c} = ${i + 1}' for i, c in enumerate(uniq))}"
+                for k, row in zip(keys, rows):
+                    out[k] = await conn.fetchval(sel, *row[: len(uniq)])
         return out
 
     def write_batch(self, batch: Batch) -> tuple[int, int]:
@@ -233,27 +242,31 @@ class PostgresStore(HitStore):
                 batch.node, int(self.clock() * 1000), first, last, min(ts), max(ts), h,
             )
             if batch.daily_rule:
-                await conn.executemany(
-                    "INSERT INTO daily_rule (day, rule, hits) VALUES ($1,$2,$3) "
+                items = sorted(batch.daily_rule.items())
+                await conn.execute(
+                    "INSERT INTO daily_rule (day, rule, hits) SELECT * FROM unnest($1::integer[], $2::integer[], $3::bigint[]) "
                     "ON CONFLICT (day, rule) DO UPDATE SET hits = daily_rule.hits + excluded.hits",
-                    [(d, r, n) for (d, r), n in sorted(batch.daily_rule.items())],
+                    [k[0] for k, _ in items], [k[1] for k, _ in items], [n for _, n in items],
                 )
             if batch.daily_name:
-                await conn.executemany(
-                    "INSERT INTO daily_name (day, name, hits) VALUES ($1,$2,$3) "
+                items = sorted(batch.daily_name.items())
+                await conn.execute(
+                    "INSERT INTO daily_name (day, name, hits) SELECT * FROM unnest($1::integer[], $2::integer[], $3::bigint[]) "
                     "ON CONFLICT (day, name) DO UPDATE SET hits = daily_name.hits + excluded.hits",
-                    [(d, r, n) for (d, r), n in sorted(batch.daily_name.items())],
+                    [k[0] for k, _ in items], [k[1] for k, _ in items], [n for _, n in items],
                 )
             if batch.daily_net:
-                await conn.executemany(
-                    "INSERT INTO daily_net (day, net, hits) VALUES ($1,$2,$3) "
+                items = sorted(batch.daily_net.items())
+                await conn.execute(
+                    "INSERT INTO daily_net (day, net, hits) SELECT * FROM unnest($1::integer[], $2::text[], $3::bigint[]) "
                     "ON CONFLICT (day, net) DO UPDATE SET hits = daily_net.hits + excluded.hits",
-                    [(d, r, n) for (d, r), n in sorted(batch.daily_net.items())],
+                    [k[0] for k, _ in items], [k[1] for k, _ in items], [n for _, n in items],
                 )
             if batch.first_seen:
-                await conn.executemany(
-                    "INSERT INTO first_seen (name, ts) VALUES ($1,$2) ON CONFLICT (name) DO NOTHING",
-                    sorted(batch.first_seen.items()),
+                fs = sorted(batch.first_seen.items())
+                await conn.execute(
+                    "INSERT INTO first_seen (name, ts) SELECT * FROM unnest($1::integer[], $2::bigint[]) ON CONFLICT (name) DO NOTHING",
+                    [k for k, _ in fs], [v for _, v in fs],
                 )
         return first, last
 

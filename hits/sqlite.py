@@ -183,14 +183,26 @@ class SqliteStore(HitStore):
         conn = self._w
         assert conn is not None
         out: dict[str, int] = {}
+        rows = list(values.values())
+        key_of = {row[: len(uniq)]: key for key, row in values.items()}
         ins = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) ON CONFLICT DO NOTHING"
-        sel = f"SELECT id FROM {table} WHERE {' AND '.join(c + ' = ?' for c in uniq)}"
         with self._wlock:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for key, row in values.items():
-                    conn.execute(ins, row)
-                    out[key] = conn.execute(sel, row[: len(uniq)]).fetchone()[0]
+                conn.executemany(ins, rows)
+                if len(uniq) == 1:
+                    # Read the ids back in chunks (another process may have inserted some).
+                    keys = [row[0] for row in rows]
+                    for i in range(0, len(keys), 500):
+                        part = keys[i : i + 500]
+                        for ident, k in conn.execute(
+                            f"SELECT id, {uniq[0]} FROM {table} WHERE {uniq[0]} IN ({', '.join('?' * len(part))})", part
+                        ):
+                            out[key_of[(k,)]] = ident
+                else:
+                    sel = f"SELECT id FROM {table} WHERE {' AND '.join(c + ' = ?' for c in uniq)}"
+                    for key, row in values.items():
+                        out[key] = conn.execute(sel, row[: len(uniq)]).fetchone()[0]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

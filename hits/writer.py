@@ -9,6 +9,7 @@ store. Must not import the resolver.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,47 +68,76 @@ class HitWriter:
     def encode(self, batch: Iterable[tuple[Any, ...]], agg: dict[tuple[Any, ...], int]) -> Batch | None:
         """Rows for the store; dictionary entries missing from the memo are looked up or inserted."""
         self._trim()
-        items: list[tuple[tuple[Any, ...], int]] = [(h, 1) for h in batch]
-        items += [((float(k[0]),) + k[1:], n) for k, n in agg.items()]
-        if not items:
+        batch = batch if isinstance(batch, list) else list(batch)
+        aggregated = [((float(k[0]),) + k[1:], n) for k, n in agg.items()]
+        if not batch and not aggregated:
             return None
-        self._resolve_missing(items)
+        try:
+            rows = self._rows(batch, aggregated)
+        except KeyError:  # a client, name, rule or version not in the memo yet
+            self._resolve_missing([(h, 1) for h in batch] + aggregated)
+            rows = self._rows(batch, aggregated)
         node = self._node_id
         assert node is not None
-        clients, names, rules, policies = self._clients, self._names, self._rules, self._policies
-        rows = [
-            (int(ts * 1000), node, clients[client][0], names[qname], qtype, names[listed], rules[id(rule)][1], policies[version], n)
-            for (ts, client, qname, qtype, rule, listed, version), n in items
-        ]
+        clients = self._clients
         out = Batch(node=node, rows=rows, texts={})
-        # Roll-ups: few distinct keys per batch however many hits, so these loops are short
-        # after the first pass that groups them.
-        group: dict[tuple[int, int, int, int], int] = {}
-        for r in rows:
+        # Roll-ups and chain references from the columns (C-level transposition and counting):
+        # a flood repeats few keys, and per-row Python work is what the writer must not grow.
+        cols = list(zip(*rows))
+        ts_col, client_col, name_col = cols[0], cols[2], cols[3]
+        nb = len(batch)  # rows from the plain buffer (count 1), then the aggregated ones
+        day_lo, day_hi = min(ts_col) // DAY_MS, max(ts_col) // DAY_MS
+        if day_lo == day_hi:
+            group = Counter(zip(name_col[:nb], cols[6][:nb], client_col[:nb]))
+            keyed = {(day_lo,) + k: n for k, n in group.items()}
+        else:  # a batch across midnight
+            keyed = dict(Counter((r[0] // DAY_MS, r[3], r[6], r[2]) for r in rows[:nb]))
+        for r in rows[nb:]:
             k = (r[0] // DAY_MS, r[3], r[6], r[2])
-            group[k] = group.get(k, 0) + r[8]
-        nets = {cid: net for cid, net in clients.values()}
-        for (day, name, rule, client), n in group.items():
+            keyed[k] = keyed.get(k, 0) + r[8]
+        nets = {cid: net for cid, net in clients.values()} if len(clients) < 4 * len(keyed) + 1024 else None
+        for (day, name, rule, client), n in keyed.items():
             out.daily_rule[(day, rule)] = out.daily_rule.get((day, rule), 0) + n
             out.daily_name[(day, name)] = out.daily_name.get((day, name), 0) + n
-            net = nets.get(client, "")
+            net = nets.get(client, "") if nets is not None else self._net_of(client)
             out.daily_net[(day, net)] = out.daily_net.get((day, net), 0) + n
-        for r in rows:
-            if r[3] not in self._first_seen:
-                prev = out.first_seen.get(r[3])
-                if prev is None or r[0] < prev:
-                    out.first_seen[r[3]] = r[0]
-        self._first_seen.update(out.first_seen)
-        refs: dict[str, set[int]] = {"node": {node}, "client": set(), "name": set(), "rule": set(), "policy": set()}
-        for _day, name, rule, client in group:
-            refs["name"].add(name)
-            refs["rule"].add(rule)
-            refs["client"].add(client)
-        if len(refs["policy"]) == 0:
-            refs["policy"].update({r[7] for r in rows})
-        refs["name"].update({r[5] for r in rows})
+        new_names = set(name_col) - self._first_seen
+        if new_names:
+            for r in rows:
+                if r[3] in new_names:
+                    prev = out.first_seen.get(r[3])
+                    if prev is None or r[0] < prev:
+                        out.first_seen[r[3]] = r[0]
+            self._first_seen.update(new_names)
+        refs = {
+            "node": {node},
+            "client": set(client_col),
+            "name": set(name_col) | set(cols[5]),
+            "rule": set(cols[6]),
+            "policy": set(cols[7]),
+        }
         out.texts = {kind: {i: self._texts[kind][i] for i in ids} for kind, ids in refs.items()}
         return out
+
+    def _rows(self, batch: list[tuple[Any, ...]], aggregated: list[tuple[tuple[Any, ...], int]]) -> list[Any]:
+        node = self._node_id
+        if node is None:
+            raise KeyError("node")
+        clients, names, rules, policies = self._clients, self._names, self._rules, self._policies
+        rows = [
+            (int(ts * 1000), node, clients[client][0], names[qname], qtype, names[listed], rules[id(rule)][1], policies[version], 1)
+            for ts, client, qname, qtype, rule, listed, version in batch
+        ]
+        if aggregated:
+            rows += [
+                (int(ts * 1000), node, clients[client][0], names[qname], qtype, names[listed], rules[id(rule)][1], policies[version], n)
+                for (ts, client, qname, qtype, rule, listed, version), n in aggregated
+            ]
+        return rows
+
+    def _net_of(self, client_id: int) -> str:
+        text = self._texts["client"].get(client_id, "")
+        return text.partition("\x1f")[2]
 
     def _resolve_missing(self, items: list[tuple[tuple[Any, ...], int]]) -> None:
         store = self.store

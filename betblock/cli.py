@@ -1,4 +1,4 @@
-"""The ``betblock`` command line: serve, check-config, config-doc, feeds validate, hits.
+"""The ``betblock`` command line: serve, check-config, config-doc, feeds, lookup, token-hash, hits.
 
 Owns argument parsing and exit codes only; the work is done by the composition root and the
 owners of each subcommand.
@@ -23,8 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
     sub.add_parser("config-doc", help="print the table of every config key (Markdown)")
     feeds = sub.add_parser("feeds", help="feed tools")
-    feeds.add_argument("feeds_command", choices=["validate"])
+    feeds.add_argument("feeds_command", choices=["validate", "status", "history", "audit"])
     feeds.add_argument("rest", nargs=argparse.REMAINDER)
+    # Listed for --help; main() hands their arguments to feeds.cli.
+    sub.add_parser("lookup", help="why is a name blocked or not (betblock lookup NAME)", add_help=False)
+    sub.add_parser("token-hash", help="make an agency push token and its SHA-256", add_help=False)
     # Listed for --help; main() hands everything after "hits" to hits.cli.
     sub.add_parser("hits", help="read, export and verify the hit log (betblock hits --help)", add_help=False)
     return p
@@ -36,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from hits.cli import main as hits_main
 
         return hits_main(argv[1:])
+    if argv and argv[0] in ("lookup", "token-hash"):
+        from feeds import cli as feeds_cli
+
+        return (feeds_cli.lookup if argv[0] == "lookup" else feeds_cli.token_hash)(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "config-doc":
         print("| key | default | description |\n|---|---|---|")
@@ -43,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| `{key}` | `{default}` | {desc} |")
         return 0
     if args.command == "feeds":
+        if args.feeds_command != "validate":
+            from feeds.cli import feeds as feeds_reports
+
+            return feeds_reports([args.feeds_command, *args.rest])
         from feeds.validate import main as validate
 
         return validate(args.rest)
@@ -56,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         for path in settings.policy.allowlist_files:
             if not settings.resolve_path(path).is_file():
                 raise ConfigError(f"invalid configuration in {args.config}:\n  policy.allowlist_files: file {path} not found")
+        from feeds.cli import check_files
+
+        problems = check_files(settings)
+        if problems:
+            raise ConfigError(f"invalid configuration in {args.config}:\n  " + "\n  ".join(problems))
         if not settings.upstream.addresses():
             raise ConfigError(
                 f"invalid configuration in {args.config}:\n  upstream.servers: empty, and /etc/resolv.conf has no nameserver"

@@ -364,7 +364,11 @@ class FeedManager:
 
     def _read_file(self, rt: SourceRuntime) -> tuple[bytes, bytes | None]:
         assert rt.path is not None
-        st = os.stat(rt.path)
+        try:
+            st = os.stat(rt.path)
+        except OSError:
+            rt.stat = None  # the watcher re-reads when the file comes back
+            raise
         if st.st_size > rt.settings.max_bytes:
             raise FeedError(f"{rt.path}: {st.st_size} bytes is over max_bytes {rt.settings.max_bytes}")
         rt.stat = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -418,6 +422,9 @@ class FeedManager:
                 seen = None
             if forced or seen != rt.stat:
                 await self.refresh(rt)
+            elif seen is not None and rt.failures == 0:
+                # Unchanged and readable: the list in force is the file's list, still fresh.
+                rt.last_success = self.clock()
 
     def poke(self, agency: str, source: str | None = None) -> int:
         """Poll (url) or re-read (file) an agency's sources now; returns how many."""

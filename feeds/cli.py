@@ -1,0 +1,185 @@
+"""The feeds commands of ``betblock``: ``lookup NAME``, ``token-hash``, ``feeds status``,
+``feeds history AGENCY`` and ``feeds audit``.
+
+Owns their arguments and output. They read the feed store (read-only, so they work beside a
+running server) and the saved snapshot; they change nothing. Decisions (approve, reject,
+allowlist) go through the admin API, which the running server applies at once.
+Must not import aiohttp or resolver code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from config.auth import sha256_hex
+from config.settings import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+from feeds import persist
+from feeds.compile import allow_names
+from feeds.lookup import explain, render
+from feeds.manager import STORE_FILE
+from feeds.store import FeedStore, iso
+
+
+def token_hash(argv: list[str], out: TextIO = sys.stdout) -> int:
+    """``betblock token-hash [TOKEN|-]``: the SHA-256 to put in ``agencies[].token_sha256``.
+    Without a token, makes a new random one and prints both."""
+    p = argparse.ArgumentParser(prog="betblock token-hash", description="hash an agency push token")
+    p.add_argument("token", nargs="?", help="the token ('-' reads it from standard input); omit to make one")
+    args = p.parse_args(argv)
+    if args.token is None:
+        token = secrets.token_urlsafe(32)
+        print(f"token:        {token}", file=out)
+        print(f"token_sha256: {sha256_hex(token)}", file=out)
+        print("Give the token to the agency over a secure channel; put only the hash in the config.", file=out)
+        return 0
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    if not token:
+        print("betblock token-hash: empty token", file=sys.stderr)
+        return 2
+    print(sha256_hex(token), file=out)
+    return 0
+
+
+def _settings(path: Path) -> Settings | None:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"betblock: {exc}", file=sys.stderr)
+        return None
+
+
+def _store(settings: Settings) -> FeedStore | None:
+    path = settings.data_dir / STORE_FILE
+    if not path.is_file():
+        return None
+    return FeedStore(path, readonly=True)
+
+
+def lookup(argv: list[str], out: TextIO = sys.stdout) -> int:
+    """``betblock lookup NAME``: why NAME is or is not blocked. Exit 0 when blocked, 1 when
+    not, 2 on a usage or config error."""
+    p = argparse.ArgumentParser(prog="betblock lookup", description="why is a name blocked (or not)")
+    p.add_argument("name")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    args = p.parse_args(argv)
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    store = _store(settings)
+    now = time.time()
+    snapshot = persist.load(settings.data_dir / persist.FILENAME, persist.fingerprint(settings), now)
+    try:
+        allow = allow_names(settings.policy, settings, {})
+    except OSError:
+        allow = []
+    admin = {row["name"] for row in store.allowlist()} if store is not None else set()
+    info = explain(args.name, settings, store, snapshot=snapshot, allow=allow, admin_allow=admin, now=now)
+    if store is None:
+        info["note"] = f"no feed store at {settings.data_dir / STORE_FILE}: has the server run?"
+    if args.json:
+        print(json.dumps(info, indent=2), file=out)
+    else:
+        print(render(info), file=out)
+        if "note" in info:
+            print(f"  ({info['note']})", file=out)
+    if store is not None:
+        store.close()
+    return 0 if info.get("blocked") else 1
+
+
+def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
+    """``betblock feeds status|history AGENCY|audit``."""
+    p = argparse.ArgumentParser(prog="betblock feeds", description="feed store reports")
+    sub = p.add_subparsers(dest="what", required=True)
+    for name, helptext in (("status", "every source's version in force and any quarantine"),
+                           ("history", "an agency's versions"), ("audit", "the audit trail")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+        sp.add_argument("--json", action="store_true", help="print JSON")
+        if name == "history":
+            sp.add_argument("agency")
+        if name in ("history", "audit"):
+            sp.add_argument("--limit", type=int, default=50)
+        if name == "audit":
+            sp.add_argument("--agency")
+    args = p.parse_args(argv)
+    settings = _settings(args.config)
+    if settings is None:
+        return 2
+    store = _store(settings)
+    if store is None:
+        print(f"betblock: no feed store at {settings.data_dir / STORE_FILE}", file=sys.stderr)
+        return 1
+    try:
+        if args.what == "status":
+            data: Any = _status(settings, store)
+        elif args.what == "history":
+            data = store.versions(args.agency, args.limit)
+        else:
+            data = store.audit_log(args.agency, args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(data, indent=2, default=str), file=out)
+        return 0
+    if args.what == "status":
+        for row in data:
+            q = f"  QUARANTINED v{row['quarantined']['version']}: {row['quarantined']['reason']}" if row["quarantined"] else ""
+            err = f"  error: {row['last_error']}" if row["last_error"] else ""
+            print(f"{row['agency']:<12} {row['source']:<40} v{row['version'] or '-':<5} {row['entries'] or 0:>8} entries"
+                  f"  ok {row['last_success'] or 'never'}{err}{q}", file=out)
+    elif args.what == "history":
+        for v in data:
+            print(f"v{v['version']:<5} {v['status']:<11} {v['received']} {v['source']:<30} {v['entries']:>8} "
+                  f"+{v['added']} -{v['removed']} ~{v['changed']} rejects {v['rejects']} by {v['actor']}"
+                  + (f" ({v['reason']})" if v["reason"] else ""), file=out)
+    else:
+        for a in data:
+            print(f"{a['time']} {a['actor']:<24} {a['action']:<22} {a['agency'] or '-'} "
+                  f"{'v' + str(a['version']) if a['version'] else ''} {json.dumps(a['detail'])}", file=out)
+    return 0
+
+
+def _status(settings: Settings, store: FeedStore) -> list[dict[str, Any]]:
+    rows = []
+    for agency in settings.agencies:
+        for src in agency.all_sources():
+            active = store.active(agency.id, src.key) or {}
+            latest = store.latest(agency.id, src.key) or {}
+            st = store.source_state(agency.id, src.key)
+            rows.append(
+                {
+                    "agency": agency.id,
+                    "source": src.key,
+                    "version": active.get("version"),
+                    "entries": active.get("entries"),
+                    "last_success": iso(st.get("last_success")),
+                    "last_error": st.get("last_error"),
+                    "quarantined": latest if latest.get("status") == "quarantined" else None,
+                }
+            )
+    return rows
+
+
+def check_files(settings: Settings) -> list[str]:
+    """Config problems ``check-config`` reports: feed files that do not exist."""
+    problems = []
+    for agency in settings.agencies:
+        for src in agency.sources:
+            for key, path in (("path", src.path), ("control_file", src.control_file), ("public_key", src.public_key)):
+                if path is not None and not settings.resolve_path(path).is_file():
+                    problems.append(f"agencies.{agency.id}.sources.{src.key}.{key}: file {path} not found")
+    for path in settings.policy.protected_files:
+        if not settings.resolve_path(path).is_file():
+            problems.append(f"policy.protected_files: file {path} not found")
+    return problems
+
+
+

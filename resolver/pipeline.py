@@ -209,7 +209,7 @@ class Pipeline:
             # Identical questions in flight share one upstream exchange.
             fetch = asyncio.ensure_future(self._fetch(key, name, q.qtype, q.qclass, q.do))
             self.inflight[key] = fetch
-            fetch.add_done_callback(lambda _f, k=key: self.inflight.pop(k, None))
+            fetch.add_done_callback(self._fetch_done(key))
         try:
             async with asyncio.timeout(self.deadline):
                 entry = await asyncio.shield(fetch)
@@ -228,6 +228,17 @@ class Pipeline:
             return entry.render(data, q.name_end, q.edns_size, q.do, self.cache.now(), self.udp_size, limit)
         except Exception:
             return self._failed(data, q)
+
+    def _fetch_done(self, key: bytes) -> Callable[[asyncio.Future[CacheEntry]], None]:
+        def done(fetch: asyncio.Future[CacheEntry]) -> None:
+            self.inflight.pop(key, None)
+            # The fetch's own deadline starts a moment after its first waiter's, so it can fail
+            # after every waiter has given up (shielded, so nobody awaits it then): consume the
+            # exception here, or asyncio logs "Task exception was never retrieved" per query.
+            if not fetch.cancelled():
+                fetch.exception()
+
+        return done
 
     async def _fetch(self, key: bytes, name: bytes, qtype: int, qclass: int, do: bool) -> CacheEntry:
         async with asyncio.timeout(self.deadline):

@@ -11,6 +11,7 @@ Must not import feeds, hits or the cache.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import struct
 from collections.abc import Callable, Coroutine
@@ -167,27 +168,45 @@ class DnsServer:
         self.bound: list[tuple[str, int]] = []  # actual (host, port) per listen address, UDP and TCP share it
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         for host, port in self.settings.listen_addresses():
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            # Port 0 (tests): the kernel picks a free UDP port and TCP must take the same number,
+            # which another socket may hold (a client's connection in TIME_WAIT, say). Pick again
+            # rather than fail; a configured port is tried once.
+            for attempt in range(20 if port == 0 else 1):
+                try:
+                    bound = await self._listen(host, port)
+                    break
+                except OSError as exc:
+                    if port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
+                        raise
+            self.bound.append((host, bound))
+            log.info("listening", address=host, port=bound, tcp=self.settings.tcp)
+
+    async def _listen(self, host: str, port: int) -> int:
+        """Bind UDP, and TCP on the same port; return the port. Nothing stays bound on error."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        port = sock.getsockname()[1]  # port 0 in tests: TCP takes the same number
+        transport, proto = await loop.create_datagram_endpoint(lambda: UdpServer(self.answer), sock=sock)
+        if self.settings.tcp:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((host, port))
-            except OSError:
-                sock.close()
-                raise
-            port = sock.getsockname()[1]  # port 0 in tests: TCP takes the same number
-            transport, proto = await loop.create_datagram_endpoint(lambda: UdpServer(self.answer), sock=sock)
-            self.udp.append((transport, proto))  # type: ignore[arg-type]
-            if self.settings.tcp:
                 srv = await loop.create_server(
                     lambda: TcpConnection(self.tcp), host, port, reuse_address=True, backlog=1024
                 )
-                self.tcp_servers.append(srv)
-            self.bound.append((host, port))
-            log.info("listening", address=host, port=port, tcp=self.settings.tcp)
+            except OSError:
+                transport.close()
+                raise
+            self.tcp_servers.append(srv)
+        self.udp.append((transport, proto))  # type: ignore[arg-type]
+        return port
 
     async def close(self) -> None:
         for srv in self.tcp_servers:

@@ -8,10 +8,11 @@ silent. It counts the queries it receives so that tests can assert what reached 
 from __future__ import annotations
 
 import asyncio
+import errno
 import struct
 from dataclasses import dataclass, field
 
-from dnslib import EDNS0, QTYPE, RCODE, RR, DNSRecord, A, AAAA, CNAME, SOA, TXT
+from dnslib import EDNS0, DNSError, QTYPE, RCODE, RR, DNSRecord, A, AAAA, CNAME, SOA, TXT
 
 
 @dataclass
@@ -39,12 +40,22 @@ class FakeDns:
     seen: list[tuple[str, str, bool]] = field(default_factory=list)  # (name, type, DO)
     # (query ID, client source port, "udp" or "tcp") of every query received, in arrival order.
     sources: list[tuple[int, int, str]] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # queries dnslib could not parse
 
     def add(self, name: str, rtype: str, value: object, ttl: int = 300) -> None:
         self.records.setdefault(name.lower().rstrip("."), []).append((rtype, value, ttl))
 
     def reply_for(self, data: bytes, udp: bool) -> bytes | None:
-        reply = self._reply(data, udp)
+        try:
+            reply = self._reply(data, udp)
+        except (DNSError, UnicodeError) as exc:
+            # dnslib cannot read every name a client may send (binary labels): answer FORMERR
+            # with the query echoed, rather than never answering.
+            self.unreadable.append(f"{type(exc).__name__}: {exc}")
+            out = bytearray(data)
+            out[2] |= 0x80
+            out[3] = (out[3] & 0xF0) | RCODE.FORMERR
+            return bytes(out)
         if self.behaviour.edns_reply:
             reply.add_ar(EDNS0(udp_len=4096))
         return reply.pack()
@@ -90,10 +101,20 @@ class FakeDns:
 
     async def start(self) -> FakeDns:
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, self.port))
-        self.port = self._udp.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._handle_tcp, self.host, self.port)
-        return self
+        wanted = self.port
+        # With port 0, TCP must take the UDP port's number, which another socket may hold (a
+        # client connection in TIME_WAIT): pick again.
+        for attempt in range(20):
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, wanted))
+            self.port = self._udp.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(self._handle_tcp, self.host, self.port)
+                return self
+            except OSError as exc:
+                self._udp.close()
+                if wanted != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
+        raise AssertionError("unreachable")
 
     async def stop(self) -> None:
         self._udp.close()

@@ -5,6 +5,7 @@ TTLs on an injected clock, expiry, clamps, negative answers, what is never cache
 from __future__ import annotations
 
 import asyncio
+import gc
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import dns.rdatatype
 import pytest
 
 from tests.conftest import port_of
-from tests.dnsutil import FakeClock, RawUdp, a_records, ede, query, tcp, udp
+from tests.dnsutil import FakeClock, RawUdp, a_records, ede, query, tcp, udp, wait_until
 from tests.fakedns import FakeDns
 
 RCODE = dns.rcode
@@ -78,6 +79,27 @@ async def test_all_upstreams_fail(node, upstream, spare, first, second, edns):
         assert [c for c, _ in ede(r)] == [22]  # No Reachable Authority
     else:
         assert r.opt is None
+
+
+async def test_upstream_timeout_logs_no_unretrieved_task_exception(node, upstream):
+    """The shared upstream fetch outlives the client's deadline by a moment; its failure must
+    still be consumed, or asyncio logs "Task exception was never retrieved" with a traceback
+    for every query that timed out (a log line per query, at ERROR level)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        upstream.behaviour.silent = True
+        app = await node(upstream={"deadline": 0.4, "attempt_timeout": 0.3})
+        for name in ("allowed.test", "short.test"):
+            r = await udp(port_of(app), query(name))
+            assert r.rcode() == RCODE.SERVFAIL
+        await wait_until(lambda: not app.pipeline.inflight, what="the shared fetches to end")
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c.get("message") for c in errors] == []
 
 
 @pytest.mark.parametrize("big", [False, True])

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from config.settings import CacheSettings
-from resolver.wire import NOERROR, NXDOMAIN, RD, U16, U32, ParsedAnswer, Query, opt_record, truncated
+from resolver.wire import CD, NOERROR, NXDOMAIN, RD, U16, U32, ParsedAnswer, Query, opt_record, truncated
 
 
 class CacheEntry:
@@ -28,7 +28,9 @@ class CacheEntry:
 
     def __init__(self, parsed: ParsedAnswer, ttls: tuple[int, ...], stored: int, lifetime: int) -> None:
         self.body = parsed.body
-        self.flags = parsed.flags
+        # The body's flags, not the reply's: parse_answer cleared AA there, and a truncated
+        # answer built from these must not claim authority either.
+        self.flags = U16.unpack_from(parsed.body, 2)[0]
         self.offsets = parsed.ttl_offsets
         self.ttls = ttls
         self.stored = stored
@@ -42,12 +44,12 @@ class CacheEntry:
         """The reply for the query in ``data``, TTLs decreased to ``now``; TC when over ``limit``."""
         if now != self._sec:
             self._patch(now)
-        qflags = data[2]
         body = self._edns if edns else self._plain
-        if qflags & 0x01:  # RD set, as in the stored reply: the common case
+        if data[2] & 0x01 and not data[3] & 0x10:  # RD set and CD clear, as in the stored reply: the common case
             resp = data[:2] + body[2:12] + data[12:name_end] + body[name_end:]
         else:
-            flags = U16.unpack_from(body, 2)[0] & ~RD
+            # RD and CD are the client's (RFC 1035 4.1.1, RFC 4035 3.2.2: CD is copied).
+            flags = (U16.unpack_from(body, 2)[0] & ~(RD | CD)) | (U16.unpack_from(data, 2)[0] & (RD | CD))
             resp = data[:2] + U16.pack(flags) + body[4:12] + data[12:name_end] + body[name_end:]
         if edns:
             resp += opt_record(udp_size, do)

@@ -274,7 +274,7 @@ def error_response(
 
 def truncated(data: bytes, q: Query, template_flags: int, udp_size: int) -> bytes:
     """The header and question only, TC set: the client retries over TCP."""
-    flags = (template_flags & ~RD) | (q.flags & RD) | TC
+    flags = (template_flags & ~(RD | CD)) | (q.flags & (RD | CD)) | TC  # RD and CD are the client's
     if q.edns_size:
         return HEADER.pack(q.qid, flags, 1, 0, 0, 1) + data[12 : q.name_end + 4] + opt_record(udp_size, q.do)
     return HEADER.pack(q.qid, flags, 1, 0, 0, 0) + data[12 : q.name_end + 4]

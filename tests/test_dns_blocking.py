@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import dns.flags
 import dns.name
 import dns.rcode
 import dns.rdatatype
@@ -186,6 +187,19 @@ async def test_sinkhole_ttl(node, ttl):
     assert soa_of(r) == ("casino.test", ttl, ttl)
 
 
+async def test_redirect_with_many_addresses_truncated_over_udp(node):
+    ips = [f"198.51.100.{i}" for i in range(1, 61)]  # 60 A records: ~1000 bytes
+    app = await node(lists={"red": ["casino.test"]}, agencies=[{"id": "red", "action": "redirect", "redirect_ipv4": ips}])
+    port = port_of(app)
+    r = await udp(port, query("casino.test"))
+    assert r.flags & dns.flags.TC and r.answer == [] and r.rcode() == RCODE.NOERROR
+    assert r.opt is None
+    r = await udp(port, query("casino.test", edns=True))  # 1232 is enough
+    assert not r.flags & dns.flags.TC and a_records(r) == sorted(ips)
+    r = await tcp(port, query("www.casino.test"))
+    assert not r.flags & dns.flags.TC and a_records(r) == sorted(ips)
+
+
 # -- CNAME inspection ----------------------------------------------------------------------
 
 
@@ -223,6 +237,17 @@ async def test_clean_alias_resolves(node, upstream):
         assert a_records(r) == ["192.0.2.10"]
         assert [rrset.rdtype for rrset in r.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A]
     assert upstream.udp_queries == 1
+
+
+async def test_cached_cname_rechecked_after_reload(node, upstream, tmp_path):
+    app = await node(lists={"pl-mf": ["other.test"]})
+    r = await udp(port_of(app), query("alias.test"))
+    assert a_records(r) == ["192.0.2.66"]  # not listed yet: cached as it came
+    (tmp_path / "pl-mf.txt").write_text("casino.test\n")
+    await app.reload()
+    r = await udp(port_of(app), query("alias.test"))
+    assert r.rcode() == RCODE.NXDOMAIN and r.answer == []
+    assert upstream.udp_queries == 1, "the cached answer was re-checked, not fetched again"
 
 
 async def test_cname_inspection_off(node, upstream):

@@ -286,6 +286,27 @@ async def test_tcp_pipelined_queries(node, upstream):
     assert upstream.udp_queries == 5, "the duplicate questions shared upstream exchanges"
 
 
+async def test_tcp_pending_cap_pauses_and_resumes(node, upstream):
+    upstream.behaviour.delay = 0.05
+    for i in range(8):
+        upstream.add(f"p{i}.test", "A", f"192.0.2.{i + 1}")
+    app = await node(dns={"tcp_max_pending_per_connection": 2})
+    conn = await RawTcp.open(port_of(app))
+    try:
+        qs = {}
+        for i in range(8):
+            q = query(f"p{i}.test")
+            qs[q.id] = f"192.0.2.{i + 1}"
+            conn.send(q.to_wire())
+        got = {}
+        for _ in range(8):
+            r = dns.message.from_wire(await conn.recv())
+            got[r.id] = a_records(r)
+        assert got == {qid: [addr] for qid, addr in qs.items()}
+    finally:
+        await conn.close()
+
+
 async def test_tcp_idle_timeout(node):
     app = await node(dns={"tcp_idle_timeout": 0.3})
     port = port_of(app)
@@ -366,3 +387,35 @@ async def test_acl_allows_loopback(node, upstream, allow):
         r = await send(port_of(app), query("allowed.test"))
         assert r.rcode() == RCODE.NOERROR and a_records(r) == ["192.0.2.10"]
     assert upstream.udp_queries == 1
+
+
+# -- header flags --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rd, cd", [(True, False), (False, False), (True, True), (False, True)])
+async def test_header_flags_echoed(node, big_upstream, rd, cd):
+    """RD and CD are copied from the query (RFC 1035 4.1.1, RFC 4035 3.2.2), RA is set, and
+    AA never is: we are not the authority, even when the upstream was (FakeDns sets AA)."""
+    app = await node()
+    port = port_of(app)
+    flags = (dns.flags.RD if rd else 0) | (dns.flags.CD if cd else 0)
+    # (question, expected rcode, expected TC): forwarded, then cached, negative, blocked, truncated
+    for name, rcode, tc in [
+        ("allowed.test", RCODE.NOERROR, False),
+        ("allowed.test", RCODE.NOERROR, False),
+        ("missing.test", RCODE.NXDOMAIN, False),
+        ("casino.test", RCODE.NXDOMAIN, False),
+        ("alias.test", RCODE.NXDOMAIN, False),
+        ("big.test", RCODE.NOERROR, True),
+        ("big.test", RCODE.NOERROR, True),
+    ]:
+        q = query(name)
+        q.flags = flags
+        r = await udp(port, q)
+        where = f"{name} rd={rd} cd={cd}"
+        assert r.rcode() == rcode, where
+        assert bool(r.flags & dns.flags.TC) == tc, where
+        assert bool(r.flags & dns.flags.RD) == rd, where
+        assert bool(r.flags & dns.flags.CD) == cd, where
+        assert r.flags & dns.flags.RA, where
+        assert not r.flags & dns.flags.AA, where

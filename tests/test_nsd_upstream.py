@@ -1,0 +1,178 @@
+"""Integration against a real authoritative server: NSD (Debian package nsd) on 127.0.0.1.
+
+NSD runs in the foreground from a temporary directory with its own configuration; betblock
+forwards to it. Skipped when nsd is not installed, unless the CI variable is set (then the
+missing server is a failure: `make test` installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from tests.conftest import port_of
+from tests.dnsutil import a_records, ede, query, tcp, udp
+
+NSD = shutil.which("nsd") or ("/usr/sbin/nsd" if os.access("/usr/sbin/nsd", os.X_OK) else None)
+
+ZONE = """$ORIGIN nsd.test.
+$TTL 3600
+@       IN SOA ns.nsd.test. hostmaster.nsd.test. 2024010101 3600 600 86400 120
+@       IN NS  ns
+ns      IN A   127.0.0.1
+www     IN A   192.0.2.53
+www     IN AAAA 2001:db8::53
+casino  IN A   192.0.2.66
+alias   IN CNAME casino
+clean   IN CNAME www
+"""
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (at the time of asking)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def write_config(run: Path, port: int) -> Path:
+    (run / "nsd.test.zone").write_text(ZONE)
+    conf = run / "nsd.conf"
+    conf.write_text(
+        f"""server:
+  ip-address: 127.0.0.1
+  port: {port}
+  do-ip4: yes
+  do-ip6: no
+  server-count: 1
+  username: ""
+  chroot: ""
+  database: ""
+  zonesdir: "{run}"
+  zonelistfile: "{run}/zone.list"
+  xfrdfile: "{run}/xfrd.state"
+  xfrdir: "{run}"
+  pidfile: "{run}/nsd.pid"
+  logfile: "{run}/nsd.log"
+  verbosity: 0
+remote-control:
+  control-enable: no
+zone:
+  name: "nsd.test"
+  zonefile: "{run}/nsd.test.zone"
+"""
+    )
+    return conf
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 5 s; by PID, never by name."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def answers(port: int, proc: asyncio.subprocess.Process, log: Path, timeout: float = 15) -> None:
+    """Poll NSD with a query until it answers; fail if it exits or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if proc.returncode is not None:
+            raise RuntimeError(f"nsd exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+        try:
+            r = await udp(port, query("www.nsd.test"), timeout=0.2)
+            if r.rcode() == dns.rcode.NOERROR and r.answer:
+                return
+        except (dns.exception.Timeout, ConnectionError, OSError):
+            pass
+        if loop.time() > deadline:
+            raise TimeoutError(f"nsd did not answer within {timeout}s: {log.read_text(errors='replace')[-2000:]}")
+        await asyncio.sleep(0.05)  # between polls of the condition above, not instead of it
+
+
+@pytest.fixture
+async def nsd(tmp_path: Path) -> AsyncIterator[int]:
+    if NSD is None:
+        if os.environ.get("CI"):
+            pytest.fail("nsd is not installed (apt-get install nsd; `make test` does it)")
+        pytest.skip("nsd is not installed (apt-get install nsd); set CI=1 to make this a failure")
+    run = tmp_path / "nsd"
+    run.mkdir()
+    log = run / "nsd.stderr"
+    for attempt in range(3):  # a port taken between free_port() and nsd's bind: try another
+        port = free_port()
+        conf = write_config(run, port)
+        with open(log, "wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                NSD, "-d", "-c", str(conf), cwd=run, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err
+            )
+        try:
+            await answers(port, proc, log)
+            break
+        except RuntimeError:
+            await stop(proc)
+            if attempt == 2:
+                raise
+        except BaseException:
+            await stop(proc)
+            raise
+    try:
+        yield port
+    finally:
+        await stop(proc)
+        assert proc.returncode is not None
+
+
+async def test_forward_and_block_with_nsd_upstream(nsd, node):
+    app = await node(lists={"pl-mf": ["casino.nsd.test"]}, upstreams=[f"127.0.0.1:{nsd}"])
+    port = port_of(app)
+
+    # Forwarded: NSD's answer, without its AA bit and without its OPT unless the client sent one.
+    for edns in (False, True):
+        r = await udp(port, query("WWW.nsd.test", edns=edns))
+        assert r.rcode() == dns.rcode.NOERROR
+        assert a_records(r) == ["192.0.2.53"]
+        assert r.answer[0].ttl == 3600
+        assert not r.flags & dns.flags.AA
+        assert (r.opt is not None) == edns
+    r = await tcp(port, query("www.nsd.test", "AAAA"))
+    assert [rr.address for rrset in r.answer for rr in rrset] == ["2001:db8::53"]
+
+    # NXDOMAIN from NSD, with its SOA (minimum 120).
+    r = await udp(port, query("missing.nsd.test"))
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    assert r.authority[0].rdtype == dns.rdatatype.SOA and r.authority[0][0].minimum == 120
+
+    # Blocked: the listed name and its subdomains never reach NSD, and a CNAME into it is caught.
+    for name in ("casino.nsd.test", "www.casino.nsd.test", "alias.nsd.test"):
+        r = await udp(port, query(name, edns=True))
+        assert r.rcode() == dns.rcode.NXDOMAIN, name
+        assert r.answer == [], name
+        assert ede(r)[0][0] == 16, name
+    r = await udp(port, query("clean.nsd.test"))
+    assert r.rcode() == dns.rcode.NOERROR and a_records(r) == ["192.0.2.53"]
+    assert app.upstream.failures == {f"127.0.0.1:{nsd}": 0}

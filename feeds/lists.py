@@ -77,6 +77,9 @@ class SourceList:
     @classmethod
     def build(cls, plain: Iterable[bytes], entries: Iterable[Entry]) -> SourceList:
         """From wire names and parsed entries; entries with no data join the plain names."""
+        entries = list(entries)
+        if not entries:
+            return cls(frozenset(plain), _EMPTY_RICH)
         plain_set = set(plain)
         rich: dict[Key, Entry] = {}
         for e in entries:

@@ -205,6 +205,11 @@ class FeedManager:
         self._timer_wake = asyncio.Event()
         self._persist_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Store writes of the lists read at start-up, done after the first snapshot is
+        # installed (a million-row first version costs seconds the resolver need not wait).
+        self._deferred: list[Callable[[], object]] = []
+        self._reserved: dict[str, int] = {}
+        self._flush_task: asyncio.Future[None] | None = None
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -230,12 +235,25 @@ class FeedManager:
                      seconds=round(time.perf_counter() - started, 3), **saved.stats)
             return saved
         await self._load_state()
-        await self._refresh_files(initial=True)
+        await self._refresh_files(defer=True)
         await self.compile(force=True)
         assert self.snapshot is not None
         log.info("policy installed", version=self.snapshot.version,
                  seconds=round(time.perf_counter() - started, 3), **self.snapshot.stats)
+        self._flush_task = asyncio.ensure_future(self._write_deferred())
         return self.snapshot
+
+    async def _write_deferred(self) -> None:
+        """Record the versions read at start-up in the store; then updates may proceed."""
+        assert self.store is not None
+        async with self._lock:
+            jobs, self._deferred = self._deferred, []
+            try:
+                await asyncio.to_thread(lambda: [job() for job in jobs])
+            except Exception:  # the lists are in force; a restart reads the files again
+                log.exception("cannot record the lists read at start-up in the feed store")
+            self._reserved.clear()
+        self.loaded.set()
 
     async def run(self) -> None:
         """The background work: load the store when start() did not, poll URLs, watch files,
@@ -243,10 +261,13 @@ class FeedManager:
         if self.store is None:
             await self.start()
         try:
+            if self._flush_task is not None:
+                await self._flush_task
             if not self.loaded.is_set():
                 await self._load_state()
-                await self._refresh_files(initial=True)
+                await self._refresh_files()
                 await self.compile(force=True)
+                self.loaded.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._timer())
                 for rt in self.sources.values():
@@ -293,7 +314,6 @@ class FeedManager:
 
         await asyncio.to_thread(load)
         self._gen += 1
-        self.loaded.set()
 
     def _read_policy_files(self) -> None:
         """The configured allowlist and protected names (inline and files)."""
@@ -316,18 +336,18 @@ class FeedManager:
         except OSError as exc:
             log.error("reload: cannot read policy files; keeping the current ones", error=str(exc))
         await self.loaded.wait()
-        await self._refresh_files(initial=True)
+        await self._refresh_files()
         self._gen += 1
         await self.compile()
 
     # -- sources --------------------------------------------------------------------------
 
-    async def _refresh_files(self, *, initial: bool = False) -> None:
+    async def _refresh_files(self, *, defer: bool = False) -> None:
         for rt in self.sources.values():
             if rt.settings.kind == "file":
-                await self.refresh(rt, compile=False)
+                await self.refresh(rt, compile=False, defer=defer)
 
-    async def refresh(self, rt: SourceRuntime, *, compile: bool = True) -> UpdateResult | None:
+    async def refresh(self, rt: SourceRuntime, *, compile: bool = True, defer: bool = False) -> UpdateResult | None:
         """Fetch or read one source once and ingest what changed; failures are recorded on the
         source, never raised. Returns the update's result, or None when nothing new came."""
         now = self.clock()
@@ -347,7 +367,7 @@ class FeedManager:
                 etag = lm = None
             else:
                 return None
-            result = await self._ingest(rt, data, control=control, actor=f"source:{rt.key}", compile=compile)
+            result = await self._ingest(rt, data, control=control, actor=f"source:{rt.key}", compile=compile, defer=defer)
         except (FetchError, FeedError, Refused, OSError) as exc:
             rt.count("failed")
             rt.failures += 1
@@ -462,7 +482,15 @@ class FeedManager:
         return result
 
     async def _ingest(
-        self, rt: SourceRuntime, data: bytes, *, control: bytes | None, actor: str, fmt: str | None = None, compile: bool = True
+        self,
+        rt: SourceRuntime,
+        data: bytes,
+        *,
+        control: bytes | None,
+        actor: str,
+        fmt: str | None = None,
+        compile: bool = True,
+        defer: bool = False,
     ) -> UpdateResult:
         fmt = fmt or rt.settings.format
         sha = hashlib.sha256(data).hexdigest()
@@ -483,7 +511,7 @@ class FeedManager:
                 checksum=meta.get("checksum"), signature=meta.get("signature"),
                 meta={k: v for k, v in meta.items() if k in ("header", "version", "serial", "order", "date", "origin", "lines")},
             )
-            result = await self._decide(rt, new, info, rejects)
+            result = await self._decide(rt, new, info, rejects, defer=defer)
         if compile and result.status == "applied":
             await self.compile()
         return result
@@ -499,30 +527,48 @@ class FeedManager:
             return UpdateResult("unchanged", rt.agency.id, rt.key, rt.version, len(rt.current), reason="this list was rejected by an admin")
         return None
 
-    async def _decide(self, rt: SourceRuntime, new: SourceList, info: VersionInfo, rejects: list[Reject]) -> UpdateResult:
-        """Quarantine or apply ``new`` (the caller holds the update lock)."""
+    async def _decide(
+        self, rt: SourceRuntime, new: SourceList, info: VersionInfo, rejects: list[Reject], *, defer: bool = False
+    ) -> UpdateResult:
+        """Quarantine or apply ``new`` (the caller holds the update lock). ``defer``: queue the
+        store writes for ``_write_deferred`` (start-up only)."""
         assert self.store is not None
         store = self.store
         d = await asyncio.to_thread(diff, rt.current, new)
+        version: int | None = None
+        if defer:
+            agency = rt.agency.id
+            version = self._reserved.get(agency) or await asyncio.to_thread(store.next_version, agency)
+            self._reserved[agency] = version + 1
+
+        async def write(job: Callable[[], Any]) -> Any:
+            if defer:
+                self._deferred.append(job)
+                return None
+            return await asyncio.to_thread(job)
+
         change = Change(len(rt.current), len(new), d.n_added, d.n_removed, d.changed)
         reason = quarantine_reason(rt.agency, change)
         base = dict(agency=rt.agency.id, source=rt.key, entries=len(new), added=d.n_added, removed=d.n_removed,
                     changed=d.changed, rejects=rejects)
         if reason is not None:
-            v = await asyncio.to_thread(store.quarantine, info, new, d, rejects, reason)
+            v = await write(lambda: store.quarantine(info, new, d, rejects, reason, version=version))
+            v = version if v is None else v
             rt.pending_version, rt.pending_sha, rt.pending_reason = v, info.sha256, reason
-            await asyncio.to_thread(self._audit, info.actor, "update quarantined", rt.agency.id, v, source=rt.key,
-                                    sha256=info.sha256, reason=reason, added=d.n_added, removed=d.n_removed, changed=d.changed)
+            await write(lambda: self._audit(info.actor, "update quarantined", rt.agency.id, v, source=rt.key,
+                                            sha256=info.sha256, reason=reason, added=d.n_added, removed=d.n_removed,
+                                            changed=d.changed))
             log.warning("update quarantined", agency=rt.agency.id, source=rt.key, version=v, reason=reason)
             return UpdateResult("quarantined", version=v, reason=reason, **base)  # type: ignore[arg-type]
-        v = await asyncio.to_thread(store.apply, info, d, rejects)
+        v = await write(lambda: store.apply(info, d, rejects, version=version))
+        v = version if v is None else v
         rt.set_list(new)
         rt.version, rt.sha256, rt.last_change = v, info.sha256, info.received_at
         rt.pending_version = rt.pending_sha = rt.pending_reason = None
         self._gen += 1
-        await asyncio.to_thread(self._audit, info.actor, "update applied", rt.agency.id, v, source=rt.key,
-                                sha256=info.sha256, added=d.n_added, removed=d.n_removed, changed=d.changed,
-                                entries=len(new))
+        await write(lambda: self._audit(info.actor, "update applied", rt.agency.id, v, source=rt.key,
+                                        sha256=info.sha256, added=d.n_added, removed=d.n_removed, changed=d.changed,
+                                        entries=len(new)))
         log.info("update applied", agency=rt.agency.id, source=rt.key, version=v, entries=len(new),
                  added=d.n_added, removed=d.n_removed, changed=d.changed, rejected=len(rejects))
         return UpdateResult("applied", version=v, **base)  # type: ignore[arg-type]
@@ -633,7 +679,7 @@ class FeedManager:
                 agency=agency, source=rt.key, kind=row["kind"], format=row["format"], sha256=row["sha256"],
                 received_at=now, actor=actor, entries=len(new), rejects=row["rejects"],
             )
-            await asyncio.to_thread(store.apply, info, d, [], version=version)
+            await asyncio.to_thread(store.apply, info, d, [], version=version, approved=True)
             await asyncio.to_thread(store.mark_decided, agency, version, actor, now)
             rt.set_list(new)
             rt.version, rt.sha256, rt.last_change = version, row["sha256"], now
@@ -741,7 +787,9 @@ class FeedManager:
         self._persist_task = asyncio.ensure_future(save())
 
     async def flush(self) -> None:
-        """Wait until the latest snapshot is on disk (tests, shutdown)."""
+        """Wait until the start-up lists are in the store and the latest snapshot is on disk."""
+        if self._flush_task is not None:
+            await self._flush_task
         if self._persist_task is not None:
             await self._persist_task
 

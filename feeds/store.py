@@ -9,7 +9,8 @@ Owns the schema and every query on it:
 - ``entries``: one row per listing per version range. A row is added by the version that
   listed it and closed (``dropped_version``) by the one that no longer does, so the list of any
   version, the diff of any version and the history of any name are queries, and an update costs
-  rows in proportion to its change, not to the list.
+  rows in proportion to its change, not to the list. Names are stored in wire format (the form
+  the compiler holds), so a million-name version is written and read without converting a name.
 - ``pending``: the full list of a quarantined version, until an admin decides.
 - ``rejects``: the first rejected lines of each version.
 - ``sources``: fetch state per source (ETag, Last-Modified, last success and error).
@@ -24,6 +25,7 @@ code.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from feeds.entry import Entry, Reject
-from feeds.lists import Key, ListDiff, SourceList, from_wire, is_plain
+from feeds.lists import ListDiff, SourceList, from_wire, to_wire
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -64,7 +66,7 @@ CREATE INDEX IF NOT EXISTS versions_source ON versions(agency, source, version);
 CREATE TABLE IF NOT EXISTS entries (
     agency TEXT NOT NULL,
     source TEXT NOT NULL,
-    name TEXT NOT NULL,
+    name BLOB NOT NULL,
     wildcard INTEGER NOT NULL,
     allow INTEGER NOT NULL,
     action TEXT,
@@ -80,8 +82,9 @@ CREATE TABLE IF NOT EXISTS entries (
     dropped_at REAL
 );
 CREATE INDEX IF NOT EXISTS entries_name ON entries(name);
-CREATE INDEX IF NOT EXISTS entries_added ON entries(agency, added_version);
-CREATE INDEX IF NOT EXISTS entries_dropped ON entries(agency, dropped_version);
+-- Closed rows only: an index over every row's version would double the cost of writing a
+-- big list; "what did version v add" scans instead (an admin question, asked rarely).
+CREATE INDEX IF NOT EXISTS entries_dropped ON entries(agency, dropped_version) WHERE dropped_version IS NOT NULL;
 CREATE TABLE IF NOT EXISTS pending (
     agency TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -128,6 +131,7 @@ CREATE INDEX IF NOT EXISTS audit_agency ON audit(agency, id);
 """
 
 MAX_STORED_REJECTS = 1000
+SCHEMA_VERSION = 1
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -169,9 +173,23 @@ class FeedStore:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            found = self.db.execute("PRAGMA user_version").fetchone()[0]
+            tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+            if tables and found != SCHEMA_VERSION:
+                # A store from an older development build: set aside, never silently mixed.
+                self.db.close()
+                aside = path.with_name(f"{path.name}.schema{found}-{int(time.time())}")
+                os.replace(path, aside)
+                for suffix in ("-wal", "-shm"):
+                    side = path.with_name(path.name + suffix)
+                    if side.exists():
+                        os.replace(side, aside.with_name(aside.name + suffix))
+                self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA cache_size=-32768")  # 32 MB: index pages of a big first version
             self.db.executescript(SCHEMA)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.db.row_factory = sqlite3.Row
         self.lock = threading.Lock()
 
@@ -184,6 +202,11 @@ class FeedStore:
     def _next_version(self, agency: str) -> int:
         row = self.db.execute("SELECT MAX(version) FROM versions WHERE agency = ?", (agency,)).fetchone()
         return (row[0] or 0) + 1
+
+    def next_version(self, agency: str) -> int:
+        """The number the agency's next version gets."""
+        with self.lock:
+            return self._next_version(agency)
 
     def latest(self, agency: str, source: str) -> dict[str, Any] | None:
         """The newest version of a source, whatever its status."""
@@ -202,11 +225,18 @@ class FeedStore:
         return dict(row) if row else None
 
     def apply(
-        self, info: VersionInfo, d: ListDiff, rejects: Sequence[Reject], *, reason: str | None = None, version: int | None = None
+        self,
+        info: VersionInfo,
+        d: ListDiff,
+        rejects: Sequence[Reject],
+        *,
+        version: int | None = None,
+        approved: bool = False,
     ) -> int:
         """Record an applied version: its row, its entry rows, its rejects; the source's previous
         active version becomes superseded, as does any quarantined one older than it.
-        ``version`` is given when an admin approves a quarantined version."""
+        ``version`` is the number to give it (default: the next); ``approved`` marks an existing
+        quarantined version active instead of recording a new one."""
         now = info.received_at
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -215,8 +245,8 @@ class FeedStore:
                 "UPDATE versions SET status = 'superseded' WHERE agency = ? AND source = ? AND status IN ('active', 'quarantined') AND version != ?",
                 (info.agency, info.source, v),
             )
-            if version is None:
-                self._insert_version(info, v, "active", d, len(rejects), reason)
+            if not approved:
+                self._insert_version(info, v, "active", d, len(rejects), None)
                 self._insert_rejects(info.agency, v, rejects)
             else:
                 self.db.execute(
@@ -227,21 +257,28 @@ class FeedStore:
             self.db.executemany(
                 "UPDATE entries SET dropped_version = ?, dropped_at = ? WHERE agency = ? AND source = ? "
                 "AND name = ? AND wildcard = ? AND allow = ? AND dropped_version IS NULL",
-                ((v, now, info.agency, info.source, e.name, int(e.wildcard), int(e.allow)) for e in d.removed()),
+                _removed_keys(v, now, info.agency, info.source, d),
+            )
+            a, src = info.agency, info.source
+            self.db.executemany(
+                "INSERT INTO entries (agency, source, name, wildcard, allow, added_version, added_at) VALUES (?,?,?,0,0,?,?)",
+                ((a, src, w, v, now) for w in d.added_plain),
             )
             self.db.executemany(
                 "INSERT INTO entries (agency, source, name, wildcard, allow, action, redirect, listed_at, removed_at, "
                 "legal_ref, source_id, line, added_version, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (_entry_row(info.agency, info.source, e, v, now) for e in d.added()),
+                (_entry_row(a, src, e, v, now) for e in d.added_rich),
             )
         return v
 
-    def quarantine(self, info: VersionInfo, new: SourceList, d: ListDiff, rejects: Sequence[Reject], reason: str) -> int:
+    def quarantine(
+        self, info: VersionInfo, new: SourceList, d: ListDiff, rejects: Sequence[Reject], reason: str, *, version: int | None = None
+    ) -> int:
         """Record a version held for an admin, with its whole list; an older quarantined
         version of the same source is superseded by it."""
         with self.lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            v = self._next_version(info.agency)
+            v = version if version is not None else self._next_version(info.agency)
             self.db.execute(
                 "UPDATE versions SET status = 'superseded' WHERE agency = ? AND source = ? AND status = 'quarantined'",
                 (info.agency, info.source),
@@ -326,18 +363,16 @@ class FeedStore:
             if pend is not None:
                 d = json.loads(pend[0])
                 return {k: v[offset : offset + limit] for k, v in d.items()}
-            added = [
-                r[0]
+            added = sorted(
+                from_wire(r[0])
+                for r in self.db.execute("SELECT name FROM entries WHERE agency = ? AND added_version = ?", (agency, version))
+            )
+            removed = sorted(
+                from_wire(r[0])
                 for r in self.db.execute(
-                    "SELECT name FROM entries WHERE agency = ? AND added_version = ? ORDER BY name", (agency, version)
+                    "SELECT name FROM entries WHERE agency = ? AND dropped_version = ?", (agency, version)
                 )
-            ]
-            removed = [
-                r[0]
-                for r in self.db.execute(
-                    "SELECT name FROM entries WHERE agency = ? AND dropped_version = ? ORDER BY name", (agency, version)
-                )
-            ]
+            )
             rejects = [
                 {"line": r[0], "text": r[1], "reason": r[2]}
                 for r in self.db.execute(
@@ -357,8 +392,6 @@ class FeedStore:
 
     def live(self, agency: str, source: str) -> SourceList:
         """The list a source holds now, rebuilt from its open entry rows."""
-        from feeds.lists import to_wire
-
         plain: list[bytes] = []
         rich: list[Entry] = []
         with self.lock:
@@ -369,23 +402,28 @@ class FeedStore:
             )
             for row in cur:
                 if not any(row[1:]):
-                    plain.append(to_wire(row[0].encode("ascii")))
+                    plain.append(row[0])
                 else:
                     rich.append(_row_entry(row))
         return SourceList.build(plain, rich)
 
     def entries_named(self, names: Iterable[str], *, history: bool = True) -> list[dict[str, Any]]:
         """Entry rows (open, and closed when ``history``) for exactly these names."""
-        names = list(names)
-        if not names:
+        wires = [to_wire(n.encode("ascii")) for n in names]
+        if not wires:
             return []
-        marks = ",".join("?" * len(names))
+        marks = ",".join("?" * len(wires))
         sql = f"SELECT * FROM entries WHERE name IN ({marks})"
         if not history:
             sql += " AND dropped_version IS NULL"
         with self.lock:
-            rows = self.db.execute(sql + " ORDER BY added_at", names).fetchall()
-        return [dict(r) for r in rows]
+            rows = self.db.execute(sql + " ORDER BY added_at", wires).fetchall()
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["name"] = from_wire(item["name"])
+            out.append(item)
+        return out
 
     # -- sources ------------------------------------------------------------------------
 
@@ -447,9 +485,16 @@ class FeedStore:
         return out
 
 
+def _removed_keys(v: int, now: float, agency: str, source: str, d: ListDiff) -> Iterator[tuple[Any, ...]]:
+    for w in d.removed_plain:
+        yield (v, now, agency, source, w, 0, 0)
+    for e in d.removed_rich:
+        yield (v, now, agency, source, to_wire(e.name.encode("ascii")), int(e.wildcard), int(e.allow))
+
+
 def _entry_row(agency: str, source: str, e: Entry, v: int, now: float) -> tuple[Any, ...]:
     return (
-        agency, source, e.name, int(e.wildcard), int(e.allow), e.action,
+        agency, source, to_wire(e.name.encode("ascii")), int(e.wildcard), int(e.allow), e.action,
         ",".join(e.redirect) if e.redirect else None, _ts(e.listed_at), _ts(e.removed_at),
         e.legal_ref, e.source_id, e.line or None, v, now,
     )
@@ -458,7 +503,7 @@ def _entry_row(agency: str, source: str, e: Entry, v: int, now: float) -> tuple[
 def _row_entry(row: Sequence[Any]) -> Entry:
     name, wildcard, allow, action, redirect, listed_at, removed_at, legal_ref, source_id = row
     return Entry(
-        name=name,
+        name=from_wire(name),
         line=0,
         wildcard=bool(wildcard),
         allow=bool(allow),

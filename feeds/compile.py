@@ -315,41 +315,45 @@ def compile_lists(
 
 def _apply_exceptions(masks: dict[bytes, int], exceptions: dict[int, set[bytes]]) -> None:
     """Lift each agency's listings at and below its own exceptions; keep other agencies'."""
+    excepting: dict[bytes, int] = {}  # name -> bits of the agencies with an exception there
+    for bit, names in exceptions.items():
+        for name in names:
+            excepting[name] = excepting.get(name, 0) | (1 << bit)
+    # Listings at or below an exception lose the excepting agency's bit.
+    emptied: list[bytes] = []
     for bit, names in exceptions.items():
         flag = 1 << bit
-        # Listings of this agency at or below an exception lose the agency's bit.
         for name in [n for n, m in masks.items() if m & flag]:
             off = 0
             while name[off]:
                 if name[off:] in names:
                     masks[name] &= ~flag
+                    if not masks[name]:
+                        emptied.append(name)
                     break
                 off += name[off] + 1
-        # An exception under a listed parent needs its own table entry, naming the agencies
-        # that still block it (or none: then it stops the lookup as an allow entry does).
-        for name in names:
-            if name in masks:
-                continue
-            off = name[0] + 1
-            while name[off]:
+    # A name left without agencies, or an exception under a listed parent, gets the parent's
+    # agencies minus those excepting on the way up: otherwise its table entry would hide the
+    # parent's block from every name below it. With nobody left it is an allow entry (it
+    # stops the lookup) when a parent blocks, and nothing otherwise.
+    for name in emptied + [n for n in excepting if n not in masks]:
+        cleared = 0
+        off = 0
+        inherited = 0
+        while name[off]:
+            cleared |= excepting.get(name[off:], 0)
+            if off:
                 parent = masks.get(name[off:])
-                if parent is not None:
-                    if parent & flag:
-                        masks[name] = parent & ~flag
+                if parent:
+                    inherited = parent & ~cleared
                     break
-                off += name[off] + 1
-    for name in [n for n, m in masks.items() if m == 0 and not _needed(n, masks)]:
-        del masks[name]
-
-
-def _needed(name: bytes, masks: dict[bytes, int]) -> bool:
-    """A zero mask (nobody blocks this name) matters only when a parent is blocked."""
-    off = name[0] + 1
-    while name[off]:
-        if masks.get(name[off:]):
-            return True
-        off += name[off] + 1
-    return False
+            off += name[off] + 1
+        else:
+            parent = None
+        if parent:
+            masks[name] = inherited
+        else:
+            masks.pop(name, None)
 
 
 def load_from_settings(settings: Settings, version: int | None = None) -> tuple[PolicySnapshot, dict[str, PlainList]]:

@@ -257,7 +257,7 @@ async def test_tcp_framing_split_writes(node):
 
 
 async def test_tcp_pipelined_queries(node, upstream):
-    upstream.behaviour.delay = 0.1  # forwarded answers complete after the blocked ones
+    upstream.behaviour.delay = 0.2  # forwarded answers complete after the blocked ones
     for i in range(5):
         upstream.add(f"n{i}.test", "A", f"192.0.2.{100 + i}")
     app = await node()

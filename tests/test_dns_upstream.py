@@ -69,7 +69,7 @@ async def test_all_upstreams_fail(node, upstream, spare, first, second, edns):
     elapsed = time.monotonic() - started
     assert r.rcode() == RCODE.SERVFAIL
     assert r.answer == []
-    assert 0 < elapsed < DEADLINE + 0.3, elapsed
+    assert 0 < elapsed < DEADLINE + 0.5, elapsed
     if "silent" in (first, second):
         assert elapsed >= 0.3, "waited for at least one attempt"
     if first == second == "silent":
@@ -150,8 +150,10 @@ async def test_random_query_ids_and_source_ports(node, upstream):
 
 
 async def test_identical_queries_in_flight_share_one_exchange(node, upstream):
-    upstream.behaviour.delay = 0.2
-    app = await node()
+    # The 20 must all arrive while the first is in flight, even on a busy machine (and the
+    # delay must stay below one attempt's timeout, or the retries show up as extra queries).
+    upstream.behaviour.delay = 0.5
+    app = await node(upstream={"deadline": 3.0, "attempt_timeout": 2.0})
     port = port_of(app)
     names = ["allowed.test", "ALLOWED.test", "Allowed.Test", "allowed.TEST"]
     msgs = [query(names[i % 4]) for i in range(20)]
@@ -165,8 +167,8 @@ async def test_identical_queries_in_flight_share_one_exchange(node, upstream):
 
 
 async def test_in_flight_not_shared_across_types_or_do(node, upstream):
-    upstream.behaviour.delay = 0.1
-    app = await node()
+    upstream.behaviour.delay = 0.3
+    app = await node(upstream={"deadline": 3.0, "attempt_timeout": 2.0})
     port = port_of(app)
     qs = [query("allowed.test"), query("allowed.test", "AAAA"), query("allowed.test", do=True), query("allowed.test")]
     replies = await asyncio.gather(*(udp(port, q) for q in qs))

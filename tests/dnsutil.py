@@ -10,9 +10,7 @@ from collections.abc import Callable
 
 import dns.asyncquery
 import dns.edns
-import dns.flags
 import dns.message
-import dns.rcode
 import dns.rdatatype
 
 HOST = "127.0.0.1"
@@ -152,6 +150,3 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self.now += seconds
 
-
-RCODE = dns.rcode
-FLAGS = dns.flags

@@ -4,6 +4,8 @@ In process, ``Pipeline.answer`` gets random, mutated and structured packets (and
 a fuzzed upstream reply to the same question): it never raises, never calls its own-failure path,
 and returns bytes, None or a coroutine whose answer fits the UDP limit. Over real sockets, a burst
 of such packets over UDP and TCP leaves the server answering valid queries.
+
+300 examples per test by default; FUZZ_EXAMPLES=20000 for a longer hunt (about two minutes).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
+import os
 import struct
 from typing import Any
 
@@ -30,7 +33,7 @@ from resolver.upstream import UpstreamError, _matches
 from tests.conftest import port_of
 from tests.dnsutil import RawTcp, RawUdp, query
 
-EXAMPLES = int(__import__("os").environ.get("FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -3,7 +3,6 @@ framing, pipelining, idle timeout and connection cap, and the client ACL."""
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import time
 

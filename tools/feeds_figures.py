@@ -7,6 +7,8 @@ python from the repository root; writes under a temporary directory, touches no 
             (SQLite), compile, save the snapshot; then a restart from the saved snapshot
   put       a node serving those 1M entries plus a push agency: time from sending a PUT to
             the first sinkholed answer for a name it adds, over UDP from another process
+  swap      the same node under dnsperf load (blocked names, plus the pushed ones) while the
+            push agency replaces its list 10 times: queries sent, answered and lost
 
     .venv/bin/python tools/feeds_figures.py [compile|ingest|put|all] [--names 1000000]
 """
@@ -150,14 +152,11 @@ def cmd_ingest(total: int) -> None:
     shutil.rmtree(tmp)
 
 
-def cmd_put(total: int) -> None:
+def _node_config(tmp: Path, paths: list[Path], token: str) -> tuple[Path, int, int]:
     import socket
 
     from config.auth import sha256_hex
 
-    tmp = Path(tempfile.mkdtemp())
-    paths = make_lists(total, tmp)
-    token = "figures-token"
     with socket.socket() as a, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
         a.bind(("127.0.0.1", 0))
         b.bind(("127.0.0.1", 0))
@@ -169,12 +168,97 @@ def cmd_put(total: int) -> None:
     cfg.write_text(
         f'data_dir = "{tmp / "var"}"\n[dns]\nlisten = ["127.0.0.1:{dns_port}"]\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
         f'[warning_page]\nenabled = false\n[upstream]\nservers = ["UPSTREAM"]\n[hits]\nstore = "none"\n[log]\nlevel = "warning"\n'
-        f'{agencies}[[agencies]]\nid = "pusher"\nprecedence = 50\ntoken_sha256 = "{sha256_hex(token)}"\n'
+        f'{agencies}[[agencies]]\nid = "pusher"\nprecedence = 50\ntoken_sha256 = "{sha256_hex(token)}"\nchurn_floor = 100000\n'
         f'[[agencies.sources]]\nkind = "push"\n'
     )
-    asyncio.run(_with_upstream(cfg, http_port, dns_port, token))
+    return cfg, http_port, dns_port
+
+
+def cmd_swap(total: int) -> None:
+    tmp = Path(tempfile.mkdtemp())
+    paths = make_lists(total, tmp)
+    token = "figures-token"
+    cfg, http_port, dns_port = _node_config(tmp, paths, token)
+    # Queries: listed names (blocked on the fast path) and 1 % pushed names, which flip
+    # between blocked and forwarded as the lists change.
+    listed = paths[0].read_text().split()[:20000]
+    pushed = [f"p{i}.push.test" for i in range(200)]
+    qfile = tmp / "queries.txt"
+    qfile.write_text("".join(f"{n} A\n" for n in listed) + "".join(f"{pushed[i % 200]} A\n" for i in range(200)))
     try:
-        pass
+        asyncio.run(_swap(cfg, http_port, dns_port, token, qfile, pushed))
+    finally:
+        shutil.rmtree(tmp)
+
+
+async def _swap(cfg: Path, http_port: int, dns_port: int, token: str, qfile: Path, pushed: list[str]) -> None:
+    import re
+
+    import aiohttp
+
+    from tests.fakedns import FakeDns
+
+    upstream = FakeDns()
+    await upstream.start()
+    cfg.write_text(cfg.read_text().replace("UPSTREAM", upstream.address))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg), cwd=ROOT)
+    try:
+        async with aiohttp.ClientSession() as s:
+            await _ready(s, http_port)
+            url = f"http://127.0.0.1:{http_port}/v1/feeds/pusher"
+            auth = {"Authorization": f"Bearer {token}"}
+            async with s.put(url, data="\n".join(pushed[::2]).encode(), headers=auth) as r:
+                assert r.status == 200, await r.text()
+            perf = await asyncio.create_subprocess_exec(
+                "dnsperf", "-s", "127.0.0.1", "-p", str(dns_port), "-d", str(qfile), "-l", "25", "-c", "4",
+                "-Q", "15000", "-t", "2", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+            await asyncio.sleep(2)  # load first, then swap under it
+            times = []
+            for k in range(10):
+                body = "\n".join(pushed[(k + 1) % 2 :: 2]).encode()  # alternate halves: every name flips
+                t0 = time.perf_counter()
+                async with s.put(url, data=body, headers=auth) as r:
+                    assert r.status == 200, await r.text()
+                times.append(time.perf_counter() - t0)
+                await asyncio.sleep(1.5)
+            out = (await perf.communicate())[0].decode()
+        sent = re.search(r"Queries sent:\s+(\d+)", out)
+        done = re.search(r"Queries completed:\s+(\d+)", out)
+        lost = re.search(r"Queries lost:\s+(\d+)", out)
+        qps = re.search(r"Queries per second:\s+([\d.]+)", out)
+        print(f"swap: 10 PUTs of the push list under dnsperf load ({qps.group(1) if qps else '?'} qps over 25 s): "
+              f"sent {sent.group(1) if sent else '?'}, completed {done.group(1) if done else '?'}, "
+              f"lost {lost.group(1) if lost else '?'}; PUT answered in {min(times) * 1000:.0f}-{max(times) * 1000:.0f} ms")
+    finally:
+        proc.terminate()
+        await proc.wait()
+        await upstream.stop()
+
+
+async def _ready(s: object, http_port: int) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            async with s.get(f"http://127.0.0.1:{http_port}/readyz") as r:  # type: ignore[attr-defined]
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("server did not become ready")
+        await asyncio.sleep(0.2)
+
+
+def cmd_put(total: int) -> None:
+    tmp = Path(tempfile.mkdtemp())
+    paths = make_lists(total, tmp)
+    token = "figures-token"
+    cfg, http_port, dns_port = _node_config(tmp, paths, token)
+    try:
+        asyncio.run(_with_upstream(cfg, http_port, dns_port, token))
     finally:
         shutil.rmtree(tmp)
 
@@ -200,17 +284,7 @@ async def _put_figures(http_port: int, dns_port: int, token: str) -> None:
     import dns.message
 
     async with aiohttp.ClientSession() as s:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                async with s.get(f"http://127.0.0.1:{http_port}/readyz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not become ready")
-            await asyncio.sleep(0.2)
+        await _ready(s, http_port)
         names = [f"seed{i}.push.test" for i in range(50)]
         for round_ in range(5):
             name = f"new{round_}.push.test"
@@ -229,21 +303,22 @@ async def _put_figures(http_port: int, dns_port: int, token: str) -> None:
             resp = await put
             done = time.perf_counter() - t0
             print(f"put: round {round_}: PUT {resp.status} answered after {done * 1000:.0f} ms; "
-                  f"first sinkholed answer after {first * 1000:.0f} ms")
+                  f"first sinkholed answer after {first * 1000:.0f} ms"
+                  + (" (waited for the start-up store write)" if round_ == 0 and done > 1 else ""))
             resp.release()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["compile", "ingest", "put", "all"], default="all", nargs="?")
+    p.add_argument("what", choices=["compile", "ingest", "put", "swap", "all"], default="all", nargs="?")
     p.add_argument("--names", type=int, default=1_000_000)
     args = p.parse_args()
-    steps = ["compile", "ingest", "put"] if args.what == "all" else [args.what]
+    steps = ["compile", "ingest", "put", "swap"] if args.what == "all" else [args.what]
     for step in steps:
         if len(steps) > 1:
             subprocess.run([sys.executable, __file__, step, "--names", str(args.names)], check=True)
         else:
-            {"compile": cmd_compile, "ingest": cmd_ingest, "put": cmd_put}[step](args.names)
+            {"compile": cmd_compile, "ingest": cmd_ingest, "put": cmd_put, "swap": cmd_swap}[step](args.names)
 
 
 if __name__ == "__main__":

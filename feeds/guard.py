@@ -51,8 +51,11 @@ class Protected:
             try:
                 name, _wild = normalize(text)
             except InvalidName as exc:
-                bad.append((number, raw, exc.reason))
-                continue
+                if exc.reason != "public suffix":
+                    bad.append((number, raw, exc.reason))
+                    continue
+                # Protecting a public suffix (cloudfront.net) protects every name under it.
+                name = text.lower().rstrip(".").removeprefix("*.")
             names.append(name)
         return cls(names), bad
 

@@ -115,8 +115,9 @@ def test_several_sources_of_one_agency_are_one_agency() -> None:
 
 
 def test_protected_matching() -> None:
-    p, bad = Protected.parse(["google.com", "# comment", "drive.usercontent.example.org", "co.uk", ""])
-    assert [(line, reason) for line, _t, reason in bad] == [(4, "public suffix")]
+    p, bad = Protected.parse(["google.com", "# comment", "drive.usercontent.example.org", "cloudfront.net", "", "bad name"])
+    assert [(line, reason) for line, _t, reason in bad] == [(6, "invalid character ' '")]
+    assert p.refuses("d111111abcdef8.cloudfront.net") == "cloudfront.net"  # a public suffix protects all below
     assert p.refuses("google.com") == "google.com"
     assert p.refuses("mail.google.com") == "google.com"
     assert p.refuses("notgoogle.com") is None

@@ -368,11 +368,14 @@ class FeedManager:
             else:
                 return None
             result = await self._ingest(rt, data, control=control, actor=f"source:{rt.key}", compile=compile, defer=defer)
-        except (FetchError, FeedError, Refused, OSError) as exc:
+        except Exception as exc:  # never CancelledError: that is not an Exception
             rt.count("failed")
             rt.failures += 1
-            rt.last_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (FetchError, FeedError)) else str(exc)
-            log.warning("source failed; keeping its last good list", agency=rt.agency.id, source=rt.key, error=rt.last_error)
+            rt.last_error = str(exc) if isinstance(exc, (FetchError, FeedError, Refused)) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, (FetchError, FeedError, Refused, OSError)):
+                log.warning("source failed; keeping its last good list", agency=rt.agency.id, source=rt.key, error=rt.last_error)
+            else:  # our own bug: one log line with the traceback, and the node keeps serving
+                log.exception("source update failed; keeping its last good list", agency=rt.agency.id, source=rt.key)
             await self._save_source(rt, last_attempt=now, last_error=rt.last_error, failures=rt.failures)
             return None
         rt.count(result.status)
@@ -408,8 +411,12 @@ class FeedManager:
         )
 
     async def _save_source(self, rt: SourceRuntime, **fields: Any) -> None:
-        if self.store is not None:
+        if self.store is None:
+            return
+        try:
             await asyncio.to_thread(self.store.save_source_state, rt.agency.id, rt.key, **fields)
+        except Exception as exc:  # fetch bookkeeping only; the lists are not at stake
+            log.error("cannot record a source's fetch state", agency=rt.agency.id, source=rt.key, error=str(exc))
 
     async def _poll(self, rt: SourceRuntime) -> None:
         while True:
@@ -781,7 +788,7 @@ class FeedManager:
                 return  # a newer one is on its way to disk
             try:
                 await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change)
-            except OSError as exc:
+            except Exception as exc:  # a restart then compiles from the store instead
                 log.error("cannot save the compiled snapshot", path=str(self.snapshot_path), error=str(exc))
 
         self._persist_task = asyncio.ensure_future(save())
@@ -804,7 +811,12 @@ class FeedManager:
     async def _timer(self) -> None:
         while True:
             self._timer_wake.clear()
-            if await self.tick():
+            try:
+                if await self.tick():
+                    continue
+            except Exception:
+                log.exception("recompile at a listing or removal date failed; retrying in a minute")
+                await asyncio.sleep(60)
                 continue
             delay = 3600.0 if self.next_change is None else min(3600.0, self.next_change - self.clock())
             try:

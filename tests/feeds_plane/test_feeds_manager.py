@@ -295,3 +295,20 @@ async def test_store_keeps_history_per_entry(tmp_path: Path) -> None:
     v2 = store.version("pl-mf", 2)
     assert v2 is not None and (v2["added"], v2["removed"], v2["entries"], v2["actor"]) == (1, 1, 2, "agency:pl-mf")
     store.close()
+
+
+async def test_a_parser_bug_is_a_source_failure_not_a_dead_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "h.txt"
+    path.write_text("0.0.0.0 a.test\n")
+    n = Node(tmp_path, [{"id": "it-adm", "sources": [{"kind": "file", "path": "h.txt", "format": "hosts"}]}])
+    await n.m.start()
+    rt = next(iter(n.m.sources.values()))
+    from feeds import formats
+
+    def broken(_data: bytes) -> None:
+        raise IndexError("parser bug")
+
+    monkeypatch.setitem(formats.FORMATS, "hosts", broken)
+    path.write_text("0.0.0.0 a.test\n0.0.0.0 b.test\n")
+    assert await n.m.refresh(rt) is None
+    assert rt.last_error == "IndexError: parser bug" and blocked(n.snap, "a.test") == ("it-adm",)

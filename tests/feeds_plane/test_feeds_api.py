@@ -170,3 +170,14 @@ async def test_allowlist_lookup_and_metrics(node: NodeFactory, session: aiohttp.
         text = await r.text()
     assert 'betblock_feed_entries{agency="pl-mf",source="push"} 1.0' in text
     assert "betblock_policy_compile_seconds" in text
+
+
+async def test_warning_page_shows_what_the_feed_said(node: NodeFactory, session: aiohttp.ClientSession) -> None:
+    app, api = await start(node, session)
+    body = {"add": [{"name": "kasyno.test", "legal_ref": "MF/2025/123", "listed_at": "2025-05-06T08:00:00+02:00"}]}
+    assert (await api.call("PATCH", "/v1/feeds/pl-mf", PL, json=body))[0] == 200
+    assert app.warning is not None and app.warning.bound is not None
+    host, port = app.warning.bound
+    async with session.get(f"http://{host}:{port}/", headers={"Host": "www.kasyno.test"}) as r:
+        page = await r.text()
+    assert r.status == 451 and "MF/2025/123" in page and "2025-05-06T08:00:00+02:00" in page

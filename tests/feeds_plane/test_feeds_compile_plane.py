@@ -200,3 +200,19 @@ def test_fast_reader_agrees_with_the_plain_format() -> None:
 def test_fast_reader_agrees_on_generated_lines(lines: list[str]) -> None:
     data = "\n".join(lines).encode()
     assert _reader_view(data) == _parser_view(data)
+
+
+def test_saved_snapshot_round_trips_and_refuses_what_it_should(tmp_path: typing.Any) -> None:
+    from feeds import persist
+
+    names = [w(f"n{i}.test") for i in range(persist.SLICE * 2 + 5)]
+    snap = compile_lists([AgencyList(agency("a", action="redirect", redirect_ipv4=["192.0.2.1"]), names)], [w("ok.n1.test")], 120, version=42, now=NOW).snapshot
+    path = tmp_path / "s.marshal"
+    persist.save(path, snap, "fp", NOW + 10)
+    back = persist.load(path, "fp", NOW)
+    assert back is not None and back.table == snap.table and back.rules == snap.rules and back.version == 42
+    assert persist.load(path, "other", NOW) is None  # another configuration
+    assert persist.load(path, "fp", NOW + 10) is None  # a date has passed since
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    assert persist.load(path, "fp", NOW) is None  # truncated
+    assert persist.load(tmp_path / "missing", "fp", NOW) is None

@@ -21,6 +21,10 @@ from config.settings import CacheSettings
 from resolver.wire import CD, NOERROR, NXDOMAIN, RD, U16, U32, ParsedAnswer, Query, opt_record, truncated
 
 
+# The OPT record we append to cached answers, by (our UDP size, DO): built once, not per hit.
+_OPTS: dict[tuple[int, bool], bytes] = {}
+
+
 class CacheEntry:
     """One reply, stored at ``stored`` (whole seconds of the cache's clock)."""
 
@@ -40,10 +44,12 @@ class CacheEntry:
         self._plain = b""
         self._edns = b""
 
-    def render(self, data: bytes, name_end: int, edns: int, do: bool, now: int, udp_size: int, limit: int) -> bytes:
-        """The reply for the query in ``data``, TTLs decreased to ``now``; TC when over ``limit``."""
+    def render(self, data: bytes, q: Query, now: int, udp_size: int, limit: int) -> bytes:
+        """The reply for query ``q`` in ``data``, TTLs decreased to ``now``; TC when over ``limit``."""
         if now != self._sec:
             self._patch(now)
+        name_end = q.name_end
+        edns = q.edns_size
         body = self._edns if edns else self._plain
         if data[2] & 0x01 and not data[3] & 0x10:  # RD set and CD clear, as in the stored reply: the common case
             resp = data[:2] + body[2:12] + data[12:name_end] + body[name_end:]
@@ -52,9 +58,11 @@ class CacheEntry:
             flags = (U16.unpack_from(body, 2)[0] & ~(RD | CD)) | (U16.unpack_from(data, 2)[0] & (RD | CD))
             resp = data[:2] + U16.pack(flags) + body[4:12] + data[12:name_end] + body[name_end:]
         if edns:
-            resp += opt_record(udp_size, do)
+            opt = _OPTS.get((udp_size, q.do))
+            if opt is None:
+                opt = _OPTS[(udp_size, q.do)] = opt_record(udp_size, q.do)
+            resp += opt
         if len(resp) > limit:
-            q = Query(U16.unpack_from(data)[0], U16.unpack_from(data, 2)[0], name_end, 0, 0, edns, do, 0)
             return truncated(data, q, self.flags, udp_size)
         return resp
 

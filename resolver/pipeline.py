@@ -55,6 +55,9 @@ _EDE_REFUSED = ede_option(EDE_PROHIBITED, "client not allowed")
 _EDE_UPSTREAM = ede_option(EDE_NO_REACHABLE_AUTHORITY, "no upstream answered")
 _EDE_INTERNAL = ede_option(EDE_OTHER, "internal error")
 _DO_KEY = (b"\x00", b"\x01")
+# Outcome kinds as plain ints: indexing a list with an IntEnum costs an __index__ call per packet.
+_BLOCKED, _CACHED, _FORWARDED, _REFUSED = int(Kind.BLOCKED), int(Kind.CACHED), int(Kind.FORWARDED), int(Kind.REFUSED)
+_FORMERR, _NOTIMP, _SERVFAIL, _DROPPED = int(Kind.FORMERR), int(Kind.NOTIMP), int(Kind.SERVFAIL), int(Kind.DROPPED)
 
 Answer = bytes | None | Coroutine[Any, Any, bytes | None]
 
@@ -95,6 +98,8 @@ class Pipeline:
         self.max_inflight = max_inflight
         self.cname_inspection = cname_inspection
         self.counters = counters or Counters()
+        self._counts = self.counters.counts
+        self._acl_memo = acl.memo
         self.wallclock = wallclock
         self.inflight: dict[bytes, asyncio.Future[CacheEntry]] = {}
         self.policy = self._prepare(EMPTY)
@@ -112,34 +117,26 @@ class Pipeline:
     # -- the pipeline ---------------------------------------------------------------------
 
     def answer(self, data: bytes, client: str, udp: bool) -> Answer:
-        """bytes to send now, None to send nothing, or a coroutine that resolves to either."""
-        counts = self.counters.counts
+        """bytes to send now, None to send nothing, or a coroutine that resolves to either.
+
+        This is the hot path: attribute lookups are hoisted, outcome kinds are plain ints and
+        the blocked branch is inlined, because every call here costs on every packet."""
+        counts = self._counts
         try:
             q = parse_query(data)
-        except Drop:
-            counts[Kind.DROPPED] += 1
-            return None
-        except NotImp:
-            counts[Kind.NOTIMP] += 1
-            return error_response(data, None, NOTIMP, self.udp_size)
-        except FormErr:
-            counts[Kind.FORMERR] += 1
-            return error_response(data, None, FORMERR, self.udp_size)
+        except WireError as exc:
+            return self._unreadable(data, exc)
         try:
             # 1. ACL first: a client we do not serve learns nothing, not even what is listed.
-            ok = self.acl.memo.get(client)
+            ok = self._acl_memo.get(client)
             if ok is None:
                 ok = self.acl.allowed(client)
             if not ok:
-                counts[Kind.REFUSED] += 1
+                counts[_REFUSED] += 1
                 return error_response(data, q, REFUSED, self.udp_size, _EDE_REFUSED if q.edns_size else b"")
             if q.edns_version:
-                counts[Kind.FORMERR] += 1
+                counts[_FORMERR] += 1
                 return error_response(data, q, BADVERS, self.udp_size)  # RFC 6891 6.1.3
-            if udp:
-                limit = min(q.edns_size, self.udp_size) if q.edns_size else 512
-            else:
-                limit = 65535
             name_end = q.name_end
             name = data[12:name_end].lower()
 
@@ -153,36 +150,61 @@ class Pipeline:
                 rid = get(listed)
                 if rid is not None:
                     if rid:  # 0 is an allowlist entry: not blocked, stop looking
-                        return self._blocked(data, q, name, client, pol, rid, off, listed, limit)
+                        sink = pol.sinks[rid]
+                        resp = sink.render(data, q, off)  # type: ignore[union-attr]
+                        counts[_BLOCKED] += 1
+                        self.recorder.record((self.wallclock(), client, name, q.qtype, sink.rule, listed, pol.version))  # type: ignore[union-attr]
+                        if len(resp) > 512 and udp and len(resp) > self._limit(q, udp):
+                            # only with many warning-page addresses
+                            return truncated(data, q, U16.unpack_from(resp, 2)[0], self.udp_size)
+                        return resp
                     break
                 off += name[off] + 1
 
             # 3. Cache: answers from upstream, TTLs decreased, the client's ID and letter case.
             key = name + data[name_end : name_end + 4] + _DO_KEY[q.do]
             cache = self.cache
-            now = cache.now()
+            now = int(cache.clock())
             entry = cache.get(key, now)
             if entry is not None:
                 if entry.cnames and self.cname_inspection:
-                    blocked = self._cname_block(data, q, name, client, entry, limit)
+                    blocked = self._cname_block(data, q, name, client, entry, self._limit(q, udp))
                     if blocked is not None:
                         return blocked
-                counts[Kind.CACHED] += 1
-                return entry.render(data, name_end, q.edns_size, q.do, now, self.udp_size, limit)
+                counts[_CACHED] += 1
+                return entry.render(data, q, now, self.udp_size, self._limit(q, udp))
         except Exception:
             return self._failed(data, q)
         # 4. Upstream: the only stage that waits.
-        return self._forward(data, q, name, key, client, limit)
+        return self._forward(data, q, name, key, client, self._limit(q, udp))
+
+    def _limit(self, q: Query, udp: bool) -> int:
+        """The largest answer this client can take: its EDNS size (at most ours), 512 without
+        EDNS, anything over TCP."""
+        if not udp:
+            return 65535
+        return min(q.edns_size, self.udp_size) if q.edns_size else 512
+
+    def _unreadable(self, data: bytes, exc: WireError) -> bytes | None:
+        if isinstance(exc, Drop):
+            self._counts[_DROPPED] += 1
+            return None
+        if isinstance(exc, NotImp):
+            self._counts[_NOTIMP] += 1
+            return error_response(data, None, NOTIMP, self.udp_size)
+        self._counts[_FORMERR] += 1
+        return error_response(data, None, FORMERR, self.udp_size)
 
     def _blocked(
         self, data: bytes, q: Query, name: bytes, client: str, pol: ActivePolicy, rid: int, off: int, listed: bytes, limit: int
     ) -> bytes:
+        """A sinkhole answer outside the hot loop (CNAME inspection)."""
         sink = pol.sinks[rid]
         assert sink is not None
-        resp = sink.render(data, q.qid, q.flags, q.name_end, q.qtype, q.edns_size, q.do, off)
-        self.counters.counts[Kind.BLOCKED] += 1
+        resp = sink.render(data, q, off)
+        self._counts[_BLOCKED] += 1
         self.recorder.record((self.wallclock(), client, name, q.qtype, sink.rule, listed, pol.version))
-        if len(resp) > limit:  # only with many warning-page addresses
+        if len(resp) > limit:
             return truncated(data, q, U16.unpack_from(resp, 2)[0], self.udp_size)
         return resp
 
@@ -200,11 +222,11 @@ class Pipeline:
         return None
 
     async def _forward(self, data: bytes, q: Query, name: bytes, key: bytes, client: str, limit: int) -> bytes | None:
-        counts = self.counters.counts
+        counts = self._counts
         fetch = self.inflight.get(key)
         if fetch is None:
             if len(self.inflight) >= self.max_inflight:
-                counts[Kind.SERVFAIL] += 1
+                counts[_SERVFAIL] += 1
                 return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
             # Identical questions in flight share one upstream exchange.
             fetch = asyncio.ensure_future(self._fetch(key, name, q.qtype, q.qclass, q.do))
@@ -214,7 +236,7 @@ class Pipeline:
             async with asyncio.timeout(self.deadline):
                 entry = await asyncio.shield(fetch)
         except (TimeoutError, UpstreamError, WireError) as exc:
-            counts[Kind.SERVFAIL] += 1
+            counts[_SERVFAIL] += 1
             log.debug("upstream failed", error=str(exc) or type(exc).__name__)
             return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
         except Exception:
@@ -224,8 +246,8 @@ class Pipeline:
                 blocked = self._cname_block(data, q, name, client, entry, limit)
                 if blocked is not None:
                     return blocked
-            counts[Kind.FORWARDED] += 1
-            return entry.render(data, q.name_end, q.edns_size, q.do, self.cache.now(), self.udp_size, limit)
+            counts[_FORWARDED] += 1
+            return entry.render(data, q, self.cache.now(), self.udp_size, limit)
         except Exception:
             return self._failed(data, q)
 
@@ -251,7 +273,7 @@ class Pipeline:
 
     def _failed(self, data: bytes, q: Query) -> bytes:
         """Our own bug: SERVFAIL and one log line with context, never a dead server."""
-        self.counters.counts[Kind.SERVFAIL] += 1
+        self._counts[_SERVFAIL] += 1
         log.exception("internal error answering query", qtype=q.qtype, size=len(data))
         return error_response(data, q, SERVFAIL, self.udp_size, _EDE_INTERNAL if q.edns_size else b"")
 

@@ -30,6 +30,7 @@ from resolver.wire import (
     U16,
     U32,
     ede_option,
+    Query,
     opt_record,
 )
 
@@ -80,9 +81,10 @@ class Sinkhole:
         self._opt = opt_record(udp_size, False, ede)
         self._opt_do = opt_record(udp_size, True, ede)
 
-    def render(self, data: bytes, qid: int, qflags: int, name_end: int, qtype: int, edns: int, do: bool, offset: int) -> bytes:
-        """The answer to the query in ``data``; ``offset`` is where the listed name starts in
+    def render(self, data: bytes, q: Query, offset: int) -> bytes:
+        """The answer to query ``q`` in ``data``; ``offset`` is where the listed name starts in
         the question name (the SOA of a negative answer is owned by the listed name)."""
+        qid, qflags, name_end, qtype, _qclass, edns, do, _version = q
         rcode, ancount, answers, soa = self._by_type.get(qtype, self._other)
         if soa:
             ptr = U16.pack(0xC00C + offset)

@@ -63,6 +63,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE daily_name (day integer, name integer, hits bigint NOT NULL, PRIMARY KEY (day, name));
     CREATE TABLE daily_net (day integer, net text, hits bigint NOT NULL, PRIMARY KEY (day, net));
     """,
+    # 2: which agency sets each name was hit under (serves name + agency filters).
+    """
+    CREATE TABLE name_rules (name integer, rule integer, PRIMARY KEY (name, rule));
+    INSERT INTO name_rules (name, rule) SELECT DISTINCT name, rule FROM hits;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -261,6 +266,12 @@ class PostgresStore(HitStore):
                     "INSERT INTO daily_net (day, net, hits) SELECT * FROM unnest($1::integer[], $2::text[], $3::bigint[]) "
                     "ON CONFLICT (day, net) DO UPDATE SET hits = daily_net.hits + excluded.hits",
                     [k[0] for k, _ in items], [k[1] for k, _ in items], [n for _, n in items],
+                )
+            if batch.name_rules:
+                nr = sorted(batch.name_rules)
+                await conn.execute(
+                    "INSERT INTO name_rules (name, rule) SELECT * FROM unnest($1::integer[], $2::integer[]) ON CONFLICT DO NOTHING",
+                    [a for a, _ in nr], [b for _, b in nr],
                 )
             if batch.first_seen:
                 fs = sorted(batch.first_seen.items())

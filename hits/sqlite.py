@@ -66,6 +66,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE daily_name (day INTEGER, name INTEGER, hits INTEGER NOT NULL, PRIMARY KEY (day, name)) WITHOUT ROWID;
     CREATE TABLE daily_net (day INTEGER, net TEXT, hits INTEGER NOT NULL, PRIMARY KEY (day, net)) WITHOUT ROWID;
     """,
+    # 2: which agency sets each name was hit under (serves name + agency filters).
+    """
+    CREATE TABLE name_rules (name INTEGER, rule INTEGER, PRIMARY KEY (name, rule)) WITHOUT ROWID;
+    INSERT INTO name_rules (name, rule) SELECT DISTINCT name, rule FROM hits;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -298,6 +303,8 @@ def _rollups(conn: sqlite3.Connection, batch: Batch) -> None:
         "INSERT INTO daily_net (day, net, hits) VALUES (?,?,?) ON CONFLICT (day, net) DO UPDATE SET hits = hits + excluded.hits",
         [(d, r, n) for (d, r), n in batch.daily_net.items()],
     )
+    if batch.name_rules:
+        conn.executemany("INSERT INTO name_rules (name, rule) VALUES (?,?) ON CONFLICT DO NOTHING", batch.name_rules)
     if batch.first_seen:
         conn.executemany(
             "INSERT INTO first_seen (name, ts) VALUES (?,?) ON CONFLICT (name) DO NOTHING", list(batch.first_seen.items())

@@ -21,7 +21,7 @@ from typing import Any
 from hits.chain import GENESIS, REFS, Row, digest, referenced
 from hits.query import DRIVE_MAX, INLINE_MAX, Filters, Resolved, hit_dict, name_rev, page_sql
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DAY_MS = 86_400_000
 KINDS = ("node", "client", "name", "rule", "policy")
 # kind -> (table, text column expression, key column)
@@ -49,6 +49,7 @@ class Batch:
     daily_name: dict[tuple[int, int], int] = field(default_factory=dict)  # (day, name) -> hits
     daily_net: dict[tuple[int, str], int] = field(default_factory=dict)  # (day, network) -> hits
     first_seen: dict[int, int] = field(default_factory=dict)  # name id -> ts ms
+    name_rules: list[tuple[int, int]] = field(default_factory=list)  # (name, rule) pairs new in this batch
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,20 @@ class HitStore(abc.ABC):
             if not ids:
                 return None
             out.append(Resolved("rule", tuple(ids)))
+        names = next((r for r in out if r.column == "name" and r.ids), None)
+        rules = next((r for r in out if r.column == "rule" and r.ids), None)
+        if names is not None and rules is not None:
+            # A name is hit under few agency sets: keep only names ever hit under a wanted one,
+            # so that "popular name AND other agency" does not walk all of that name's hits.
+            assert names.ids is not None and rules.ids is not None
+            pairs = await self.fetch(
+                f"SELECT DISTINCT name FROM name_rules WHERE name IN ({', '.join('?' * len(names.ids))}) "
+                f"AND rule IN ({', '.join('?' * len(rules.ids))})",
+                (*names.ids, *rules.ids),
+            )
+            if not pairs:
+                return None
+            out[out.index(names)] = Resolved("name", tuple(sorted(r[0] for r in pairs)))
         # Fewest ids first: the first short list drives the query through its index.
         out.sort(key=lambda r: len(r.ids) if r.ids is not None else DRIVE_MAX + 1)
         return out

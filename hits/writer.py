@@ -56,12 +56,14 @@ class HitWriter:
         self._policies: dict[int, int] = {}
         self._texts: dict[str, dict[int, str]] = {"node": {}, "client": {}, "name": {}, "rule": {}, "policy": {}}
         self._first_seen: set[int] = set()
+        self._name_rules: set[tuple[int, int]] = set()
 
     def _trim(self) -> None:
         if len(self._clients) > _MEMO_CAP or len(self._names) > _MEMO_CAP:
             self._clients.clear()
             self._names.clear()
             self._first_seen.clear()
+            self._name_rules.clear()
             for kind in ("client", "name"):
                 self._texts[kind].clear()
 
@@ -101,6 +103,9 @@ class HitWriter:
             out.daily_name[(day, name)] = out.daily_name.get((day, name), 0) + n
             net = nets.get(client, "") if nets is not None else self._net_of(client)
             out.daily_net[(day, net)] = out.daily_net.get((day, net), 0) + n
+        pairs = {(name, rule) for _day, name, rule, _client in keyed} - self._name_rules
+        if pairs:
+            out.name_rules = sorted(pairs)
         new_names = set(name_col) - self._first_seen
         if new_names:
             for r in rows:
@@ -108,7 +113,6 @@ class HitWriter:
                     prev = out.first_seen.get(r[3])
                     if prev is None or r[0] < prev:
                         out.first_seen[r[3]] = r[0]
-            self._first_seen.update(new_names)
         refs = {
             "node": {node},
             "client": set(client_col),
@@ -199,4 +203,7 @@ class HitWriter:
         if encoded is None:
             return 0
         self.store.write_batch(encoded)
+        # Remembered only once stored: a batch the store refused is encoded again on retry.
+        self._first_seen.update(encoded.first_seen)
+        self._name_rules.update(encoded.name_rules)
         return len(encoded.rows)

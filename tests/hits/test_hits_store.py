@@ -72,6 +72,9 @@ FILTER_CASES = [
     ({"since": str(T0 + 7200)}, []),
     ({"name": "casino.test", "client": "192.0.2.0/24", "qtype": "A"}, ["casino.test"]),
     ({"agency": "pl-mf", "since": str(T0 + 3)}, ["m.bet.test", "bet.test"]),
+    ({"name": "bet.test", "agency": "it-adm"}, ["m.bet.test", "bet.test"]),
+    ({"name": "bet.test", "agency": "cz-mf"}, []),
+    ({"name": "test", "agency": "cz-mf"}, ["poker.test", "xcasino.test"]),
 ]
 
 
@@ -215,7 +218,7 @@ async def test_aggregated_rows_keep_their_counts(store: HitStore, writer: HitWri
 
 async def test_schema_is_migrated_once_and_reopens(store: HitStore, writer: HitWriter, clock: Clock) -> None:
     await write(writer, [hit(T0, "192.0.2.1", "casino.test")])
-    assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("1",)]
+    assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("2",)]
     if store.kind == "sqlite":
         from hits.sqlite import SqliteStore
 
@@ -236,3 +239,22 @@ async def test_schema_is_migrated_once_and_reopens(store: HitStore, writer: HitW
     with pytest.raises(StoreError, match="99"):
         await newer.open()
     await newer.close()
+
+
+async def test_migration_from_version_1_keeps_the_hits(tmp_path, clock: Clock) -> None:
+    from hits.privacy import ClientPrivacy
+    from hits.sqlite import MIGRATIONS, SqliteStore
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "; INSERT INTO meta VALUES ('schema_version', '1');")
+    conn.close()
+    store = SqliteStore(path, clock=clock)
+    await store.open()
+    try:
+        w = HitWriter(store, ClientPrivacy("full"), "n")
+        await write(w, [hit(T0, "192.0.2.1", "bet.test", rule=PL_IT)])
+        assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("2",)]
+        assert [h["name"] for h in (await store.page(Filters(name="bet.test", agency="it-adm")))[0]] == ["bet.test"]
+    finally:
+        await store.close()

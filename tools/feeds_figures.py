@@ -227,9 +227,11 @@ async def _swap(cfg: Path, http_port: int, dns_port: int, token: str, qfile: Pat
         done = re.search(r"Queries completed:\s+(\d+)", out)
         lost = re.search(r"Queries lost:\s+(\d+)", out)
         qps = re.search(r"Queries per second:\s+([\d.]+)", out)
+        lat = re.search(r"Average Latency \(s\):\s+([\d.]+) \(min ([\d.]+), max ([\d.]+)\)", out)
         print(f"swap: 10 PUTs of the push list under dnsperf load ({qps.group(1) if qps else '?'} qps over 25 s): "
               f"sent {sent.group(1) if sent else '?'}, completed {done.group(1) if done else '?'}, "
-              f"lost {lost.group(1) if lost else '?'}; PUT answered in {min(times) * 1000:.0f}-{max(times) * 1000:.0f} ms")
+              f"lost {lost.group(1) if lost else '?'}; latency avg {float(lat.group(1)) * 1000 if lat else 0:.2f} ms, "
+              f"max {float(lat.group(3)) * 1000 if lat else 0:.0f} ms; PUT answered in {min(times) * 1000:.0f}-{max(times) * 1000:.0f} ms")
     finally:
         proc.terminate()
         await proc.wait()

@@ -37,11 +37,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from config.settings import INTEGRITY_OPTION, AgencySettings, Settings, SourceSettings
 from feeds import persist
-from feeds.compile import AgencyList, PlainList, Timed, allow_names, compile_lists, read_plain
+from feeds.compile import (
+    AgencyList,
+    Compiled,
+    PlainList,
+    Timed,
+    allow_names,
+    compile_lists,
+    patch_snapshot,
+    read_plain,
+)
 from feeds.entry import MAX_REJECT_TEXT, Entry, FeedError, Reject, clip
 from feeds.fetch import FetchError, fetch
 from feeds.guard import Change, Protected, entry_refusal, quarantine_reason
-from feeds.lists import Key, SourceList, diff, to_wire
+from feeds.lists import Key, ListDiff, SourceList, diff, to_wire
 from feeds.normalize import InvalidName, normalize_detail
 from feeds.snapshot import PolicySnapshot
 from feeds.store import FeedStore, VersionInfo, iso
@@ -49,6 +58,7 @@ from feeds.store import FeedStore, VersionInfo, iso
 log = structlog.get_logger("betblock.feeds")
 
 STORE_FILE = "feeds.sqlite"
+PATCH_LIMIT = 50_000  # changed names up to which a snapshot is patched rather than recompiled
 MAX_REJECTS_SHOWN = 1000
 
 
@@ -200,6 +210,10 @@ class FeedManager:
         self._lock = asyncio.Lock()  # one update at a time
         self._compile_lock = asyncio.Lock()
         self._gen = 0  # bumped by every change of what a compile reads
+        # Names whose listing changed since the last compile, when nothing else did (then the
+        # next snapshot is patched from the last one); None: compile everything.
+        self._dirty: set[bytes] | None = None
+        self.patches = 0
         self._compiled_gen = -1
         self._last_version = 0
         self._timer_wake = asyncio.Event()
@@ -313,7 +327,7 @@ class FeedManager:
             self.admin_allow = [to_wire(row["name"].encode("ascii")) for row in store.allowlist()]
 
         await asyncio.to_thread(load)
-        self._gen += 1
+        self._changed()
 
     def _read_policy_files(self) -> None:
         """The configured allowlist and protected names (inline and files)."""
@@ -337,7 +351,7 @@ class FeedManager:
             log.error("reload: cannot read policy files; keeping the current ones", error=str(exc))
         await self.loaded.wait()
         await self._refresh_files()
-        self._gen += 1
+        self._changed()
         await self.compile()
 
     # -- sources --------------------------------------------------------------------------
@@ -572,7 +586,7 @@ class FeedManager:
         rt.set_list(new)
         rt.version, rt.sha256, rt.last_change = v, info.sha256, info.received_at
         rt.pending_version = rt.pending_sha = rt.pending_reason = None
-        self._gen += 1
+        self._changed(d)
         await write(lambda: self._audit(info.actor, "update applied", rt.agency.id, v, source=rt.key,
                                         sha256=info.sha256, added=d.n_added, removed=d.n_removed, changed=d.changed,
                                         entries=len(new)))
@@ -691,7 +705,7 @@ class FeedManager:
             rt.set_list(new)
             rt.version, rt.sha256, rt.last_change = version, row["sha256"], now
             rt.pending_version = rt.pending_sha = rt.pending_reason = None
-            self._gen += 1
+            self._changed()
             await asyncio.to_thread(self._audit, actor, "quarantine approved", agency, version, source=rt.key,
                                     added=d.n_added, removed=d.n_removed, changed=d.changed)
         await self.compile()
@@ -724,7 +738,7 @@ class FeedManager:
         if added:
             self.admin_allow = self.admin_allow + [to_wire(name.encode("ascii"))]
             await asyncio.to_thread(self._audit, actor, "allowlist add", None, None, name=name, note=note)
-            self._gen += 1
+            self._changed()
             await self.compile()
         return {"name": name, "added": added}
 
@@ -736,7 +750,7 @@ class FeedManager:
             wire = to_wire(name.encode("ascii"))
             self.admin_allow = [w for w in self.admin_allow if w != wire]
             await asyncio.to_thread(self._audit, actor, "allowlist remove", None, None, name=name)
-            self._gen += 1
+            self._changed()
             await self.compile()
         return {"name": name, "removed": removed}
 
@@ -754,22 +768,46 @@ class FeedManager:
             if not force and self._compiled_gen >= wanted and self.snapshot is not None:
                 return self.snapshot
             gen = self._gen
+            dirty, self._dirty = self._dirty, set()
             lists = [
                 AgencyList(rt.agency, rt.current.plain, rt.timed) for rt in self.sources.values()
             ]
             allow = self.allow + self.admin_allow
             now = self.clock()
             version = max(self._last_version + 1, int(now * 1000))
+            ttl = self.settings.policy.sinkhole_ttl
             started = time.perf_counter()
-            compiled = await asyncio.to_thread(
-                compile_lists, lists, allow, self.settings.policy.sinkhole_ttl, version=version, now=now
-            )
+            try:
+                patched = None
+                if dirty is not None and not force and self.snapshot is not None:
+                    patched = await asyncio.to_thread(
+                        patch_snapshot, self.snapshot, lists, frozenset(allow), dirty, ttl, version=version
+                    )
+                if patched is not None:
+                    compiled = Compiled(patched, self.next_change)
+                    self.patches += 1
+                else:
+                    compiled = await asyncio.to_thread(compile_lists, lists, allow, ttl, version=version, now=now)
+            except BaseException:
+                self._dirty = None  # what changed is no longer known: compile everything next time
+                raise
             self.compile_seconds = time.perf_counter() - started
             self.compiles += 1
             self._compiled_gen = gen
             self._publish(compiled.snapshot, compiled.next_change)
             self._save_later(compiled.snapshot, compiled.next_change)
             return compiled.snapshot
+
+    def _changed(self, d: ListDiff | None = None) -> None:
+        """Something a compile reads changed: ``d`` when only one source's plain names did."""
+        self._gen += 1
+        if d is None or d.added_rich or d.removed_rich or self._dirty is None:
+            self._dirty = None
+            return
+        self._dirty |= d.added_plain
+        self._dirty |= d.removed_plain
+        if len(self._dirty) > PATCH_LIMIT:
+            self._dirty = None
 
     def _publish(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
         self._install(snapshot)
@@ -804,7 +842,7 @@ class FeedManager:
         """Recompile when a listing or removal date has passed; True when it did."""
         if self.next_change is None or self.next_change > self.clock():
             return False
-        self._gen += 1
+        self._changed()
         await self.compile()
         return True
 

@@ -216,3 +216,63 @@ def test_saved_snapshot_round_trips_and_refuses_what_it_should(tmp_path: typing.
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     assert persist.load(path, "fp", NOW) is None  # truncated
     assert persist.load(tmp_path / "missing", "fp", NOW) is None
+
+
+UNIVERSE = ["a.test", "x.a.test", "y.x.a.test", "b.test", "c.b.test", "d.test", "e.test", "f.e.test"]
+
+
+def _meaning(snap: typing.Any) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for n in UNIVERSE + ["q." + n for n in UNIVERSE]:
+        m = snap.match(w(n))
+        out[n] = None if m is None else (m.rule.agencies, m.rule.action, m.rule.ipv4, m.listed)
+    return out
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.lists(st.sets(st.sampled_from(UNIVERSE)), min_size=3, max_size=3),
+    st.sets(st.sampled_from(UNIVERSE + ["q.a.test"]), max_size=2),
+    st.lists(st.tuples(st.integers(0, 2), st.sets(st.sampled_from(UNIVERSE))), min_size=1, max_size=6),
+    st.permutations([0, 10, 20]),
+)
+def test_patching_a_snapshot_equals_compiling_it(
+    initial: list[set[str]], allow: set[str], steps: list[tuple[int, set[str]]], prec: list[int]
+) -> None:
+    ags = [
+        agency("a0", prec[0], "nxdomain"),
+        agency("a1", prec[1], "redirect", redirect_ipv4=["192.0.2.1"]),
+        agency("a2", prec[2], "nodata"),
+    ]
+    current = [frozenset(w(n) for n in names) for names in initial]
+    allow_w = frozenset(w(n) for n in allow)
+    snap = compile_lists([AgencyList(a, c) for a, c in zip(ags, current)], allow_w, 300, now=NOW).snapshot
+    for i, names in steps:
+        new = frozenset(w(n) for n in names)
+        dirty = current[i] ^ new
+        current[i] = new
+        lists = [AgencyList(a, c) for a, c in zip(ags, current)]
+        patched = compile_patch(snap, lists, allow_w, dirty)
+        full = compile_lists(lists, allow_w, 300, now=NOW).snapshot
+        assert _meaning(patched) == _meaning(full)
+        assert patched.stats["entries"] == full.stats["entries"]
+        snap = patched
+
+
+def compile_patch(prev: typing.Any, lists: list[AgencyList], allow: frozenset[bytes], dirty: set[bytes]) -> typing.Any:
+    from feeds.compile import patch_snapshot
+
+    out = patch_snapshot(prev, lists, allow, dirty, 300, version=prev.version + 1)
+    assert out is not None
+    return out
+
+
+def test_patching_declines_what_it_cannot_do_exactly() -> None:
+    from feeds.compile import patch_snapshot
+
+    a = agency("a")
+    base = compile_lists([AgencyList(a, [w("x.test")])], [], 300, now=NOW).snapshot
+    dated = [AgencyList(a, [w("x.test")], [Timed(w("y.test"), end=NOW + 5)])]
+    assert patch_snapshot(base, dated, frozenset(), {w("y.test")}, 300, version=2) is None
+    excepted = [AgencyList(a, [w("x.test")], [Timed(w("z.test"), allow=True)])]
+    assert patch_snapshot(base, excepted, frozenset(), {w("x.test")}, 300, version=2) is None

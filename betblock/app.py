@@ -133,7 +133,10 @@ class App:
                     "action": a["action"],
                     "sources": len(sources),
                     "entries": a["entries"],
-                    "last success": min((s["last_success"] or "never" for s in sources), default=""),
+                    # The oldest good fetch of its sources: the one a deadline runs out on first.
+                    "last success": "never"
+                    if any(s["last_success"] is None for s in sources)
+                    else min((s["last_success"] for s in sources), default=""),
                     "failing": ", ".join(a["failing"]),
                     "quarantined": ", ".join(f"v{q['version']}" for q in a["quarantined"]),
                     "policy version": policy["version"],

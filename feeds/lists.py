@@ -247,8 +247,9 @@ def _first(items: Iterable[bytes], n: int) -> list[bytes]:
 
 def diff(old: SourceList, new: SourceList) -> ListDiff:
     """What ``new`` adds to and removes from ``old``."""
-    added_plain = new.plain - old.plain
-    removed_plain = old.plain - new.plain
+    # A first version adds everything: share the set rather than copy a million entries.
+    added_plain = new.plain - old.plain if old.plain else new.plain
+    removed_plain = old.plain - new.plain if new.plain else old.plain
     added_rich = [e for key, e in new.rich.items() if old.rich.get(key) != e]
     removed_rich = [e for key, e in old.rich.items() if new.rich.get(key) != e]
     # A listing that moved between plain and rich, or whose data changed, is one change.

@@ -217,7 +217,8 @@ class FeedManager:
         self._compiled_gen = -1
         self._last_version = 0
         self._timer_wake = asyncio.Event()
-        self._persist_task: asyncio.Task[None] | None = None
+        self._persist_task: asyncio.Future[None] | None = None
+        self._to_save: tuple[PolicySnapshot, float | None] | None = None
         self._session: aiohttp.ClientSession | None = None
         # Store writes of the lists read at start-up, done after the first snapshot is
         # installed (a million-row first version costs seconds the resolver need not wait).
@@ -817,19 +818,21 @@ class FeedManager:
         self._timer_wake.set()
 
     def _save_later(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
-        previous = self._persist_task
+        """Save the latest snapshot in the background; a snapshot superseded before its turn is
+        never written (nor kept in memory for it)."""
+        self._to_save = (snapshot, next_change)
+        if self._persist_task is None or self._persist_task.done():
+            self._persist_task = asyncio.ensure_future(self._saver())
 
-        async def save() -> None:
-            if previous is not None:
-                await previous
-            if self.snapshot is not snapshot:
-                return  # a newer one is on its way to disk
+    async def _saver(self) -> None:
+        while self._to_save is not None:
+            snapshot, next_change = self._to_save
+            self._to_save = None
             try:
                 await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change)
             except Exception as exc:  # a restart then compiles from the store instead
                 log.error("cannot save the compiled snapshot", path=str(self.snapshot_path), error=str(exc))
-
-        self._persist_task = asyncio.ensure_future(save())
+            del snapshot
 
     async def flush(self) -> None:
         """Wait until the start-up lists are in the store and the latest snapshot is on disk."""

@@ -273,20 +273,32 @@ async def _with_upstream(cfg: Path, http_port: int, dns_port: int, token: str) -
     cfg.write_text(cfg.read_text().replace("UPSTREAM", upstream.address))
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg), cwd=ROOT)
     try:
-        await _put_figures(http_port, dns_port, token)
+        await _put_figures(http_port, dns_port, token, proc.pid)
     finally:
         proc.terminate()
         await proc.wait()
         await upstream.stop()
 
 
-async def _put_figures(http_port: int, dns_port: int, token: str) -> None:
+def _rss(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            yield_ = line.split()
+            _RSS[yield_[0]] = int(yield_[1]) // 1024
+    return f"RSS {_RSS.get('VmRSS:')} MB (peak {_RSS.get('VmHWM:')} MB)"
+
+
+_RSS: dict[str, int] = {}
+
+
+async def _put_figures(http_port: int, dns_port: int, token: str, pid: int) -> None:
     import aiohttp
     import dns.asyncquery
     import dns.message
 
     async with aiohttp.ClientSession() as s:
         await _ready(s, http_port)
+        print(f"put: server ready, {_rss(pid)}")
         names = [f"seed{i}.push.test" for i in range(50)]
         for round_ in range(5):
             name = f"new{round_}.push.test"
@@ -308,6 +320,7 @@ async def _put_figures(http_port: int, dns_port: int, token: str) -> None:
                   f"first sinkholed answer after {first * 1000:.0f} ms"
                   + (" (waited for the start-up store write)" if round_ == 0 and done > 1 else ""))
             resp.release()
+        print(f"put: server after the PUTs, {_rss(pid)}")
 
 
 def main() -> None:

@@ -149,8 +149,10 @@ class HitStore(abc.ABC):
             if not pairs:
                 return None
             out[out.index(names)] = Resolved("name", tuple(sorted(r[0] for r in pairs)))
-        # Fewest ids first: the first short list drives the query through its index.
-        out.sort(key=lambda r: len(r.ids) if r.ids is not None else DRIVE_MAX + 1)
+        # The first short list drives the query through its index: names are the most selective
+        # column (a name has few hits next to an agency), then clients, then agency sets.
+        priority = {"name": 0, "client": 1, "rule": 2}
+        out.sort(key=lambda r: (r.ids is None or len(r.ids) > DRIVE_MAX, priority[r.column]))
         return out
 
     async def _id_bounds(self, f: Filters) -> tuple[int | None, int | None]:

@@ -259,9 +259,17 @@ def csv_header() -> bytes:
     return (",".join(HIT_FIELDS) + "\r\n").encode()
 
 
+def _cell(v: Any) -> Any:
+    # A spreadsheet runs a cell that starts with one of these as a formula; a queried name
+    # may start with '-'.
+    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + v
+    return v
+
+
 def csv_rows(hits: Sequence[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf)
     for h in hits:
-        w.writerow([" ".join(h[k]) if k == "agencies" else h[k] for k in HIT_FIELDS])
+        w.writerow([_cell(" ".join(h[k]) if k == "agencies" else h[k]) for k in HIT_FIELDS])
     return buf.getvalue().encode()

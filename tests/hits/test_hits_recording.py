@@ -179,3 +179,11 @@ async def test_shutdown_flush_writes_every_buffered_hit(tmp_path: Path) -> None:
         await log.close()
 
 
+
+
+def test_csv_cells_never_start_a_formula() -> None:
+    from hits.query import csv_rows
+
+    row = {"id": 1, "time": "t", "node": "n", "client": "=cmd()", "name": "-x.casino.test", "qtype": "A",
+           "listed": "casino.test", "agency": "pl-mf", "agencies": ["pl-mf"], "action": "redirect", "policy_version": 1, "count": 1}
+    assert csv_rows([row]).decode().split(",")[3:5] == ["'=cmd()", "'-x.casino.test"]

@@ -41,6 +41,7 @@ async def test_serve_answers_and_sigterm_flushes_hits(tmp_path: Path) -> None:
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(
         f"""
+data_dir = "{tmp_path / 'var'}"
 [dns]
 listen = ["127.0.0.1:{port}"]
 [http]

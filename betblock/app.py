@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import structlog
 
+from betblock import compliance
 from betblock.http import HttpMount, HttpServer, build_app
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.warning import Provenance, WarningPage
@@ -39,7 +41,12 @@ class App:
     """One betblock node. ``start`` makes it answer; ``stop`` drains it."""
 
     def __init__(
-        self, settings: Settings, *, handle_signals: bool = True, http_mounts: Iterable[HttpMount] = ()
+        self,
+        settings: Settings,
+        *,
+        handle_signals: bool = True,
+        http_mounts: Iterable[HttpMount] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.handle_signals = handle_signals
@@ -62,7 +69,7 @@ class App:
         )
         self.server = DnsServer(settings.dns, self.pipeline.answer)
         # The feeds control plane: sources, store, guardrails, compile; it installs snapshots.
-        self.feeds = FeedManager(settings, self.pipeline.install)
+        self.feeds = FeedManager(settings, self.pipeline.install, clock=clock)
         # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
         self.http_mounts: list[HttpMount] = list(http_mounts)
         # Owners add metric families here (feed status, hit store); read at scrape time.
@@ -77,6 +84,9 @@ class App:
                 recorder_stats=self.recorder.stats,
                 retention_days=settings.hits.retention_days,
             )
+        )
+        self.http_mounts.append(
+            compliance.mount(self.feeds, settings, lambda: compliance.query_address(*self.server.bound[0]))
         )
         self.http_mounts.append(mount_metrics(self))
         self.http: HttpServer | None = None

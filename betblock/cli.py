@@ -1,4 +1,4 @@
-"""The ``betblock`` command line: serve, check-config, config-doc, feeds, lookup, token-hash, hits.
+"""The ``betblock`` command line: serve, check-config, config-doc, feeds, lookup, token-hash, compliance, hits.
 
 Owns argument parsing and exit codes only; the work is done by the composition root and the
 owners of each subcommand.
@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands their arguments to feeds.cli.
     sub.add_parser("lookup", help="why is a name blocked or not (betblock lookup NAME)", add_help=False)
     sub.add_parser("token-hash", help="make an agency push token and its SHA-256", add_help=False)
+    sub.add_parser(
+        "compliance", help="compliance report or self-test of an agency (betblock compliance --help)", add_help=False
+    )
     # Listed for --help; main() hands everything after "hits" to hits.cli.
     sub.add_parser("hits", help="read, export and verify the hit log (betblock hits --help)", add_help=False)
     return p
@@ -39,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from hits.cli import main as hits_main
 
         return hits_main(argv[1:])
+    if argv and argv[0] == "compliance":
+        from betblock.compliance import main as compliance_main
+
+        return compliance_main(argv[1:])
     if argv and argv[0] in ("lookup", "token-hash"):
         from feeds import cli as feeds_cli
 

@@ -215,6 +215,7 @@ class FeedManager:
         self._dirty: set[bytes] | None = None
         self.patches = 0
         self._compiled_gen = -1
+        self._dates_at = 0.0  # when the last full compile evaluated listing and removal dates
         self._last_version = 0
         self._timer_wake = asyncio.Event()
         self._persist_task: asyncio.Future[None] | None = None
@@ -246,6 +247,10 @@ class FeedManager:
         saved = await asyncio.to_thread(persist.load, self.snapshot_path, self.fingerprint, self.clock())
         if saved is not None:
             self._publish(saved, None)
+            # No date has passed since it was compiled: its dated decisions hold as of now.
+            self._dates_at = self.clock()
+            # Already recorded by the run that compiled it, unless that run died first.
+            await self._record_install(saved.version, self._dates_at, self.clock(), [])
             log.info("policy installed from the saved snapshot", version=saved.version,
                      seconds=round(time.perf_counter() - started, 3), **saved.stats)
             return saved
@@ -774,6 +779,8 @@ class FeedManager:
                 AgencyList(rt.agency, rt.current.plain, rt.timed) for rt in self.sources.values()
             ]
             allow = self.allow + self.admin_allow
+            # The versions this compile reads, for the compliance record of its install.
+            versions = [(aid, key, rt.version) for (aid, key), rt in self.sources.items() if rt.version is not None]
             now = self.clock()
             version = max(self._last_version + 1, int(now * 1000))
             ttl = self.settings.policy.sinkhole_ttl
@@ -787,8 +794,10 @@ class FeedManager:
                 if patched is not None:
                     compiled = Compiled(patched, self.next_change)
                     self.patches += 1
+                    dates_at = self._dates_at  # a patch keeps the last compile's dated decisions
                 else:
                     compiled = await asyncio.to_thread(compile_lists, lists, allow, ttl, version=version, now=now)
+                    dates_at = now
             except BaseException:
                 self._dirty = None  # what changed is no longer known: compile everything next time
                 raise
@@ -796,8 +805,23 @@ class FeedManager:
             self.compiles += 1
             self._compiled_gen = gen
             self._publish(compiled.snapshot, compiled.next_change)
+            installed = self.clock()
+            self._dates_at = dates_at
             self._save_later(compiled.snapshot, compiled.next_change)
+            await self._record_install(compiled.snapshot.version, dates_at, installed, versions)
             return compiled.snapshot
+
+    async def _record_install(
+        self, snapshot: int, dates_at: float, installed: float, versions: list[tuple[str, str, int]]
+    ) -> None:
+        """Record for the compliance report that ``snapshot`` went live (after the swap: the
+        resolver never waits for it)."""
+        if self.store is None:
+            return
+        try:
+            await asyncio.to_thread(self.store.record_install, snapshot, dates_at, installed, versions)
+        except Exception:  # the snapshot is in force; only the evidence of it is missing
+            log.exception("cannot record a snapshot install in the feed store", version=snapshot)
 
     def _changed(self, d: ListDiff | None = None) -> None:
         """Something a compile reads changed: ``d`` when only one source's plain names did."""

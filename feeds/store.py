@@ -16,6 +16,10 @@ Owns the schema and every query on it:
 - ``sources``: fetch state per source (ETag, Last-Modified, last success and error).
 - ``allowlist``: names an admin allowlisted through the API.
 - ``audit``: who changed what and when.
+- ``installs`` and ``installed_versions``: every snapshot installed in the resolver (its version,
+  the time its listing and removal dates were evaluated, the time it went live) and, per source
+  version, the first snapshot that enforced it: the compliance report's "enforced at" and
+  "lifted at" (``feeds/compliance.py``).
 
 Blocking calls: the caller runs them in a thread. One connection guarded by a lock; WAL so
 that ``betblock lookup`` can read while the server writes. Must not import aiohttp or resolver
@@ -128,6 +132,19 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS audit_agency ON audit(agency, id);
+CREATE TABLE IF NOT EXISTS installs (
+    snapshot INTEGER PRIMARY KEY,
+    dates_at REAL NOT NULL,
+    installed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS installed_versions (
+    agency TEXT NOT NULL,
+    source TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    snapshot INTEGER NOT NULL,
+    installed_at REAL NOT NULL,
+    PRIMARY KEY (agency, source, version)
+);
 """
 
 MAX_STORED_REJECTS = 1000
@@ -424,6 +441,61 @@ class FeedStore:
             item["name"] = from_wire(item["name"])
             out.append(item)
         return out
+
+    def compliance_entries(self, agency: str) -> list[dict[str, Any]]:
+        """Every listing row of an agency (exceptions left out), oldest first, with the receipt
+        time of the version that added it and of the one that dropped it."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT e.source, e.name, e.wildcard, e.listed_at, e.removed_at, e.legal_ref, e.source_id, "
+                "e.added_version, e.added_at, e.dropped_version, e.dropped_at, "
+                "va.received_at AS added_received, vd.received_at AS dropped_received "
+                "FROM entries e "
+                "LEFT JOIN versions va ON va.agency = e.agency AND va.version = e.added_version "
+                "LEFT JOIN versions vd ON vd.agency = e.agency AND vd.version = e.dropped_version "
+                "WHERE e.agency = ? AND e.allow = 0 ORDER BY e.rowid",
+                (agency,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- installs -----------------------------------------------------------------------
+
+    def record_install(
+        self, snapshot: int, dates_at: float, installed_at: float, versions: Iterable[tuple[str, str, int]]
+    ) -> None:
+        """A snapshot went live; each (agency, source, version) it holds is recorded unless an
+        earlier snapshot already enforced it (the first one is the one that counts)."""
+        with self.lock, self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO installs (snapshot, dates_at, installed_at) VALUES (?,?,?)",
+                (snapshot, dates_at, installed_at),
+            )
+            self.db.executemany(
+                "INSERT OR IGNORE INTO installed_versions (agency, source, version, snapshot, installed_at) VALUES (?,?,?,?,?)",
+                ((a, s, v, snapshot, installed_at) for a, s, v in versions),
+            )
+
+    def installs(self) -> list[tuple[int, float, float]]:
+        """(snapshot, dates_at, installed_at) of every install, in order."""
+        with self.lock:
+            try:
+                return [tuple(r) for r in self.db.execute("SELECT snapshot, dates_at, installed_at FROM installs ORDER BY snapshot")]  # type: ignore[misc]
+            except sqlite3.OperationalError:  # a read-only store written before installs were recorded
+                return []
+
+    def installed_versions(self, agency: str) -> list[tuple[str, int, int]]:
+        """(source, version, first snapshot) of every enforced version of an agency."""
+        with self.lock:
+            try:
+                return [
+                    tuple(r)  # type: ignore[misc]
+                    for r in self.db.execute(
+                        "SELECT source, version, snapshot FROM installed_versions WHERE agency = ? ORDER BY source, version",
+                        (agency,),
+                    )
+                ]
+            except sqlite3.OperationalError:
+                return []
 
     # -- sources ------------------------------------------------------------------------
 

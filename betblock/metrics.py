@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 from resolver.outcome import Kind
+from resolver.pipeline import LATENCY_BOUNDS
 
 if TYPE_CHECKING:
     from betblock.app import App
@@ -60,6 +62,17 @@ class AppCollector(Collector):
             value=app.upstream.ignored_replies,
         )
         yield GaugeMetricFamily("betblock_upstream_inflight", "Distinct questions waiting on upstreams", value=len(pipeline.inflight))
+        latency = pipeline.latency
+        buckets, total = [], 0
+        for bound, n in zip((*LATENCY_BOUNDS, float("inf")), list(latency.counts)):
+            total += n
+            buckets.append((floatToGoString(bound), total))
+        yield HistogramMetricFamily(
+            "betblock_forward_latency_seconds",
+            "Time to answer queries that missed the cache (upstream wait included); blocked and cached answers are not timed",
+            buckets=buckets,
+            sum_value=latency.sum,
+        )
 
         policy = pipeline.policy.snapshot
         yield GaugeMetricFamily("betblock_policy_version", "Version of the policy snapshot in force", value=policy.version)

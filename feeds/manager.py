@@ -958,6 +958,12 @@ class FeedManager:
         quarantined = GaugeMetricFamily("betblock_feed_quarantined", "1 when a version waits for an admin", labels=labels)
         overdue = GaugeMetricFamily("betblock_feed_overdue", "1 when not refreshed within the agency's legal deadline", labels=labels)
         fetches = CounterMetricFamily("betblock_feed_updates", "Fetches, reads and pushes by result", labels=[*labels, "result"])
+        age = GaugeMetricFamily(
+            "betblock_feed_age_seconds", "Seconds since the last good fetch or read (sources never fetched are left out)", labels=labels
+        )
+        error = GaugeMetricFamily(
+            "betblock_feed_last_error_info", "1 per failing source, its last error in the label", labels=[*labels, "error"]
+        )
         now = self.clock()
         for (aid, key), rt in self.sources.items():
             lv = [aid, key]
@@ -968,9 +974,13 @@ class FeedManager:
             failures.add_metric(lv, rt.failures)
             quarantined.add_metric(lv, 1 if rt.pending_version is not None else 0)
             overdue.add_metric(lv, 1 if st["overdue"] else 0)
+            if rt.last_success is not None:
+                age.add_metric(lv, max(0.0, now - rt.last_success))
+            if rt.last_error:
+                error.add_metric([*lv, rt.last_error[:200]], 1)
             for result, n in rt.fetches.items():
                 fetches.add_metric([*lv, result], n)
-        yield from (entries, version, success, failures, quarantined, overdue, fetches)
+        yield from (entries, version, success, failures, quarantined, overdue, fetches, age, error)
         yield GaugeMetricFamily(
             "betblock_policy_compile_seconds", "Duration of the last compile", value=self.compile_seconds or 0.0
         )

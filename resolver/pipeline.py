@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,25 @@ _FORMERR, _NOTIMP, _SERVFAIL, _DROPPED = int(Kind.FORMERR), int(Kind.NOTIMP), in
 
 Answer = bytes | None | Coroutine[Any, Any, bytes | None]
 
+# Upper bounds (seconds) of the forwarded-latency buckets; the last bucket is +Inf.
+LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class LatencyCounts:
+    """Time to answer queries that missed the cache, as plain bucket counts (a metrics
+    collector turns them into a histogram at scrape time). Blocked and cached answers are not
+    timed: they never wait."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)  # per bucket, not cumulative
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        self.sum += seconds
+
 
 @dataclass(frozen=True, slots=True)
 class ActivePolicy:
@@ -102,6 +122,7 @@ class Pipeline:
         self._acl_memo = acl.memo
         self.wallclock = wallclock
         self.inflight: dict[bytes, asyncio.Future[CacheEntry]] = {}
+        self.latency = LatencyCounts()
         self.policy = self._prepare(EMPTY)
 
     # -- policy ---------------------------------------------------------------------------
@@ -222,34 +243,38 @@ class Pipeline:
         return None
 
     async def _forward(self, data: bytes, q: Query, name: bytes, key: bytes, client: str, limit: int) -> bytes | None:
-        counts = self._counts
-        fetch = self.inflight.get(key)
-        if fetch is None:
-            if len(self.inflight) >= self.max_inflight:
+        started = time.perf_counter()  # a cache miss: timed for the latency histogram
+        try:
+            counts = self._counts
+            fetch = self.inflight.get(key)
+            if fetch is None:
+                if len(self.inflight) >= self.max_inflight:
+                    counts[_SERVFAIL] += 1
+                    return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
+                # Identical questions in flight share one upstream exchange.
+                fetch = asyncio.ensure_future(self._fetch(key, name, q.qtype, q.qclass, q.do))
+                self.inflight[key] = fetch
+                fetch.add_done_callback(self._fetch_done(key))
+            try:
+                async with asyncio.timeout(self.deadline):
+                    entry = await asyncio.shield(fetch)
+            except (TimeoutError, UpstreamError, WireError) as exc:
                 counts[_SERVFAIL] += 1
+                log.debug("upstream failed", error=str(exc) or type(exc).__name__)
                 return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
-            # Identical questions in flight share one upstream exchange.
-            fetch = asyncio.ensure_future(self._fetch(key, name, q.qtype, q.qclass, q.do))
-            self.inflight[key] = fetch
-            fetch.add_done_callback(self._fetch_done(key))
-        try:
-            async with asyncio.timeout(self.deadline):
-                entry = await asyncio.shield(fetch)
-        except (TimeoutError, UpstreamError, WireError) as exc:
-            counts[_SERVFAIL] += 1
-            log.debug("upstream failed", error=str(exc) or type(exc).__name__)
-            return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
-        except Exception:
-            return self._failed(data, q)
-        try:
-            if entry.cnames and self.cname_inspection:
-                blocked = self._cname_block(data, q, name, client, entry, limit)
-                if blocked is not None:
-                    return blocked
-            counts[_FORWARDED] += 1
-            return entry.render(data, q, self.cache.now(), self.udp_size, limit)
-        except Exception:
-            return self._failed(data, q)
+            except Exception:
+                return self._failed(data, q)
+            try:
+                if entry.cnames and self.cname_inspection:
+                    blocked = self._cname_block(data, q, name, client, entry, limit)
+                    if blocked is not None:
+                        return blocked
+                counts[_FORWARDED] += 1
+                return entry.render(data, q, self.cache.now(), self.udp_size, limit)
+            except Exception:
+                return self._failed(data, q)
+        finally:
+            self.latency.observe(time.perf_counter() - started)
 
     def _fetch_done(self, key: bytes) -> Callable[[asyncio.Future[CacheEntry]], None]:
         def done(fetch: asyncio.Future[CacheEntry]) -> None:

@@ -34,16 +34,24 @@ def referenced(rows: Sequence[Row]) -> dict[str, set[int]]:
     return out
 
 
-def digest(prev: bytes, rows: Sequence[Row], texts: Mapping[str, Mapping[int, str]]) -> bytes:
-    """sha256 over prev, the rows in id order, and the referenced dictionary texts."""
+def text_line(kind: str, ident: int, text: str) -> bytes:
+    """One dictionary entry as the digest covers it (the writer memoises these per entry)."""
+    return b"%s\t%d\t%s\n" % (kind.encode(), ident, text.encode("utf-8", "surrogateescape"))
+
+
+def text_block(texts: Mapping[str, Mapping[int, str]]) -> bytes:
+    """Every referenced dictionary entry: kinds in name order, ids ascending."""
+    return b"".join(text_line(kind, ident, texts[kind][ident]) for kind in sorted(texts) for ident in sorted(texts[kind]))
+
+
+def digest(prev: bytes, rows: Sequence[Row], texts: Mapping[str, Mapping[int, str]] | None = None, *, block: bytes | None = None) -> bytes:
+    """sha256 over prev, the rows in id order, and the referenced dictionary texts (``texts``,
+    or the same bytes already made by ``text_block``)."""
     h = hashlib.sha256(prev)
     h.update(b"betblock-hits-1 %d\n" % len(rows))
     flat = array("q", chain.from_iterable(rows))
     if sys.byteorder != "little":  # pragma: no cover - the same digest on every machine
         flat.byteswap()
     h.update(flat.tobytes())
-    for kind in sorted(texts):
-        entries = texts[kind]
-        for ident in sorted(entries):
-            h.update(b"%s\t%d\t%s\n" % (kind.encode(), ident, entries[ident].encode("utf-8", "surrogateescape")))
+    h.update(block if block is not None else text_block(texts or {}))
     return h.digest()

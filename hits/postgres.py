@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from hits.chain import GENESIS, digest
+from hits.chain import GENESIS
 from hits.store import DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError
 
 MIGRATIONS: list[str] = [
@@ -240,11 +240,11 @@ class PostgresStore(HitStore):
             )
             last = await conn.fetchval("SELECT currval(pg_get_serial_sequence('hits', 'id'))")
             first = last - len(rows) + 1
-            h = digest(bytes(prev), rows, batch.texts)
-            ts = [r[0] for r in rows]
+            h = batch.digest(bytes(prev))
+            min_ts, max_ts = batch.ts_range()
             await conn.execute(
                 "INSERT INTO batches (node, written, first_hit, last_hit, min_ts, max_ts, hash) VALUES ($1,$2,$3,$4,$5,$6,$7)",
-                batch.node, int(self.clock() * 1000), first, last, min(ts), max(ts), h,
+                batch.node, int(self.clock() * 1000), first, last, min_ts, max_ts, h,
             )
             if batch.daily_rule:
                 items = sorted(batch.daily_rule.items())

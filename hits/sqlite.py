@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hits.chain import digest
+
 from hits.store import DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError
 
 # Each migration moves the schema from version i to i + 1.
@@ -236,11 +236,11 @@ class SqliteStore(HitStore):
                 last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'hits'").fetchone()[0]
                 if last - first + 1 != len(rows):
                     raise StoreError(f"hit ids not contiguous: {first}..{last} for {len(rows)} rows")
-                h = digest(prev_hash, rows, batch.texts)
-                ts = [r[0] for r in rows]
+                h = batch.digest(prev_hash)
+                min_ts, max_ts = batch.ts_range()
                 conn.execute(
                     "INSERT INTO batches (node, written, first_hit, last_hit, min_ts, max_ts, hash) VALUES (?,?,?,?,?,?,?)",
-                    (batch.node, int(self.clock() * 1000), first, last, min(ts), max(ts), h),
+                    (batch.node, int(self.clock() * 1000), first, last, min_ts, max_ts, h),
                 )
                 _rollups(conn, batch)
                 conn.execute("COMMIT")

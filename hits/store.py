@@ -50,6 +50,18 @@ class Batch:
     daily_net: dict[tuple[int, str], int] = field(default_factory=dict)  # (day, network) -> hits
     first_seen: dict[int, int] = field(default_factory=dict)  # name id -> ts ms
     name_rules: list[tuple[int, int]] = field(default_factory=list)  # (name, rule) pairs new in this batch
+    min_ts: int | None = None  # of the rows (ms), when the writer already knows them
+    max_ts: int | None = None
+    text_block: bytes | None = None  # ``chain.text_block(texts)``, when the writer made it from its memo
+
+    def digest(self, prev: bytes) -> bytes:
+        return digest(prev, self.rows, self.texts, block=self.text_block)
+
+    def ts_range(self) -> tuple[int, int]:
+        if self.min_ts is not None and self.max_ts is not None:
+            return self.min_ts, self.max_ts
+        ts = [r[0] for r in self.rows]
+        return min(ts), max(ts)
 
 
 @dataclass(frozen=True)

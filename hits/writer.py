@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import repeat
+from operator import add, itemgetter
 from typing import Any
 
+from hits.chain import text_line
 from hits.privacy import ClientPrivacy
 from hits.query import name_rev
-from hits.store import DAY_MS, Batch, HitStore
+from hits.store import DAY_MS, KINDS, Batch, HitStore
 
 _MEMO_CAP = 1 << 20
+_MS = (1000.0).__mul__
+_COLUMNS = [itemgetter(i) for i in range(7)]
+_HI = 1 << 32  # (name, rule) pairs packed into one int: name << 32 | rule
 _PLAIN = re.compile(rb"[a-z0-9._-]*")
 
 
@@ -43,159 +49,181 @@ def name_text(wire: bytes) -> str:
 
 
 class HitWriter:
-    """One per store; used by one thread at a time (the recorder's writer)."""
+    """One per store; used by one thread at a time (the recorder's writer).
+
+    Encoding works on columns, not hits: one C-level pass per column (``zip``, ``map`` over the
+    memo dicts, ``Counter``) so that the Python work per hit is a handful of dict lookups,
+    without a function call or an object of ours per hit. Memos are bounded and kept across
+    batches: a flood repeats few clients and rules and cycles through its names."""
 
     def __init__(self, store: HitStore, privacy: ClientPrivacy, node: str) -> None:
         self.store = store
         self.privacy = privacy
         self.node = node
         self._node_id: int | None = None
-        self._clients: dict[str, tuple[int, str]] = {}  # address -> (id, network)
+        self._clients: dict[str, int] = {}  # address -> id
+        self._nets: dict[int, str] = {}  # client id -> network (for the roll-ups)
         self._names: dict[bytes, int] = {}  # wire -> id
-        self._rules: dict[int, tuple[Any, int]] = {}  # id(rule) -> (rule, id); the rule is kept alive
+        self._rules: dict[int, int] = {}  # id(rule) -> id
+        self._rule_refs: dict[int, Any] = {}  # id(rule) -> rule, so that an id() is never reused while memoised
         self._policies: dict[int, int] = {}
-        self._texts: dict[str, dict[int, str]] = {"node": {}, "client": {}, "name": {}, "rule": {}, "policy": {}}
+        # The chain's line for every memoised dictionary entry (``chain.text_line``).
+        self._lines: dict[str, dict[int, bytes]] = {kind: {} for kind in KINDS}
         self._first_seen: set[int] = set()
-        self._name_rules: set[tuple[int, int]] = set()
+        self._name_rules: set[int] = set()  # name << 32 | rule
 
     def _trim(self) -> None:
         if len(self._clients) > _MEMO_CAP or len(self._names) > _MEMO_CAP:
             self._clients.clear()
+            self._nets.clear()
             self._names.clear()
             self._first_seen.clear()
             self._name_rules.clear()
             for kind in ("client", "name"):
-                self._texts[kind].clear()
+                self._lines[kind].clear()
 
     def encode(self, batch: Iterable[tuple[Any, ...]], agg: dict[tuple[Any, ...], int]) -> Batch | None:
         """Rows for the store; dictionary entries missing from the memo are looked up or inserted."""
         self._trim()
-        batch = batch if isinstance(batch, list) else list(batch)
-        aggregated = [((float(k[0]),) + k[1:], n) for k, n in agg.items()]
-        if not batch and not aggregated:
+        hits = batch if isinstance(batch, list) else list(batch)
+        nb = len(hits)
+        if agg:
+            hits = hits + [(float(k[0]),) + k[1:] for k in agg]
+        n = len(hits)
+        if not n:
             return None
+        # One column at a time: zip(*hits) would build a tuple as wide as the batch per field.
+        ts_col, client_col, qname_col, qtype_col, rule_col, listed_col, ver_col = [list(map(g, hits)) for g in _COLUMNS]
+        cnt_col: list[int] | tuple[int, ...] = [1] * nb + list(agg.values()) if agg else (1,) * n
         try:
-            rows = self._rows(batch, aggregated)
+            cols = self._columns(client_col, qname_col, rule_col, listed_col, ver_col)
         except KeyError:  # a client, name, rule or version not in the memo yet
-            self._resolve_missing([(h, 1) for h in batch] + aggregated)
-            rows = self._rows(batch, aggregated)
+            self._resolve_missing(client_col, qname_col, rule_col, listed_col, ver_col)
+            cols = self._columns(client_col, qname_col, rule_col, listed_col, ver_col)
+        client_ids, name_ids, rule_ids, listed_ids, policy_ids = cols
         node = self._node_id
         assert node is not None
-        clients = self._clients
-        out = Batch(node=node, rows=rows, texts={})
-        # Roll-ups and chain references from the columns (C-level transposition and counting):
-        # a flood repeats few keys, and per-row Python work is what the writer must not grow.
-        cols = list(zip(*rows))
-        ts_col, client_col, name_col = cols[0], cols[2], cols[3]
-        nb = len(batch)  # rows from the plain buffer (count 1), then the aggregated ones
-        day_lo, day_hi = min(ts_col) // DAY_MS, max(ts_col) // DAY_MS
-        if day_lo == day_hi:
-            group = Counter(zip(name_col[:nb], cols[6][:nb], client_col[:nb]))
-            keyed = {(day_lo,) + k: n for k, n in group.items()}
-        else:  # a batch across midnight
-            keyed = dict(Counter((r[0] // DAY_MS, r[3], r[6], r[2]) for r in rows[:nb]))
-        for r in rows[nb:]:
-            k = (r[0] // DAY_MS, r[3], r[6], r[2])
-            keyed[k] = keyed.get(k, 0) + r[8]
-        nets = {cid: net for cid, net in clients.values()} if len(clients) < 4 * len(keyed) + 1024 else None
-        for (day, name, rule, client), n in keyed.items():
-            out.daily_rule[(day, rule)] = out.daily_rule.get((day, rule), 0) + n
-            out.daily_name[(day, name)] = out.daily_name.get((day, name), 0) + n
-            net = nets.get(client, "") if nets is not None else self._net_of(client)
-            out.daily_net[(day, net)] = out.daily_net.get((day, net), 0) + n
-        pairs = {(name, rule) for _day, name, rule, _client in keyed} - self._name_rules
+        ts_ms = list(map(int, map(_MS, ts_col)))
+        rows = list(zip(ts_ms, repeat(node, n), client_ids, name_ids, qtype_col, listed_ids, rule_ids, policy_ids, cnt_col))
+        min_ts, max_ts = min(ts_ms), max(ts_ms)
+        out = Batch(node=node, rows=rows, texts={}, min_ts=min_ts, max_ts=max_ts)
+        # Roll-ups by counting columns (C level); rows that carry a count above 1 (aggregated
+        # under overload) add the rest one by one.
+        heavy = [i for i in range(nb, n) if cnt_col[i] != 1] if agg else []
+        if min_ts // DAY_MS == max_ts // DAY_MS and len(heavy) < n // 4 + 16:
+            day = min_ts // DAY_MS
+            by_rule = Counter(rule_ids)
+            by_name = Counter(name_ids)
+            by_client = Counter(client_ids)
+            for i in heavy:
+                extra = cnt_col[i] - 1
+                by_rule[rule_ids[i]] += extra
+                by_name[name_ids[i]] += extra
+                by_client[client_ids[i]] += extra
+            out.daily_rule = {(day, r): c for r, c in by_rule.items()}
+            out.daily_name = {(day, x): c for x, c in by_name.items()}
+            nets = self._nets
+            for cid, c in by_client.items():
+                key = (day, nets[cid])
+                out.daily_net[key] = out.daily_net.get(key, 0) + c
+        else:  # a batch across midnight, or mostly aggregated rows
+            nets = self._nets
+            for ts, cid, name, rule, c in zip(ts_ms, client_ids, name_ids, rule_ids, cnt_col):
+                day = ts // DAY_MS
+                out.daily_rule[(day, rule)] = out.daily_rule.get((day, rule), 0) + c
+                out.daily_name[(day, name)] = out.daily_name.get((day, name), 0) + c
+                key = (day, nets[cid])
+                out.daily_net[key] = out.daily_net.get(key, 0) + c
+        pairs = set(map(add, map(_HI.__mul__, name_ids), rule_ids))
+        pairs.difference_update(self._name_rules)
         if pairs:
-            out.name_rules = sorted(pairs)
-        new_names = set(name_col) - self._first_seen
+            out.name_rules = sorted((p >> 32, p & 0xFFFFFFFF) for p in pairs)
+        distinct_names = set(name_ids)
+        new_names = distinct_names - self._first_seen
         if new_names:
-            for r in rows:
-                if r[3] in new_names:
-                    prev = out.first_seen.get(r[3])
-                    if prev is None or r[0] < prev:
-                        out.first_seen[r[3]] = r[0]
-        refs = {
-            "node": {node},
-            "client": set(client_col),
-            "name": set(name_col) | set(cols[5]),
-            "rule": set(cols[6]),
-            "policy": set(cols[7]),
-        }
-        out.texts = {kind: {i: self._texts[kind][i] for i in ids} for kind, ids in refs.items()}
+            fs = out.first_seen
+            for ts, name in zip(ts_ms, name_ids):
+                if name in new_names:
+                    prev = fs.get(name)
+                    if prev is None or ts < prev:
+                        fs[name] = ts
+        # The dictionary lines the chain covers: every entry the rows refer to, memoised bytes.
+        lines = self._lines
+        distinct_names.update(listed_ids)
+        refs = (
+            ("client", set(client_ids)),
+            ("name", distinct_names),
+            ("node", (node,)),
+            ("policy", set(policy_ids)),
+            ("rule", set(rule_ids)),
+        )
+        out.text_block = b"".join(b"".join(map(lines[kind].__getitem__, sorted(ids))) for kind, ids in refs)
         return out
 
-    def _rows(self, batch: list[tuple[Any, ...]], aggregated: list[tuple[tuple[Any, ...], int]]) -> list[Any]:
-        node = self._node_id
-        if node is None:
+    def _columns(self, client_col: Sequence[str], qname_col: Sequence[bytes], rule_col: Sequence[Any],
+                 listed_col: Sequence[bytes], ver_col: Sequence[int]) -> tuple[list[int], ...]:
+        if self._node_id is None:
             raise KeyError("node")
-        clients, names, rules, policies = self._clients, self._names, self._rules, self._policies
-        rows = [
-            (int(ts * 1000), node, clients[client][0], names[qname], qtype, names[listed], rules[id(rule)][1], policies[version], 1)
-            for ts, client, qname, qtype, rule, listed, version in batch
-        ]
-        if aggregated:
-            rows += [
-                (int(ts * 1000), node, clients[client][0], names[qname], qtype, names[listed], rules[id(rule)][1], policies[version], n)
-                for (ts, client, qname, qtype, rule, listed, version), n in aggregated
-            ]
-        return rows
+        names = self._names.__getitem__
+        return (
+            list(map(self._clients.__getitem__, client_col)),
+            list(map(names, qname_col)),
+            list(map(self._rules.__getitem__, map(id, rule_col))),
+            list(map(names, listed_col)),
+            list(map(self._policies.__getitem__, ver_col)),
+        )
 
-    def _net_of(self, client_id: int) -> str:
-        text = self._texts["client"].get(client_id, "")
-        return text.partition("\x1f")[2]
-
-    def _resolve_missing(self, items: list[tuple[tuple[Any, ...], int]]) -> None:
+    def _resolve_missing(self, client_col: Sequence[str], qname_col: Sequence[bytes], rule_col: Sequence[Any],
+                         listed_col: Sequence[bytes], ver_col: Sequence[int]) -> None:
         store = self.store
+        lines = self._lines
         if self._node_id is None:
             self._node_id = store.ids("node", {self.node: (self.node,)})[self.node]
-            self._texts["node"][self._node_id] = self.node
-        new_clients: dict[str, tuple[str, ...]] = {}
-        new_names: dict[str, tuple[str, ...]] = {}
-        wire_of: dict[str, list[bytes]] = {}
-        new_rules: dict[str, tuple[str, ...]] = {}
-        rule_of: dict[str, list[Any]] = {}
-        new_policies: dict[str, tuple[int, ...]] = {}
+            lines["node"][self._node_id] = text_line("node", self._node_id, self.node)
         clients, names, rules, policies = self._clients, self._names, self._rules, self._policies
-        for (_ts, client, qname, _qtype, rule, listed, version), _n in items:
-            if client not in clients and client not in new_clients:
-                stored, net = self.privacy.apply(client)
-                new_clients[client] = (stored, net)
-            for wire in (qname, listed):
-                if wire not in names:
-                    text = name_text(wire)
-                    if text not in new_names:
-                        new_names[text] = (text, name_rev(text))
-                        wire_of[text] = []
-                    wire_of[text].append(wire)
-            if id(rule) not in rules:
+        new_clients: dict[str, tuple[str, str]] = {a: self.privacy.apply(a) for a in set(client_col) - clients.keys()}
+        new_names: dict[str, tuple[str, str]] = {}
+        wire_of: dict[str, list[bytes]] = {}
+        for wire in (set(qname_col) | set(listed_col)) - names.keys():
+            text = name_text(wire)
+            if text not in new_names:
+                new_names[text] = (text, name_rev(text))
+                wire_of[text] = []
+            wire_of[text].append(wire)
+        new_rules: dict[str, tuple[str, str]] = {}
+        rule_of: dict[str, list[Any]] = {}
+        for key_id, rule in dict(zip(map(id, rule_col), rule_col)).items():
+            if key_id not in rules:
                 key = ",".join(rule.agencies) + "|" + rule.action
                 new_rules[key] = (",".join(rule.agencies), rule.action)
                 rule_of.setdefault(key, []).append(rule)
-            if version not in policies and str(version) not in new_policies:
-                new_policies[str(version)] = (version,)
+        new_policies = {str(v): (v,) for v in set(ver_col) - policies.keys()}
         if new_clients:
             by_stored = {v[0]: v for v in new_clients.values()}
             got = store.ids("client", by_stored)
             for address, (stored, net) in new_clients.items():
                 cid = got[stored]
-                clients[address] = (cid, net)
-                self._texts["client"][cid] = f"{stored}\x1f{by_stored[stored][1]}"
+                clients[address] = cid
+                self._nets[cid] = net
+                lines["client"][cid] = text_line("client", cid, f"{stored}\x1f{by_stored[stored][1]}")
         if new_names:
             got = store.ids("name", new_names)
             for text, wires in wire_of.items():
                 for wire in wires:
                     names[wire] = got[text]
-                self._texts["name"][got[text]] = text
+                lines["name"][got[text]] = text_line("name", got[text], text)
         if new_rules:
             got = store.ids("rule", new_rules)
             for key, rs in rule_of.items():
                 for r in rs:
-                    rules[id(r)] = (r, got[key])
-                self._texts["rule"][got[key]] = key
+                    rules[id(r)] = got[key]
+                    self._rule_refs[id(r)] = r
+                lines["rule"][got[key]] = text_line("rule", got[key], key)
         if new_policies:
             got = store.ids("policy", new_policies)
             for key, pid in got.items():
                 policies[int(key)] = pid
-                self._texts["policy"][pid] = key
+                lines["policy"][pid] = text_line("policy", pid, key)
 
     def write(self, batch: Iterable[tuple[Any, ...]], agg: dict[tuple[Any, ...], int]) -> int:
         """Encode and store one flush; the number of rows written."""
@@ -205,5 +233,5 @@ class HitWriter:
         self.store.write_batch(encoded)
         # Remembered only once stored: a batch the store refused is encoded again on retry.
         self._first_seen.update(encoded.first_seen)
-        self._name_rules.update(encoded.name_rules)
+        self._name_rules.update((name << 32) | rule for name, rule in encoded.name_rules)
         return len(encoded.rows)

@@ -12,6 +12,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import structlog
 
@@ -19,8 +20,9 @@ from betblock import compliance
 from betblock.http import HttpMount, HttpServer, build_app
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.warning import Provenance, WarningPage
-from config.settings import Settings
+from config.settings import ConfigError, Settings, load_settings
 from feeds import api as feeds_api
+from feeds import persist
 from feeds.compile import to_wire
 from feeds.manager import FeedManager
 from feeds.normalize import normalize
@@ -36,6 +38,10 @@ from resolver.upstream import UpstreamClient
 
 log = structlog.get_logger("betblock.app")
 
+# Sections a SIGHUP does not apply (listeners, sockets, stores and the feed sources are built
+# at start); ``policy`` and every list and policy file are re-read.
+RESTART_SECTIONS = ("dns", "acl", "upstream", "cache", "agencies", "hits", "http", "warning_page", "log", "data_dir")
+
 
 class App:
     """One betblock node. ``start`` makes it answer; ``stop`` drains it."""
@@ -47,8 +53,10 @@ class App:
         handle_signals: bool = True,
         http_mounts: Iterable[HttpMount] = (),
         clock: Callable[[], float] = time.time,
+        config_path: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.config_path = config_path  # re-read on SIGHUP when set
         self.handle_signals = handle_signals
         # The hit log: store (opened in run), writer thread, recorder, retention job.
         self.hitlog = HitLog(settings)
@@ -96,6 +104,7 @@ class App:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Future[None]] = set()
 
     async def load_policy(self) -> PolicySnapshot:
         """Install the first snapshot: the one saved by the last run when it still holds, else
@@ -155,21 +164,67 @@ class App:
         return rows
 
     async def reload(self) -> None:
-        """SIGHUP: re-read the allowlist, protected names and list files; recompile."""
+        """SIGHUP: re-read the configuration file (when the node was started from one) and
+        apply its ``policy`` section; re-read the allowlist, protected names and list files;
+        recompile and swap. Queries go on being answered by the snapshot in force meanwhile.
+        Other changed sections are named in one log line: they take effect at the next start."""
         async with self._reload_lock:
+            if self.config_path is not None:
+                try:
+                    new = await asyncio.to_thread(load_settings, self.config_path)
+                except (ConfigError, OSError) as exc:
+                    log.error("reload: configuration refused; keeping the current one", error=str(exc))
+                else:
+                    self._apply(new)
             await self.feeds.reload()
+
+    def _hangup(self) -> None:
+        task = asyncio.ensure_future(self._reload_logged())
+        self._reloads.add(task)  # referenced until done; reloads queue on the reload lock
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except Exception:  # a bug in a reload must not take the node down: the old lists stay
+            log.exception("reload failed; the snapshot in force stays")
+
+    def _apply(self, new: Settings) -> None:
+        """Take the reloadable part of a re-read configuration: the policy section."""
+        fixed = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(self.settings, name)]
+        if fixed:
+            log.warning("reload: these settings changed and need a restart", sections=fixed)
+        if new.policy == self.settings.policy:
+            return
+        self.settings = self.settings.model_copy(update={"policy": new.policy})
+        self.feeds.settings = self.feeds.settings.model_copy(update={"policy": new.policy})
+        self.feeds.fingerprint = persist.fingerprint(self.feeds.settings)
+        self.pipeline.cname_inspection = new.policy.cname_inspection
+        log.info("reload: policy settings applied")
 
     async def run(self) -> None:
         """Serve until ``stopping`` is set; then drain and flush."""
-        await self.load_policy()
-        await self.hitlog.open()  # schema migrated before the first hit can arrive
-        await self.server.start()
+        # HTTP first: /healthz answers and /readyz says 503 while the first snapshot compiles
+        # (other routes answer 503 until ready); DNS opens only once the lists are in force.
         if self.settings.http.enabled:
             self.http = HttpServer(
                 self.settings.http.address(),
                 build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts),
             )
             await self.http.start()
+        try:
+            await self._start_serving()
+        except BaseException:
+            for http in (self.http, self.warning):
+                if http is not None:
+                    await http.close()
+            raise
+        await self._serve()
+
+    async def _start_serving(self) -> None:
+        await self.load_policy()
+        await self.hitlog.open()  # schema migrated before the first hit can arrive
+        await self.server.start()
         if self.settings.warning_page.enabled:
             page = WarningPage(
                 self.settings.warning_page,
@@ -179,12 +234,14 @@ class App:
             )
             self.warning = HttpServer(self.settings.warning_page.address(), page.app())
             await self.warning.start()
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if self.handle_signals else ()
         if signals:
             loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
             loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+            loop.add_signal_handler(signal.SIGHUP, self._hangup)
         self.ready.set()
         log.info("ready", upstreams=[f"{h}:{p}" for h, p in self.upstream.servers])
         try:
@@ -211,8 +268,8 @@ class App:
         self.stopping.set()
 
 
-def serve(settings: Settings) -> int:
-    """Run one node in this process until SIGTERM/SIGINT."""
+def serve(settings: Settings, config_path: Path | None = None) -> int:
+    """Run one node in this process until SIGTERM/SIGINT; SIGHUP re-reads ``config_path``."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
@@ -221,7 +278,7 @@ def serve(settings: Settings) -> int:
         runner = uvloop.run
 
     async def main() -> None:
-        await App(settings).run()
+        await App(settings, config_path=config_path).run()
 
     try:
         runner(main())

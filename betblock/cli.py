@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from betblock.app import serve
 
     logs.configure(settings.log.level, args.log_format or settings.log.format)
-    return serve(settings)
+    return serve(settings, args.config)
 
 
 if __name__ == "__main__":  # pragma: no cover

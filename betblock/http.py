@@ -36,14 +36,27 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"error": "internal error"}, status=500)
 
 
+# Served while the node starts (the listener opens before the first snapshot is compiled, so
+# that an orchestrator sees a live process that is not ready yet, and metrics show progress).
+ALWAYS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 def build_app(
     settings: HttpSettings,
     *,
     ready: Callable[[], bool],
     mounts: Iterable[HttpMount] = (),
 ) -> web.Application:
-    """The application; each ``mount`` adds an owner's routes to it."""
-    app = web.Application(middlewares=[errors], client_max_size=settings.max_body_bytes)
+    """The application; each ``mount`` adds an owner's routes to it. Until ``ready``, every
+    route but health, readiness and metrics answers 503."""
+
+    @web.middleware
+    async def starting(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in ALWAYS and not ready():
+            return web.json_response({"status": "starting"}, status=503, headers={"Retry-After": "5"})
+        return await handler(request)
+
+    app = web.Application(middlewares=[starting, errors], client_max_size=settings.max_body_bytes)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -235,9 +235,7 @@ def main(argv: list[str], out: TextIO = sys.stdout) -> int:
     try:
         if args.self_test:
             if args.server:
-                from config.settings import _host_port
-
-                server = _host_port(args.server, 53)
+                server = _server(args.server)
             else:
                 server = query_address(*settings.dns.listen_addresses()[0])
             lists = [store.live(agency.id, src.key) for src in agency.all_sources()]
@@ -249,6 +247,17 @@ def main(argv: list[str], out: TextIO = sys.stdout) -> int:
         store.close()
     _write(to_csv(rep) if args.format == "csv" else json.dumps(rep, indent=2) + "\n", args.output, out)
     return 1 if rep["summary"]["late"] else 0
+
+
+def _server(text: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port``."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest else 53
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, int(port)
+    return text, 53
 
 
 def _write(text: str, path: Path | None, out: TextIO) -> None:

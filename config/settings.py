@@ -319,7 +319,7 @@ class AgencySettings(_Section):
     deadline_hours: float = Field(
         default=0.0,
         ge=0,
-        description="Legal deadline to apply a listing (PL 48, CH 120, CZ 360); status flags a source not refreshed within it. 0: none.",
+        description="Legal deadline, hours, to enforce a listing or lift a removal (PL 48, CH 120, CZ 360): the compliance report flags entries over it, status a source not refreshed within it. 0: none.",
     )
 
     @model_validator(mode="after")

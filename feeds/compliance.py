@@ -110,6 +110,7 @@ def report(store: FeedStore, agency: AgencySettings, now: float) -> dict[str, An
                 "lift_hours": None, "lift_late": False, "status": "quarantined", "late": late,
             }
         )
+    memo: dict[float, str | None] = {}
     summary: dict[str, int] = {"entries": len(items), "late": sum(1 for it in items if it["late"])}
     for it in items:
         summary[it["status"]] = summary.get(it["status"], 0) + 1
@@ -121,7 +122,7 @@ def report(store: FeedStore, agency: AgencySettings, now: float) -> dict[str, An
         "generated_at": iso(now),
         "tracking_since": iso(timeline.installed_at[0]) if timeline.installed_at else None,
         "summary": summary,
-        "entries": [_iso_times(it) for it in items],
+        "entries": [_iso_times(it, memo) for it in items],
     }
 
 
@@ -270,8 +271,17 @@ def _late(deadline: float | None, start: float | None, done: float | None, now: 
     return (done if done is not None else now) - start > deadline
 
 
-def _iso_times(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: iso(v) if k in _TIMES else v for k, v in item.items()}
+def _iso_times(item: dict[str, Any], memo: dict[float, str | None]) -> dict[str, Any]:
+    # Most entries share a handful of times (one receipt and one install per version): convert
+    # each once.
+    for k in _TIMES:
+        v = item[k]
+        if v is not None:
+            text = memo.get(v)
+            if text is None:
+                text = memo[v] = iso(v)
+            item[k] = text
+    return item
 
 
 def to_csv(rep: dict[str, Any]) -> str:

@@ -157,7 +157,7 @@ class Resolved:
     subquery: tuple[str, tuple[Any, ...]] | None = None
 
 
-COLUMNS = "id, ts, node, client, name, qtype, listed, rule, policy, cnt"
+COLUMNS = "id, ts, client, name, qtype, listed, rule, policy, cnt"
 
 
 def page_sql(
@@ -167,11 +167,14 @@ def page_sql(
     id_hi: int | None,
     before: int | None,
     limit: int,
+    extra: tuple[Sequence[str], Sequence[Any]] = ((), ()),
 ) -> tuple[str, list[Any]]:
     """One page of hit rows (ids, newest first), with the dictionary texts joined in.
 
     The most selective filter with few ids drives the query: one ordered index scan per id,
-    each stopped after ``limit`` rows, merged; the other filters are plain predicates."""
+    each stopped after ``limit`` rows, merged; the other filters are plain predicates. Names
+    and clients have indexes; agency sets do not (the store narrows those to id blocks first).
+    ``extra`` holds the time predicates (row times are relative to their batch, see the store)."""
     preds: list[str] = []
     params: list[Any] = []
     if id_lo is not None:
@@ -183,18 +186,14 @@ def page_sql(
     if before is not None:
         preds.append("id < ?")
         params.append(before)
-    if f.since is not None:
-        preds.append("ts >= ?")
-        params.append(int(f.since * 1000))
-    if f.until is not None:
-        preds.append("ts < ?")
-        params.append(int(f.until * 1000))
+    preds.extend(extra[0])
+    params.extend(extra[1])
     if f.qtype is not None:
         preds.append("qtype = ?")
         params.append(f.qtype)
     drive: Resolved | None = None
     for r in resolved:
-        if r.ids is not None and 0 < len(r.ids) <= DRIVE_MAX and drive is None:
+        if r.ids is not None and 0 < len(r.ids) <= DRIVE_MAX and drive is None and r.column != "rule":
             drive = r
             continue
         if r.subquery is not None:
@@ -222,10 +221,11 @@ def page_sql(
         inner = f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u ORDER BY id DESC LIMIT ?"
         all_params.append(limit)
     sql = (
-        "SELECT h.id, h.ts, nd.node, c.client, n.name, h.qtype, l.name, r.agencies, r.action, p.version, h.cnt "
+        "SELECT h.id, h.ts + b.min_ts, nd.node, c.client, n.name, h.qtype, h.listed, l.name, r.agencies, r.action, p.version, h.cnt "
         f"FROM ({inner}) AS h "
-        "JOIN nodes nd ON nd.id = h.node JOIN clients c ON c.id = h.client JOIN names n ON n.id = h.name "
-        "JOIN names l ON l.id = h.listed JOIN rules r ON r.id = h.rule JOIN policies p ON p.id = h.policy "
+        "JOIN batches b ON b.id = (SELECT bb.id FROM batches bb WHERE bb.first_hit <= h.id ORDER BY bb.first_hit DESC LIMIT 1) "
+        "JOIN nodes nd ON nd.id = b.node JOIN clients c ON c.id = h.client JOIN names n ON n.id = h.name "
+        "LEFT JOIN names l ON l.id = -h.listed JOIN rules r ON r.id = h.rule JOIN policies p ON p.id = h.policy "
         "ORDER BY h.id DESC"
     )
     return sql, all_params
@@ -233,7 +233,9 @@ def page_sql(
 
 def hit_dict(row: Sequence[Any]) -> dict[str, Any]:
     """A joined row of ``page_sql`` as the API's JSON object."""
-    ident, ts, node, client, name, qtype, listed, agencies, action, version, count = row
+    ident, ts, node, client, name, qtype, offset, listed, agencies, action, version, count = row
+    if listed is None:
+        listed = listed_text(name, offset)
     agencies_list = agencies.split(",") if agencies else []
     return {
         "id": ident,
@@ -249,6 +251,20 @@ def hit_dict(row: Sequence[Any]) -> dict[str, Any]:
         "policy_version": int(version),
         "count": count,
     }
+
+
+def listed_text(name: str, offset: int) -> str:
+    """The matched entry from the queried name's text and the entry's byte offset in its wire
+    form (escaped bytes are written \\DDD, four characters for one byte)."""
+    if offset <= 0:
+        return name
+    labels = name.split(".")
+    off = 0
+    for i, label in enumerate(labels):
+        if off == offset:
+            return ".".join(labels[i:])
+        off += 1 + len(label) - 3 * label.count("\\")
+    return name
 
 
 def ndjson_lines(hits: Sequence[dict[str, Any]]) -> bytes:

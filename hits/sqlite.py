@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
-from hits.store import DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError
+from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError
 
 # Each migration moves the schema from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -71,6 +71,36 @@ MIGRATIONS: list[str] = [
     CREATE TABLE name_rules (name INTEGER, rule INTEGER, PRIMARY KEY (name, rule)) WITHOUT ROWID;
     INSERT INTO name_rules (name, rule) SELECT DISTINCT name, rule FROM hits;
     """,
+    # 3: compact rows. Time in ms after the batch's earliest hit (batches.min_ts), the node only
+    # on the batch, the listed entry as a byte offset into the name (here: minus its names id, as
+    # the rows of format-1 batches are rebuilt for their digest), ids assigned by the writer (no
+    # AUTOINCREMENT bookkeeping per row), no index on the agency set (rule_blocks instead).
+    """
+    ALTER TABLE batches ADD COLUMN format INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX batches_first_hit ON batches (first_hit);
+    INSERT INTO meta (key, value) SELECT 'last_id', CAST(COALESCE(MAX(seq), 0) AS TEXT) FROM sqlite_sequence WHERE name = 'hits';
+    CREATE TABLE hits_v3 (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        client INTEGER NOT NULL,
+        name INTEGER NOT NULL,
+        qtype INTEGER NOT NULL,
+        listed INTEGER NOT NULL,
+        rule INTEGER NOT NULL,
+        policy INTEGER NOT NULL,
+        cnt INTEGER NOT NULL
+    );
+    INSERT INTO hits_v3 (id, ts, client, name, qtype, listed, rule, policy, cnt)
+        SELECT h.id, h.ts - COALESCE((SELECT b.min_ts FROM batches b WHERE b.first_hit <= h.id ORDER BY b.first_hit DESC LIMIT 1), 0),
+               h.client, h.name, h.qtype, -h.listed, h.rule, h.policy, h.cnt
+        FROM hits h ORDER BY h.id;
+    DROP TABLE hits;
+    ALTER TABLE hits_v3 RENAME TO hits;
+    CREATE INDEX hits_name ON hits (name);
+    CREATE INDEX hits_client ON hits (client);
+    CREATE TABLE rule_blocks (rule INTEGER, block INTEGER, PRIMARY KEY (rule, block)) WITHOUT ROWID;
+    INSERT INTO rule_blocks (rule, block) SELECT DISTINCT rule, id >> 10 FROM hits;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -81,6 +111,8 @@ DICT = {
     "rule": ("rules", ("agencies", "action")),
     "policy": ("policies", ("version",)),
 }
+_INSERT = "INSERT INTO hits (ts, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?)"
+_INSERT_ID = "INSERT INTO hits (id, ts, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?,?)"
 UNIQUE = {"node": ("node",), "client": ("client",), "name": ("name",), "rule": ("agencies", "action"), "policy": ("version",)}
 
 
@@ -216,8 +248,9 @@ class SqliteStore(HitStore):
 
     def write_batch(self, batch: Batch) -> tuple[int, int]:
         conn = self._w
-        assert conn is not None and batch.rows
-        rows = batch.rows
+        assert conn is not None and len(batch)
+        n = len(batch)
+        rows = batch.rows()
         with self._wlock:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -227,21 +260,24 @@ class SqliteStore(HitStore):
                     prev_hash = bytes.fromhex(anchor[0]) if anchor else b"\x00" * 32
                 else:
                     prev_hash = bytes(prev[0])
-                seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'hits'").fetchone()
-                first = (seq[0] if seq else 0) + 1
-                conn.executemany(
-                    "INSERT INTO hits (ts, node, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
-                last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'hits'").fetchone()[0]
-                if last - first + 1 != len(rows):
-                    raise StoreError(f"hit ids not contiguous: {first}..{last} for {len(rows)} rows")
-                h = batch.digest(prev_hash)
-                min_ts, max_ts = batch.ts_range()
+                # Ids are never reused: past the newest row and past any row retention deleted.
+                top = conn.execute("SELECT MAX(id) FROM hits").fetchone()[0] or 0
+                gone = conn.execute("SELECT value FROM meta WHERE key = 'last_id'").fetchone()
+                first = max(top, int(gone[0]) if gone else 0) + 1
+                # The first row takes its id explicitly, the others max(id) + 1 (contiguous: the
+                # write lock is held), so that the rows bind no id.
+                conn.execute(_INSERT_ID, (first, *next(rows)))
+                if n > 1:
+                    conn.executemany(_INSERT, rows)
+                last = conn.execute("SELECT MAX(id) FROM hits").fetchone()[0]
+                if last - first + 1 != n:
+                    raise StoreError(f"hit ids not contiguous: {first}..{last} for {n} rows")
+                h = batch.digest(prev_hash, first)
                 conn.execute(
-                    "INSERT INTO batches (node, written, first_hit, last_hit, min_ts, max_ts, hash) VALUES (?,?,?,?,?,?,?)",
-                    (batch.node, int(self.clock() * 1000), first, last, min_ts, max_ts, h),
+                    "INSERT INTO batches (node, written, first_hit, last_hit, min_ts, max_ts, hash, format) VALUES (?,?,?,?,?,?,?,2)",
+                    (batch.node, int(self.clock() * 1000), first, last, batch.base_ts, batch.max_ts, h),
                 )
+                conn.executemany("INSERT INTO rule_blocks (rule, block) VALUES (?,?) ON CONFLICT DO NOTHING", batch.rule_blocks(first))
                 _rollups(conn, batch)
                 conn.execute("COMMIT")
             except BaseException:
@@ -270,7 +306,12 @@ class SqliteStore(HitStore):
                             break
                         gone.append(b)
                     if gone:
+                        conn.execute(
+                            "INSERT INTO meta (key, value) SELECT 'last_id', CAST(COALESCE(MAX(id), 0) AS TEXT) FROM hits WHERE true "
+                            "ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))"
+                        )
                         conn.executemany("DELETE FROM hits WHERE id >= ? AND id <= ?", [(b[1], b[2]) for b in gone])
+                        conn.execute("DELETE FROM rule_blocks WHERE block < ?", ((gone[-1][2] + 1) >> BLOCK_SHIFT,))
                         conn.execute("DELETE FROM batches WHERE id <= ?", (gone[-1][0],))
                         conn.execute(
                             "INSERT INTO meta (key, value) VALUES ('anchor', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",

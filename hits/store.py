@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hits.chain import GENESIS, REFS, Row, digest, referenced
+from hits.chain import GENESIS, REFS, Row, digest, digest_v2, referenced, referenced_v2, text_block
 from hits.query import DRIVE_MAX, INLINE_MAX, Filters, Resolved, hit_dict, name_rev, page_sql
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DAY_MS = 86_400_000
+BLOCK_SHIFT = 10  # rule_blocks: which agency sets occur among each 1024 consecutive hit ids
+BOUNDARY_MAX = 64  # batches straddling a time bound matched one by one; beyond, per row through batches
 KINDS = ("node", "client", "name", "rule", "policy")
 # kind -> (table, text column expression, key column)
 DICT_TABLES = {
@@ -40,28 +42,42 @@ class StoreError(Exception):
 
 @dataclass
 class Batch:
-    """What the writer hands to a store: rows plus what the chain and roll-ups need."""
+    """What the writer hands to a store: compact rows as columns, plus what the chain and
+    roll-ups need. Row times are ms after ``base_ts`` (the batch's earliest hit); the node is
+    the batch's, not the row's; ``listed`` is the byte offset of the matched entry inside the
+    queried name's wire form, or minus its names id when it is not a suffix (CNAME inspection)."""
 
     node: int
-    rows: list[Row]
-    texts: dict[str, dict[int, str]]  # dictionary texts the rows refer to (for the chain)
+    base_ts: int  # ms since the epoch
+    max_ts: int
+    columns: tuple[list[int], ...]  # chain.COLUMNS: ts, client, name, qtype, listed, rule, policy, cnt
+    text_block: bytes  # ``chain.text_block`` of every dictionary entry the rows refer to
     daily_rule: dict[tuple[int, int], int] = field(default_factory=dict)  # (day, rule) -> hits
     daily_name: dict[tuple[int, int], int] = field(default_factory=dict)  # (day, name) -> hits
     daily_net: dict[tuple[int, str], int] = field(default_factory=dict)  # (day, network) -> hits
     first_seen: dict[int, int] = field(default_factory=dict)  # name id -> ts ms
     name_rules: list[tuple[int, int]] = field(default_factory=list)  # (name, rule) pairs new in this batch
-    min_ts: int | None = None  # of the rows (ms), when the writer already knows them
-    max_ts: int | None = None
-    text_block: bytes | None = None  # ``chain.text_block(texts)``, when the writer made it from its memo
 
-    def digest(self, prev: bytes) -> bytes:
-        return digest(prev, self.rows, self.texts, block=self.text_block)
+    def __len__(self) -> int:
+        return len(self.columns[0])
 
-    def ts_range(self) -> tuple[int, int]:
-        if self.min_ts is not None and self.max_ts is not None:
-            return self.min_ts, self.max_ts
-        ts = [r[0] for r in self.rows]
-        return min(ts), max(ts)
+    def rows(self) -> Iterator[tuple[int, ...]]:
+        return zip(*self.columns)
+
+    def digest(self, prev: bytes, first: int) -> bytes:
+        return digest_v2(prev, self.node, first, self.base_ts, self.columns, self.text_block)
+
+    def rule_blocks(self, first: int) -> list[tuple[int, int]]:
+        """(rule, block) pairs of the rows once their first id is known (one set per block)."""
+        rules = self.columns[5]
+        out: set[tuple[int, int]] = set()
+        i, n = 0, len(rules)
+        while i < n:
+            block = (first + i) >> BLOCK_SHIFT
+            end = min(n, ((block + 1) << BLOCK_SHIFT) - first)
+            out.update((r, block) for r in set(rules[i:end]))
+            i = end
+        return sorted(out)
 
 
 @dataclass(frozen=True)
@@ -180,6 +196,38 @@ class HitStore(abc.ABC):
             hi = rows[0][0] if rows and rows[0][0] is not None else -1
         return lo, hi
 
+    async def _time_preds(self, f: Filters, lo: int | None, hi: int | None) -> tuple[list[str], list[Any]]:
+        """Exact time bounds on rows whose time is relative to their batch: the id range from
+        ``_id_bounds`` holds whole batches, so only batches straddling a bound (or, out of time
+        order, wholly outside it) need a predicate on ids and relative time."""
+        preds: list[str] = []
+        params: list[Any] = []
+        bounds = []
+        if f.since is not None:
+            ms = int(f.since * 1000)
+            bounds.append((ms, True, await self.fetch(
+                f"SELECT first_hit, last_hit, min_ts, max_ts FROM batches WHERE first_hit >= ? AND min_ts < ? LIMIT {BOUNDARY_MAX + 1}",
+                (lo if lo is not None else -1, ms))))
+        if f.until is not None:
+            ms = int(f.until * 1000)
+            bounds.append((ms, False, await self.fetch(
+                f"SELECT first_hit, last_hit, min_ts, max_ts FROM batches WHERE first_hit <= ? AND max_ts >= ? LIMIT {BOUNDARY_MAX + 1}",
+                (hi if hi is not None else 1 << 62, ms))))
+        for ms, since, edge in bounds:
+            op = ">=" if since else "<"
+            if len(edge) > BOUNDARY_MAX:  # many nodes or clock jumps: each row's batch base
+                preds.append(f"ts + (SELECT b.min_ts FROM batches b WHERE b.first_hit <= hits.id ORDER BY b.first_hit DESC LIMIT 1) {op} ?")
+                params.append(ms)
+                continue
+            for first, last, min_ts, max_ts in edge:
+                if (max_ts < ms) if since else (min_ts >= ms):
+                    preds.append("(id < ? OR id > ?)")
+                    params += [first, last]
+                else:
+                    preds.append(f"(id < ? OR id > ? OR ts {op} ?)")
+                    params += [first, last, ms - min_ts]
+        return preds, params
+
     async def page(self, f: Filters, limit: int = 100, before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
         """Up to ``limit`` hits older than the cursor ``before``, newest first, and the next cursor."""
         resolved = await self._resolve(f)
@@ -188,11 +236,66 @@ class HitStore(abc.ABC):
         lo, hi = await self._id_bounds(f)
         if lo == -1 and hi == -1:
             return [], None
-        sql, params = page_sql(resolved, f, lo, hi, before, limit)
-        rows = await self.fetch(sql, params)
+        extra = await self._time_preds(f, lo, hi)
+        drive = next((r for r in resolved if r.ids is not None and 0 < len(r.ids) <= DRIVE_MAX), None)
+        if drive is None or drive.column != "rule":
+            sql, params = page_sql(resolved, f, lo, hi, before, limit, extra)
+            rows = await self.fetch(sql, params)
+        else:
+            rows = await self._page_by_rule_blocks(resolved, drive.ids or (), f, lo, hi, before, limit, extra)
         hits = [hit_dict(r) for r in rows]
         nxt = hits[-1]["id"] if len(hits) == limit else None
         return hits, nxt
+
+    async def _page_by_rule_blocks(
+        self, resolved: list[Resolved], rules: Sequence[int], f: Filters, lo: int | None, hi: int | None,
+        before: int | None, limit: int, extra: tuple[list[str], list[Any]],
+    ) -> list[tuple[Any, ...]]:
+        """Agency sets have no index on the hits (few values, and an index costs every hit):
+        ``rule_blocks`` says which 1024-id blocks hold them; scan only those, newest first."""
+        top = before - 1 if before is not None else (hi if hi is not None else 1 << 62)
+        if hi is not None:
+            top = min(top, hi)
+        bottom = lo if lo is not None else 0
+        out: list[tuple[Any, ...]] = []
+        chunk = 256
+        while top >= bottom and len(out) < limit:
+            parts = " UNION ALL ".join(
+                f"SELECT * FROM (SELECT rule, block FROM rule_blocks WHERE rule = ? AND block <= ? AND block >= ? "
+                f"ORDER BY block DESC LIMIT {chunk}) AS b{i}"
+                for i in range(len(rules))
+            )
+            params: list[Any] = []
+            for r in rules:
+                params += [r, top >> BLOCK_SHIFT, bottom >> BLOCK_SHIFT]
+            per_rule: dict[int, list[int]] = {}
+            for rule, block in await self.fetch(parts, params):
+                per_rule.setdefault(rule, []).append(block)
+            if not per_rule:
+                break
+            blocks = sorted({b for bs in per_rule.values() for b in bs}, reverse=True)
+            # A rule that filled its list may have more blocks below its lowest: stop there this round.
+            full = [min(bs) for bs in per_rule.values() if len(bs) >= chunk]
+            floor = max(full) if full else bottom >> BLOCK_SHIFT
+            ranges: list[list[int]] = []
+            for block in blocks:
+                if block < floor:
+                    break
+                a, b = block << BLOCK_SHIFT, ((block + 1) << BLOCK_SHIFT) - 1
+                if ranges and ranges[-1][0] == b + 1:
+                    ranges[-1][0] = a
+                else:
+                    ranges.append([a, b])
+            for a, b in ranges:
+                a, b = max(a, bottom), min(b, top)
+                if a > b:
+                    continue
+                sql, params = page_sql(resolved, f, a, b, None, limit - len(out), extra)
+                out += await self.fetch(sql, params)
+                if len(out) >= limit:
+                    break
+            top = (floor << BLOCK_SHIFT) - 1
+        return out[:limit]
 
     async def iterate(self, f: Filters, chunk: int = 5000) -> AsyncIterator[list[dict[str, Any]]]:
         """Every hit matching ``f``, newest first, in pages (for export)."""
@@ -264,24 +367,26 @@ class HitStore(abc.ABC):
         last = -1
         while True:
             batches = await self.fetch(
-                "SELECT id, first_hit, last_hit, hash FROM batches WHERE id > ? ORDER BY id LIMIT ?", (last, chunk)
+                "SELECT id, first_hit, last_hit, hash, node, min_ts, format FROM batches WHERE id > ? ORDER BY id LIMIT ?", (last, chunk)
             )
             if not batches:
                 break
-            for bid, first, lastid, stored in batches:
+            for bid, first, lastid, stored, node, base_ts, fmt in batches:
                 stored = bytes(stored)
-                rows: list[Row] = [
-                    tuple(r)  # type: ignore[misc]
-                    for r in await self.fetch(
-                        "SELECT ts, node, client, name, qtype, listed, rule, policy, cnt FROM hits "
-                        "WHERE id >= ? AND id <= ? ORDER BY id",
-                        (first, lastid),
-                    )
-                ]
+                rows = await self.fetch(
+                    "SELECT ts, client, name, qtype, listed, rule, policy, cnt FROM hits WHERE id >= ? AND id <= ? ORDER BY id",
+                    (first, lastid),
+                )
                 if len(rows) != lastid - first + 1:
                     return verified, Broken(bid, first, lastid, f"{lastid - first + 1 - len(rows)} rows missing")
-                texts = await self._texts(referenced(rows))
-                if digest(prev, rows, texts) != stored:
+                if fmt == 1:  # written before schema 3: the rows as they were stored then
+                    old: list[Row] = [(ts + base_ts, node, c, n, q, -li, r, p, k) for ts, c, n, q, li, r, p, k in rows]
+                    ok = digest(prev, old, await self._texts(referenced(old))) == stored
+                else:
+                    columns = tuple(list(col) for col in zip(*rows)) if rows else tuple([] for _ in range(8))
+                    block = text_block(await self._texts(referenced_v2(node, columns)))
+                    ok = digest_v2(prev, node, first, base_ts, columns, block) == stored
+                if not ok:
                     return verified, Broken(bid, first, lastid, "hash does not match the rows and names stored")
                 prev = stored
                 verified += 1

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import repeat
-from operator import add, itemgetter
+from operator import add, itemgetter, sub
 from typing import Any
 
 from hits.chain import text_line
@@ -94,19 +94,29 @@ class HitWriter:
             return None
         # One column at a time: zip(*hits) would build a tuple as wide as the batch per field.
         ts_col, client_col, qname_col, qtype_col, rule_col, listed_col, ver_col = [list(map(g, hits)) for g in _COLUMNS]
-        cnt_col: list[int] | tuple[int, ...] = [1] * nb + list(agg.values()) if agg else (1,) * n
+        cnt_col: list[int] = [1] * nb + list(agg.values()) if agg else [1] * n
+        # The listed entry is a suffix of the queried name (its byte offset is stored), except
+        # when CNAME inspection matched the target: then it is stored as minus its names id.
+        listed = list(map(sub, map(len, qname_col), map(len, listed_col)))
+        odd = [] if all(map(bytes.endswith, qname_col, listed_col)) else [
+            i for i, ok in enumerate(map(bytes.endswith, qname_col, listed_col)) if not ok
+        ]
+        odd_wires = [listed_col[i] for i in odd]
         try:
-            cols = self._columns(client_col, qname_col, rule_col, listed_col, ver_col)
+            cols = self._columns(client_col, qname_col, rule_col, odd_wires, ver_col)
         except KeyError:  # a client, name, rule or version not in the memo yet
-            self._resolve_missing(client_col, qname_col, rule_col, listed_col, ver_col)
-            cols = self._columns(client_col, qname_col, rule_col, listed_col, ver_col)
-        client_ids, name_ids, rule_ids, listed_ids, policy_ids = cols
+            self._resolve_missing(client_col, qname_col, rule_col, odd_wires, ver_col)
+            cols = self._columns(client_col, qname_col, rule_col, odd_wires, ver_col)
+        client_ids, name_ids, rule_ids, odd_ids, policy_ids = cols
+        for i, ident in zip(odd, odd_ids):
+            listed[i] = -ident
         node = self._node_id
         assert node is not None
         ts_ms = list(map(int, map(_MS, ts_col)))
-        rows = list(zip(ts_ms, repeat(node, n), client_ids, name_ids, qtype_col, listed_ids, rule_ids, policy_ids, cnt_col))
         min_ts, max_ts = min(ts_ms), max(ts_ms)
-        out = Batch(node=node, rows=rows, texts={}, min_ts=min_ts, max_ts=max_ts)
+        rel = list(map(min_ts.__rsub__, ts_ms))
+        columns = (rel, client_ids, name_ids, qtype_col, listed, rule_ids, policy_ids, cnt_col)
+        out = Batch(node=node, base_ts=min_ts, max_ts=max_ts, columns=columns, text_block=b"")
         # Roll-ups by counting columns (C level); rows that carry a count above 1 (aggregated
         # under overload) add the rest one by one.
         heavy = [i for i in range(nb, n) if cnt_col[i] != 1] if agg else []
@@ -149,7 +159,7 @@ class HitWriter:
                         fs[name] = ts
         # The dictionary lines the chain covers: every entry the rows refer to, memoised bytes.
         lines = self._lines
-        distinct_names.update(listed_ids)
+        distinct_names.update(odd_ids)
         refs = (
             ("client", set(client_ids)),
             ("name", distinct_names),
@@ -234,4 +244,4 @@ class HitWriter:
         # Remembered only once stored: a batch the store refused is encoded again on retry.
         self._first_seen.update(encoded.first_seen)
         self._name_rules.update((name << 32) | rule for name, rule in encoded.name_rules)
-        return len(encoded.rows)
+        return len(encoded)

@@ -175,7 +175,7 @@ async def test_chain_catches_an_edited_name_a_deleted_row_and_a_deleted_batch(st
 async def test_chain_catches_a_deleted_batch_and_an_inserted_row(store: HitStore, writer: HitWriter) -> None:
     for b in range(3):
         await write(writer, [hit(T0 + b, "192.0.2.1", f"b{b}.casino.test", listed="casino.test")])
-    await tamper(store, "INSERT INTO hits (ts, node, client, name, qtype, listed, rule, policy, cnt) SELECT ts, node, client, name, qtype, listed, rule, policy, cnt FROM hits WHERE id = (SELECT MIN(id) FROM hits)")
+    await tamper(store, "INSERT INTO hits (ts, client, name, qtype, listed, rule, policy, cnt) SELECT ts, client, name, qtype, listed, rule, policy, cnt FROM hits WHERE id = (SELECT MIN(id) FROM hits)")
     verified, broken = await store.verify()
     assert verified == 3 and broken is not None and "outside" in broken.reason
     await tamper(store, "DELETE FROM hits WHERE id = (SELECT MAX(id) FROM hits)")
@@ -218,7 +218,7 @@ async def test_aggregated_rows_keep_their_counts(store: HitStore, writer: HitWri
 
 async def test_schema_is_migrated_once_and_reopens(store: HitStore, writer: HitWriter, clock: Clock) -> None:
     await write(writer, [hit(T0, "192.0.2.1", "casino.test")])
-    assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("2",)]
+    assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("3",)]
     if store.kind == "sqlite":
         from hits.sqlite import SqliteStore
 
@@ -254,7 +254,7 @@ async def test_migration_from_version_1_keeps_the_hits(tmp_path, clock: Clock) -
     try:
         w = HitWriter(store, ClientPrivacy("full"), "n")
         await write(w, [hit(T0, "192.0.2.1", "bet.test", rule=PL_IT)])
-        assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("2",)]
+        assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("3",)]
         assert [h["name"] for h in (await store.page(Filters(name="bet.test", agency="it-adm")))[0]] == ["bet.test"]
     finally:
         await store.close()

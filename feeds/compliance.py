@@ -48,7 +48,7 @@ _TIMES = ("listed_at", "received_at", "enforced_at", "removal_at", "removal_rece
 class Timeline:
     """The installs of the resolver, in order, and per source the first install of each version."""
 
-    snapshots: list[int]
+    seqs: list[int]
     dates_at: list[float]  # when each install's listing and removal dates were evaluated
     installed_at: list[float]
     versions: dict[str, tuple[list[int], list[int]]]  # source -> (versions, index of first install)
@@ -56,14 +56,14 @@ class Timeline:
     @classmethod
     def load(cls, store: FeedStore, agency: str) -> Timeline:
         installs = store.installs()
-        index = {snap: i for i, (snap, _d, _t) in enumerate(installs)}
+        index = {seq: i for i, (seq, _d, _t) in enumerate(installs)}
         versions: dict[str, tuple[list[int], list[int]]] = {}
-        for source, version, snap in store.installed_versions(agency):
-            if snap not in index:
+        for source, version, seq in store.installed_versions(agency):
+            if seq not in index:
                 continue
             vs, idx = versions.setdefault(source, ([], []))
             vs.append(version)
-            idx.append(index[snap])
+            idx.append(index[seq])
         return cls([s for s, _d, _t in installs], [d for _s, d, _t in installs], [t for _s, _d, t in installs], versions)
 
     def first_with(self, source: str, version: int) -> tuple[int, int] | None:

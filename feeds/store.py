@@ -16,10 +16,10 @@ Owns the schema and every query on it:
 - ``sources``: fetch state per source (ETag, Last-Modified, last success and error).
 - ``allowlist``: names an admin allowlisted through the API.
 - ``audit``: who changed what and when.
-- ``installs`` and ``installed_versions``: every snapshot installed in the resolver (its version,
-  the time its listing and removal dates were evaluated, the time it went live) and, per source
-  version, the first snapshot that enforced it: the compliance report's "enforced at" and
-  "lifted at" (``feeds/compliance.py``).
+- ``installs`` and ``installed_versions``: every snapshot installed in the resolver, in order (its
+  version, the time its listing and removal dates were evaluated, the time it went live) and,
+  per source version, the first install that enforced it: the compliance report's "enforced at"
+  and "lifted at" (``feeds/compliance.py``).
 
 Blocking calls: the caller runs them in a thread. One connection guarded by a lock; WAL so
 that ``betblock lookup`` can read while the server writes. Must not import aiohttp or resolver
@@ -132,8 +132,10 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS audit_agency ON audit(agency, id);
+-- In the order they happened (seq), whatever the wall clock did meanwhile.
 CREATE TABLE IF NOT EXISTS installs (
-    snapshot INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    snapshot INTEGER NOT NULL,
     dates_at REAL NOT NULL,
     installed_at REAL NOT NULL
 );
@@ -141,7 +143,7 @@ CREATE TABLE IF NOT EXISTS installed_versions (
     agency TEXT NOT NULL,
     source TEXT NOT NULL,
     version INTEGER NOT NULL,
-    snapshot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
     installed_at REAL NOT NULL,
     PRIMARY KEY (agency, source, version)
 );
@@ -466,31 +468,30 @@ class FeedStore:
         """A snapshot went live; each (agency, source, version) it holds is recorded unless an
         earlier snapshot already enforced it (the first one is the one that counts)."""
         with self.lock, self.db:
-            self.db.execute(
-                "INSERT OR IGNORE INTO installs (snapshot, dates_at, installed_at) VALUES (?,?,?)",
-                (snapshot, dates_at, installed_at),
-            )
+            seq = self.db.execute(
+                "INSERT INTO installs (snapshot, dates_at, installed_at) VALUES (?,?,?)", (snapshot, dates_at, installed_at)
+            ).lastrowid
             self.db.executemany(
-                "INSERT OR IGNORE INTO installed_versions (agency, source, version, snapshot, installed_at) VALUES (?,?,?,?,?)",
-                ((a, s, v, snapshot, installed_at) for a, s, v in versions),
+                "INSERT OR IGNORE INTO installed_versions (agency, source, version, seq, installed_at) VALUES (?,?,?,?,?)",
+                ((a, s, v, seq, installed_at) for a, s, v in versions),
             )
 
     def installs(self) -> list[tuple[int, float, float]]:
-        """(snapshot, dates_at, installed_at) of every install, in order."""
+        """(seq, dates_at, installed_at) of every install, in the order they happened."""
         with self.lock:
             try:
-                return [tuple(r) for r in self.db.execute("SELECT snapshot, dates_at, installed_at FROM installs ORDER BY snapshot")]  # type: ignore[misc]
+                return [tuple(r) for r in self.db.execute("SELECT seq, dates_at, installed_at FROM installs ORDER BY seq")]  # type: ignore[misc]
             except sqlite3.OperationalError:  # a read-only store written before installs were recorded
                 return []
 
     def installed_versions(self, agency: str) -> list[tuple[str, int, int]]:
-        """(source, version, first snapshot) of every enforced version of an agency."""
+        """(source, version, seq of its first install) of every enforced version of an agency."""
         with self.lock:
             try:
                 return [
                     tuple(r)  # type: ignore[misc]
                     for r in self.db.execute(
-                        "SELECT source, version, snapshot FROM installed_versions WHERE agency = ? ORDER BY source, version",
+                        "SELECT source, version, seq FROM installed_versions WHERE agency = ? ORDER BY source, version",
                         (agency,),
                     )
                 ]

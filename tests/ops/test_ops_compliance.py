@@ -4,6 +4,7 @@ install records are written at each install, exactly as under the resolver."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import datetime, timezone
@@ -149,3 +150,27 @@ async def test_a_changed_entry_is_one_item_and_a_superseded_one_was_never_enforc
     await n.m.compile(force=True)
     e = n.entries()
     assert (e["brief.test"]["status"], e["brief.test"]["late"]) == ("never enforced", False)
+
+
+async def test_a_restart_keeps_the_first_enforcement_time(tmp_path: Path) -> None:
+    n = Node(tmp_path, [push_agency("pl-mf", deadline_hours=48)])
+    await n.m.start()
+    t0 = n.clock.now
+    await n.m.push("pl-mf", b"a.test\n", actor="t")
+    await n.m.flush()
+    n.m.close()
+
+    n.clock.advance(3 * H)  # down for three hours, then started from the saved snapshot
+    again = FeedManager(n.settings, n.installed.append, clock=n.clock)
+    await again.start()
+    running = asyncio.create_task(again.run())  # reads the store, re-installs with its versions
+    try:
+        await asyncio.wait_for(again.loaded.wait(), 10)
+        await again.push("pl-mf", b"a.test\nb.test\n", actor="t")
+        assert again.store is not None
+        e = {x["name"]: x for x in report(again.store, n.settings.agencies[0], n.clock())["entries"]}
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        again.close()
+    assert (e["a.test"]["enforced_at"], e["b.test"]["enforced_at"]) == (iso(t0), iso(t0 + 3 * H))

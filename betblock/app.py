@@ -40,7 +40,7 @@ log = structlog.get_logger("betblock.app")
 
 # Sections a SIGHUP does not apply (listeners, sockets, stores and the feed sources are built
 # at start); ``policy`` and every list and policy file are re-read.
-RESTART_SECTIONS = ("dns", "acl", "upstream", "cache", "agencies", "hits", "http", "warning_page", "log", "data_dir")
+RESTART_SECTIONS = ("dns", "upstream", "cache", "agencies", "hits", "http", "warning_page", "log", "data_dir")
 
 
 class App:
@@ -190,10 +190,15 @@ class App:
             log.exception("reload failed; the snapshot in force stays")
 
     def _apply(self, new: Settings) -> None:
-        """Take the reloadable part of a re-read configuration: the policy section."""
+        """Take the reloadable part of a re-read configuration: the client ACL and the policy section."""
         fixed = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(self.settings, name)]
         if fixed:
             log.warning("reload: these settings changed and need a restart", sections=fixed)
+        if new.acl != self.settings.acl:
+            # An ISP adds subscriber ranges without a restart; the memo starts empty.
+            self.pipeline.set_acl(Acl(new.acl.networks()))
+            self.settings = self.settings.model_copy(update={"acl": new.acl})
+            log.info("reload: client ACL applied", allow=new.acl.allow)
         if new.policy == self.settings.policy:
             return
         self.settings = self.settings.model_copy(update={"policy": new.policy})

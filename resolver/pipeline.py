@@ -135,6 +135,11 @@ class Pipeline:
         cached upstream answers whose CNAMEs reach a newly listed name are re-checked on use."""
         self.policy = self._prepare(snapshot)
 
+    def set_acl(self, acl: Acl) -> None:
+        """Swap the client ACL (SIGHUP). The hot path reads the memo directly, so both go."""
+        self.acl = acl
+        self._acl_memo = acl.memo
+
     # -- the pipeline ---------------------------------------------------------------------
 
     def answer(self, data: bytes, client: str, udp: bool) -> Answer:

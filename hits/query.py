@@ -157,6 +157,7 @@ class Resolved:
     subquery: tuple[str, tuple[Any, ...]] | None = None
 
 
+POSTINGS = {"name": ("name_hits", "n"), "client": ("client_hits", "c")}  # column -> (table, key column)
 COLUMNS = "id, ts, client, name, qtype, listed, rule, policy, cnt"
 
 
@@ -168,24 +169,27 @@ def page_sql(
     before: int | None,
     limit: int,
     extra: tuple[Sequence[str], Sequence[Any]] = ((), ()),
+    postings: bool = False,
 ) -> tuple[str, list[Any]]:
     """One page of hit rows (ids, newest first), with the dictionary texts joined in.
 
     The most selective filter with few ids drives the query: one ordered index scan per id,
     each stopped after ``limit`` rows, merged; the other filters are plain predicates. Names
     and clients have indexes; agency sets do not (the store narrows those to id blocks first).
-    ``extra`` holds the time predicates (row times are relative to their batch, see the store)."""
+    ``extra`` holds the time predicates (row times are relative to their batch, see the store).
+    With ``postings`` a name or client drives through ``name_hits (n, hid)`` or
+    ``client_hits (c, hid)`` instead of an index on hits, with the id bounds repeated on ``hid``
+    so that the scan starts at the cursor."""
     preds: list[str] = []
     params: list[Any] = []
-    if id_lo is not None:
-        preds.append("id >= ?")
-        params.append(id_lo)
-    if id_hi is not None:
-        preds.append("id <= ?")
-        params.append(id_hi)
-    if before is not None:
-        preds.append("id < ?")
-        params.append(before)
+    id_preds: list[str] = []
+    id_params: list[Any] = []
+    for op, value in ((">=", id_lo), ("<=", id_hi), ("<", before)):
+        if value is not None:
+            id_preds.append(f"hid {op} ?")
+            id_params.append(value)
+            preds.append(f"id {op} ?")
+            params.append(value)
     preds.extend(extra[0])
     params.extend(extra[1])
     if f.qtype is not None:
@@ -203,21 +207,28 @@ def page_sql(
             preds.append(f"{r.column} IN ({', '.join('?' * len(r.ids))})")
             params.extend(r.ids)
     where = " AND ".join(preds) or "1=1"
+    hid_where = "".join(f" AND {p}" for p in id_preds)
+
+    def one(column: str) -> str:
+        if postings:
+            table, key = POSTINGS[column]
+            return (f"SELECT {COLUMNS} FROM {table} CROSS JOIN hits ON hits.id = {table}.hid "
+                    f"WHERE {table}.{key} = ?{hid_where} AND {where} ORDER BY {table}.hid DESC LIMIT ?")
+        return f"SELECT {COLUMNS} FROM hits WHERE {column} = ? AND {where} ORDER BY id DESC LIMIT ?"
+
+    extra_ids = id_params if postings else []
     if drive is None:
         inner = f"SELECT {COLUMNS} FROM hits WHERE {where} ORDER BY id DESC LIMIT ?"
         all_params = params + [limit]
     elif len(drive.ids or ()) == 1:
-        inner = f"SELECT {COLUMNS} FROM hits WHERE {drive.column} = ? AND {where} ORDER BY id DESC LIMIT ?"
-        all_params = [drive.ids[0]] + params + [limit]  # type: ignore[index]
+        inner = one(drive.column)
+        all_params = [drive.ids[0]] + extra_ids + params + [limit]  # type: ignore[index]
     else:
         parts = []
         all_params = []
         for i, ident in enumerate(drive.ids or ()):
-            parts.append(
-                f"SELECT * FROM (SELECT {COLUMNS} FROM hits WHERE {drive.column} = ? AND {where} "
-                f"ORDER BY id DESC LIMIT ?) AS u{i}"
-            )
-            all_params += [ident] + params + [limit]
+            parts.append(f"SELECT * FROM ({one(drive.column)}) AS u{i}")
+            all_params += [ident] + extra_ids + params + [limit]
         inner = f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u ORDER BY id DESC LIMIT ?"
         all_params.append(limit)
     sql = (

@@ -94,6 +94,7 @@ class HitStore(abc.ABC):
     """A hit store. Subclasses provide the connection handling and the dialect."""
 
     kind = "?"
+    postings = False  # names and clients drive through name_hits / client_hits (SQLite), else indexes on hits
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
@@ -239,7 +240,7 @@ class HitStore(abc.ABC):
         extra = await self._time_preds(f, lo, hi)
         drive = next((r for r in resolved if r.ids is not None and 0 < len(r.ids) <= DRIVE_MAX), None)
         if drive is None or drive.column != "rule":
-            sql, params = page_sql(resolved, f, lo, hi, before, limit, extra)
+            sql, params = page_sql(resolved, f, lo, hi, before, limit, extra, self.postings)
             rows = await self.fetch(sql, params)
         else:
             rows = await self._page_by_rule_blocks(resolved, drive.ids or (), f, lo, hi, before, limit, extra)
@@ -290,7 +291,7 @@ class HitStore(abc.ABC):
                 a, b = max(a, bottom), min(b, top)
                 if a > b:
                     continue
-                sql, params = page_sql(resolved, f, a, b, None, limit - len(out), extra)
+                sql, params = page_sql(resolved, f, a, b, None, limit - len(out), extra, self.postings)
                 out += await self.fetch(sql, params)
                 if len(out) >= limit:
                     break

@@ -258,3 +258,141 @@ async def test_migration_from_version_1_keeps_the_hits(tmp_path, clock: Clock) -
         assert [h["name"] for h in (await store.page(Filters(name="bet.test", agency="it-adm")))[0]] == ["bet.test"]
     finally:
         await store.close()
+
+
+async def test_listed_entry_as_offset_or_name(store: HitStore, writer: HitWriter) -> None:
+    # A suffix of the queried name is stored as a byte offset (escaped labels included); an entry
+    # that is not a suffix (CNAME inspection matched the target) as a names id.
+    await write(writer, [
+        hit(T0, "192.0.2.1", "www.casino.test", listed="casino.test"),
+        hit(T0 + 1, "192.0.2.1", "a=b.x.casino.test", listed="x.casino.test"),
+        hit(T0 + 2, "192.0.2.1", "alias.test", listed="cdn.bet.test"),
+        hit(T0 + 3, "192.0.2.1", "casino.test"),
+    ])
+    hits, _ = await store.page(Filters())
+    assert [(h["name"], h["listed"]) for h in hits] == [
+        ("casino.test", "casino.test"),
+        ("alias.test", "cdn.bet.test"),
+        ("a\\061b.x.casino.test", "x.casino.test"),
+        ("www.casino.test", "casino.test"),
+    ]
+    assert await store.verify() == (1, None)
+    await tamper(store, "UPDATE names SET name = 'cdn.good.test' WHERE name = 'cdn.bet.test'")
+    assert (await store.verify())[1] is not None  # the listed entry is covered by the chain too
+
+
+async def test_rare_agency_pages_through_rule_blocks(store: HitStore, writer: HitWriter) -> None:
+    # 5000 hits over several 1024-id blocks; the CZ agency set only in a few of them.
+    hits = [hit(T0 + i / 100, "192.0.2.1", f"h{i}.casino.test", rule=CZ if i % 1500 == 7 else PL, listed="casino.test") for i in range(5000)]
+    await write(writer, hits[:2500])
+    await write(writer, hits[2500:])
+    expected = [f"h{i}.casino.test" for i in reversed(range(5000)) if i % 1500 == 7]
+    seen: list[str] = []
+    page, cursor = await store.page(Filters(agency="cz-mf"), limit=2)
+    seen += [h["name"] for h in page]
+    while cursor is not None:
+        page, cursor = await store.page(Filters(agency="cz-mf"), limit=2, before=cursor)
+        seen += [h["name"] for h in page]
+    assert seen == expected
+    since = await store.page(Filters(agency="cz-mf", since=T0 + 10, until=T0 + 40), limit=10)
+    assert [h["name"] for h in since[0]] == ["h3007.casino.test", "h1507.casino.test"]
+    pl = await store.page(Filters(agency="pl-mf", until=T0 + 1), limit=3)
+    assert [h["name"] for h in pl[0]] == ["h99.casino.test", "h98.casino.test", "h97.casino.test"]
+
+
+async def test_time_bounds_across_many_straddling_batches(store: HitStore, writer: HitWriter) -> None:
+    # More batches straddle the bound than are matched one by one: rows go through their batch.
+    for b in range(70):
+        await write(writer, [hit(T0 + b / 1000, "192.0.2.1", f"early{b}.test"), hit(T0 + 100 + b / 1000, "192.0.2.1", f"late{b}.test")])
+    hits, _ = await store.page(Filters(since=T0 + 50), limit=1000)
+    assert sorted(h["name"] for h in hits) == sorted(f"late{b}.test" for b in range(70))
+    hits, _ = await store.page(Filters(until=T0 + 50, name="early3.test"), limit=1000)
+    assert [h["name"] for h in hits] == ["early3.test"]
+    hits, _ = await store.page(Filters(until=T0 + 50), limit=1000)
+    assert len(hits) == 70 and all(h["name"].startswith("early") for h in hits)
+
+
+async def test_ids_are_not_reused_after_everything_is_purged(store: HitStore, writer: HitWriter, clock: Clock) -> None:
+    await write(writer, [hit(T0 - 200 * 86400, "192.0.2.1", "old.test") for _ in range(3)])
+    old_ids = [h["id"] for h in (await store.page(Filters()))[0]]
+    assert await store.purge(int(clock() * 1000) - 90 * DAY_MS) == 3
+    await write(writer, [hit(T0, "192.0.2.1", "new.test")])
+    (new,), _ = await store.page(Filters())
+    assert new["id"] > max(old_ids)
+    assert await store.verify() == (1, None)
+
+
+def _v2_store(path: Any) -> list[int]:
+    """A schema-2 store as the previous writer left it: two chained batches (format 1); the hit ids."""
+    from hits.chain import GENESIS, digest, referenced
+    from hits.sqlite import MIGRATIONS
+
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + ";" + MIGRATIONS[1] + "; INSERT INTO meta VALUES ('schema_version', '2');")
+    conn.execute("INSERT INTO nodes VALUES (1, 'node-a')")
+    conn.executemany("INSERT INTO clients VALUES (?,?,?)", [(1, "192.0.2.1", "192.0.2.0/24"), (2, "198.51.100.7", "198.51.100.0/24")])
+    conn.executemany("INSERT INTO names VALUES (?,?,?)", [(1, "casino.test", "test.casino"), (2, "www.casino.test", "test.casino.www"), (3, "bet.test", "test.bet")])
+    conn.executemany("INSERT INTO rules VALUES (?,?,?)", [(1, "pl-mf", "redirect"), (2, "cz-mf", "nxdomain")])
+    conn.execute("INSERT INTO policies VALUES (1, 7)")
+    t0 = int(T0 * 1000)
+    batches = [
+        [(t0, 1, 1, 2, 1, 1, 1, 1, 1), (t0 + 500, 1, 2, 1, 28, 1, 1, 1, 4)],
+        [(t0 + 60_000, 1, 1, 3, 1, 3, 2, 1, 1)],
+    ]
+    prev = GENESIS
+    dicts = {"node": "SELECT id, node FROM nodes", "client": "SELECT id, client || char(31) || net FROM clients",
+             "name": "SELECT id, name FROM names", "rule": "SELECT id, agencies || '|' || action FROM rules",
+             "policy": "SELECT id, version FROM policies"}
+    texts_all = {k: {i: str(t) for i, t in conn.execute(q)} for k, q in dicts.items()}
+    for rows in batches:
+        cur = conn.executemany("INSERT INTO hits (ts, node, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        last = conn.execute("SELECT MAX(id) FROM hits").fetchone()[0]
+        first = last - len(rows) + 1
+        refs = referenced(rows)
+        prev = digest(prev, rows, {k: {i: texts_all[k][i] for i in ids} for k, ids in refs.items()})
+        conn.execute("INSERT INTO batches (node, written, first_hit, last_hit, min_ts, max_ts, hash) VALUES (1, ?, ?, ?, ?, ?, ?)",
+                     (t0, first, last, min(r[0] for r in rows), max(r[0] for r in rows), prev))
+        for r in rows:
+            conn.execute("INSERT INTO daily_rule VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET hits = hits + excluded.hits", (r[0] // DAY_MS, r[6], r[8]))
+        del cur
+    conn.commit()
+    ids = [r[0] for r in conn.execute("SELECT id FROM hits ORDER BY id")]
+    conn.close()
+    return ids
+
+
+async def test_migration_from_version_2_keeps_hits_filters_and_chain(tmp_path: Any, clock: Clock) -> None:
+    from hits.privacy import ClientPrivacy
+    from hits.sqlite import SqliteStore
+
+    path = tmp_path / "v2.sqlite"
+    old_ids = _v2_store(path)
+    store = SqliteStore(path, clock=clock)
+    await store.open()
+    try:
+        assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("3",)]
+        assert await store.verify() == (2, None)  # format-1 batches verify from the migrated rows
+        hits, _ = await store.page(Filters())
+        assert [(h["name"], h["listed"], h["qtype"], h["client"], h["agency"], h["node"], h["count"], h["time"]) for h in hits] == [
+            ("bet.test", "bet.test", "A", "192.0.2.1", "cz-mf", "node-a", 1, "2026-09-21T14:14:20.000Z"),
+            ("casino.test", "casino.test", "AAAA", "198.51.100.7", "pl-mf", "node-a", 4, "2026-09-21T14:13:20.500Z"),
+            ("www.casino.test", "casino.test", "A", "192.0.2.1", "pl-mf", "node-a", 1, "2026-09-21T14:13:20.000Z"),
+        ]
+        for params, names in [
+            ({"name": "casino.test"}, ["casino.test", "www.casino.test"]),
+            ({"client": "198.51.100.0/24"}, ["casino.test"]),
+            ({"agency": "cz-mf"}, ["bet.test"]),
+            ({"since": str(T0 + 0.2), "until": str(T0 + 30)}, ["casino.test"]),
+        ]:
+            assert [h["name"] for h in (await store.page(Filters.parse(params)))[0]] == names, params
+        w = HitWriter(store, ClientPrivacy("full"), "node-a")
+        await write(w, [hit(T0 + 120, "192.0.2.1", "m.bet.test", rule=CZ, listed="bet.test")])
+        hits, _ = await store.page(Filters())
+        assert hits[0]["name"] == "m.bet.test" and hits[0]["listed"] == "bet.test" and hits[0]["id"] > max(old_ids)
+        assert await store.verify() == (3, None)
+        assert (await store.status())["hits"] == 7
+        await tamper(store, "UPDATE hits SET cnt = 5 WHERE id = ?", old_ids[1])
+        verified, broken = await store.verify()
+        assert verified == 0 and broken is not None and "hash" in broken.reason
+    finally:
+        await store.close()

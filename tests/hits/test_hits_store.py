@@ -396,3 +396,51 @@ async def test_migration_from_version_2_keeps_hits_filters_and_chain(tmp_path: A
         assert verified == 0 and broken is not None and "hash" in broken.reason
     finally:
         await store.close()
+
+
+async def test_postgres_migration_from_version_2(clock: Clock) -> None:
+    from hits.chain import GENESIS, digest, referenced
+    from hits.postgres import MIGRATIONS, PostgresStore
+    from hits.privacy import ClientPrivacy
+    from tests.hits.conftest import need_pg, pg_schema
+
+    await need_pg()
+    schema = pg_schema()
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path = "{schema}"')
+        await conn.execute("CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)")
+        await conn.execute(MIGRATIONS[0])
+        await conn.execute(MIGRATIONS[1])
+        await conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        await conn.execute("INSERT INTO nodes (node) VALUES ('node-a'); INSERT INTO clients (client, net) VALUES ('192.0.2.1', '192.0.2.0/24');"
+                           "INSERT INTO names (name, rev) VALUES ('casino.test', 'test.casino'), ('www.casino.test', 'test.casino.www');"
+                           "INSERT INTO rules (agencies, action) VALUES ('pl-mf', 'redirect'); INSERT INTO policies (version) VALUES (7)")
+        t0 = int(T0 * 1000)
+        rows = [(t0, 1, 1, 2, 1, 1, 1, 1, 1), (t0 + 500, 1, 1, 1, 28, 1, 1, 1, 4)]
+        await conn.executemany("INSERT INTO hits (ts, node, client, name, qtype, listed, rule, policy, cnt) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)", rows)
+        texts = {"node": {1: "node-a"}, "client": {1: "192.0.2.1\x1f192.0.2.0/24"}, "name": {1: "casino.test", 2: "www.casino.test"},
+                 "rule": {1: "pl-mf|redirect"}, "policy": {1: "7"}}
+        assert referenced(rows).keys() == texts.keys()
+        h = digest(GENESIS, rows, texts)
+        await conn.execute("INSERT INTO batches (node, written, first_hit, last_hit, min_ts, max_ts, hash) VALUES (1, $1, 1, 2, $1, $2, $3)", t0, t0 + 500, h)
+    finally:
+        await conn.close()
+    store = PostgresStore(PG_DSN, schema, clock=clock)
+    await store.open()
+    try:
+        assert (await store.fetch("SELECT value FROM meta WHERE key = 'schema_version'")) == [("3",)]
+        assert await store.verify() == (1, None)
+        hits, _ = await store.page(Filters.parse({"name": "casino.test"}))
+        assert [(h["name"], h["listed"], h["count"], h["time"]) for h in hits] == [
+            ("casino.test", "casino.test", 4, "2026-09-21T14:13:20.500Z"),
+            ("www.casino.test", "casino.test", 1, "2026-09-21T14:13:20.000Z"),
+        ]
+        w = HitWriter(store, ClientPrivacy("full"), "node-a")
+        await write(w, [hit(T0 + 120, "192.0.2.1", "m.casino.test", listed="casino.test")])
+        hits, _ = await store.page(Filters(agency="pl-mf"))
+        assert [h["id"] for h in hits] == [3, 2, 1]
+        assert await store.verify() == (2, None)
+    finally:
+        await store.close()
+        await store.drop_schema()

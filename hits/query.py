@@ -232,10 +232,13 @@ def page_sql(
         inner = f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u ORDER BY id DESC LIMIT ?"
         all_params.append(limit)
     sql = (
-        "SELECT h.id, h.ts + b.min_ts, nd.node, c.client, n.name, h.qtype, h.listed, l.name, r.agencies, r.action, p.version, h.cnt "
+        # Each row's batch (its base time and node) by one seek per row, as scalar subqueries:
+        # as a join, a planner may scan the batches instead.
+        "SELECT h.id, h.ts + COALESCE((SELECT b.min_ts FROM batches b WHERE b.first_hit <= h.id ORDER BY b.first_hit DESC LIMIT 1), 0), "
+        "(SELECT nd.node FROM nodes nd WHERE nd.id = (SELECT b.node FROM batches b WHERE b.first_hit <= h.id ORDER BY b.first_hit DESC LIMIT 1)), "
+        "c.client, n.name, h.qtype, h.listed, l.name, r.agencies, r.action, p.version, h.cnt "
         f"FROM ({inner}) AS h "
-        "JOIN batches b ON b.id = (SELECT bb.id FROM batches bb WHERE bb.first_hit <= h.id ORDER BY bb.first_hit DESC LIMIT 1) "
-        "JOIN nodes nd ON nd.id = b.node JOIN clients c ON c.id = h.client JOIN names n ON n.id = h.name "
+        "JOIN clients c ON c.id = h.client JOIN names n ON n.id = h.name "
         "LEFT JOIN names l ON l.id = -h.listed JOIN rules r ON r.id = h.rule JOIN policies p ON p.id = h.policy "
         "ORDER BY h.id DESC"
     )

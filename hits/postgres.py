@@ -278,27 +278,18 @@ class PostgresStore(HitStore):
                 "INSERT INTO rule_blocks (rule, block) SELECT * FROM unnest($1::integer[], $2::bigint[]) ON CONFLICT DO NOTHING",
                 [r for r, _ in blocks], [b for _, b in blocks],
             )
-            if batch.daily_rule:
-                items = sorted(batch.daily_rule.items())
-                await conn.execute(
-                    "INSERT INTO daily_rule (day, rule, hits) SELECT * FROM unnest($1::integer[], $2::integer[], $3::bigint[]) "
-                    "ON CONFLICT (day, rule) DO UPDATE SET hits = daily_rule.hits + excluded.hits",
-                    [k[0] for k, _ in items], [k[1] for k, _ in items], [n for _, n in items],
-                )
-            if batch.daily_name:
-                items = sorted(batch.daily_name.items())
-                await conn.execute(
-                    "INSERT INTO daily_name (day, name, hits) SELECT * FROM unnest($1::integer[], $2::integer[], $3::bigint[]) "
-                    "ON CONFLICT (day, name) DO UPDATE SET hits = daily_name.hits + excluded.hits",
-                    [k[0] for k, _ in items], [k[1] for k, _ in items], [n for _, n in items],
-                )
-            if batch.daily_net:
-                items = sorted(batch.daily_net.items())
-                await conn.execute(
-                    "INSERT INTO daily_net (day, net, hits) SELECT * FROM unnest($1::integer[], $2::text[], $3::bigint[]) "
-                    "ON CONFLICT (day, net) DO UPDATE SET hits = daily_net.hits + excluded.hits",
-                    [k[0] for k, _ in items], [k[1] for k, _ in items], [n for _, n in items],
-                )
+            for table, key, typ, per_day in (
+                ("daily_rule", "rule", "integer", batch.daily_rule),
+                ("daily_name", "name", "integer", batch.daily_name),
+                ("daily_net", "net", "text", batch.daily_net),
+            ):
+                for day, counts in per_day.items():
+                    items = sorted(counts.items())
+                    await conn.execute(
+                        f"INSERT INTO {table} (day, {key}, hits) SELECT $1::integer, * FROM unnest($2::{typ}[], $3::bigint[]) "
+                        f"ON CONFLICT (day, {key}) DO UPDATE SET hits = {table}.hits + excluded.hits",
+                        day, [k for k, _ in items], [n for _, n in items],
+                    )
             if batch.name_rules:
                 nr = sorted(batch.name_rules)
                 await conn.execute(

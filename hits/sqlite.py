@@ -345,19 +345,15 @@ class SqliteStore(HitStore):
 
 
 def _rollups(conn: sqlite3.Connection, batch: Batch) -> None:
-    conn.executemany(
-        "INSERT INTO daily_rule (day, rule, hits) VALUES (?,?,?) ON CONFLICT (day, rule) DO UPDATE SET hits = hits + excluded.hits",
-        sorted((d, r, n) for (d, r), n in batch.daily_rule.items()),
-    )
-    conn.executemany(
-        "INSERT INTO daily_name (day, name, hits) VALUES (?,?,?) ON CONFLICT (day, name) DO UPDATE SET hits = hits + excluded.hits",
-        # In key order: neighbouring rows of the table, not a random walk over it.
-        [(d, r, n) for (d, r), n in sorted(batch.daily_name.items())],
-    )
-    conn.executemany(
-        "INSERT INTO daily_net (day, net, hits) VALUES (?,?,?) ON CONFLICT (day, net) DO UPDATE SET hits = hits + excluded.hits",
-        sorted((d, r, n) for (d, r), n in batch.daily_net.items()),
-    )
+    for table, key, per_day in (("daily_rule", "rule", batch.daily_rule), ("daily_name", "name", batch.daily_name), ("daily_net", "net", batch.daily_net)):
+        for day, counts in per_day.items():
+            # The day as a literal (an int), the rows as (key, hits) pairs in key order:
+            # neighbouring rows of the table, and no tuple built per row.
+            conn.executemany(
+                f"INSERT INTO {table} (day, {key}, hits) VALUES ({int(day)}, ?, ?) "
+                f"ON CONFLICT (day, {key}) DO UPDATE SET hits = hits + excluded.hits",
+                sorted(counts.items()),
+            )
     if batch.name_rules:
         conn.executemany("INSERT INTO name_rules (name, rule) VALUES (?,?) ON CONFLICT DO NOTHING", batch.name_rules)
     if batch.first_seen:

@@ -52,9 +52,10 @@ class Batch:
     max_ts: int
     columns: tuple[list[int], ...]  # chain.COLUMNS: ts, client, name, qtype, listed, rule, policy, cnt
     text_block: bytes  # ``chain.text_block`` of every dictionary entry the rows refer to
-    daily_rule: dict[tuple[int, int], int] = field(default_factory=dict)  # (day, rule) -> hits
-    daily_name: dict[tuple[int, int], int] = field(default_factory=dict)  # (day, name) -> hits
-    daily_net: dict[tuple[int, str], int] = field(default_factory=dict)  # (day, network) -> hits
+    # Roll-ups, day -> key -> hits (a batch is almost always within one day: one dict each).
+    daily_rule: dict[int, dict[int, int]] = field(default_factory=dict)  # rule
+    daily_name: dict[int, dict[int, int]] = field(default_factory=dict)  # name
+    daily_net: dict[int, dict[str, int]] = field(default_factory=dict)  # client network
     first_seen: dict[int, int] = field(default_factory=dict)  # name id -> ts ms
     name_rules: list[tuple[int, int]] = field(default_factory=list)  # (name, rule) pairs new in this batch
 

@@ -130,20 +130,21 @@ class HitWriter:
                 by_rule[rule_ids[i]] += extra
                 by_name[name_ids[i]] += extra
                 by_client[client_ids[i]] += extra
-            out.daily_rule = {(day, r): c for r, c in by_rule.items()}
-            out.daily_name = {(day, x): c for x, c in by_name.items()}
+            out.daily_rule = {day: by_rule}
+            out.daily_name = {day: by_name}
             nets = self._nets
+            by_net: dict[str, int] = {}
             for cid, c in by_client.items():
-                key = (day, nets[cid])
-                out.daily_net[key] = out.daily_net.get(key, 0) + c
+                net = nets[cid]
+                by_net[net] = by_net.get(net, 0) + c
+            out.daily_net = {day: by_net}
         else:  # a batch across midnight, or mostly aggregated rows
             nets = self._nets
             for ts, cid, name, rule, c in zip(ts_ms, client_ids, name_ids, rule_ids, cnt_col):
                 day = ts // DAY_MS
-                out.daily_rule[(day, rule)] = out.daily_rule.get((day, rule), 0) + c
-                out.daily_name[(day, name)] = out.daily_name.get((day, name), 0) + c
-                key = (day, nets[cid])
-                out.daily_net[key] = out.daily_net.get(key, 0) + c
+                for table, key in ((out.daily_rule, rule), (out.daily_name, name), (out.daily_net, nets[cid])):
+                    per = table.setdefault(day, {})
+                    per[key] = per.get(key, 0) + c
         pairs = set(map(add, map(_HI.__mul__, name_ids), rule_ids))
         pairs.difference_update(self._name_rules)
         if pairs:

@@ -178,11 +178,13 @@ def measure(a: argparse.Namespace, job: peers.Job, server: procs.Server, upstrea
             mix: str, qfile: Path) -> dict:
     """One closed-loop dnsperf run and what the server, the upstream and both CPUs did meanwhile."""
     waited = wait_idle(a, [server, upstream])
+    everyone0 = procs.all_ticks()
     core0, ticks0, up0 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
     pcore0, self0 = procs.core_ticks(a.perf_cpu), os.times()
     r = dnsperf(a, job.port, qfile, ["-l", str(a.duration)], limit=a.duration + 30)
     core1, ticks1, up1 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
     pcore1, self1 = procs.core_ticks(a.perf_cpu), os.times()
+    everyone1 = procs.all_ticks()
     if not server.alive():
         raise BenchError(f"{job.peer} exited (rc {server.proc.returncode}) during the {mix} run")
     core = {k: core1[k] - core0[k] for k in core0}
@@ -199,6 +201,13 @@ def measure(a: argparse.Namespace, job: peers.Job, server: procs.Server, upstrea
     def share(ticks: float, total: int) -> float:
         return round(100 * max(0.0, ticks) / max(total, 1), 1)
 
+    # Who else ran during the run (a process that started or ended meanwhile is not seen).
+    mine = set(server.pids()) | set(upstream.pids()) | {os.getpid()}
+    others = sorted(((everyone1[p][1] - everyone0[p][1], everyone1[p][0], p) for p in everyone1
+                     if p in everyone0 and p not in mine), reverse=True)
+    r["others_top"] = [f"`{procs.command_line(pid, name)}` (pid {pid}) {share(t, pcore['total'])} %"
+                       for t, name, pid in others[:3]
+                       if t >= 0.01 * pcore["total"]]
     r.update(type="run", peer=job.peer, size=job.size, mix=mix, query_file=qfile.name,
              waited_idle_s=round(waited, 1),
              server_cpu_s=round(cpu_s, 2), server_cpu_pct=round(100 * cpu_s / run_s, 1),

@@ -119,6 +119,31 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
+def all_ticks() -> dict[int, tuple[str, int]]:
+    """(name, utime + stime) of every process; kernel threads get their name in brackets."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name = raw[raw.index("(") + 1:raw.rindex(")")]
+            f = raw[raw.rindex(")") + 2:].split()
+            found[int(entry)] = (f"[{name}]" if f[1] == "2" else name, int(f[11]) + int(f[12]))
+    return found
+
+
+def command_line(pid: int, name: str, width: int = 60) -> str:
+    """The start of a process's command line (its name when it has none: a kernel thread)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return name
+    text = " ".join(a.decode(errors="replace") for a in argv if a)
+    return (text[:width] + "…" if len(text) > width else text) or name
+
+
 def core_ticks(cpu: int) -> dict[str, int]:
     """Tick counters of one CPU from /proc/stat: task time, (soft)irq, steal, idle, total."""
     for line in Path("/proc/stat").read_text().splitlines():

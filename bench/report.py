@@ -187,7 +187,8 @@ def render(records: list[dict]) -> str:
             if busy:
                 line += (f"; **the NSD upstream was busy during the {'/'.join(busy)} run** (> "
                          f"{UPSTREAM_BUSY_PCT:.0f} % CPU): cached answers were not all from the cache")
-            noisy = [f"{m} ({r.get('foreign_pct', 0):.0f} % / {r.get('client_foreign_pct', 0):.0f} %)"
+            noisy = [f"{m} ({r.get('foreign_pct', 0):.0f} % / {r.get('client_foreign_pct', 0):.0f} %"
+                     + (f"; {', '.join(r['others_top'])}" if r.get("others_top") else "") + ")"
                      for m in MIX_ORDER if (r := runs.get((peer, size, m))) and disturbed(r)]
             repeated = [f"{m} ×{len(attempts[(peer, size, m)])}" for m in MIX_ORDER
                         if len(attempts.get((peer, size, m), [])) > 1]

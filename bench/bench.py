@@ -241,6 +241,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
     listed, last = first_word(job.blocklist), last_word(job.blocklist)
     allowed = first_word(DATA / "q-allowed.txt")
     log_path = RUNS / f"{job.peer}-{job.size}.log"
+    core0 = procs.core_ticks(a.server_cpu)
     server = procs.Server(job.peer, launch.argv, a.server_cpu, log_path, launch.cwd)
     STARTED.append(server)
     try:
@@ -248,6 +249,10 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
         load_s = wait_until(server, f"NXDOMAIN for {last}",
                             lambda: (r := procs.query(job.port, last, timeout=0.2)) is not None and r.blocked,
                             a.ready_timeout)
+        core1, load_ticks = procs.core_ticks(a.server_cpu), server.cpu_ticks()
+        # Other programs on the server's CPU while it loaded stretch the load time.
+        load_foreign = 100 * max(0, core1["task"] + core1["softirq"] + core1["steal"] - core0["task"]
+                                 - core0["softirq"] - core0["steal"] - load_ticks) / max(1, core1["total"] - core0["total"])
         sub = "zz9." + listed
         got = {"listed": procs.query(job.port, listed, timeout=2, edns=True),
                "subdomain": procs.query(job.port, sub, timeout=2, edns=True),
@@ -258,12 +263,14 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                   "allowed": [allowed, str(got["allowed"])]}
         time.sleep(1.0)  # let the allocator settle after the load before reading RSS
         rss_ready = server.rss_kib()
-        log(f"{job.peer} {job.size}: pid {server.pid} on :{job.port} loaded in {load_s:.2f} s, "
+        log(f"{job.peer} {job.size}: pid {server.pid} on :{job.port} loaded in {load_s:.2f} s "
+            f"({load_ticks / procs.CLK_TCK:.2f} s CPU, others {load_foreign:.0f} % of its CPU meanwhile), "
             f"RSS {rss_ready / 1024:,.0f} MiB; " + "; ".join(f"{k} {v[1]}" for k, v in checks.items())
             + ("" if ok else "  <-- CHECK FAILED"))
         load_rec = {"type": "load", "peer": job.peer, "size": job.size, "port": job.port,
                     "pid": server.pid, "cmd": shlex.join(launch.argv), "answer": launch.describe,
-                    "load_s": round(load_s, 3), "rss_ready_kib": rss_ready, "checks": checks,
+                    "load_s": round(load_s, 3), "load_cpu_s": round(load_ticks / procs.CLK_TCK, 2),
+                    "load_foreign_pct": round(load_foreign, 1), "rss_ready_kib": rss_ready, "checks": checks,
                     "checks_ok": ok}
         emit(load_rec)
 

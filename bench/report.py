@@ -122,7 +122,8 @@ def render(records: list[dict]) -> str:
             rows.append([peer, size, "load", "", "", "", "", "", "",
                          _fmt(ld["rss_ready_kib"] / 1024, ",.0f",
                               (ref_ld.get("rss_ready_kib") or 0) / 1024, cmp),
-                         _fmt(ld["load_s"], ".2f", ref_ld.get("load_s"), cmp)])
+                         _fmt(ld["load_s"], ".2f", ref_ld.get("load_s"), cmp)
+                         + (" †" if ld.get("load_foreign_pct", 0) > NOISE_PCT else "")])
             for mix in MIX_ORDER:
                 r = runs.get((peer, size, mix))
                 if r is None:
@@ -154,7 +155,8 @@ def render(records: list[dict]) -> str:
                   if any(client_bound(r) for r in runs.values()) else "")
                + (f" `†`: disturbed: other programs or the hypervisor took > {NOISE_PCT:.0f} % of a "
                   "CPU during the run (see Checks); its QPS understates the server."
-                  if any(disturbed(r) for r in runs.values()) else ""))
+                  if any(disturbed(r) for r in runs.values())
+                  or any(ld.get("load_foreign_pct", 0) > NOISE_PCT for ld in loads.values()) else ""))
     out.append("")
 
     out.append("## Checks")
@@ -197,6 +199,9 @@ def render(records: list[dict]) -> str:
             if noisy:
                 line += (f"; **disturbed runs** (other programs or steal on the server / client CPU): "
                          f"{', '.join(noisy)}: repeat on an idle machine")
+            if ld.get("load_foreign_pct", 0) > NOISE_PCT:
+                line += (f"; **load disturbed**: other programs took {ld['load_foreign_pct']:.0f} % of the "
+                         "server CPU while it loaded")
             if not ld.get("checks_ok", True):
                 line += " — **CHECK FAILED**"
             out.append(line)

@@ -96,6 +96,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX hits_client ON hits (client, id);
     CREATE TABLE rule_blocks (rule integer, block bigint, PRIMARY KEY (rule, block));
     INSERT INTO rule_blocks (rule, block) SELECT DISTINCT rule, id >> 10 FROM hits;
+    ALTER TABLE names DROP COLUMN name;
+    DROP INDEX names_rev;
+    ALTER TABLE names ADD CONSTRAINT names_rev_key UNIQUE (rev);
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -103,7 +106,7 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 DICT = {
     "node": ("nodes", ("node",), ("node",)),
     "client": ("clients", ("client", "net"), ("client",)),
-    "name": ("names", ("name", "rev"), ("name",)),
+    "name": ("names", ("rev",), ("rev",)),
     "rule": ("rules", ("agencies", "action"), ("agencies", "action")),
     "policy": ("policies", ("version",), ("version",)),
 }

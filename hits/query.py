@@ -236,7 +236,7 @@ def page_sql(
         # as a join, a planner may scan the batches instead.
         "SELECT h.id, h.ts + COALESCE((SELECT b.min_ts FROM batches b WHERE b.first_hit <= h.id ORDER BY b.first_hit DESC LIMIT 1), 0), "
         "(SELECT nd.node FROM nodes nd WHERE nd.id = (SELECT b.node FROM batches b WHERE b.first_hit <= h.id ORDER BY b.first_hit DESC LIMIT 1)), "
-        "c.client, n.name, h.qtype, h.listed, l.name, r.agencies, r.action, p.version, h.cnt "
+        "c.client, n.rev, h.qtype, h.listed, l.rev, r.agencies, r.action, p.version, h.cnt "
         f"FROM ({inner}) AS h "
         "JOIN clients c ON c.id = h.client JOIN names n ON n.id = h.name "
         "LEFT JOIN names l ON l.id = -h.listed JOIN rules r ON r.id = h.rule JOIN policies p ON p.id = h.policy "
@@ -247,9 +247,9 @@ def page_sql(
 
 def hit_dict(row: Sequence[Any]) -> dict[str, Any]:
     """A joined row of ``page_sql`` as the API's JSON object."""
-    ident, ts, node, client, name, qtype, offset, listed, agencies, action, version, count = row
-    if listed is None:
-        listed = listed_text(name, offset)
+    ident, ts, node, client, rev, qtype, offset, listed_rev, agencies, action, version, count = row
+    name = name_rev(rev)  # names are stored with their labels reversed
+    listed = listed_text(name, offset) if listed_rev is None else name_rev(listed_rev)
     agencies_list = agencies.split(",") if agencies else []
     return {
         "id": ident,

@@ -105,6 +105,12 @@ MIGRATIONS: list[str] = [
     INSERT INTO client_hits (c, hid) SELECT client, id FROM hits ORDER BY client, id;
     CREATE TABLE rule_blocks (rule INTEGER, block INTEGER, PRIMARY KEY (rule, block)) WITHOUT ROWID;
     INSERT INTO rule_blocks (rule, block) SELECT DISTINCT rule, id >> 10 FROM hits;
+    -- A name is kept once, labels reversed ('test.casino.www'): the one unique index serves the
+    -- exact name and its subdomains, and the text is the name read backwards.
+    CREATE TABLE names_v3 (id INTEGER PRIMARY KEY, rev TEXT NOT NULL UNIQUE);
+    INSERT INTO names_v3 (id, rev) SELECT id, rev FROM names ORDER BY id;
+    DROP TABLE names;
+    ALTER TABLE names_v3 RENAME TO names;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -112,13 +118,13 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 DICT = {
     "node": ("nodes", ("node",)),
     "client": ("clients", ("client", "net")),
-    "name": ("names", ("name", "rev")),
+    "name": ("names", ("rev",)),
     "rule": ("rules", ("agencies", "action")),
     "policy": ("policies", ("version",)),
 }
 _INSERT = "INSERT INTO hits (ts, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_ID = "INSERT INTO hits (id, ts, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?,?)"
-UNIQUE = {"node": ("node",), "client": ("client",), "name": ("name",), "rule": ("agencies", "action"), "policy": ("version",)}
+UNIQUE = {"node": ("node",), "client": ("client",), "name": ("rev",), "rule": ("agencies", "action"), "policy": ("version",)}
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -131,6 +137,8 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         # WAL + NORMAL: a committed batch survives a process crash; a power cut may lose the
         # last ones (the OS had not synced the WAL yet).
         conn.execute("PRAGMA synchronous = NORMAL")
+        # A big batch grows the WAL; after each checkpoint it is cut back to this (bytes).
+        conn.execute("PRAGMA journal_size_limit = 33554432")
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA cache_size = -65536")
     return conn

@@ -30,7 +30,7 @@ KINDS = ("node", "client", "name", "rule", "policy")
 DICT_TABLES = {
     "node": ("nodes", "node", "node"),
     "client": ("clients", "client || char(31) || net", "client"),
-    "name": ("names", "name", "name"),
+    "name": ("names", "rev", "rev"),  # stored reversed: the text is name_rev(rev)
     "rule": ("rules", "agencies || '|' || action", "agencies"),
     "policy": ("policies", "version", "version"),
 }
@@ -135,11 +135,11 @@ class HitStore(abc.ABC):
         """Dictionary ids for each filter; None when some filter can match nothing."""
         out: list[Resolved] = []
         if f.name is not None:
+            rev = name_rev(f.name)
             if f.exact:
-                where, params = "name = ?", (f.name,)
+                where, params = "rev = ?", (rev,)
             else:
-                rev = name_rev(f.name)
-                where, params = "name = ? OR (rev > ? AND rev < ?)", (f.name, rev + ".", rev + "/")
+                where, params = "rev = ? OR (rev > ? AND rev < ?)", (rev, rev + ".", rev + "/")
             ids = [r[0] for r in await self.fetch(f"SELECT id FROM names WHERE {where} LIMIT {INLINE_MAX + 1}", params)]
             if not ids:
                 return None
@@ -320,19 +320,19 @@ class HitStore(abc.ABC):
         ):
             for agency in rules.get(rule, []):  # a hit counts for every agency whose entry matched
                 per[(day, agency)] = per.get((day, agency), 0) + int(hits)
-        top_names = await self.fetch(
-            "SELECT n.name, SUM(d.hits) AS s FROM daily_name d JOIN names n ON n.id = d.name "
-            "WHERE d.day >= ? GROUP BY n.name ORDER BY s DESC, n.name LIMIT ?",
+        top_names = [(name_rev(rev), s) for rev, s in await self.fetch(
+            "SELECT n.rev, SUM(d.hits) AS s FROM daily_name d JOIN names n ON n.id = d.name "
+            "WHERE d.day >= ? GROUP BY n.rev ORDER BY s DESC, n.rev LIMIT ?",
             (first_day, top),
-        )
+        )]
         top_nets = await self.fetch(
             "SELECT net, SUM(hits) AS s FROM daily_net WHERE day >= ? GROUP BY net ORDER BY s DESC, net LIMIT ?",
             (first_day, top),
         )
-        new_names = await self.fetch(
-            "SELECT n.name, f.ts FROM first_seen f JOIN names n ON n.id = f.name WHERE f.ts >= ? ORDER BY f.ts DESC, n.name LIMIT ?",
+        new_names = [(name_rev(rev), ts) for rev, ts in await self.fetch(
+            "SELECT n.rev, f.ts FROM first_seen f JOIN names n ON n.id = f.name WHERE f.ts >= ? ORDER BY f.ts DESC, n.rev LIMIT ?",
             (int((now - 86400) * 1000), top * 5),
-        )
+        )]
         return {
             "days": days,
             "per_agency_day": [
@@ -410,7 +410,7 @@ class HitStore(abc.ABC):
                 for ident, text in await self.fetch(
                     f"SELECT id, {self.text_expr(kind, expr)} FROM {table} WHERE id IN ({', '.join('?' * len(part))})", part
                 ):
-                    out[kind][ident] = str(text)
+                    out[kind][ident] = name_rev(text) if kind == "name" else str(text)
         return out
 
     def text_expr(self, kind: str, expr: str) -> str:

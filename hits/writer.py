@@ -198,7 +198,7 @@ class HitWriter:
         for wire in (set(qname_col) | set(listed_col)) - names.keys():
             text = name_text(wire)
             if text not in new_names:
-                new_names[text] = (text, name_rev(text))
+                new_names[text] = (name_rev(text),)
                 wire_of[text] = []
             wire_of[text].append(wire)
         new_rules: dict[str, tuple[str, str]] = {}

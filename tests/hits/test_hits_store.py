@@ -160,10 +160,10 @@ async def test_chain_catches_an_edited_row(store: HitStore, writer: HitWriter) -
 async def test_chain_catches_an_edited_name_a_deleted_row_and_a_deleted_batch(store: HitStore, writer: HitWriter) -> None:
     for b in range(3):
         await write(writer, [hit(T0 + b * 10 + i, f"192.0.2.{b}", f"b{b}-{i}.casino.test", listed="casino.test") for i in range(3)])
-    await tamper(store, "UPDATE names SET name = 'innocent.test' WHERE name = 'b2-0.casino.test'")
+    await tamper(store, "UPDATE names SET rev = 'test.innocent' WHERE rev = 'test.casino.b2-0'")
     verified, broken = await store.verify()
     assert verified == 2 and broken is not None and "hash" in broken.reason
-    await tamper(store, "UPDATE names SET name = 'b2-0.casino.test' WHERE name = 'innocent.test'")
+    await tamper(store, "UPDATE names SET rev = 'test.casino.b2-0' WHERE rev = 'test.innocent'")
     assert await store.verify() == (3, None)
 
     hits, _ = await store.page(Filters.parse({"name": "b0-2.casino.test"}))
@@ -277,7 +277,7 @@ async def test_listed_entry_as_offset_or_name(store: HitStore, writer: HitWriter
         ("www.casino.test", "casino.test"),
     ]
     assert await store.verify() == (1, None)
-    await tamper(store, "UPDATE names SET name = 'cdn.good.test' WHERE name = 'cdn.bet.test'")
+    await tamper(store, "UPDATE names SET rev = 'test.good.cdn' WHERE rev = 'test.bet.cdn'")
     assert (await store.verify())[1] is not None  # the listed entry is covered by the chain too
 
 

@@ -99,6 +99,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE names DROP COLUMN name;
     DROP INDEX names_rev;
     ALTER TABLE names ADD CONSTRAINT names_rev_key UNIQUE (rev);
+    CREATE TABLE nets (id serial PRIMARY KEY, net text NOT NULL UNIQUE);
+    INSERT INTO nets (net) SELECT DISTINCT net FROM daily_net ORDER BY net;
+    CREATE TABLE daily_net_v3 (day integer, net integer, hits bigint NOT NULL, PRIMARY KEY (day, net));
+    INSERT INTO daily_net_v3 (day, net, hits) SELECT d.day, n.id, d.hits FROM daily_net d JOIN nets n ON n.net = d.net;
+    DROP TABLE daily_net;
+    ALTER TABLE daily_net_v3 RENAME TO daily_net;
+    ALTER INDEX daily_net_v3_pkey RENAME TO daily_net_pkey;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -109,6 +116,7 @@ DICT = {
     "name": ("names", ("rev",), ("rev",)),
     "rule": ("rules", ("agencies", "action"), ("agencies", "action")),
     "policy": ("policies", ("version",), ("version",)),
+    "net": ("nets", ("net",), ("net",)),
 }
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -284,7 +292,7 @@ class PostgresStore(HitStore):
             for table, key, typ, per_day in (
                 ("daily_rule", "rule", "integer", batch.daily_rule),
                 ("daily_name", "name", "integer", batch.daily_name),
-                ("daily_net", "net", "text", batch.daily_net),
+                ("daily_net", "net", "integer", batch.daily_net),
             ):
                 for day, counts in per_day.items():
                     items = sorted(counts.items())

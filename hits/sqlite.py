@@ -111,6 +111,13 @@ MIGRATIONS: list[str] = [
     INSERT INTO names_v3 (id, rev) SELECT id, rev FROM names ORDER BY id;
     DROP TABLE names;
     ALTER TABLE names_v3 RENAME TO names;
+    -- Client networks by id in the daily roll-up (the text once, in nets).
+    CREATE TABLE nets (id INTEGER PRIMARY KEY, net TEXT NOT NULL UNIQUE);
+    INSERT INTO nets (net) SELECT DISTINCT net FROM daily_net ORDER BY net;
+    CREATE TABLE daily_net_v3 (day INTEGER, net INTEGER, hits INTEGER NOT NULL, PRIMARY KEY (day, net)) WITHOUT ROWID;
+    INSERT INTO daily_net_v3 (day, net, hits) SELECT d.day, n.id, d.hits FROM daily_net d JOIN nets n ON n.net = d.net;
+    DROP TABLE daily_net;
+    ALTER TABLE daily_net_v3 RENAME TO daily_net;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
@@ -121,10 +128,11 @@ DICT = {
     "name": ("names", ("rev",)),
     "rule": ("rules", ("agencies", "action")),
     "policy": ("policies", ("version",)),
+    "net": ("nets", ("net",)),
 }
 _INSERT = "INSERT INTO hits (ts, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_ID = "INSERT INTO hits (id, ts, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?,?)"
-UNIQUE = {"node": ("node",), "client": ("client",), "name": ("rev",), "rule": ("agencies", "action"), "policy": ("version",)}
+UNIQUE = {"node": ("node",), "client": ("client",), "name": ("rev",), "rule": ("agencies", "action"), "policy": ("version",), "net": ("net",)}
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:

@@ -55,7 +55,7 @@ class Batch:
     # Roll-ups, day -> key -> hits (a batch is almost always within one day: one dict each).
     daily_rule: dict[int, dict[int, int]] = field(default_factory=dict)  # rule
     daily_name: dict[int, dict[int, int]] = field(default_factory=dict)  # name
-    daily_net: dict[int, dict[str, int]] = field(default_factory=dict)  # client network
+    daily_net: dict[int, dict[int, int]] = field(default_factory=dict)  # client network (nets id)
     first_seen: dict[int, int] = field(default_factory=dict)  # name id -> ts ms
     name_rules: list[tuple[int, int]] = field(default_factory=list)  # (name, rule) pairs new in this batch
 
@@ -326,7 +326,8 @@ class HitStore(abc.ABC):
             (first_day, top),
         )]
         top_nets = await self.fetch(
-            "SELECT net, SUM(hits) AS s FROM daily_net WHERE day >= ? GROUP BY net ORDER BY s DESC, net LIMIT ?",
+            "SELECT n.net, SUM(d.hits) AS s FROM daily_net d JOIN nets n ON n.id = d.net WHERE d.day >= ? "
+            "GROUP BY n.net ORDER BY s DESC, n.net LIMIT ?",
             (first_day, top),
         )
         new_names = [(name_rev(rev), ts) for rev, ts in await self.fetch(

@@ -62,7 +62,8 @@ class HitWriter:
         self.node = node
         self._node_id: int | None = None
         self._clients: dict[str, int] = {}  # address -> id
-        self._nets: dict[int, str] = {}  # client id -> network (for the roll-ups)
+        self._nets: dict[int, int] = {}  # client id -> nets id of its network (for the roll-ups)
+        self._net_ids: dict[str, int] = {}  # network -> nets id
         self._names: dict[bytes, int] = {}  # wire -> id
         self._rules: dict[int, int] = {}  # id(rule) -> id
         self._rule_refs: dict[int, Any] = {}  # id(rule) -> rule, so that an id() is never reused while memoised
@@ -76,6 +77,7 @@ class HitWriter:
         if len(self._clients) > _MEMO_CAP or len(self._names) > _MEMO_CAP:
             self._clients.clear()
             self._nets.clear()
+            self._net_ids.clear()
             self._names.clear()
             self._first_seen.clear()
             self._name_rules.clear()
@@ -133,7 +135,7 @@ class HitWriter:
             out.daily_rule = {day: by_rule}
             out.daily_name = {day: by_name}
             nets = self._nets
-            by_net: dict[str, int] = {}
+            by_net: dict[int, int] = {}
             for cid, c in by_client.items():
                 net = nets[cid]
                 by_net[net] = by_net.get(net, 0) + c
@@ -212,10 +214,14 @@ class HitWriter:
         if new_clients:
             by_stored = {v[0]: v for v in new_clients.values()}
             got = store.ids("client", by_stored)
+            net_ids = self._net_ids
+            new_nets = {net: (net,) for _stored, net in new_clients.values() if net not in net_ids}
+            if new_nets:
+                net_ids.update(store.ids("net", new_nets))
             for address, (stored, net) in new_clients.items():
                 cid = got[stored]
                 clients[address] = cid
-                self._nets[cid] = net
+                self._nets[cid] = net_ids[net]
                 lines["client"][cid] = text_line("client", cid, f"{stored}\x1f{by_stored[stored][1]}")
         if new_names:
             got = store.ids("name", new_names)

@@ -354,6 +354,8 @@ def _v2_store(path: Any) -> list[int]:
                      (t0, first, last, min(r[0] for r in rows), max(r[0] for r in rows), prev))
         for r in rows:
             conn.execute("INSERT INTO daily_rule VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET hits = hits + excluded.hits", (r[0] // DAY_MS, r[6], r[8]))
+            net = "192.0.2.0/24" if r[2] == 1 else "198.51.100.0/24"
+            conn.execute("INSERT INTO daily_net VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET hits = hits + excluded.hits", (r[0] // DAY_MS, net, r[8]))
         del cur
     conn.commit()
     ids = [r[0] for r in conn.execute("SELECT id FROM hits ORDER BY id")]
@@ -391,6 +393,8 @@ async def test_migration_from_version_2_keeps_hits_filters_and_chain(tmp_path: A
         assert hits[0]["name"] == "m.bet.test" and hits[0]["listed"] == "bet.test" and hits[0]["id"] > max(old_ids)
         assert await store.verify() == (3, None)
         assert (await store.status())["hits"] == 7
+        nets = (await store.stats(days=2, now=T0 + 200))["top_networks"]
+        assert nets == [{"network": "198.51.100.0/24", "hits": 4}, {"network": "192.0.2.0/24", "hits": 3}]
         await tamper(store, "UPDATE hits SET cnt = 5 WHERE id = ?", old_ids[1])
         verified, broken = await store.verify()
         assert verified == 0 and broken is not None and "hash" in broken.reason

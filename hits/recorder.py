@@ -43,6 +43,7 @@ _QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: 
 
 
 _COLUMNS = [itemgetter(i) for i in range(7)]
+_MEMO_CAP = 1 << 20  # names and clients whose JSON text is remembered across batches
 _QTYPES = {code: name.encode() for code, name in _QTYPE_NAMES.items()}
 
 
@@ -190,14 +191,14 @@ class HitRecorder:
         if not hits:
             return []
         names = self._names
-        if len(names) > 262144:
+        if len(names) > _MEMO_CAP:
             names.clear()  # bounded memo of name texts, kept across batches
         # One column at a time: zip(*hits) would build a tuple as wide as the batch per field.
         ts_col, client_col, qname_col, qtype_col, rule_col, listed_col, ver_col = [list(map(g, hits)) for g in _COLUMNS]
         # Two memoised parts per line: the node and client (kept across batches), and the
         # type, agencies, action and policy version (per batch: few).
         heads = self._heads
-        if len(heads) > 262144:
+        if len(heads) > _MEMO_CAP:
             heads.clear()
         node = _json_str(self.node)
         for client in set(client_col) - heads.keys():
@@ -212,10 +213,14 @@ class HitRecorder:
                 rule.action.encode(),
                 key[2],
             )
-        for wire in (set(qname_col) | set(listed_col)) - names.keys():
-            names[wire] = _json_str(dotted(wire))
         get = names.__getitem__
-        cols = (map(heads.__getitem__, client_col), map(tails.__getitem__, keys), ts_col, map(get, qname_col), map(get, listed_col))
+        try:
+            name_texts, listed_texts = list(map(get, qname_col)), list(map(get, listed_col))
+        except KeyError:  # names not seen yet
+            for wire in (set(qname_col) | set(listed_col)) - names.keys():
+                names[wire] = _json_str(dotted(wire))
+            name_texts, listed_texts = list(map(get, qname_col)), list(map(get, listed_col))
+        cols = (map(heads.__getitem__, client_col), map(tails.__getitem__, keys), ts_col, name_texts, listed_texts)
         if not agg:
             return [b'%s%s%.3f,"name":%s,"listed":%s,"count":1}\n' % row for row in zip(*cols)]
         counts = [1] * n_plain + list(agg.values())

@@ -187,3 +187,22 @@ def test_csv_cells_never_start_a_formula() -> None:
     row = {"id": 1, "time": "t", "node": "n", "client": "=cmd()", "name": "-x.casino.test", "qtype": "A",
            "listed": "casino.test", "agency": "pl-mf", "agencies": ["pl-mf"], "action": "redirect", "policy_version": 1, "count": 1}
     assert csv_rows([row]).decode().split(",")[3:5] == ["'=cmd()", "'-x.casino.test"]
+
+
+def test_json_lines_fields_counts_and_odd_names() -> None:
+    from tests.hits.conftest import CZ, PL_IT
+
+    rec = HitRecorder(HitsSettings(node="n1"), stream=io.BytesIO(), privacy=ClientPrivacy("truncate"))
+    odd = (T0 + 2, "198.51.100.7", b'\x04a"\\b\x04test\x00', 28, CZ, b"\x04test\x00", 8)
+    batch = [hit(T0 + 0.25, "192.0.2.77", "www.casino.test", listed="casino.test"), odd]
+    agg = {(int(T0) + 1, "192.0.2.77", *hit(0, "", "bet.test", 65, PL_IT)[2:]): 40}
+    for _ in range(2):  # the second time from the memoised texts
+        lines = [json.loads(x) for x in rec.format(batch, agg)]
+        assert lines == [
+            {"node": "n1", "client": "192.0.2.0/24", "qtype": "A", "agency": "pl-mf", "agencies": ["pl-mf"], "action": "redirect",
+             "policy_version": 7, "ts": T0 + 0.25, "name": "www.casino.test", "listed": "casino.test", "count": 1},
+            {"node": "n1", "client": "198.51.100.0/24", "qtype": "AAAA", "agency": "cz-mf", "agencies": ["cz-mf"], "action": "nxdomain",
+             "policy_version": 8, "ts": T0 + 2, "name": 'a"\\b.test', "listed": "test", "count": 1},
+            {"node": "n1", "client": "192.0.2.0/24", "qtype": "HTTPS", "agency": "pl-mf", "agencies": ["pl-mf", "it-adm"], "action": "redirect",
+             "policy_version": 7, "ts": float(int(T0) + 1), "name": "bet.test", "listed": "bet.test", "count": 40},
+        ]

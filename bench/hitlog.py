@@ -304,7 +304,9 @@ async def bench_query(a: argparse.Namespace) -> dict:
     rows = (await st.status())["rows"]
     out: dict = {"store": a.store, "rows": rows, "load_s": load_s, "bytes_per_row": size / rows, "mb_per_million": size / rows * 1e6 / 2**20}
     log(f"{a.store}: {rows:,} rows in {load_s:.0f} s, {size / rows:.1f} bytes/row")
-    if a.store == "sqlite":  # where the bytes are (dbstat: pages per table and index)
+    if a.store == "sqlite":  # where the bytes are (dbstat: pages per table and index); the WAL apart
+        out["bytes_per_row_db_file"] = Path(st.path).stat().st_size / rows  # type: ignore[attr-defined]
+        log(f"  database file {out['bytes_per_row_db_file']:.1f} bytes/row (the rest is the WAL)")
         per = await st.fetch("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
         out["bytes_per_row_by_table"] = {name: round(b / rows, 2) for name, b in per if b / rows >= 0.05}
         log("  " + ", ".join(f"{k} {v}" for k, v in out["bytes_per_row_by_table"].items()))

@@ -1,8 +1,9 @@
 """The hit store's contract and everything both stores (SQLite, PostgreSQL) share.
 
 Owns the schema's shape (dictionary tables for nodes, clients, names, agency sets and policy
-versions; one compact integer row per hit or per aggregated count; the batch chain; daily
-roll-ups for the statistics), the read side (pages, export, statistics, status, chain
+versions; one compact integer row per hit or per aggregated count, its time relative to its
+batch and its node on the batch; the batch chain; which agency sets each block of ids holds;
+daily roll-ups for the statistics), the read side (pages, export, statistics, status, chain
 verification) written once in portable SQL, and the retention rule (whole batches older than
 the retention age, oldest first, so the chain stays verifiable from an anchor).
 

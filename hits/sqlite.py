@@ -145,8 +145,9 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         # WAL + NORMAL: a committed batch survives a process crash; a power cut may lose the
         # last ones (the OS had not synced the WAL yet).
         conn.execute("PRAGMA synchronous = NORMAL")
-        # A big batch grows the WAL; after each checkpoint it is cut back to this (bytes).
-        conn.execute("PRAGMA journal_size_limit = 33554432")
+        # A big batch grows the WAL; after each checkpoint it is cut back to the size at which
+        # checkpoints start (1000 pages), so that the store's size is the database's.
+        conn.execute("PRAGMA journal_size_limit = 4194304")
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA cache_size = -65536")
     return conn

@@ -321,9 +321,10 @@ class HitStore(abc.ABC):
         ):
             for agency in rules.get(rule, []):  # a hit counts for every agency whose entry matched
                 per[(day, agency)] = per.get((day, agency), 0) + int(hits)
+        # Summed per name id, and only the top ones joined to their text (ties: the older name).
         top_names = [(name_rev(rev), s) for rev, s in await self.fetch(
-            "SELECT n.rev, SUM(d.hits) AS s FROM daily_name d JOIN names n ON n.id = d.name "
-            "WHERE d.day >= ? GROUP BY n.rev ORDER BY s DESC, n.rev LIMIT ?",
+            "SELECT n.rev, t.s FROM (SELECT name, SUM(hits) AS s FROM daily_name WHERE day >= ? "
+            "GROUP BY name ORDER BY s DESC, name LIMIT ?) AS t JOIN names n ON n.id = t.name ORDER BY t.s DESC, t.name",
             (first_day, top),
         )]
         top_nets = await self.fetch(

@@ -448,3 +448,37 @@ async def test_postgres_migration_from_version_2(clock: Clock) -> None:
     finally:
         await store.close()
         await store.drop_schema()
+
+
+async def test_batch_across_midnight_and_mostly_aggregated(store: HitStore, writer: HitWriter, clock: Clock) -> None:
+    day = 86400
+    midnight = (int(T0) // day) * day
+    plain = [hit(midnight - 1, "192.0.2.1", "casino.test"), hit(midnight + 1, "192.0.2.2", "bet.test", rule=CZ)]
+    agg = {(midnight + 2, "192.0.2.1", *hit(0, "", "casino.test")[2:]): 30, (midnight - 2, "198.51.100.1", *hit(0, "", "bet.test", rule=CZ)[2:]): 5}
+    await write(writer, plain, agg)
+    s = await store.stats(days=3, top=10, now=clock())
+    per = {(d["day"], d["agency"]): d["hits"] for d in s["per_agency_day"]}
+    assert per == {("2026-09-20", "pl-mf"): 1, ("2026-09-20", "cz-mf"): 5, ("2026-09-21", "pl-mf"): 30, ("2026-09-21", "cz-mf"): 1}
+    assert s["top_names"] == [{"name": "casino.test", "hits": 31}, {"name": "bet.test", "hits": 6}]
+    assert {n["network"]: n["hits"] for n in s["top_networks"]} == {"192.0.2.0/24": 32, "198.51.100.0/24": 5}
+    hits, _ = await store.page(Filters(until=midnight))
+    assert sorted((h["name"], h["count"]) for h in hits) == [("bet.test", 5), ("casino.test", 1)]
+    assert await store.verify() == (1, None)
+
+
+async def test_retention_removes_the_lookup_entries_too(tmp_path: Any, clock: Clock) -> None:
+    from hits.privacy import ClientPrivacy
+    from hits.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "h.sqlite", clock=clock)
+    await store.open()
+    try:
+        w = HitWriter(store, ClientPrivacy("full"), "n")
+        await write(w, [hit(T0 - 100 * 86400, f"192.0.2.{i}", f"old{i}.test") for i in range(50)])
+        await write(w, [hit(T0, "192.0.2.1", "new.test")])
+        await store.purge(int(clock() * 1000) - 90 * DAY_MS)
+        for table in ("name_hits", "client_hits"):
+            assert (await store.fetch(f"SELECT COUNT(*) FROM {table}")) == [(1,)], table
+        assert [h["name"] for h in (await store.page(Filters(client="192.0.2.1")))[0]] == ["new.test"]
+    finally:
+        await store.close()

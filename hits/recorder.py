@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterable
-from operator import itemgetter
+from operator import add, itemgetter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ _QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: 
 
 _COLUMNS = [itemgetter(i) for i in range(7)]
 _MEMO_CAP = 1 << 20  # names and clients whose JSON text is remembered across batches
+_SHIFT16 = 1 << 16  # JSON line tails keyed by id(rule) << 16 | qtype
 _QTYPES = {code: name.encode() for code, name in _QTYPE_NAMES.items()}
 
 
@@ -203,15 +204,23 @@ class HitRecorder:
         node = _json_str(self.node)
         for client in set(client_col) - heads.keys():
             heads[client] = b'{"node":%s,"client":%s,' % (node, _json_str(self.privacy.client(client).encode()))
-        keys = list(zip(map(id, rule_col), qtype_col, ver_col))
-        tails: dict[tuple[int, int, int], bytes] = {}
-        for key, rule in dict(zip(keys, rule_col)).items():
+        # Keyed by one int (rule and type) when the batch has one policy version, as it almost
+        # always has: a list of ints is no work for the garbage collector, one of tuples is.
+        versions = set(ver_col)
+        if len(versions) == 1:
+            keys: list[Any] = list(map(add, map(_SHIFT16.__mul__, map(id, rule_col)), qtype_col))
+            parts = [(key, rule, qtype, ver_col[0]) for key, (rule, qtype) in dict(zip(keys, zip(rule_col, qtype_col))).items()]
+        else:
+            keys = list(zip(map(id, rule_col), qtype_col, ver_col))
+            parts = [(key, rule, key[1], key[2]) for key, rule in dict(zip(keys, rule_col)).items()]
+        tails: dict[Any, bytes] = {}
+        for key, rule, qtype, version in parts:
             tails[key] = b'"qtype":"%s","agency":%s,"agencies":%s,"action":"%s","policy_version":%d,"ts":' % (
-                _qtype(key[1]),
+                _qtype(qtype),
                 _json_str(rule.agency.encode()),
                 json.dumps(list(rule.agencies)).encode(),
                 rule.action.encode(),
-                key[2],
+                version,
             )
         get = names.__getitem__
         try:

@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterable
-from operator import add, itemgetter
+from operator import add
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 
 from config.settings import HitsSettings
+from hits.batch import HIT_FIELDS, FlatHits, batch_size, hit_columns
 from hits.privacy import ClientPrivacy
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ _SAFE = re.compile(rb"[a-z0-9._-]*")
 _QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 65: "HTTPS", 64: "SVCB", 255: "ANY"}
 
 
-_COLUMNS = [itemgetter(i) for i in range(7)]
 _MEMO_CAP = 1 << 20  # names and clients whose JSON text is remembered across batches
 _SHIFT16 = 1 << 16  # JSON line tails keyed by id(rule) << 16 | qtype
 _QTYPES = {code: name.encode() for code, name in _QTYPE_NAMES.items()}
@@ -85,7 +85,8 @@ class HitRecorder:
         self.settings = settings
         self.enabled = settings.enabled
         self.cap = settings.buffer_size
-        self.buffer: list[Hit] = []
+        self.buffer = FlatHits()
+        self._cap_fields = self.cap * HIT_FIELDS
         self.aggregated: dict[tuple[Any, ...], int] = {}
         self.recorded = 0  # hits written one line each
         self.aggregated_count = 0  # hits folded into a count
@@ -111,8 +112,8 @@ class HitRecorder:
         """Hot path: one append while there is room, else count it per (client, name, type, entry, second)."""
         if not self.enabled:
             return
-        if len(self.buffer) < self.cap:
-            self.buffer.append(hit)
+        if len(self.buffer) < self._cap_fields:
+            self.buffer.extend(hit)
             return
         key = (int(hit[0]), hit[1], hit[2], hit[3], hit[4], hit[5], hit[6])
         agg = self.aggregated
@@ -123,9 +124,9 @@ class HitRecorder:
         else:
             self.dropped += 1
 
-    def take(self) -> tuple[list[Hit], dict[tuple[Any, ...], int]]:
+    def take(self) -> tuple[FlatHits, dict[tuple[Any, ...], int]]:
         """Everything buffered, leaving the buffers empty (called on the event loop)."""
-        batch, self.buffer = self.buffer, []
+        batch, self.buffer = self.buffer, FlatHits()
         agg, self.aggregated = self.aggregated, {}
         return batch, agg
 
@@ -163,10 +164,10 @@ class HitRecorder:
                     except Exception as exc:
                         self.store_errors += 1
                         self._retry = pending[i:]
-                        held = sum(len(b) + sum(a.values()) for b, a in self._retry)
+                        held = sum(batch_size(b) + sum(a.values()) for b, a in self._retry)
                         while len(self._retry) > 1 and held > self.cap * 4:
                             lost_b, lost_a = self._retry.pop(0)
-                            lost = len(lost_b) + sum(lost_a.values())
+                            lost = batch_size(lost_b) + sum(lost_a.values())
                             held -= lost
                             self.dropped += lost
                         log.error("hit store write failed; keeping the batch for the next flush", error=str(exc), held=held)
@@ -177,7 +178,7 @@ class HitRecorder:
                     out = self._open()
                     out.write(b"".join(lines))
                     out.flush()
-            self.recorded += len(batch)
+            self.recorded += batch_size(batch)
             self.aggregated_count += sum(agg.values())
 
     def format(self, batch: Iterable[Hit], agg: dict[tuple[Any, ...], int]) -> list[bytes]:
@@ -185,17 +186,12 @@ class HitRecorder:
         client/rule/type/version prefix, and each name's JSON text) are memoised, because a
         flood of blocked queries comes from few clients and few rules and repeats names.
         Columns are looked up with ``map`` (C level), so no Python function runs per hit."""
-        hits = batch if isinstance(batch, list) else list(batch)
-        n_plain = len(hits)
-        if agg:
-            hits = hits + [(float(k[0]),) + k[1:] for k in agg]
-        if not hits:
+        (ts_col, client_col, qname_col, qtype_col, rule_col, listed_col, ver_col), n_plain = hit_columns(batch, agg)
+        if not ts_col:
             return []
         names = self._names
         if len(names) > _MEMO_CAP:
             names.clear()  # bounded memo of name texts, kept across batches
-        # One column at a time: zip(*hits) would build a tuple as wide as the batch per field.
-        ts_col, client_col, qname_col, qtype_col, rule_col, listed_col, ver_col = [list(map(g, hits)) for g in _COLUMNS]
         # Two memoised parts per line: the node and client (kept across batches), and the
         # type, agencies, action and policy version (per batch: few).
         heads = self._heads
@@ -257,7 +253,7 @@ class HitRecorder:
             "recorded": self.recorded,
             "aggregated": self.aggregated_count,
             "dropped": self.dropped,
-            "buffered": len(self.buffer),
+            "buffered": self.buffer.hits(),
             "stored_rows": self.stored_rows,
             "store_errors": self.store_errors,
         }

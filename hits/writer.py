@@ -12,9 +12,10 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import repeat
-from operator import add, itemgetter, sub
+from operator import add, sub
 from typing import Any
 
+from hits.batch import hit_columns
 from hits.chain import text_line
 from hits.privacy import ClientPrivacy
 from hits.query import name_rev
@@ -22,7 +23,6 @@ from hits.store import DAY_MS, KINDS, Batch, HitStore
 
 _MEMO_CAP = 1 << 20
 _MS = (1000.0).__mul__
-_COLUMNS = [itemgetter(i) for i in range(7)]
 _HI = 1 << 32  # (name, rule) pairs packed into one int: name << 32 | rule
 _PLAIN = re.compile(rb"[a-z0-9._-]*")
 
@@ -87,15 +87,11 @@ class HitWriter:
     def encode(self, batch: Iterable[tuple[Any, ...]], agg: dict[tuple[Any, ...], int]) -> Batch | None:
         """Rows for the store; dictionary entries missing from the memo are looked up or inserted."""
         self._trim()
-        hits = batch if isinstance(batch, list) else list(batch)
-        nb = len(hits)
-        if agg:
-            hits = hits + [(float(k[0]),) + k[1:] for k in agg]
-        n = len(hits)
+        cols_in, nb = hit_columns(batch, agg)
+        ts_col, client_col, qname_col, qtype_col, rule_col, listed_col, ver_col = cols_in
+        n = len(ts_col)
         if not n:
             return None
-        # One column at a time: zip(*hits) would build a tuple as wide as the batch per field.
-        ts_col, client_col, qname_col, qtype_col, rule_col, listed_col, ver_col = [list(map(g, hits)) for g in _COLUMNS]
         cnt_col: list[int] = [1] * nb + list(agg.values()) if agg else [1] * n
         # The listed entry is a suffix of the queried name (its byte offset is stored), except
         # when CNAME inspection matched the target: then it is stored as minus its names id.

@@ -92,7 +92,7 @@ async def test_burst_is_aggregated_not_lost(tmp_path: Path) -> None:
             for i in range(4000):
                 rec.record(hit(T0 + sec + i / 10000, f"192.0.2.{i % 4}", f"w{i % 5}.casino.test", listed="casino.test"))
                 sent += 1
-        assert len(rec.buffer) == 100 and rec.dropped == 0
+        assert rec.buffer.hits() == 100 and rec.dropped == 0
         await rec.flush()
         stats = rec.stats()
         assert stats["recorded"] + stats["aggregated"] == sent and stats["dropped"] == 0

@@ -1,0 +1,53 @@
+"""A batch of hits as the hot path leaves it: a flat buffer, and its columns for the writers.
+
+Owns ``FlatHits`` (the recorder's buffer) and ``hit_columns`` (seven column lists, with the
+aggregated rows after the plain hits), shared by the store writer and the JSON-lines formatter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from operator import itemgetter
+from typing import Any
+
+HIT_FIELDS = 7  # ts, client, qname wire, qtype, rule, listed wire, policy version
+_COLUMNS = [itemgetter(i) for i in range(HIT_FIELDS)]
+
+
+class FlatHits(list):  # type: ignore[type-arg]
+    """The buffer: hits laid end to end, ``HIT_FIELDS`` fields each.
+
+    Extending a list with a hit's fields allocates nothing the garbage collector tracks, while a
+    tuple per hit, kept alive until the next flush, made every collection walk the whole buffer:
+    measured at about 1 us per blocked query on the hot path. Columns are plain slices.
+    """
+
+    __slots__ = ()
+
+    def hits(self) -> int:
+        return len(self) // HIT_FIELDS
+
+
+def batch_size(batch: Iterable[Any]) -> int:
+    """Hits in a batch: a FlatHits buffer, or a list of hit tuples (tests, retries)."""
+    return batch.hits() if isinstance(batch, FlatHits) else len(batch)  # type: ignore[arg-type]
+
+
+def hit_columns(batch: Iterable[Any], agg: dict[tuple[Any, ...], int]) -> tuple[list[list[Any]], int]:
+    """The seven columns of a batch plus its aggregated rows, and how many plain hits lead them."""
+    if isinstance(batch, FlatHits):
+        cols = [batch[i::HIT_FIELDS] for i in range(HIT_FIELDS)]
+        plain = batch.hits()
+    else:
+        hits = batch if isinstance(batch, list) else list(batch)
+        # One column at a time: zip(*hits) would build a tuple as wide as the batch per field.
+        cols = [list(map(g, hits)) for g in _COLUMNS]
+        plain = len(hits)
+    if agg:
+        keys = list(agg)
+        cols[0].extend(float(k[0]) for k in keys)  # aggregated rows carry their whole second
+        for i in range(1, HIT_FIELDS):
+            cols[i].extend(map(itemgetter(i), keys))
+    return cols, plain
+
+

@@ -125,6 +125,10 @@ def betblock(job: Job, command: str) -> Launch:
     conf = job.run_dir / "betblock.toml"
     q = json.dumps  # a JSON string is a valid TOML basic string
     conf.write_text(f"""# Written by bench/peers.py for one benchmark run.
+# State (feed store, saved snapshot, hit store) in the fresh run directory: a saved snapshot
+# from an earlier run must not shorten the measured list load.
+data_dir = {q(str(job.run_dir / "var"))}
+
 [dns]
 listen = [{q(f"127.0.0.1:{job.port}")}]
 
@@ -135,7 +139,17 @@ servers = [{q(f"127.0.0.1:{job.upstream_port}")}]
 max_entries = 200000
 
 [hits]
+# Every blocked answer is recorded as a JSON line (the resolver issue's recorder). The hit
+# store is measured by bench/hitlog.py, or here with BETBLOCK_HITS__STORE=sqlite in the
+# environment (it overrides this file).
 jsonl_path = {q(str(job.run_dir / "hits.jsonl"))}
+store = "none"
+
+[http]
+listen = "127.0.0.1:0"
+
+[warning_page]
+listen = "127.0.0.1:0"
 
 [log]
 level = "warning"

@@ -269,6 +269,8 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
             + ("" if ok else "  <-- CHECK FAILED"))
         load_rec = {"type": "load", "peer": job.peer, "size": job.size, "port": job.port,
                     "pid": server.pid, "cmd": shlex.join(launch.argv), "answer": launch.describe,
+                    # betblock's tree may change between peers of one run: the rev it started from.
+                    "rev": git_rev() if job.peer == "betblock" else None,
                     "load_s": round(load_s, 3), "load_cpu_s": round(load_ticks / procs.CLK_TCK, 2),
                     "load_foreign_pct": round(load_foreign, 1), "rss_ready_kib": rss_ready, "checks": checks,
                     "checks_ok": ok}

@@ -43,7 +43,7 @@ _SAFE = re.compile(rb"[a-z0-9._-]*")
 _QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 65: "HTTPS", 64: "SVCB", 255: "ANY"}
 
 
-_MEMO_CAP = 1 << 20  # names and clients whose JSON text is remembered across batches
+_MEMO_CAP = 1 << 18  # names and clients whose JSON text is remembered across batches (bounded RSS)
 _SHIFT16 = 1 << 16  # JSON line tails keyed by id(rule) << 16 | qtype
 _QTYPES = {code: name.encode() for code, name in _QTYPE_NAMES.items()}
 

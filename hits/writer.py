@@ -21,7 +21,7 @@ from hits.privacy import ClientPrivacy
 from hits.query import name_rev
 from hits.store import DAY_MS, KINDS, Batch, HitStore
 
-_MEMO_CAP = 1 << 20
+_MEMO_CAP = 1 << 18  # bounded: memory over a long run
 _MS = (1000.0).__mul__
 _HI = 1 << 32  # (name, rule) pairs packed into one int: name << 32 | rule
 _PLAIN = re.compile(rb"[a-z0-9._-]*")

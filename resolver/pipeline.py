@@ -16,12 +16,12 @@ import asyncio
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from feeds.snapshot import EMPTY, PolicySnapshot
+from feeds.snapshot import EMPTY, PolicySnapshot, Rule
 from hits.recorder import HitRecorder
 from resolver.acl import Acl
 from resolver.cache import AnswerCache, CacheEntry
@@ -56,6 +56,8 @@ _EDE_REFUSED = ede_option(EDE_PROHIBITED, "client not allowed")
 _EDE_UPSTREAM = ede_option(EDE_NO_REACHABLE_AUTHORITY, "no upstream answered")
 _EDE_INTERNAL = ede_option(EDE_OTHER, "internal error")
 _DO_KEY = (b"\x00", b"\x01")
+# Blocked UDP answers remembered per snapshot (see ActivePolicy.answers): about 250 bytes each.
+_ANSWER_MEMO = 1 << 17
 # Outcome kinds as plain ints: indexing a list with an IntEnum costs an __index__ call per packet.
 _BLOCKED, _CACHED, _FORWARDED, _REFUSED = int(Kind.BLOCKED), int(Kind.CACHED), int(Kind.FORWARDED), int(Kind.REFUSED)
 _FORMERR, _NOTIMP, _SERVFAIL, _DROPPED = int(Kind.FORMERR), int(Kind.NOTIMP), int(Kind.SERVFAIL), int(Kind.DROPPED)
@@ -90,6 +92,9 @@ class ActivePolicy:
     table: dict[bytes, int]
     sinks: tuple[Sinkhole | None, ...]
     version: int
+    # UDP query bytes after the ID -> (answer bytes after the ID, hit fields) for blocked names
+    # seen under this snapshot. It lives and dies with the snapshot, so a swap empties it.
+    answers: dict[bytes, tuple[bytes, bytes, int, Rule, bytes]] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -131,8 +136,9 @@ class Pipeline:
         return ActivePolicy(snapshot, snapshot.table, build_sinkholes(snapshot, self.udp_size), snapshot.version)
 
     def install(self, snapshot: PolicySnapshot) -> None:
-        """Swap in a new snapshot. Blocked answers are never cached, so the next packet sees it;
-        cached upstream answers whose CNAMEs reach a newly listed name are re-checked on use."""
+        """Swap in a new snapshot. Blocked answers are remembered only by the snapshot that made
+        them (``ActivePolicy.answers``), so the next packet sees the new one; cached upstream
+        answers whose CNAMEs reach a newly listed name are re-checked on use."""
         self.policy = self._prepare(snapshot)
 
     def set_acl(self, acl: Acl) -> None:
@@ -148,6 +154,17 @@ class Pipeline:
         This is the hot path: attribute lookups are hoisted, outcome kinds are plain ints and
         the blocked branch is inlined, because every call here costs on every packet."""
         counts = self._counts
+        pol = self.policy
+        if udp:
+            # The same blocked question again (any ID): the answer is a function of the bytes
+            # after the ID and the snapshot, so skip parsing, matching and building. The ACL
+            # still decides first; only a client already known to be allowed takes this path.
+            known = pol.answers.get(data[2:])
+            if known is not None and self._acl_memo.get(client):
+                tail, name, qtype, rule, listed = known
+                counts[_BLOCKED] += 1
+                self.recorder.record((self.wallclock(), client, name, qtype, rule, listed, pol.version))
+                return data[:2] + tail
         try:
             q = parse_query(data)
         except WireError as exc:
@@ -168,7 +185,6 @@ class Pipeline:
 
             # 2. Policy before cache: the cache holds only upstream answers, so a swapped
             #    snapshot decides the very next packet and no stale block can be served.
-            pol = self.policy
             get = pol.table.get
             off = 0
             while name[off]:
@@ -180,9 +196,15 @@ class Pipeline:
                         resp = sink.render(data, q, off)  # type: ignore[union-attr]
                         counts[_BLOCKED] += 1
                         self.recorder.record((self.wallclock(), client, name, q.qtype, sink.rule, listed, pol.version))  # type: ignore[union-attr]
-                        if len(resp) > 512 and udp and len(resp) > self._limit(q, udp):
-                            # only with many warning-page addresses
-                            return truncated(data, q, U16.unpack_from(resp, 2)[0], self.udp_size)
+                        if len(resp) > 512:
+                            if udp and len(resp) > self._limit(q, udp):
+                                # only with many warning-page addresses
+                                return truncated(data, q, U16.unpack_from(resp, 2)[0], self.udp_size)
+                        elif udp:
+                            answers = pol.answers
+                            if len(answers) >= _ANSWER_MEMO:
+                                answers.clear()  # bounded; refills with what is asked now
+                            answers[data[2:]] = (resp[2:], name, q.qtype, sink.rule, listed)  # type: ignore[union-attr]
                         return resp
                     break
                 off += name[off] + 1

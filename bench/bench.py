@@ -263,15 +263,26 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                   "allowed": [allowed, str(got["allowed"])]}
         time.sleep(1.0)  # let the allocator settle after the load before reading RSS
         rss_ready = server.rss_kib()
+        # Work a server does after it answers (betblock writes the lists into its feed store in
+        # the background) must not eat into the first measured run: wait until its own CPU
+        # use falls under 5 % for half a second, at most 120 s, and report when that was.
+        settle_t0 = time.monotonic()
+        while time.monotonic() - settle_t0 < 120:
+            before = server.cpu_ticks()
+            time.sleep(0.5)
+            if (server.cpu_ticks() - before) / procs.CLK_TCK < 0.025:
+                break
+        settle_s = round(load_s + 1.0 + time.monotonic() - settle_t0, 2)
         log(f"{job.peer} {job.size}: pid {server.pid} on :{job.port} loaded in {load_s:.2f} s "
             f"({load_ticks / procs.CLK_TCK:.2f} s CPU, others {load_foreign:.0f} % of its CPU meanwhile), "
             f"RSS {rss_ready / 1024:,.0f} MiB; " + "; ".join(f"{k} {v[1]}" for k, v in checks.items())
-            + ("" if ok else "  <-- CHECK FAILED"))
+            + f"; idle again {settle_s:.1f} s after start" + ("" if ok else "  <-- CHECK FAILED"))
         load_rec = {"type": "load", "peer": job.peer, "size": job.size, "port": job.port,
                     "pid": server.pid, "cmd": shlex.join(launch.argv), "answer": launch.describe,
                     # betblock's tree may change between peers of one run: the rev it started from.
                     "rev": git_rev() if job.peer == "betblock" else None,
                     "load_s": round(load_s, 3), "load_cpu_s": round(load_ticks / procs.CLK_TCK, 2),
+                    "settle_s": settle_s,
                     "load_foreign_pct": round(load_foreign, 1), "rss_ready_kib": rss_ready, "checks": checks,
                     "checks_ok": ok}
         emit(load_rec)

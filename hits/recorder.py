@@ -48,6 +48,20 @@ _SHIFT16 = 1 << 16  # JSON line tails keyed by id(rule) << 16 | qtype
 _QTYPES = {code: name.encode() for code, name in _QTYPE_NAMES.items()}
 
 
+_CHUNK = 8192  # hits formatted and written at a time
+
+
+def _chunks(batch: Any, agg: dict[tuple[Any, ...], int]) -> Iterable[tuple[Any, dict[tuple[Any, ...], int]]]:
+    """The batch in slices of ``_CHUNK`` hits; the aggregated rows go with the last slice."""
+    if not isinstance(batch, FlatHits) or batch.hits() <= _CHUNK:
+        yield batch, agg
+        return
+    step = _CHUNK * HIT_FIELDS
+    for start in range(0, len(batch), step):
+        last = start + step >= len(batch)
+        yield FlatHits(batch[start : start + step]), (agg if last else {})
+
+
 def _qtype(code: int) -> bytes:
     return _QTYPES.get(code) or b"TYPE%d" % code
 
@@ -173,11 +187,12 @@ class HitRecorder:
                         log.error("hit store write failed; keeping the batch for the next flush", error=str(exc), held=held)
                         break
             if self.jsonl:
-                lines = self.format(batch, agg)
-                if lines:
-                    out = self._open()
-                    out.write(b"".join(lines))
-                    out.flush()
+                out = self._open()
+                for chunk, chunk_agg in _chunks(batch, agg):
+                    # In slices: a second's flood as one list of lines held ~20 MB of small
+                    # objects at once, and the allocator kept that memory afterwards.
+                    out.writelines(self.format(chunk, chunk_agg))
+                out.flush()
             self.recorded += batch_size(batch)
             self.aggregated_count += sum(agg.values())
 

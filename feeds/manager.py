@@ -685,17 +685,23 @@ class FeedManager:
 
     # -- admin decisions ------------------------------------------------------------------
 
+    async def _quarantined(self, agency: str, version: int) -> dict[str, Any]:
+        """The store's row of a version an admin may decide on; NotFound or Conflict otherwise."""
+        assert self.store is not None
+        row = await asyncio.to_thread(self.store.version, agency, version)
+        if row is None:
+            raise NotFound(f"agency {agency!r} has no version {version}")
+        if row["status"] != "quarantined":
+            raise Conflict(f"version {version} is {row['status']}, not quarantined")
+        return row
+
     async def approve(self, agency: str, version: int, *, actor: str) -> UpdateResult:
         """Apply a quarantined version."""
         assert self.store is not None
         store = self.store
         await self.loaded.wait()
         async with self._lock:
-            row = await asyncio.to_thread(store.version, agency, version)
-            if row is None:
-                raise NotFound(f"agency {agency!r} has no version {version}")
-            if row["status"] != "quarantined":
-                raise Conflict(f"version {version} is {row['status']}, not quarantined")
+            row = await self._quarantined(agency, version)
             rt = self.runtime(agency, row["source"])
             new = await asyncio.to_thread(store.pending_list, agency, version)
             if new is None:
@@ -724,11 +730,7 @@ class FeedManager:
         store = self.store
         await self.loaded.wait()
         async with self._lock:
-            row = await asyncio.to_thread(store.version, agency, version)
-            if row is None:
-                raise NotFound(f"agency {agency!r} has no version {version}")
-            if row["status"] != "quarantined":
-                raise Conflict(f"version {version} is {row['status']}, not quarantined")
+            row = await self._quarantined(agency, version)
             rt = self.runtime(agency, row["source"])
             await asyncio.to_thread(store.decide, agency, version, "rejected", actor, self.clock())
             rt.pending_version = rt.pending_sha = rt.pending_reason = None

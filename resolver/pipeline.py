@@ -29,6 +29,7 @@ from resolver.outcome import Counters, Kind
 from resolver.sinkhole import Sinkhole, build_sinkholes
 from resolver.upstream import UpstreamClient, UpstreamError
 from resolver.wire import (
+    CD,
     BADVERS,
     EDE_NO_REACHABLE_AUTHORITY,
     EDE_OTHER,
@@ -55,7 +56,8 @@ log = structlog.get_logger("betblock.pipeline")
 _EDE_REFUSED = ede_option(EDE_PROHIBITED, "client not allowed")
 _EDE_UPSTREAM = ede_option(EDE_NO_REACHABLE_AUTHORITY, "no upstream answered")
 _EDE_INTERNAL = ede_option(EDE_OTHER, "internal error")
-_DO_KEY = (b"\x00", b"\x01")
+# Last byte of a cache key: DO (bit 0) and CD (bit 1) change what an upstream answers.
+_FLAG_KEY = (b"\x00", b"\x01", b"\x02", b"\x03")
 # Blocked UDP answers remembered per snapshot (see ActivePolicy.answers): about 250 bytes each.
 _ANSWER_MEMO = 1 << 17
 # Outcome kinds as plain ints: indexing a list with an IntEnum costs an __index__ call per packet.
@@ -210,7 +212,7 @@ class Pipeline:
                 off += name[off] + 1
 
             # 3. Cache: answers from upstream, TTLs decreased, the client's ID and letter case.
-            key = name + data[name_end : name_end + 4] + _DO_KEY[q.do]
+            key = name + data[name_end : name_end + 4] + _FLAG_KEY[q.do | (q.flags & CD) >> 3]
             cache = self.cache
             now = int(cache.clock())
             entry = cache.get(key, now)
@@ -279,7 +281,7 @@ class Pipeline:
                     counts[_SERVFAIL] += 1
                     return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
                 # Identical questions in flight share one upstream exchange.
-                fetch = asyncio.ensure_future(self._fetch(key, name, q.qtype, q.qclass, q.do))
+                fetch = asyncio.ensure_future(self._fetch(key, name, q.qtype, q.qclass, q.do, bool(q.flags & CD)))
                 self.inflight[key] = fetch
                 fetch.add_done_callback(self._fetch_done(key))
             try:
@@ -314,9 +316,9 @@ class Pipeline:
 
         return done
 
-    async def _fetch(self, key: bytes, name: bytes, qtype: int, qclass: int, do: bool) -> CacheEntry:
+    async def _fetch(self, key: bytes, name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> CacheEntry:
         async with asyncio.timeout(self.deadline):
-            raw = await self.upstream.resolve(name, qtype, qclass, do)
+            raw = await self.upstream.resolve(name, qtype, qclass, do, cd)
         parsed = parse_answer(raw)
         entry, cacheable = self.cache.entry_for(parsed, self.cache.now())
         if cacheable:

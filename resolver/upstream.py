@@ -88,7 +88,7 @@ class UpstreamClient:
         self.failures: dict[str, int] = {f"{h}:{p}": 0 for h, p in self.servers}
         self.ignored_replies = 0
 
-    async def resolve(self, name: bytes, qtype: int, qclass: int, do: bool) -> bytes:
+    async def resolve(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool = False) -> bytes:
         """The first usable reply; raises UpstreamError. The caller's deadline cancels it."""
         question = name + struct.pack(">HH", qtype, qclass)
         errors: list[str] = []
@@ -97,9 +97,9 @@ class UpstreamClient:
             server = self.servers[attempt % len(self.servers)]
             key = f"{server[0]}:{server[1]}"
             try:
-                reply = await self._udp(server, name, qtype, qclass, do, question)
+                reply = await self._udp(server, name, qtype, qclass, do, question, cd)
                 if HEADER.unpack_from(reply)[1] & TC:
-                    reply = await self._tcp(server, name, qtype, qclass, do, question)
+                    reply = await self._tcp(server, name, qtype, qclass, do, question, cd)
             except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
                 self.failures[key] += 1
                 errors.append(f"{key}: {type(exc).__name__}")
@@ -113,7 +113,7 @@ class UpstreamClient:
         raise UpstreamError("; ".join(errors[-len(self.servers) :]) or "no attempt made")
 
     async def _udp(
-        self, server: tuple[str, int], name: bytes, qtype: int, qclass: int, do: bool, question: bytes
+        self, server: tuple[str, int], name: bytes, qtype: int, qclass: int, do: bool, question: bytes, cd: bool = False
     ) -> bytes:
         loop = asyncio.get_running_loop()
         qid = secrets.randbits(16)
@@ -121,7 +121,7 @@ class UpstreamClient:
             lambda: _UdpExchange(qid, question, server), remote_addr=server
         )
         try:
-            transport.sendto(build_query(qid, name, qtype, qclass, do, self.udp_size))
+            transport.sendto(build_query(qid, name, qtype, qclass, do, self.udp_size, cd))
             async with asyncio.timeout(self.attempt_timeout):
                 return await proto.reply
         finally:
@@ -129,10 +129,10 @@ class UpstreamClient:
             transport.close()
 
     async def _tcp(
-        self, server: tuple[str, int], name: bytes, qtype: int, qclass: int, do: bool, question: bytes
+        self, server: tuple[str, int], name: bytes, qtype: int, qclass: int, do: bool, question: bytes, cd: bool = False
     ) -> bytes:
         qid = secrets.randbits(16)
-        query = build_query(qid, name, qtype, qclass, do, 65535)
+        query = build_query(qid, name, qtype, qclass, do, 65535, cd)
         reader, writer = await asyncio.open_connection(server[0], server[1])
         try:
             writer.write(_LEN.pack(len(query)) + query)

@@ -342,10 +342,12 @@ def parse_answer(data: bytes) -> ParsedAnswer:
     )
 
 
-def build_query(qid: int, name_wire: bytes, qtype: int, qclass: int, do: bool, udp_size: int) -> bytes:
+def build_query(
+    qid: int, name_wire: bytes, qtype: int, qclass: int, do: bool, udp_size: int, cd: bool = False
+) -> bytes:
     """A recursive query for an upstream, always with EDNS so that large answers fit."""
     return (
-        HEADER.pack(qid, RD, 1, 0, 0, 1)
+        HEADER.pack(qid, RD | (CD if cd else 0), 1, 0, 0, 1)  # CD forwarded: RFC 4035 3.2.2
         + name_wire
         + TYPE_CLASS.pack(qtype, qclass)
         + opt_record(udp_size, do)

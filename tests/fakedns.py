@@ -38,6 +38,7 @@ class FakeDns:
     udp_queries: int = 0
     tcp_queries: int = 0
     seen: list[tuple[str, str, bool]] = field(default_factory=list)  # (name, type, DO)
+    checking_disabled: list[bool] = field(default_factory=list)  # the CD bit of each query
     # (query ID, client source port, "udp" or "tcp") of every query received, in arrival order.
     sources: list[tuple[int, int, str]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # queries dnslib could not parse
@@ -66,6 +67,7 @@ class FakeDns:
         qtype = QTYPE[req.q.qtype]
         do = any(rr.rtype == 41 and (rr.ttl & 0x8000) for rr in req.ar)
         self.seen.append((qname, qtype, do))
+        self.checking_disabled.append(bool(req.header.cd))
         b = self.behaviour
         reply = req.reply()
         if b.rcode is not None:

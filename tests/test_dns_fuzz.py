@@ -204,7 +204,7 @@ class StubUpstream:
         self.recipes = recipes
         self.calls = 0
 
-    async def resolve(self, name: bytes, qtype: int, qclass: int, do: bool) -> bytes:
+    async def resolve(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool = False) -> bytes:
         recipe = self.recipes[self.calls % len(self.recipes)]
         self.calls += 1
         question = name + struct.pack(">HH", qtype, qclass)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
-import sys
-import time
 from pathlib import Path
 
 import dns.asyncquery
@@ -15,56 +12,32 @@ import dns.message
 import dns.rcode
 
 from tests.fakedns import FakeDns
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _wait_answer(port: int, name: str, deadline: float) -> dns.message.Message:
-    while True:
-        try:
-            return await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.2)
-        except dns.exception.Timeout:
-            if time.monotonic() > deadline:
-                raise
+from tests.procutil import first_answer, free_port, node_toml, start_serve
 
 
 async def test_serve_answers_and_sigterm_flushes_hits(tmp_path: Path) -> None:
     upstream = await FakeDns().start()
     upstream.add("ok.test", "A", "192.0.2.7")
-    port = _free_port()
+    port = free_port()
     (tmp_path / "list.txt").write_text("bad.test\n")
     hits = tmp_path / "hits.jsonl"
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(
-        f"""
-data_dir = "{tmp_path / 'var'}"
-[dns]
-listen = ["127.0.0.1:{port}"]
-[http]
-listen = "127.0.0.1:0"
-[warning_page]
-listen = "127.0.0.1:0"
-[upstream]
-servers = ["{upstream.address}"]
-[hits]
+        node_toml(
+            tmp_path, port, upstream,
+            f"""[hits]
 jsonl_path = "{hits}"
 flush_interval = 3600  # only the shutdown flush can write the hits
 [[agencies]]
 id = "pl-mf"
 action = "nxdomain"
 lists = ["list.txt"]
-"""
+""",
+        )
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_serve(cfg)
     try:
-        blocked = await _wait_answer(port, "www.bad.test", time.monotonic() + 20)
+        blocked = await first_answer(port, "www.bad.test")
         assert blocked.rcode() == dns.rcode.NXDOMAIN
         for _ in range(4):
             r = await dns.asyncquery.udp(dns.message.make_query("bad.test", "AAAA"), "127.0.0.1", port=port, timeout=2)

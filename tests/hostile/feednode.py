@@ -1,0 +1,155 @@
+"""A ``betblock serve`` process over a data directory that outlives it, for the tests that
+damage the feed store and the saved snapshot between runs.
+
+Owns the node's configuration (one push agency, no hit log), starting and stopping the process,
+collecting its log lines (stderr, JSON) while it runs, and the few HTTP and DNS calls the tests
+make. Every wait polls a condition under a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import dns.asyncquery
+import dns.exception
+import dns.message
+
+from config.auth import sha256_hex
+from tests.fakedns import FakeDns
+from tests.procutil import free_port, node_toml, start_serve
+
+SINKHOLE = "198.51.100.77"
+ADMIN = "admin-token-for-hostile-tests-0123456789abcdef"
+AGENCY_TOKEN = "pl-token-for-hostile-tests-0123456789abcdef"
+DEADLINE = 30.0
+
+
+class FeedNode:
+    """One node; ``start`` runs it, ``stop`` ends it with SIGTERM; the data dir stays."""
+
+    def __init__(self, tmp_path: Path, upstream: FakeDns) -> None:
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.cfg = tmp_path / "betblock.toml"
+        toml = node_toml(tmp_path, self.port, upstream, f"""[hits]
+store = "none"
+[[agencies]]
+id = "pl-mf"
+action = "redirect"
+redirect_ipv4 = ["{SINKHOLE}"]
+token_sha256 = "{sha256_hex(AGENCY_TOKEN)}"
+churn_limit = 1000.0  # every push is applied: these tests are about the files, not the guardrails
+sources = [{{kind = "push", format = "plain"}}]
+""")
+        http = '[http]\nlisten = "127.0.0.1:0"\n'
+        assert http in toml
+        self.cfg.write_text(toml.replace(http, f'{http}admin_token = "{ADMIN}"\n', 1))
+        self.data = tmp_path / "var"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+        self.http_port: int | None = None
+
+    @property
+    def store(self) -> Path:
+        return self.data / "feeds.sqlite"
+
+    @property
+    def snapshot(self) -> Path:
+        return self.data / "snapshot.marshal"
+
+    async def start(self) -> None:
+        self.lines = []
+        self.http_port = None
+        self.proc = await start_serve(self.cfg, "--log-format", "json")
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            doc = _json(line)
+            if doc.get("event") == "http listening" and self.http_port is None:
+                self.http_port = int(doc["port"])
+
+    def events(self) -> list[dict[str, Any]]:
+        return [doc for doc in map(_json, self.lines) if doc]
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    async def ready(self) -> None:
+        """Until the node logs ``ready``; fails when it exits first."""
+        deadline = time.monotonic() + DEADLINE
+        while not any(e.get("event") == "ready" for e in self.events()):
+            assert self.proc is not None
+            assert self.proc.returncode is None, f"the node exited with {self.proc.returncode}:\n{self.text()}"
+            assert time.monotonic() < deadline, f"the node did not get ready:\n{self.text()}"
+            await asyncio.sleep(0.05)
+
+    async def exit_code(self) -> int:
+        """The code the node exits with by itself (within the deadline)."""
+        assert self.proc is not None and self._reader is not None
+        code = await asyncio.wait_for(self.proc.wait(), DEADLINE)
+        await asyncio.wait_for(self._reader, DEADLINE)
+        return code
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        code = await self.exit_code()
+        assert code == 0, self.text()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+    async def ask(self, name: str) -> dns.message.Message:
+        return await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=self.port, timeout=2.0)
+
+    async def sinkholed(self, name: str) -> bool:
+        r = await self.ask(name)
+        return bool(r.answer) and r.answer[0][0].address == SINKHOLE
+
+    async def http(self, method: str, path: str, *, token: str = ADMIN, data: bytes | None = None) -> tuple[int, Any]:
+        assert self.http_port is not None
+        async with aiohttp.ClientSession() as s:
+            async with s.request(
+                method, f"http://127.0.0.1:{self.http_port}{path}", data=data,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
+                body = await r.text()
+                try:
+                    return r.status, json.loads(body)
+                except ValueError:
+                    return r.status, body
+
+    async def push(self, names: list[str]) -> tuple[int, Any]:
+        return await self.http("PUT", "/v1/feeds/pl-mf", token=AGENCY_TOKEN, data=("\n".join(names) + "\n").encode())
+
+    async def until_sinkholed(self, name: str) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                if await self.sinkholed(name):
+                    return
+            except dns.exception.Timeout:
+                pass
+            assert time.monotonic() < deadline, f"{name} never sinkholed:\n{self.text()}"
+            await asyncio.sleep(0.05)
+
+
+def _json(line: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}

@@ -70,6 +70,13 @@ class DnsSettings(_Section):
     tcp_max_pending_per_connection: int = Field(
         default=100, ge=1, description="Queries one TCP connection may have in flight at once."
     )
+    udp_batch: int = Field(
+        default=64,
+        ge=0,
+        le=1024,
+        description="UDP datagrams read with one recvmmsg and answered with one sendmmsg (Linux); "
+        "0 reads and writes one datagram per system call, as on other platforms.",
+    )
     edns_udp_size: int = Field(
         default=1232,
         ge=512,

@@ -1,6 +1,7 @@
 """The DNS listeners: UDP datagrams and TCP streams in, answers out.
 
-Owns sockets only: UDP endpoints (large receive buffers so bursts queue instead of dropping),
+Owns sockets only: UDP sockets (large receive buffers so bursts queue instead of dropping; read
+and written in batches by ``resolver/udp.py``),
 TCP connections with 2-byte length framing, several queries per connection answered as they
 complete, an idle timeout, a cap on pending queries per connection and on open connections.
 Every message goes to ``Pipeline.answer``; the server makes no policy decisions.
@@ -20,42 +21,13 @@ from typing import Any
 import structlog
 
 from config.settings import DnsSettings
+from resolver import udp
 from resolver.pipeline import Answer
 
 log = structlog.get_logger("betblock.server")
 
 _LEN = struct.Struct(">H")
 AnswerFn = Callable[[bytes, str, bool], Answer]
-
-
-class UdpServer(asyncio.DatagramProtocol):
-    """One UDP socket. Blocked and cached answers are sent from inside datagram_received."""
-
-    def __init__(self, answer: AnswerFn) -> None:
-        self.answer = answer
-        self.transport: asyncio.DatagramTransport | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        res = self.answer(data, addr[0], True)
-        if res.__class__ is bytes:
-            self.transport.sendto(res, addr)  # type: ignore[union-attr]
-        elif res is not None:
-            task = asyncio.ensure_future(self._later(res, addr))  # type: ignore[arg-type]
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _later(self, pending: Coroutine[Any, Any, bytes | None], addr: tuple[str, int]) -> None:
-        resp = await pending
-        if resp is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(resp, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for clients that went away: nothing to do, and never fatal.
-        pass
 
 
 class TcpConnection(asyncio.Protocol):
@@ -162,7 +134,7 @@ class DnsServer:
         self.settings = settings
         self.answer = answer
         self.rcvbuf = rcvbuf
-        self.udp: list[tuple[asyncio.DatagramTransport, UdpServer]] = []
+        self.udp: list[udp.Listener] = []  # one per listen address (resolver/udp.py)
         self.tcp = TcpServer(settings, answer)
         self.tcp_servers: list[asyncio.Server] = []
         self.bound: list[tuple[str, int]] = []  # actual (host, port) per listen address, UDP and TCP share it
@@ -195,17 +167,17 @@ class DnsServer:
             sock.close()
             raise
         port = sock.getsockname()[1]  # port 0 in tests: TCP takes the same number
-        transport, proto = await loop.create_datagram_endpoint(lambda: UdpServer(self.answer), sock=sock)
+        listener = await udp.listen(sock, self.answer, self.settings.udp_batch)
         if self.settings.tcp:
             try:
                 srv = await loop.create_server(
                     lambda: TcpConnection(self.tcp), host, port, reuse_address=True, backlog=1024
                 )
             except OSError:
-                transport.close()
+                listener.close()
                 raise
             self.tcp_servers.append(srv)
-        self.udp.append((transport, proto))  # type: ignore[arg-type]
+        self.udp.append(listener)
         return port
 
     async def close(self) -> None:
@@ -216,9 +188,9 @@ class DnsServer:
                 conn.transport.close()
         for srv in self.tcp_servers:
             await srv.wait_closed()
-        pending = [t for _, p in self.udp for t in p.tasks]
+        pending = [t for listener in self.udp for t in listener.tasks]
         if pending:
             # Let queries already waiting on an upstream finish (each is bounded by its deadline).
             await asyncio.wait(pending, timeout=5)
-        for transport, _ in self.udp:
-            transport.close()
+        for listener in self.udp:
+            listener.close()

@@ -329,8 +329,9 @@ def parse_answer(data: bytes) -> ParsedAnswer:
                 minimum = U32.unpack_from(data, end - 4)[0]
                 neg_ttl = min(ttl, minimum)
         pos = end
-    # We are a recursive resolver, not the authority: our answers never carry AA.
-    body = data[:2] + U16.pack(flags & ~AA) + data[4:pos]
+    # We are a recursive resolver, not the authority: our answers never carry AA and always
+    # carry RA, whatever the upstream set (an authoritative upstream such as NSD sets no RA).
+    body = data[:2] + U16.pack((flags & ~AA) | RA) + data[4:pos]
     if opt_span is not None:
         start, end = opt_span
         body = body[:start] + body[end:pos]

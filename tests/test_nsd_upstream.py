@@ -151,21 +151,27 @@ async def test_forward_and_block_with_nsd_upstream(nsd, node):
     app = await node(lists={"pl-mf": ["casino.nsd.test"]}, upstreams=[f"127.0.0.1:{nsd}"])
     port = port_of(app)
 
-    # Forwarded: NSD's answer, without its AA bit and without its OPT unless the client sent one.
-    for edns in (False, True):
+    # Forwarded: NSD's answer, without its AA bit and without its OPT unless the client sent one,
+    # and with RA (NSD, an authoritative server, sets none: we are the recursive resolver).
+    direct = await udp(nsd, query("www.nsd.test"))
+    assert not direct.flags & dns.flags.RA and direct.flags & dns.flags.AA
+    for edns in (False, True):  # the first from upstream, the second from the cache
         r = await udp(port, query("WWW.nsd.test", edns=edns))
         assert r.rcode() == dns.rcode.NOERROR
         assert a_records(r) == ["192.0.2.53"]
         assert r.answer[0].ttl == 3600
         assert not r.flags & dns.flags.AA
+        assert r.flags & dns.flags.RA
         assert (r.opt is not None) == edns
     r = await tcp(port, query("www.nsd.test", "AAAA"))
     assert [rr.address for rrset in r.answer for rr in rrset] == ["2001:db8::53"]
+    assert r.flags & dns.flags.RA
 
-    # NXDOMAIN from NSD, with its SOA (minimum 120).
-    r = await udp(port, query("missing.nsd.test"))
-    assert r.rcode() == dns.rcode.NXDOMAIN
-    assert r.authority[0].rdtype == dns.rdatatype.SOA and r.authority[0][0].minimum == 120
+    # NXDOMAIN from NSD, with its SOA (minimum 120), also with RA, from upstream and from the cache.
+    for _ in range(2):
+        r = await udp(port, query("missing.nsd.test"))
+        assert r.rcode() == dns.rcode.NXDOMAIN and r.flags & dns.flags.RA
+        assert r.authority[0].rdtype == dns.rdatatype.SOA and r.authority[0][0].minimum == 120
 
     # Blocked: the listed name and its subdomains never reach NSD, and a CNAME into it is caught.
     for name in ("casino.nsd.test", "www.casino.nsd.test", "alias.nsd.test"):
@@ -173,6 +179,7 @@ async def test_forward_and_block_with_nsd_upstream(nsd, node):
         assert r.rcode() == dns.rcode.NXDOMAIN, name
         assert r.answer == [], name
         assert ede(r)[0][0] == 16, name
+        assert r.flags & dns.flags.RA, name
     r = await udp(port, query("clean.nsd.test"))
     assert r.rcode() == dns.rcode.NOERROR and a_records(r) == ["192.0.2.53"]
     assert app.upstream.failures == {f"127.0.0.1:{nsd}": 0}

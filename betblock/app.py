@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from betblock import compliance
-from betblock.http import HttpMount, HttpServer, build_app
+from betblock.http import HttpMount, HttpServer, build_app, connection_limit, http_metrics, raise_nofile_limit
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.warning import Provenance, WarningPage
 from config.settings import ConfigError, Settings, load_settings
@@ -82,6 +82,7 @@ class App:
         self.http_mounts: list[HttpMount] = list(http_mounts)
         # Owners add metric families here (feed status, hit store); read at scrape time.
         self.extra_metrics: list[ExtraMetrics] = [self.hitlog.metrics, self.feeds.metrics]
+        self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}))
         self.http_mounts.append(feeds_api.mount(self.feeds, settings))
         self.http_mounts.append(
             hits_api.mount(
@@ -211,10 +212,13 @@ class App:
         """Serve until ``stopping`` is set; then drain and flush."""
         # HTTP first: /healthz answers and /readyz says 503 while the first snapshot compiles
         # (other routes answer 503 until ready); DNS opens only once the lists are in force.
+        self.http_limit = connection_limit(self.settings.http.max_connections, raise_nofile_limit())
         if self.settings.http.enabled:
             self.http = HttpServer(
                 self.settings.http.address(),
                 build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts),
+                self.settings.http,
+                limit=self.http_limit,
             )
             await self.http.start()
         try:
@@ -237,7 +241,10 @@ class App:
                 lambda: self.pipeline.policy.snapshot,
                 self.provenance,
             )
-            self.warning = HttpServer(self.settings.warning_page.address(), page.app())
+            self.warning = HttpServer(
+                self.settings.warning_page.address(), page.app(), self.settings.http,
+                limit=self.http_limit, name="warning_page",
+            )
             await self.warning.start()
 
     async def _serve(self) -> None:

@@ -8,10 +8,13 @@ their business.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import asyncio
+import resource
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import structlog
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from config.settings import HttpSettings
 
@@ -25,6 +28,8 @@ HttpMount = Callable[[web.Application], None]
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except ConnectionError:
+        raise  # the client went away (or missed a deadline): aiohttp closes quietly
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -74,22 +79,140 @@ def build_app(
 
 
 class HttpServer:
-    """Runs an application on one address."""
+    """Runs an application on one address, within a budget of file descriptors.
 
-    def __init__(self, address: tuple[str, int], app: web.Application) -> None:
+    Every socket an HTTP client holds is a descriptor the resolver cannot use for an upstream
+    query or a TCP client, so each listener holds at most ``limit`` connections: when it is
+    full, the oldest connection without a request in progress (idle, or still sending its
+    headers) is closed for the new one, and the new one is closed when every connection is busy.
+    A connection must complete its request headers within ``idle_timeout`` of connecting or of
+    its last answer, and a request body must arrive in full within ``body_timeout`` (within
+    ``idle_timeout`` when the request carries no credentials)."""
+
+    def __init__(
+        self, address: tuple[str, int], app: web.Application, settings: HttpSettings, *, limit: int, name: str = "api"
+    ) -> None:
+        self.name = name
         self.address = address
         self.app = app
-        self.runner = web.AppRunner(app, access_log=None)
+        self.limit = limit
+        self.idle_timeout = settings.idle_timeout
+        self.body_timeout = settings.body_timeout
+        self.busy: set[object] = set()  # protocols with a request in the handler
+        self.evicted = 0  # idle connections closed for a new one
+        self.refused = 0  # new connections closed because every slot was busy
+        self.timed_out = 0  # connections closed for a body that did not arrive in time
+        app.middlewares.insert(0, self._track)  # outermost: sees every request, even a 503
+        # keepalive_timeout runs from the connection's start (aiohttp >= 3.10) and again after
+        # every answer, and closes a connection still waiting for a complete request: the
+        # header deadline and the keep-alive idle time in one.
+        self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.idle_timeout)
         self.bound: tuple[str, int] | None = None
+        self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         await self.runner.setup()
         host, port = self.address
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]  # the real port when 0 was asked
-        self.bound = sock.getsockname()[:2]
-        log.info("http listening", address=self.bound[0], port=self.bound[1])
+        loop = asyncio.get_running_loop()
+        # The backlog bounds how far one burst of accepts can overshoot the limit (the
+        # connections of a burst are counted once they are set up).
+        self._server = await loop.create_server(
+            self._protocol, host, port, reuse_address=True, backlog=min(128, self.limit)
+        )
+        self.bound = self._server.sockets[0].getsockname()[:2]
+        log.info("http listening", listener=self.name, address=self.bound[0], port=self.bound[1], max_connections=self.limit)
+
+    def connections(self) -> int:
+        server = self.runner.server
+        return 0 if server is None else sum(1 for h in server.connections if h.transport is not None)
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        server = self.runner.server
+        assert server is not None
+        live = [h for h in server.connections if h.transport is not None]  # oldest first
+        if len(live) >= self.limit:
+            victim = next((h for h in live if h not in self.busy), None)
+            if victim is None:
+                self.refused += 1
+                return _Refuse()
+            victim.force_close()
+            self.evicted += 1
+        return server()
+
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        proto = request.protocol
+        self.busy.add(proto)
+        timer = None
+        if request.body_exists and not request.content.is_eof():
+            seconds = self.body_timeout if "Authorization" in request.headers else self.idle_timeout
+            timer = asyncio.get_running_loop().call_later(seconds, self._body_deadline, request)
+        try:
+            return await handler(request)
+        finally:
+            self.busy.discard(proto)
+            if timer is not None:
+                timer.cancel()
+
+    def _body_deadline(self, request: web.Request) -> None:
+        if request.content.is_eof():
+            return
+        self.timed_out += 1
+        # The handler's read fails with ConnectionResetError, which aiohttp takes as a client gone.
+        if request.protocol is not None:
+            request.protocol.force_close()
 
     async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
         await self.runner.cleanup()
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection over the budget: closed as soon as it is set up."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft limit of open files to the hard limit (the common soft limit of 1,024 is
+    small for a resolver); the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_limit(configured: int, nofile: int) -> int:
+    """Connections one HTTP listener may hold: ``configured``, or a sixteenth of the descriptor
+    limit (64 at 1,024, at most 1,024), so that two HTTP listeners at their worst leave most
+    descriptors to DNS: upstream sockets, TCP clients, stores and list files."""
+    if configured:
+        return configured
+    return max(16, min(1024, nofile // 16))
+
+
+def http_metrics(servers: Callable[[], dict[str, HttpServer | None]]) -> Callable[[], Iterator[Metric]]:
+    """Metric families of the HTTP listeners (``servers``: listener name -> server, read at scrape time)."""
+
+    def collect() -> Iterator[Metric]:
+        live = {name: s for name, s in servers().items() if s is not None}
+        families = (
+            (GaugeMetricFamily, "betblock_http_connections", "Open HTTP connections per listener", HttpServer.connections),
+            (CounterMetricFamily, "betblock_http_evicted", "Idle HTTP connections closed to make room for a new one", lambda s: s.evicted),
+            (CounterMetricFamily, "betblock_http_refused", "HTTP connections closed at once: every slot had a request in progress", lambda s: s.refused),
+            (CounterMetricFamily, "betblock_http_body_timeouts", "HTTP connections closed because a request body did not arrive in time", lambda s: s.timed_out),
+        )
+        for kind, name, doc, value in families:
+            family = kind(name, doc, labels=["listener"])
+            for listener, server in live.items():
+                family.add_metric([listener], value(server))
+            yield family
+
+    return collect

@@ -446,7 +446,23 @@ class HttpSettings(_Section):
         description="Bearer token for admin routes; unset disables them (401). Use a long random value.",
     )
     max_body_bytes: int = Field(
-        default=64 << 20, ge=1024, description="Largest request body accepted; larger gets 413."
+        default=64 << 20, ge=1024, description="Largest request body accepted (an agency's push); larger gets 413."
+    )
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="Connections each HTTP listener (this one and the warning page) holds at once; when full, the oldest "
+        "idle one is closed for a new one. 0: a sixteenth of the open-files limit (64 at 1,024, at most 1,024), "
+        "so that HTTP clients never take the descriptors DNS needs.",
+    )
+    idle_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds a connection may take to send complete request headers, from connecting or from its last "
+        "answer (keep-alive); then it is closed. Also the deadline of a request body sent without credentials.",
+    )
+    body_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds an authenticated request body (a push) may take to arrive in full."
     )
 
     @field_validator("listen")

@@ -8,9 +8,12 @@ answer with a deadline (polling a condition, not sleeping for one).
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.asyncquery
@@ -64,3 +67,76 @@ async def first_answer(port: int, name: str, seconds: float = 20.0) -> dns.messa
         except dns.exception.Timeout:
             if time.monotonic() > deadline:
                 raise
+
+
+class Serve:
+    """A running `betblock serve` and the ports it bound (read from its log, so every listener
+    can be configured on port 0: no port is picked by the test and raced for)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []  # every log line so far (stderr, JSON)
+        self.dns_port = 0
+        self.http_port = 0
+        self.warning_port = 0
+        self._drain: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, cfg: Path, *extra: str, seconds: float = 30.0, preexec_fn: Callable[[], None] | None = None) -> Serve:
+        """Start the node and wait, within ``seconds``, for its "ready" log line."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg), *extra,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=preexec_fn,
+        )
+        node = cls(proc)
+        try:
+            async with asyncio.timeout(seconds):
+                while not await node._line():
+                    pass
+        except BaseException:
+            await node.stop()
+            raise
+        node._drain = asyncio.create_task(node._drain_rest())  # a full pipe would block the node
+        return node
+
+    async def _line(self) -> bool:
+        """Read one log line; True at the "ready" line."""
+        assert self.proc.stderr is not None
+        raw = await self.proc.stderr.readline()
+        if not raw:
+            await self.proc.wait()
+            raise AssertionError(f"betblock serve exited with {self.proc.returncode}:\n" + "\n".join(self.lines))
+        line = raw.decode(errors="replace").rstrip("\n")
+        self.lines.append(line)
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return False
+        event = rec.get("event") if isinstance(rec, dict) else None
+        if event == "listening" and not self.dns_port:
+            self.dns_port = int(rec["port"])
+        elif event == "http listening":
+            setattr(self, "warning_port" if rec.get("listener") == "warning_page" else "http_port", int(rec["port"]))
+        return event == "ready"
+
+    async def _drain_rest(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    async def stop(self, sig: int = signal.SIGTERM, seconds: float = 20.0) -> int:
+        """Signal the node, wait for it to exit (killed after ``seconds``); its exit code."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.proc.wait(), seconds)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._drain is not None:
+            await self._drain
+        assert self.proc.returncode is not None
+        return self.proc.returncode

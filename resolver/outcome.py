@@ -19,6 +19,7 @@ class Kind(IntEnum):
     NOTIMP = 5  # opcode other than QUERY
     SERVFAIL = 6  # upstreams failed, or our own error
     DROPPED = 7  # unreadable header or a response packet: no answer at all
+    MINIMAL_ANY = 8  # QTYPE=ANY answered with a synthesized HINFO (RFC 8482), never forwarded
 
 
 class Counters:

@@ -1,6 +1,6 @@
 """The query pipeline: the one place where the order of stages is written.
 
-    wire.parse -> acl -> policy -> cache -> upstream
+    wire.parse -> acl -> policy -> ANY (RFC 8482) -> cache -> upstream
 
 Owns ``Pipeline.answer`` (bytes in; bytes, None or an awaitable out) and the installed policy
 (snapshot plus its precomputed sinkholes, swapped by one reference). Blocked and cached answers
@@ -38,6 +38,7 @@ from resolver.wire import (
     NOTIMP,
     REFUSED,
     SERVFAIL,
+    T_ANY,
     U16,
     Drop,
     FormErr,
@@ -46,6 +47,7 @@ from resolver.wire import (
     WireError,
     ede_option,
     error_response,
+    minimal_any,
     parse_answer,
     parse_query,
     truncated,
@@ -63,6 +65,7 @@ _ANSWER_MEMO = 1 << 17
 # Outcome kinds as plain ints: indexing a list with an IntEnum costs an __index__ call per packet.
 _BLOCKED, _CACHED, _FORWARDED, _REFUSED = int(Kind.BLOCKED), int(Kind.CACHED), int(Kind.FORWARDED), int(Kind.REFUSED)
 _FORMERR, _NOTIMP, _SERVFAIL, _DROPPED = int(Kind.FORMERR), int(Kind.NOTIMP), int(Kind.SERVFAIL), int(Kind.DROPPED)
+_MINIMAL_ANY = int(Kind.MINIMAL_ANY)
 
 Answer = bytes | None | Coroutine[Any, Any, bytes | None]
 
@@ -211,7 +214,13 @@ class Pipeline:
                     break
                 off += name[off] + 1
 
-            # 3. Cache: answers from upstream, TTLs decreased, the client's ID and letter case.
+            # 3. ANY after policy (a listed name still gets its sinkhole) and before the cache:
+            #    one synthesized HINFO (RFC 8482), never forwarded, so ANY amplifies nothing.
+            if q.qtype == T_ANY:
+                counts[_MINIMAL_ANY] += 1
+                return minimal_any(data, q, self.udp_size)
+
+            # 4. Cache: answers from upstream, TTLs decreased, the client's ID and letter case.
             key = name + data[name_end : name_end + 4] + _FLAG_KEY[q.do | (q.flags & CD) >> 3]
             cache = self.cache
             now = int(cache.clock())
@@ -225,7 +234,7 @@ class Pipeline:
                 return entry.render(data, q, now, self.udp_size, self._limit(q, udp))
         except Exception:
             return self._failed(data, q)
-        # 4. Upstream: the only stage that waits.
+        # 5. Upstream: the only stage that waits.
         return self._forward(data, q, name, key, client, self._limit(q, udp))
 
     def _limit(self, q: Query, udp: bool) -> int:

@@ -267,7 +267,7 @@ def check_reply(data: bytes, resp: bytes, udp: bool) -> None:
 def test_pipeline_answer_fuzz() -> None:
     CountingPipeline.failed = 0
     seen = {"bytes": 0, "none": 0, "coroutine": 0}
-    totals = {k: 0 for k in ("dropped", "formerr", "notimp", "refused", "blocked", "cached", "forwarded", "servfail")}
+    totals = {k: 0 for k in ("dropped", "formerr", "notimp", "refused", "blocked", "cached", "forwarded", "servfail", "minimal_any")}
 
     @FUZZ
     @given(

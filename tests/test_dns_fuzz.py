@@ -267,7 +267,7 @@ def check_reply(data: bytes, resp: bytes, udp: bool) -> None:
 def test_pipeline_answer_fuzz() -> None:
     CountingPipeline.failed = 0
     seen = {"bytes": 0, "none": 0, "coroutine": 0}
-    totals = {k: 0 for k in ("dropped", "formerr", "notimp", "refused", "blocked", "cached", "forwarded", "servfail", "minimal_any")}
+    totals = {k: 0 for k in ("dropped", "formerr", "notimp", "refused", "blocked", "cached", "forwarded", "servfail")}
 
     @FUZZ
     @given(
@@ -297,8 +297,9 @@ def test_pipeline_answer_fuzz() -> None:
             if resp is not None:
                 check_reply(data, resp, udp)
             assert not pipeline.inflight
-        for k, v in pipeline.counters.snapshot().items():
-            totals[k] += v
+        counted = pipeline.counters.snapshot()
+        for k in totals:  # minimal_any is rare here (ANY from an allowed client): see test_dns_any
+            totals[k] += counted[k]
 
     run()
     assert CountingPipeline.failed == 0, "the pipeline's own-failure path ran: a bug"

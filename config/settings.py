@@ -185,6 +185,8 @@ class CacheSettings(_Section):
 
 
 Action = Literal["redirect", "nxdomain", "nodata", "refused"]
+# What a listed name covers: itself only, itself and every name below it, or only the names below.
+Scope = Literal["exact", "subtree", "below"]
 SourceKind = Literal["url", "file", "push"]
 # The names of feeds.formats.FORMATS (tests/feeds_plane checks they agree): config may not
 # import feeds, and a typo in a format must fail at start-up naming the key.
@@ -290,6 +292,12 @@ class AgencySettings(_Section):
         default="nxdomain",
         description="redirect (A/AAAA to the warning page, NODATA otherwise), nxdomain, nodata or refused.",
     )
+    scope: Scope = Field(
+        default="subtree",
+        description="What a listed name covers in formats that do not say (plain, csv, json, the agency formats): "
+        "subtree (the name and every name below it), exact (the name only) or below (only the names under it). "
+        "rpz, hosts and adblock say it themselves (see README, Feeds).",
+    )
     redirect_ipv4: list[ipaddress.IPv4Address] = Field(
         default=[], description="Warning-page IPv4 addresses for the redirect action."
     )
@@ -361,10 +369,12 @@ class PolicySettings(_Section):
 
     sinkhole_ttl: int = Field(default=300, ge=0, le=86400, description="TTL of sinkhole answers, seconds.")
     allowlist: list[str] = Field(
-        default=[], description="Names never blocked, with their subdomains (overrides every agency)."
+        default=[],
+        description="Names never blocked (overrides every agency), each 'name [scope]': scope subtree (the default: "
+        "the name and its subdomains), exact (the name only) or below (only its subdomains).",
     )
     allowlist_files: list[Path] = Field(
-        default=[], description="Plain files of allowlisted names; relative to the config file."
+        default=[], description="Files of allowlisted names, one 'name [scope]' a line; relative to the config file."
     )
     protected: list[str] = Field(
         default=[],

@@ -27,7 +27,10 @@ from feeds.entry import Entry
 from feeds.guard import Protected
 from feeds.lists import to_wire
 from feeds.normalize import InvalidName, needs_full_check, normalize_detail
-from feeds.snapshot import ALLOW, PolicySnapshot, Rule
+from feeds.snapshot import ALLOW, SCOPES, PolicySnapshot, Rule, Scope, pair
+
+# An allowlist entry: a wire name (scope subtree) or (wire name, scope).
+AllowItem = bytes | tuple[bytes, Scope]
 
 __all__ = [
     "AgencyList",
@@ -123,10 +126,13 @@ class Timed:
     action: str | None = None  # per-entry action (RPZ); None is the agency's
     ipv4: tuple[str, ...] = ()
     ipv6: tuple[str, ...] = ()
-    allow: bool = False  # the agency's own exception: its listings at and below do not block
+    allow: bool = False  # the agency's own exception (see compile_lists for each scope)
+    scope: Scope = "subtree"  # what the entry covers: the name, the names below, or both
 
     @classmethod
-    def of(cls, e: Entry) -> Timed:
+    def of(cls, e: Entry, scope: Scope = "subtree") -> Timed:
+        """The compile's view of a rich entry; ``scope`` comes from the entry's format and the
+        agency (``feeds.formats.scope_of``)."""
         ipv4: list[str] = []
         ipv6: list[str] = []
         action = e.action
@@ -151,6 +157,7 @@ class Timed:
             ipv4=tuple(ipv4),
             ipv6=tuple(ipv6),
             allow=e.allow or e.action == "passthru",
+            scope=scope,
         )
 
 
@@ -161,6 +168,7 @@ class AgencyList:
     agency: AgencySettings
     names: Collection[bytes]  # lower-case wire format; block from now on
     timed: Sequence[Timed] = ()
+    scope: Scope = "subtree"  # what each of ``names`` covers
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,7 @@ class Compiled:
 
 def compile_snapshot(
     lists: Iterable[AgencyList],
-    allow: Iterable[bytes],
+    allow: Iterable[AllowItem],
     sinkhole_ttl: int,
     version: int | None = None,
 ) -> PolicySnapshot:
@@ -181,13 +189,22 @@ def compile_snapshot(
 
 def compile_lists(
     lists: Iterable[AgencyList],
-    allow: Iterable[bytes],
+    allow: Iterable[AllowItem],
     sinkhole_ttl: int,
     *,
     version: int | None = None,
     now: float | None = None,
 ) -> Compiled:
-    """The snapshot in force at ``now`` (default: the wall clock) and when it next changes."""
+    """The snapshot in force at ``now`` (default: the wall clock) and when it next changes.
+
+    Every agency's list is read as one RPZ zone: for a query, the agency's closest listed name
+    at or above it decides whether that agency blocks (a name listed ``exact`` shields the
+    names below it from the agency's listing of a parent, as an RPZ ``name`` record does with a
+    ``*.parent`` wildcard). The allowlist is one more such zone, read before every agency. Of
+    the agencies that block, the one with the closest listed name decides, then precedence.
+    The table holds, per listed name, the outcome for the name itself and for the names below
+    it, so the resolver's walk stops at the first table name (``feeds.snapshot``).
+    """
     now = time.time() if now is None else now
     # One bit per agency, the highest precedence first (stable: config order breaks ties).
     ordered = sorted(lists, key=lambda al: -al.agency.precedence)
@@ -197,20 +214,35 @@ def compile_lists(
         if al.agency.id not in bits:
             bits[al.agency.id] = len(agencies)
             agencies.append(al.agency)
+    n = len(agencies)
+    low = (1 << n) - 1
+
+    def cover(scope: str, flag: int) -> int:
+        # Mask bits of one agency for a scope: bit i blocks the name itself, bit n+i below it.
+        if scope == "exact":
+            return flag
+        if scope == "below":
+            return flag << n
+        return flag | flag << n
 
     masks: dict[bytes, int] = {}
+    # Agencies with an entry at a name that blocks nothing there (an exception, or a listing an
+    # exception lifted): they are "present", so their listings of parents do not reach below.
+    present: dict[bytes, int] = {}
     overrides: dict[bytes, dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]]] = {}
     exceptions: dict[int, set[bytes]] = {}
+    point_exceptions: list[tuple[bytes, int, str]] = []
     next_change: float | None = None
     for al in ordered:
         bit = bits[al.agency.id]
         flag = 1 << bit
+        pm = cover(al.scope, flag)
         get = masks.get
         if not masks:
-            masks = dict.fromkeys(al.names, flag)
+            masks = dict.fromkeys(al.names, pm)
         else:
             for name in al.names:
-                masks[name] = get(name, 0) | flag
+                masks[name] = get(name, 0) | pm
         for t in al.timed:
             if t.start is not None and t.start > now:
                 next_change = t.start if next_change is None else min(next_change, t.start)
@@ -220,17 +252,41 @@ def compile_lists(
                     continue
                 next_change = t.end if next_change is None else min(next_change, t.end)
             if t.allow:
-                exceptions.setdefault(bit, set()).add(t.wire)
+                if t.scope == "subtree":
+                    exceptions.setdefault(bit, set()).add(t.wire)
+                else:
+                    point_exceptions.append((t.wire, bit, t.scope))
                 continue
-            masks[t.wire] = masks.get(t.wire, 0) | flag
+            tm = cover(t.scope, flag)
+            masks[t.wire] = masks.get(t.wire, 0) | tm
             if t.action is not None:
-                overrides.setdefault(t.wire, {})[bit] = (t.action, t.ipv4, t.ipv6)
+                over = overrides.setdefault(t.wire, {})
+                value = (t.action, t.ipv4, t.ipv6)
+                if tm & flag:
+                    over[bit] = value
+                if tm >> n & flag:
+                    over[bit + n] = value
 
     if exceptions:
-        _apply_exceptions(masks, exceptions)
+        _lift(masks, present, exceptions, n)
+    for wire, bit, scope in point_exceptions:
+        # An RPZ passthru for the name (exact) or the names below it: that position of the
+        # agency's own listing there is lifted, and the name is the agency's closest encloser.
+        masks[wire] = masks.get(wire, 0) & ~cover(scope, 1 << bit)
+        present[wire] = present.get(wire, 0) | 1 << bit
+
+    allow_self: set[bytes] = set()
+    allow_below: set[bytes] = set()
+    for item in allow:
+        wire, scope = (item, "subtree") if isinstance(item, bytes) else item
+        if scope != "below":
+            allow_self.add(wire)
+        if scope != "exact":
+            allow_below.add(wire)
+    allow_nodes = allow_self | allow_below
 
     # One rule per distinct (agencies, winner's per-entry action): a handful, however long
-    # the lists. A mask of 0 is an agency exception that nobody else overrides: ALLOW.
+    # the lists.
     rules: list[Rule | None] = [None]
     rule_of: dict[tuple[int, tuple[str, tuple[str, ...], tuple[str, ...]] | None], int] = {}
 
@@ -264,50 +320,97 @@ def compile_lists(
         rule_of[(mask, override)] = rule.id
         return rule.id
 
-    plain_rule = {m: rule_id(m, None) for m in set(masks.values())}
-    # The mask table becomes the rule table in place: values replaced, no second dict of a
-    # million keys (that copy was a third of the peak memory of a compile).
-    table = masks
-    if overrides:
-        for name, m in table.items():
+    def decide(name: bytes, mask: int, below: bool) -> int:
+        """Rule id at one position of ``name`` whose own agencies' bits there are ``mask``."""
+        if mask:
             over = overrides.get(name)
-            if over is not None and m:
-                winner_bit = (m & -m).bit_length() - 1
-                table[name] = rule_id(m, over.get(winner_bit))
-            else:
-                table[name] = plain_rule[m]
-    elif len(plain_rule) == 1:
-        # One agency, or every name listed by the same agencies: no per-name lookup needed.
-        table = dict.fromkeys(masks, next(iter(plain_rule.values())))
+            if over is None:
+                return rule_id(mask, None)
+            winner_bit = (mask & -mask).bit_length() - 1
+            return rule_id(mask, over.get(winner_bit + n if below else winner_bit))
+        # Nobody blocks here by an entry of this name: the agencies without an entry here
+        # block by their closest listed parent that blocks what is below it.
+        resolved = (masks.get(name, 0) >> n | masks.get(name, 0)) & low | present.get(name, 0)
+        off = name[0] + 1
+        while name[off]:
+            parent = name[off:]
+            m = masks.get(parent)
+            if m is not None or parent in present:
+                m = m or 0
+                inherited = m >> n & ~resolved
+                if inherited:
+                    over = overrides.get(parent)
+                    winner_bit = (inherited & -inherited).bit_length() - 1
+                    return rule_id(inherited, over.get(winner_bit + n) if over else None)
+                resolved |= (m | m >> n) & low | present.get(parent, 0)
+                if resolved == low:
+                    return ALLOW
+            off += name[off] + 1
+        return ALLOW
+
+    def allowed(name: bytes) -> tuple[bool, bool]:
+        """Whether the allowlist zone lets ``name`` itself and the names below it through."""
+        if name in allow_nodes:
+            return name in allow_self, name in allow_below
+        off = name[0] + 1
+        while name[off]:
+            parent = name[off:]
+            if parent in allow_nodes:
+                ok = parent in allow_below
+                return ok, ok
+            off += name[off] + 1
+        return False, False
+
+    for name in present:
+        masks.setdefault(name, 0)
+    doomed: list[bytes] = []
+    table = masks  # the mask table becomes the rule table in place (no second big dict)
+    distinct = set(masks.values())
+    simple = not (overrides or present or allow_nodes)
+    if simple and len(distinct) == 1 and next(iter(distinct)) >> n == next(iter(distinct)) & low:
+        # One agency (or the same agencies everywhere), subtree: one rule, no per-name work.
+        m = next(iter(distinct))
+        table = dict.fromkeys(masks, rule_id(m & low, None))
     else:
+        # Names whose outcome depends on more than their own mask are decided first, while
+        # the table still holds every mask (their parents' included); then the rest in place.
+        decided: dict[bytes, int] = {}
+        for name, m in masks.items():
+            ok_self, ok_below = allowed(name) if allow_nodes else (False, False)
+            if ok_self or ok_below or not (m & low and m >> n) or (overrides and name in overrides):
+                if ok_self and ok_below and name not in allow_nodes:
+                    doomed.append(name)  # an allowlisted parent covers it whole
+                    continue
+                decided[name] = pair(
+                    ALLOW if ok_self else decide(name, m & low, False),
+                    ALLOW if ok_below else decide(name, m >> n, True),
+                )
+        for name in allow_nodes - masks.keys():
+            decided[name] = pair(
+                ALLOW if name in allow_self else decide(name, 0, False),
+                ALLOW if name in allow_below else decide(name, 0, True),
+            )
+        by_mask: dict[int, int] = {}
         for name, m in table.items():
-            table[name] = plain_rule[m]
+            if name in decided:
+                continue
+            value = by_mask.get(m)
+            if value is None:
+                value = by_mask[m] = pair(rule_id(m & low, None), rule_id(m >> n, None)) if m & low and m >> n else 0
+            table[name] = value
+        for name in doomed:
+            del table[name]
+        table.update(decided)
     del masks
 
-    allow_set = set(allow)
-    removed = 0
-    if allow_set:
-        # An allowlisted name unblocks itself and everything below it, whoever listed it.
-        for name in list(table):
-            off = 0
-            while name[off]:
-                if name[off:] in allow_set:
-                    del table[name]
-                    removed += 1
-                    break
-                off += name[off] + 1
-        for name in allow_set:
-            table[name] = ALLOW
-
-    exempt = sum(1 for rid in table.values() if rid == ALLOW) if exceptions else len(allow_set)
     snapshot = PolicySnapshot(
         version=version if version is not None else time.time_ns() // 1_000_000,
         table=table,
         rules=tuple(rules),
         stats={
-            "entries": len(table) - exempt,
-            "allowlisted": len(allow_set),
-            "unblocked": removed,
+            "entries": sum(1 for v in table.values() if v) if not simple else len(table),
+            "allowlisted": len(allow_nodes),
+            "unblocked": len(doomed),
             "rules": len(rules) - 1,
         },
     )
@@ -317,7 +420,7 @@ def compile_lists(
 def patch_snapshot(
     prev: PolicySnapshot,
     lists: Sequence[AgencyList],
-    allow: Collection[bytes],
+    allow: Collection[AllowItem],
     dirty: Iterable[bytes],
     sinkhole_ttl: int,
     *,
@@ -328,8 +431,13 @@ def patch_snapshot(
 
     The shortcut for an update of a few names under a big policy: a dict copy instead of a
     full merge. It answers None, and the caller compiles everything, when it would not be exact:
-    an agency has exceptions, or a dirty name is dated or carries its own action.
+    an agency has exceptions, a list or an allowlist entry has a scope other than subtree (a
+    name then decides for the names below it by its parents), or a dirty name is dated or
+    carries its own action.
     """
+    if any(not isinstance(item, bytes) and item[1] != "subtree" for item in allow):
+        return None
+    allow = {item if isinstance(item, bytes) else item[0] for item in allow}
     ordered = sorted(lists, key=lambda al: -al.agency.precedence)
     agencies: list[AgencySettings] = []
     sets: dict[str, list[Collection[bytes]]] = {}
@@ -338,8 +446,10 @@ def patch_snapshot(
             agencies.append(al.agency)
             sets[al.agency.id] = []
         sets[al.agency.id].append(al.names)
+        if al.scope != "subtree":
+            return None
         for t in al.timed:
-            if t.allow:
+            if t.allow or t.scope != "subtree":
                 return None
     dirty = set(dirty)
     if any(t.wire in dirty for al in ordered for t in al.timed):
@@ -397,47 +507,23 @@ def patch_snapshot(
     return PolicySnapshot(version=version, table=table, rules=tuple(rules), stats=stats)
 
 
-def _apply_exceptions(masks: dict[bytes, int], exceptions: dict[int, set[bytes]]) -> None:
-    """Lift each agency's listings at and below its own exceptions; keep other agencies'."""
-    excepting: dict[bytes, int] = {}  # name -> bits of the agencies with an exception there
-    for bit, names in exceptions.items():
-        for name in names:
-            excepting[name] = excepting.get(name, 0) | (1 << bit)
-    # Listings at or below an exception lose the excepting agency's bit.
-    emptied: list[bytes] = []
+def _lift(masks: dict[bytes, int], present: dict[bytes, int], exceptions: dict[int, set[bytes]], n: int) -> None:
+    """Subtree exceptions (adblock ``@@``, a feed's exception for a name and everything below
+    it) lift the excepting agency's own listings at and below the name, whatever their scope;
+    the agency stays present there, so its listings of parents do not reach below either."""
     for bit, names in exceptions.items():
         flag = 1 << bit
-        for name in [n for n, m in masks.items() if m & flag]:
+        both = flag | flag << n
+        for name in [k for k, m in masks.items() if m & both]:
             off = 0
             while name[off]:
                 if name[off:] in names:
-                    masks[name] &= ~flag
-                    if not masks[name]:
-                        emptied.append(name)
+                    masks[name] &= ~both
+                    present[name] = present.get(name, 0) | flag
                     break
                 off += name[off] + 1
-    # A name left without agencies, or an exception under a listed parent, gets the parent's
-    # agencies minus those excepting on the way up: otherwise its table entry would hide the
-    # parent's block from every name below it. With nobody left it is an allow entry (it
-    # stops the lookup) when a parent blocks, and nothing otherwise.
-    for name in emptied + [n for n in excepting if n not in masks]:
-        cleared = 0
-        off = 0
-        inherited = 0
-        while name[off]:
-            cleared |= excepting.get(name[off:], 0)
-            if off:
-                parent = masks.get(name[off:])
-                if parent:
-                    inherited = parent & ~cleared
-                    break
-            off += name[off] + 1
-        else:
-            parent = None
-        if parent:
-            masks[name] = inherited
-        else:
-            masks.pop(name, None)
+        for name in names:
+            present[name] = present.get(name, 0) | flag
 
 
 def load_from_settings(settings: Settings, version: int | None = None) -> tuple[PolicySnapshot, dict[str, PlainList]]:
@@ -460,13 +546,14 @@ def load_from_settings(settings: Settings, version: int | None = None) -> tuple[
     return compile_snapshot(lists, allow, settings.policy.sinkhole_ttl, version), reports
 
 
-def allow_names(policy: PolicySettings, settings: Settings, reports: dict[str, PlainList]) -> list[bytes]:
-    """The configured allowlist (inline and files) as wire names; bad lines go to ``reports``."""
+def allow_names(policy: PolicySettings, settings: Settings, reports: dict[str, PlainList]) -> list[AllowItem]:
+    """The configured allowlist (inline and files): wire names (scope subtree) or (wire name,
+    scope); bad lines go to ``reports``."""
     text = "\n".join(policy.allowlist).encode()
     parsed = _read_allow(text)
     if parsed.rejects:
         reports["policy.allowlist"] = parsed
-    names = list(parsed.names)
+    names: list[AllowItem] = list(parsed.names)
     for path in policy.allowlist_files:
         full = settings.resolve_path(path)
         got = _read_allow(Path(full).read_bytes())
@@ -477,21 +564,30 @@ def allow_names(policy: PolicySettings, settings: Settings, reports: dict[str, P
 
 def _read_allow(data: bytes) -> PlainList:
     # An allowlist entry may be anything an operator wants left alone, public suffixes too
-    # ("never block anything under gov.pl" is a fine wish): read leniently.
+    # ("never block anything under gov.pl" is a fine wish): read leniently. A line is a name
+    # and, optionally, its scope (subtree when absent).
     out = PlainList()
+    names: list[AllowItem] = out.names  # type: ignore[assignment]
     for lineno, raw in enumerate(data.splitlines(), 1):
-        text = raw.split(b"#", 1)[0].strip()
-        if not text:
+        words = raw.split(b"#", 1)[0].split()
+        if not words:
             continue
+        scope = "subtree"
+        if len(words) == 2 and words[1].decode("ascii", "replace") in SCOPES:
+            scope = words[1].decode("ascii")
+        elif len(words) != 1:
+            out.rejects.append((lineno, raw.decode("utf-8", "replace"), "expected a name and optionally exact, subtree or below"))
+            continue
+        text = words[0]
         line = text.lower().rstrip(b".")
         if line.startswith(b"*."):
             line = line[2:]
-        if _CLEAN.fullmatch(line) and len(line) <= 253:
-            out.names.append(to_wire(line))
-            continue
-        name, reason, _wild = _slow_normalise(text)
-        if name is None:
-            out.rejects.append((lineno, raw.decode("utf-8", "replace"), reason))
-        else:
-            out.names.append(to_wire(name))
+        if not (_CLEAN.fullmatch(line) and len(line) <= 253):
+            name, reason, _wild = _slow_normalise(text)
+            if name is None:
+                out.rejects.append((lineno, raw.decode("utf-8", "replace"), reason))
+                continue
+            line = name
+        wire = to_wire(line)
+        names.append(wire if scope == "subtree" else (wire, scope))  # type: ignore[arg-type]
     return out

@@ -9,14 +9,13 @@ Meaning of the fields, decided once here:
 - ``name``: the listed name as an A-label, lower case, no trailing dot, no ``*.`` prefix.
   ``www.`` is kept as listed: the resolver blocks a listed name and all its subdomains, so
   stripping it would only widen or narrow what the agency asked for.
-- ``wildcard``: the feed listed ``*.name``. That asks for the subdomains of ``name``, not for
-  ``name`` itself (RPZ semantics, draft-vixie-dnsop-dns-rpz): a feed that wants both lists both
-  lines, as RPZ zones do. Whether a wildcard-only listing also blocks the apex is the compiler's
-  choice; the parser only records what was written.
+- ``wildcard``: the feed listed ``*.name``. The parser only records what was written; what a
+  bare name and a wildcard cover (the match scope: exact, subtree or below) is the format's
+  reading, decided once in ``feeds.formats.scope_of`` (RPZ ``*.name``: only the names below).
 - ``action`` / ``redirect``: a per-entry override, set only by formats that carry one (RPZ).
   ``None`` means "the agency's configured action". ``redirect`` holds IP addresses in
-  canonical text form for ``redirect`` by address, or a single CNAME target host (A-label, no
-  trailing dot) for a redirect to a warning host; never both.
+  canonical text form for ``redirect`` by address (stored lists from before may hold a
+  warning host instead: the agency's action applies to those).
 - ``listed_at`` / ``removed_at``: timezone-aware. Feeds that publish local times without an
   offset are read in the agency's zone: PL MF in Europe/Warsaw, CZ MF dates as midnight
   Europe/Prague, CH ESBK dates as midnight Europe/Zurich; generic CSV/JSON use a configured zone
@@ -32,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 # Actions a feed may set per entry. Anything else in a feed is a reject, not a new action.
-ACTIONS = frozenset({"nxdomain", "nodata", "passthru", "redirect"})
+ACTIONS = frozenset({"nxdomain", "nodata", "passthru", "redirect", "drop", "tcp-only"})
 
 
 class FeedError(Exception):

@@ -52,7 +52,8 @@ from feeds.fetch import FetchError, fetch
 from feeds.guard import Change, Protected, entry_refusal, quarantine_reason
 from feeds.lists import Key, ListDiff, SourceList, diff, to_wire
 from feeds.normalize import InvalidName, normalize_detail
-from feeds.snapshot import PolicySnapshot
+from feeds.formats import scope_of
+from feeds.snapshot import PolicySnapshot, Scope
 from feeds.store import FeedStore, VersionInfo, iso
 
 log = structlog.get_logger("betblock.feeds")
@@ -143,7 +144,13 @@ class SourceRuntime:
 
     def set_list(self, new: SourceList) -> None:
         self.current = new
-        self.timed = tuple(Timed.of(e) for e in new.rich.values())
+        fmt, default = self.settings.format, self.agency.scope
+        self.timed = tuple(Timed.of(e, scope_of(fmt, e.wildcard, default)) for e in new.rich.values())
+
+    @property
+    def scope(self) -> Scope:
+        """What this source's plain names cover (its format's reading, else the agency's)."""
+        return scope_of(self.settings.format, False, self.agency.scope)
 
     def count(self, result: str) -> None:
         self.fetches[result] = self.fetches.get(result, 0) + 1
@@ -788,7 +795,7 @@ class FeedManager:
             gen = self._gen
             dirty, self._dirty = self._dirty, set()
             lists = [
-                AgencyList(rt.agency, rt.current.plain, rt.timed) for rt in self.sources.values()
+                AgencyList(rt.agency, rt.current.plain, rt.timed, rt.scope) for rt in self.sources.values()
             ]
             allow = self.allow + self.admin_allow
             # The versions this compile reads, for the compliance record of its install.

@@ -34,7 +34,7 @@ from typing import Any
 from config.settings import Settings
 from feeds.snapshot import PolicySnapshot, Rule
 
-FORMAT = 3
+FORMAT = 4  # 4: table values may be (self, below) pairs (feeds.snapshot)
 FILENAME = "snapshot.marshal"
 SLICE = 32768  # keys per marshal call: a few milliseconds with the GIL held
 MAGIC = b"BBSNAP"
@@ -63,6 +63,7 @@ def fingerprint(settings: Settings) -> str:
                 "name": a.display_name,
                 "precedence": a.precedence,
                 "action": a.action,
+                "scope": a.scope,
                 "ipv4": [str(ip) for ip in a.redirect_ipv4],
                 "ipv6": [str(ip) for ip in a.redirect_ipv6],
                 "sources": sorted(s.key for s in a.all_sources()),

@@ -196,9 +196,17 @@ class Pipeline:
                 listed = name[off:]
                 rid = get(listed)
                 if rid is not None:
-                    if rid:  # 0 is an allowlist entry: not blocked, stop looking
+                    if rid < 0:  # decides apart for the name itself and below it (feeds.snapshot)
+                        rid = ~rid & 0xFFFFFFFF if not off else ~rid >> 32
+                    if rid:  # 0: not blocked here (allowlist, exception, scope), stop looking
                         sink = pol.sinks[rid]
-                        resp = sink.render(data, q, off)  # type: ignore[union-attr]
+                        resp = sink.render(data, q, off, udp)  # type: ignore[union-attr]
+                        if resp is None:  # rpz-drop, or rpz-tcp-only over TCP: resolve it
+                            if not sink.drop:  # type: ignore[union-attr]
+                                break
+                            counts[_BLOCKED] += 1
+                            self.recorder.record((self.wallclock(), client, name, q.qtype, sink.rule, listed, pol.version))  # type: ignore[union-attr]
+                            return None
                         counts[_BLOCKED] += 1
                         self.recorder.record((self.wallclock(), client, name, q.qtype, sink.rule, listed, pol.version))  # type: ignore[union-attr]
                         if len(resp) > 512:
@@ -229,7 +237,7 @@ class Pipeline:
                 if entry.cnames and self.cname_inspection:
                     blocked = self._cname_block(data, q, name, client, entry, self._limit(q, udp))
                     if blocked is not None:
-                        return blocked
+                        return blocked or None  # b"": dropped
                 counts[_CACHED] += 1
                 return entry.render(data, q, now, self.udp_size, self._limit(q, udp))
         except Exception:
@@ -260,9 +268,11 @@ class Pipeline:
         """A sinkhole answer outside the hot loop (CNAME inspection)."""
         sink = pol.sinks[rid]
         assert sink is not None
-        resp = sink.render(data, q, off)
+        resp = sink.render(data, q, off, limit != 65535)  # _limit: 65535 means TCP
         self._counts[_BLOCKED] += 1
         self.recorder.record((self.wallclock(), client, name, q.qtype, sink.rule, listed, pol.version))
+        if resp is None:
+            return b""  # dropped: the caller sends nothing
         if len(resp) > limit:
             return truncated(data, q, U16.unpack_from(resp, 2)[0], self.udp_size)
         return resp
@@ -274,7 +284,7 @@ class Pipeline:
         pol = self.policy
         for target in entry.cnames:
             match = pol.snapshot.match(target)
-            if match is not None:
+            if match is not None and not (match.rule.action == "tcp-only" and limit == 65535):
                 # The SOA of a negative answer is owned by the question name (offset 0): the
                 # listed name is not in this message.
                 return self._blocked(data, q, name, client, pol, match.rule.id, 0, match.listed, limit)
@@ -306,7 +316,7 @@ class Pipeline:
                 if entry.cnames and self.cname_inspection:
                     blocked = self._cname_block(data, q, name, client, entry, limit)
                     if blocked is not None:
-                        return blocked
+                        return blocked or None  # b"": dropped
                 counts[_FORWARDED] += 1
                 return entry.render(data, q, self.cache.now(), self.udp_size, limit)
             except Exception:

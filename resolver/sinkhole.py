@@ -2,7 +2,10 @@
 
 Owns the per-rule precomputation (answer records, the SOA of negative answers, the OPT record
 with its Extended DNS Error) done once when a snapshot is installed, and ``Sinkhole.render``,
-which the hot path calls to build an answer with a few concatenations.
+which the hot path calls to build an answer with a few concatenations. The RPZ actions
+without an answer of their own are here too: ``drop`` renders nothing (``drop`` is set) and
+``tcp-only`` renders a truncated answer over UDP and nothing over TCP (the query is then
+answered as if the name were not listed, as Unbound and BIND do).
 
 Must not import the server, the cache or the upstream client.
 """
@@ -24,6 +27,7 @@ from resolver.wire import (
     RD,
     REFUSED,
     RR_FIXED,
+    TC,
     T_A,
     T_AAAA,
     T_SOA,
@@ -44,10 +48,12 @@ _SOA_RDLEN = 2 + len(_HOSTMASTER) + 2 + 20
 class Sinkhole:
     """Precomputed answer parts for one rule; ``render`` assembles an answer for one query."""
 
-    __slots__ = ("rule", "_by_type", "_other", "_soa_head", "_soa_tail", "_opt", "_opt_do")
+    __slots__ = ("rule", "drop", "tcp_only", "_by_type", "_other", "_soa_head", "_soa_tail", "_opt", "_opt_do")
 
     def __init__(self, rule: Rule, serial: int, udp_size: int) -> None:
         self.rule = rule
+        self.drop = rule.action == "drop"
+        self.tcp_only = rule.action == "tcp-only"
         ttl = rule.ttl
         nodata = (NOERROR, 0, b"", True)
         if rule.action == "redirect":
@@ -70,6 +76,9 @@ class Sinkhole:
         elif rule.action == "nodata":
             self._by_type = {}
             self._other = nodata
+        elif rule.action in ("drop", "tcp-only"):
+            self._by_type = {}
+            self._other = (NOERROR, 0, b"", False)
         else:  # refused
             self._by_type = {}
             self._other = (REFUSED, 0, b"", False)
@@ -81,10 +90,20 @@ class Sinkhole:
         self._opt = opt_record(udp_size, False, ede)
         self._opt_do = opt_record(udp_size, True, ede)
 
-    def render(self, data: bytes, q: Query, offset: int) -> bytes:
+    def render(self, data: bytes, q: Query, offset: int, udp: bool = True) -> bytes | None:
         """The answer to query ``q`` in ``data``; ``offset`` is where the listed name starts in
-        the question name (the SOA of a negative answer is owned by the listed name)."""
+        the question name (the SOA of a negative answer is owned by the listed name). None for
+        ``drop``, and for ``tcp-only`` over TCP."""
         qid, qflags, name_end, qtype, _qclass, edns, do, _version = q
+        if self.drop:
+            return None
+        if self.tcp_only:
+            if not udp:
+                return None
+            flags = QR | RA | TC | (qflags & (RD | CD))
+            if edns:
+                return HEADER.pack(qid, flags, 1, 0, 0, 1) + data[12 : name_end + 4] + (self._opt_do if do else self._opt)
+            return HEADER.pack(qid, flags, 1, 0, 0, 0) + data[12 : name_end + 4]
         rcode, ancount, answers, soa = self._by_type.get(qtype, self._other)
         if soa:
             ptr = U16.pack(0xC00C + offset)

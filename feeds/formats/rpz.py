@@ -1,14 +1,20 @@
 """RPZ zone files (draft-vixie-dnsop-dns-rpz) as PL/IT/CZ consumers generate them: QNAME
-triggers only, with the actions ``CNAME .`` (NXDOMAIN), ``CNAME *.`` (NODATA),
-``CNAME rpz-passthru.`` (exception), ``A``/``AAAA`` (redirect by address) and ``CNAME host.``
-(redirect to a warning host).
+triggers only (``name``: that name only; ``*.name``: only the names below it), with the
+actions ``CNAME .`` (NXDOMAIN), ``CNAME *.`` (NODATA), ``CNAME rpz-passthru.`` (exception),
+``CNAME rpz-drop.`` (no answer), ``CNAME rpz-tcp-only.`` (TC=1 over UDP) and ``A``/``AAAA``
+local data (redirect to those addresses, several per trigger). Anything else (a CNAME to a
+host, other local data types, other triggers) is rejected with a reason: the resolver could
+not answer it as Unbound and BIND would.
 
 Owns reading master-file syntax far enough for RPZ: comments, parentheses, quoted strings,
 ``$ORIGIN``/``$TTL``, owner inheritance, optional TTL and class. ``$INCLUDE`` is refused (a
-feed must never make us read local files). Triggers are owner names relative to the zone
-origin (the ``origin`` option, else the first ``$ORIGIN``). Every record of one trigger folds
-into one Entry whose line is the trigger's first record. Must not import aiohttp, SQL or
-resolver code; dnslib's zone parser is not used because rejects need line numbers.
+feed must never make us read local files). The zone apex is found as BIND does: the ``origin``
+option (the zone's name in a configuration), else the owner of the SOA record that opens the
+zone; ``$ORIGIN`` only changes what relative names are relative to, and the origin starts as
+the apex. A file with neither is read with its first ``$ORIGIN`` as the apex when that comes
+before every record, else with owners taken as written. Every record of one trigger folds into
+one Entry whose line is the trigger's first record. Must not import aiohttp, SQL or resolver
+code; dnslib's zone parser is not used because rejects need line numbers.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 
 from feeds.entry import Entry, ParseResult
 from feeds.formats._common import Collector, decode_lines, gc_paused, has_undecodable
-from feeds.normalize import InvalidName, normalize, normalize_detail
+from feeds.normalize import InvalidName, normalize
 
 # A quoted string, a lone quote (an unterminated string), a parenthesis, a comment, a word.
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|"|[()]|;.*|(?:\\.|[^\s;()"\\])+')
@@ -27,7 +33,13 @@ _TTL = re.compile(r"(?:\d+[smhdw]?)+", re.ASCII | re.IGNORECASE).fullmatch
 _CLASSES = frozenset({"IN", "CH", "HS", "CS"})
 # Triggers this resolver cannot evaluate: it matches query names only.
 _OTHER_TRIGGERS = frozenset({"rpz-ip", "rpz-nsdname", "rpz-nsip", "rpz-client-ip"})
-_SPECIAL_TARGETS = {".": "nxdomain", "*.": "nodata", "rpz-passthru.": "passthru"}
+_SPECIAL_TARGETS = {
+    ".": "nxdomain",
+    "*.": "nodata",
+    "rpz-passthru.": "passthru",
+    "rpz-drop.": "drop",
+    "rpz-tcp-only.": "tcp-only",
+}
 
 
 @dataclass
@@ -50,19 +62,20 @@ def parse(data: bytes, *, origin: str | None = None) -> ParseResult:
 def _parse(data: bytes, origin: str | None) -> ParseResult:
     lines, _ = decode_lines(data)
     out = Collector()
-    zone = _absolute(origin, None) if origin is not None else None
+    zone = _absolute(origin, None) if origin is not None else _apex(lines)
     current = zone
     meta: dict[str, object] = {"serial": None, "origin": zone}
     policies: dict[tuple[str, bool], _Policy] = {}
     owner: str | None = None  # absolute, or relative when no origin is known yet
+    seen_record = False
 
     for number, text, indented, tokens in _records(lines, out):
         if tokens[0].startswith("$"):
             directive = tokens[0].upper()
             if directive == "$ORIGIN" and len(tokens) == 2:
                 current = _absolute(tokens[1], current)
-                if zone is None:
-                    zone = current
+                if zone is None and not seen_record:
+                    zone = current  # no SOA, no configured origin: the leading $ORIGIN
                     meta["origin"] = zone
             elif directive == "$TTL" and len(tokens) == 2:
                 pass
@@ -71,6 +84,7 @@ def _parse(data: bytes, origin: str | None) -> ParseResult:
             else:
                 out.reject(number, text, f"unsupported directive {tokens[0]}")
             continue
+        seen_record = True
         if not indented:
             owner, tokens = _absolute(tokens[0], current), tokens[1:]
         if owner is None:
@@ -138,16 +152,8 @@ def _record(
             if target.startswith("*."):
                 out.reject(number, text, "unsupported action (wildcard CNAME rewrite)")
                 return
-            absolute = _absolute(target, origin)
-            try:
-                host, host_wildcard, had_path = normalize_detail(absolute or ".")
-            except InvalidName as exc:
-                out.reject(number, text, f"CNAME target: {exc.reason}")
-                return
-            if host_wildcard or had_path:
-                out.reject(number, text, "CNAME target: not a host name")
-                return
-            action, values = "redirect", [host]
+            out.reject(number, text, "unsupported action (CNAME to a host: only ., *., rpz-passthru., rpz-drop., rpz-tcp-only. and A/AAAA)")
+            return
         else:
             values = []
     else:
@@ -179,6 +185,24 @@ def _record(
         out.reject(number, text, "duplicate")
         return
     policy.redirect.extend(values)
+
+
+def _apex(lines: list[str]) -> str | None:
+    """The owner of the SOA record when the zone's first record is one (BIND's zone apex when
+    no zone name is configured); None otherwise."""
+    current: str | None = None
+    for _number, _text, indented, tokens in _records(lines, Collector()):
+        if tokens[0].startswith("$"):
+            if tokens[0].upper() == "$ORIGIN" and len(tokens) == 2:
+                current = _absolute(tokens[1], current)
+            continue
+        if indented:
+            return None
+        owner, rest = _absolute(tokens[0], current), tokens[1:]
+        while rest and (_TTL(rest[0]) or rest[0].upper() in _CLASSES):
+            rest = rest[1:]
+        return owner if rest and rest[0].upper() == "SOA" and (current is not None or tokens[0].endswith(".")) else None
+    return None
 
 
 def _is_address(value: str) -> bool:

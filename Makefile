@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-TEST_APT := nsd chromium
+TEST_APT := nsd unbound chromium
 BENCH_APT := dnsperf unbound nsd
 
 .PHONY: run test test-fast bench bench-quick check-config clean readme

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_APT := nsd unbound chromium
 BENCH_APT := dnsperf unbound nsd
 
-.PHONY: run test test-fast bench bench-quick check-config clean readme
+.PHONY: run test test-fast bench bench-quick bench-rrl check-config clean readme
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	tools/apt-install.sh $(BENCH_APT)
 	$(PYTHON) bench/bench.py --quick
+
+## What rate limiting costs per packet, in process (see README, Tests and benchmarks).
+bench-rrl: $(STAMP)
+	$(PY) tools/rrl_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench/run bench/results

@@ -33,6 +33,7 @@ from hits.store import StoreError
 from resolver.acl import Acl
 from resolver.cache import AnswerCache
 from resolver.pipeline import Pipeline
+from resolver.rrl import RateLimiter
 from resolver.server import DnsServer
 from resolver.upstream import UpstreamClient
 
@@ -40,7 +41,7 @@ log = structlog.get_logger("betblock.app")
 
 # Sections a SIGHUP does not apply (listeners, sockets, stores and the feed sources are built
 # at start); ``policy`` and every list and policy file are re-read.
-RESTART_SECTIONS = ("dns", "upstream", "cache", "agencies", "hits", "http", "warning_page", "log", "data_dir")
+RESTART_SECTIONS = ("dns", "upstream", "cache", "rrl", "agencies", "hits", "http", "warning_page", "log", "data_dir")
 
 
 class App:
@@ -65,6 +66,7 @@ class App:
         self.upstream = UpstreamClient(
             settings.upstream.addresses(), settings.upstream.attempt_timeout, settings.dns.edns_udp_size
         )
+        self.rrl = RateLimiter(settings.rrl) if settings.rrl.enabled else None
         self.pipeline = Pipeline(
             acl=Acl(settings.acl.networks()),
             cache=self.cache,
@@ -74,6 +76,7 @@ class App:
             deadline=settings.upstream.deadline,
             max_inflight=settings.upstream.max_inflight,
             cname_inspection=settings.policy.cname_inspection,
+            rrl=self.rrl,
         )
         self.server = DnsServer(settings.dns, self.pipeline.answer)
         # The feeds control plane: sources, store, guardrails, compile; it installs snapshots.
@@ -261,8 +264,11 @@ class App:
                 recorder = tg.create_task(self.recorder.run())
                 retention = tg.create_task(self.hitlog.retention())
                 feeds = tg.create_task(self.feeds.run())  # polls, file watches, date timer
+                rrl = tg.create_task(self.rrl.run()) if self.rrl is not None else None  # its clock
                 await self.stopping.wait()
                 feeds.cancel()
+                if rrl is not None:
+                    rrl.cancel()
                 for http in (self.http, self.warning):
                     if http is not None:
                         await http.close()

@@ -84,6 +84,14 @@ class AppCollector(Collector):
         yield CounterMetricFamily("betblock_hits_dropped", "Hits lost because even aggregation was full", value=rec["dropped"])
         yield GaugeMetricFamily("betblock_hits_buffered", "Hits waiting for the next flush", value=rec["buffered"])
 
+        rrl = pipeline.rrl
+        if rrl is not None:
+            yield CounterMetricFamily("betblock_rrl_limited", "UDP answers over a prefix's rate limit (slipped + dropped)", value=rrl.limited)
+            yield CounterMetricFamily("betblock_rrl_slipped", "Limited UDP answers sent as empty TC=1 answers", value=rrl.slipped)
+            yield CounterMetricFamily("betblock_rrl_dropped", "Limited UDP answers not sent", value=rrl.dropped)
+            yield GaugeMetricFamily("betblock_rrl_prefixes", "Client prefixes with a rate-limit account", value=len(rrl.table))
+            yield CounterMetricFamily("betblock_rrl_evicted", "Rate-limit accounts evicted from a full table", value=rrl.evicted)
+
         tcp = app.server.tcp
         yield GaugeMetricFamily("betblock_tcp_connections", "Open client TCP connections", value=len(tcp.connections))
         yield CounterMetricFamily("betblock_tcp_rejected", "TCP connections closed at once over the cap", value=tcp.rejected)

@@ -184,6 +184,51 @@ class CacheSettings(_Section):
         return self
 
 
+class RrlSettings(_Section):
+    """Response rate limiting of UDP answers per client prefix, with slip (as BIND, NSD, Knot)."""
+
+    enabled: bool = Field(default=True, description="Limit UDP answers per client prefix (TCP is never limited).")
+    responses_per_second: int = Field(
+        default=1000,
+        ge=1,
+        description="UDP answers per second one client prefix may get; far above what the subscribers of a /24 ask. "
+        "Raise it for prefixes that hide large NATs, or exempt them.",
+    )
+    window: int = Field(
+        default=15,
+        ge=1,
+        le=3600,
+        description="Seconds: a prefix over the limit may owe up to window x rate answers, so it stays limited until it was quiet that long (BIND's window).",
+    )
+    slip: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Every slip-th limited answer is sent as an empty TC=1 answer so that real clients retry over TCP; the rest are dropped. 0 drops all, 1 slips all.",
+    )
+    ipv4_prefix: int = Field(default=24, ge=8, le=32, description="IPv4 clients share one account per prefix of this length.")
+    ipv6_prefix: int = Field(default=56, ge=16, le=128, description="IPv6 clients share one account per prefix of this length.")
+    table_size: int = Field(
+        default=100_000,
+        ge=100,
+        description="Prefix accounts kept (about 200 bytes each); when full, idle and then the oldest go, so a spoofed flood costs bounded memory.",
+    )
+    exempt: list[str] = Field(
+        default=["127.0.0.0/8", "::1/128"],
+        description="Client networks never limited. Loopback by default: it cannot be spoofed from outside, and local tools (monitoring, benchmarks) ask from it.",
+    )
+
+    @field_validator("exempt")
+    @classmethod
+    def _check_networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            ipaddress.ip_network(item, strict=False)
+        return v
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in self.exempt]
+
+
 Action = Literal["redirect", "nxdomain", "nodata", "refused"]
 # What a listed name covers: itself only, itself and every name below it, or only the names below.
 Scope = Literal["exact", "subtree", "below"]
@@ -540,6 +585,7 @@ class Settings(BaseSettings):
     acl: AclSettings = Field(default_factory=AclSettings, description="Client access control.")
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings, description="Upstream resolvers.")
     cache: CacheSettings = Field(default_factory=CacheSettings, description="Answer cache.")
+    rrl: RrlSettings = Field(default_factory=RrlSettings, description="Response rate limiting (UDP).")
     policy: PolicySettings = Field(default_factory=PolicySettings, description="Sinkhole and allowlist.")
     agencies: list[AgencySettings] = Field(default=[], description="Agencies whose lists are enforced.")
     hits: HitsSettings = Field(default_factory=HitsSettings, description="Hit recording.")

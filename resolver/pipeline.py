@@ -1,6 +1,6 @@
 """The query pipeline: the one place where the order of stages is written.
 
-    wire.parse -> acl -> policy -> ANY (RFC 8482) -> cache -> upstream
+    rrl (UDP) -> wire.parse -> acl -> policy -> ANY (RFC 8482) -> cache -> upstream
 
 Owns ``Pipeline.answer`` (bytes in; bytes, None or an awaitable out) and the installed policy
 (snapshot plus its precomputed sinkholes, swapped by one reference). Blocked and cached answers
@@ -26,6 +26,7 @@ from hits.recorder import HitRecorder
 from resolver.acl import Acl
 from resolver.cache import AnswerCache, CacheEntry
 from resolver.outcome import Counters, Kind
+from resolver.rrl import SLIP, RateLimiter
 from resolver.sinkhole import Sinkhole, build_sinkholes
 from resolver.upstream import UpstreamClient, UpstreamError
 from resolver.wire import (
@@ -36,6 +37,8 @@ from resolver.wire import (
     EDE_PROHIBITED,
     FORMERR,
     NOTIMP,
+    QR,
+    RA,
     REFUSED,
     SERVFAIL,
     T_ANY,
@@ -66,6 +69,7 @@ _ANSWER_MEMO = 1 << 17
 _BLOCKED, _CACHED, _FORWARDED, _REFUSED = int(Kind.BLOCKED), int(Kind.CACHED), int(Kind.FORWARDED), int(Kind.REFUSED)
 _FORMERR, _NOTIMP, _SERVFAIL, _DROPPED = int(Kind.FORMERR), int(Kind.NOTIMP), int(Kind.SERVFAIL), int(Kind.DROPPED)
 _MINIMAL_ANY = int(Kind.MINIMAL_ANY)
+_SLIP_FLAGS = QR | RA  # of a slipped answer: NOERROR, no records, TC added by ``truncated``
 
 Answer = bytes | None | Coroutine[Any, Any, bytes | None]
 
@@ -118,6 +122,7 @@ class Pipeline:
         cname_inspection: bool = True,
         counters: Counters | None = None,
         wallclock: Callable[[], float] = time.time,
+        rrl: RateLimiter | None = None,
     ) -> None:
         self.acl = acl
         self.cache = cache
@@ -131,6 +136,7 @@ class Pipeline:
         self._counts = self.counters.counts
         self._acl_memo = acl.memo
         self.wallclock = wallclock
+        self.rrl = rrl
         self.inflight: dict[bytes, asyncio.Future[CacheEntry]] = {}
         self.latency = LatencyCounts()
         self.policy = self._prepare(EMPTY)
@@ -161,6 +167,13 @@ class Pipeline:
         counts = self._counts
         pol = self.policy
         if udp:
+            # 0. Rate limit first: a limited answer costs nothing else (no parse, no upstream),
+            #    whatever it would have been; TCP is never limited (it cannot be spoofed).
+            rrl = self.rrl
+            if rrl is not None:
+                verdict = rrl.check(client)
+                if verdict:
+                    return self._rate_limited(data, verdict)
             # The same blocked question again (any ID): the answer is a function of the bytes
             # after the ID and the snapshot, so skip parsing, matching and building. The ACL
             # still decides first; only a client already known to be allowed takes this path.
@@ -251,6 +264,17 @@ class Pipeline:
         if not udp:
             return 65535
         return min(q.edns_size, self.udp_size) if q.edns_size else 512
+
+    def _rate_limited(self, data: bytes, verdict: int) -> bytes | None:
+        """A limited UDP answer: an empty TC=1 answer when it is this prefix's turn to slip (a
+        real client retries over TCP), else nothing. The limiter has counted it."""
+        if verdict != SLIP:
+            return None
+        try:
+            q = parse_query(data)
+        except WireError:
+            return None  # nothing readable to truncate: drop
+        return truncated(data, q, _SLIP_FLAGS, self.udp_size)
 
     def _unreadable(self, data: bytes, exc: WireError) -> bytes | None:
         if isinstance(exc, Drop):

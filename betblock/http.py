@@ -1,7 +1,8 @@
 """The HTTP composition: one aiohttp application, error handling, health, and each owner's routes.
 
 Owns the middleware every route shares (JSON errors with the status the owner chose, 413 from the
-body-size cap, a 500 with one log line for our own bugs) and /healthz, /readyz. Owners (feeds for
+body-size caps before a body is read, a 500 with one log line for our own bugs), /healthz,
+/readyz, and the listeners' descriptor budget and deadlines (``HttpServer``). Owners (feeds for
 agencies, hits for admins) hand over their route tables or sub-applications; nothing here knows
 their business.
 """
@@ -61,7 +62,20 @@ def build_app(
             return web.json_response({"status": "starting"}, status=503, headers={"Retry-After": "5"})
         return await handler(request)
 
-    app = web.Application(middlewares=[starting, errors], client_max_size=settings.max_body_bytes)
+    @web.middleware
+    async def body_caps(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Refused before a byte of the body is read: a request without credentials (the login
+        # form) may send a few KiB; a push streams up to max_body_bytes once its token is
+        # checked. A body without a length is cut off at the same caps while it is read.
+        size = request.content_length
+        if size is not None:
+            cap = settings.max_body_bytes if "Authorization" in request.headers else settings.max_form_bytes
+            if size > cap:
+                raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=size)
+        return await handler(request)
+
+    # client_max_size caps every body read whole (read(), post(), json()); pushes stream theirs.
+    app = web.Application(middlewares=[starting, errors, body_caps], client_max_size=settings.max_form_bytes)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

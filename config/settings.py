@@ -503,6 +503,13 @@ class HttpSettings(_Section):
     max_body_bytes: int = Field(
         default=64 << 20, ge=1024, description="Largest request body accepted (an agency's push); larger gets 413."
     )
+    max_form_bytes: int = Field(
+        default=16 << 10,
+        ge=1024,
+        le=1 << 20,
+        description="Largest body of a request without credentials (the login form) and of any body read whole; "
+        "larger gets 413 before it is read. Pushes stream up to max_body_bytes once their token is checked.",
+    )
     max_connections: int = Field(
         default=0,
         ge=0,

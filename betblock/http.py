@@ -62,6 +62,8 @@ def build_app(
             return web.json_response({"status": "starting"}, status=503, headers={"Retry-After": "5"})
         return await handler(request)
 
+    form_cap = min(settings.max_form_bytes, settings.max_body_bytes)
+
     @web.middleware
     async def body_caps(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Refused before a byte of the body is read: a request without credentials (the login
@@ -69,13 +71,13 @@ def build_app(
         # checked. A body without a length is cut off at the same caps while it is read.
         size = request.content_length
         if size is not None:
-            cap = settings.max_body_bytes if "Authorization" in request.headers else settings.max_form_bytes
+            cap = settings.max_body_bytes if "Authorization" in request.headers else form_cap
             if size > cap:
                 raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=size)
         return await handler(request)
 
     # client_max_size caps every body read whole (read(), post(), json()); pushes stream theirs.
-    app = web.Application(middlewares=[starting, errors, body_caps], client_max_size=settings.max_form_bytes)
+    app = web.Application(middlewares=[starting, errors, body_caps], client_max_size=form_cap)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -64,7 +64,11 @@ class App:
         self.recorder = self.hitlog.recorder
         self.cache = AnswerCache(settings.cache)
         self.upstream = UpstreamClient(
-            settings.upstream.addresses(), settings.upstream.attempt_timeout, settings.dns.edns_udp_size
+            settings.upstream.addresses(),
+            settings.upstream.attempt_timeout,
+            settings.dns.edns_udp_size,
+            ports=settings.upstream.ports,
+            port_reuse=settings.upstream.port_reuse,
         )
         self.rrl = RateLimiter(settings.rrl) if settings.rrl.enabled else None
         self.pipeline = Pipeline(
@@ -273,6 +277,7 @@ class App:
                     if http is not None:
                         await http.close()
                 await self.server.close()
+                self.upstream.close()  # after the queries in flight had their chance to finish
                 retention.cancel()
                 recorder.cancel()  # its finally-block writes every buffered hit
         finally:

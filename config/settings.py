@@ -134,6 +134,19 @@ class UpstreamSettings(_Section):
     max_inflight: int = Field(
         default=10000, ge=1, description="Distinct queries waiting on upstreams at once; more get SERVFAIL."
     )
+    ports: int = Field(
+        default=128,
+        ge=2,
+        le=4096,
+        description="UDP sockets kept open per upstream server, each on a random source port (as Unbound's "
+        "outgoing-range); with the retired ones still waiting for replies, at most twice this many.",
+    )
+    port_reuse: int = Field(
+        default=32,
+        ge=1,
+        description="Queries (on average) one upstream socket carries before it is replaced by a new one "
+        "on a new random port.",
+    )
 
     @field_validator("servers")
     @classmethod

@@ -1,8 +1,9 @@
 """Forwarding to upstream resolvers over UDP, with TCP on truncation and failover.
 
-Owns the exchange with upstream servers: a fresh socket (so a kernel-chosen random source port)
-and a random ID per attempt, validation of every reply (source address, ID, question) so that a
-spoofed or stray reply is ignored rather than accepted (cache-poisoning defence), TCP retry when
+Owns the exchange with upstream servers: a pool of pre-opened sockets per server on random
+source ports, rotated (``PortPool``), a random ID per attempt, validation of every reply (source
+address and port by the connected socket, then ID and question) so that a spoofed or stray reply
+is ignored rather than accepted (cache-poisoning defence), TCP retry when
 the reply is truncated, and failover to the next server on timeout, network error, SERVFAIL,
 REFUSED, FORMERR or NOTIMP. One deadline, set by the caller, bounds the whole exchange.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import struct
 from collections.abc import Sequence
 
@@ -49,37 +51,124 @@ def _matches(reply: bytes, qid: int, question: bytes) -> bool:
     return reply[12 : 12 + split].lower() == question[:split] and reply[12 + split : 12 + len(question)] == question[split:]
 
 
-class _UdpExchange(asyncio.DatagramProtocol):
-    """One query on one connected socket; resolves with the first reply that matches."""
+class _Port:
+    """One pre-opened UDP socket, connected to one upstream server, and its queries in flight."""
 
-    def __init__(self, qid: int, question: bytes, server: tuple[str, int]) -> None:
-        self.qid = qid
-        self.question = question
+    __slots__ = ("sock", "pending", "uses", "limit", "retired")
+
+    def __init__(self, sock: socket.socket, limit: int) -> None:
+        self.sock = sock
+        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}  # ID -> (reply, question)
+        self.uses = 0
+        self.limit = limit
+        self.retired = False
+
+
+class PortPool:
+    """Pre-opened UDP sockets on random source ports to one server, rotated (as Unbound's
+    outgoing-range): a query takes one of the least recently used half at random, a socket is
+    replaced by a fresh one (a new random port) after about ``reuse`` queries, and at most
+    ``size`` retired sockets wait for their last replies, so descriptors stay bounded by
+    2 x ``size`` whatever the load and however silent the server."""
+
+    def __init__(self, server: tuple[str, int], size: int, reuse: int, client: UpstreamClient) -> None:
         self.server = server
-        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.ignored = 0
+        self.size = size
+        self.reuse = reuse
+        self.client = client
+        self.family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        self.order: list[_Port] = []  # least recently used first
+        self.retired: set[_Port] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.opened = 0  # sockets opened over the pool's life (rotation shows here)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.reply.done():
-            return
-        if addr[0] != self.server[0] or addr[1] != self.server[1] or not _matches(data, self.qid, self.question):
-            self.ignored += 1  # a stray or spoofed reply: keep waiting for the real one
-            return
-        self.reply.set_result(data)
+    def take(self) -> _Port:
+        order = self.order
+        if not order:
+            self.loop = asyncio.get_running_loop()
+            for _ in range(self.size):
+                order.append(self._open())
+        # Never one of the most recently used half: a port does not repeat within size/2
+        # queries, and which of the other half goes next is unpredictable.
+        port = order.pop(secrets.randbelow(len(order) + 1 >> 1))
+        port.uses += 1
+        if port.uses >= port.limit and len(self.retired) < self.size:
+            port.retired = True
+            self.retired.add(port)
+            order.append(self._open())
+        else:
+            order.append(port)
+        return port
 
-    def error_received(self, exc: Exception) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(exc)  # e.g. ICMP port unreachable: fail over at once
+    def release(self, port: _Port) -> None:
+        """A query on ``port`` ended; a retired port closes with its last query."""
+        if port.retired and not port.pending:
+            self.retired.discard(port)
+            self._close(port)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(exc or ConnectionError("socket closed"))
+    def _open(self) -> _Port:
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # connect() binds a random ephemeral port (Linux randomises it) and makes the kernel
+            # drop datagrams from any other source address and port: the address check.
+            sock.connect(self.server)
+            port = _Port(sock, self.reuse // 2 + secrets.randbelow(self.reuse + 1))
+            assert self.loop is not None
+            self.loop.add_reader(sock.fileno(), self._readable, port)
+        except BaseException:
+            sock.close()
+            raise
+        self.opened += 1
+        return port
+
+    def _close(self, port: _Port) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(port.sock.fileno())
+        port.sock.close()
+
+    def _readable(self, port: _Port) -> None:
+        recv = port.sock.recv
+        pending = port.pending
+        while True:
+            try:
+                data = recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP port or host unreachable, reported on the connected socket: every query
+                # on it went to this server, so fail them over at once.
+                for reply, _ in pending.values():
+                    if not reply.done():
+                        reply.set_exception(exc)
+                return
+            entry = pending.get((data[0] << 8 | data[1]) if len(data) >= 2 else -1)
+            if entry is None or entry[0].done() or not _matches(data, data[0] << 8 | data[1], entry[1]):
+                self.client.ignored_replies += 1  # a stray or spoofed reply: keep waiting
+                continue
+            entry[0].set_result(data)
+
+    def close(self) -> None:
+        for port in self.order + list(self.retired):
+            for reply, _ in port.pending.values():
+                if not reply.done():
+                    reply.set_exception(ConnectionError("upstream client closed"))
+            self._close(port)
+        self.order.clear()
+        self.retired.clear()
 
 
 class UpstreamClient:
     """Sends a question to the configured servers in order until one answers usefully."""
 
-    def __init__(self, servers: Sequence[tuple[str, int]], attempt_timeout: float, udp_size: int) -> None:
+    def __init__(
+        self,
+        servers: Sequence[tuple[str, int]],
+        attempt_timeout: float,
+        udp_size: int,
+        ports: int = 128,
+        port_reuse: int = 32,
+    ) -> None:
         if not servers:
             raise ValueError("no upstream servers configured (and none in /etc/resolv.conf)")
         self.servers = list(servers)
@@ -87,6 +176,12 @@ class UpstreamClient:
         self.udp_size = udp_size
         self.failures: dict[str, int] = {f"{h}:{p}": 0 for h, p in self.servers}
         self.ignored_replies = 0
+        self.pools = {server: PortPool(server, ports, port_reuse, self) for server in self.servers}
+
+    def close(self) -> None:
+        """Close every pre-opened socket; queries still waiting fail over to nothing."""
+        for pool in self.pools.values():
+            pool.close()
 
     async def resolve(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool = False) -> bytes:
         """The first usable reply; raises UpstreamError. The caller's deadline cancels it."""
@@ -115,18 +210,21 @@ class UpstreamClient:
     async def _udp(
         self, server: tuple[str, int], name: bytes, qtype: int, qclass: int, do: bool, question: bytes, cd: bool = False
     ) -> bytes:
-        loop = asyncio.get_running_loop()
+        pool = self.pools[server]
+        port = pool.take()
+        pending = port.pending
         qid = secrets.randbits(16)
-        transport, proto = await loop.create_datagram_endpoint(
-            lambda: _UdpExchange(qid, question, server), remote_addr=server
-        )
+        while qid in pending:  # two queries in flight on one port never share an ID
+            qid = secrets.randbits(16)
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        pending[qid] = (reply, question)
         try:
-            transport.sendto(build_query(qid, name, qtype, qclass, do, self.udp_size, cd))
+            port.sock.send(build_query(qid, name, qtype, qclass, do, self.udp_size, cd))
             async with asyncio.timeout(self.attempt_timeout):
-                return await proto.reply
+                return await reply
         finally:
-            self.ignored_replies += proto.ignored
-            transport.close()
+            del pending[qid]
+            pool.release(port)
 
     async def _tcp(
         self, server: tuple[str, int], name: bytes, qtype: int, qclass: int, do: bool, question: bytes, cd: bool = False

@@ -54,7 +54,7 @@ from feeds.lists import Key, ListDiff, SourceList, diff, to_wire
 from feeds.normalize import InvalidName, normalize_detail
 from feeds.formats import scope_of
 from feeds.snapshot import PolicySnapshot, Scope
-from feeds.store import FeedStore, VersionInfo, iso
+from feeds.store import Audit, FeedStore, VersionInfo, iso
 
 log = structlog.get_logger("betblock.feeds")
 
@@ -595,24 +595,23 @@ class FeedManager:
         reason = quarantine_reason(rt.agency, change)
         base = dict(agency=rt.agency.id, source=rt.key, entries=len(new), added=d.n_added, removed=d.n_removed,
                     changed=d.changed, rejects=rejects)
+        counts = dict(added=d.n_added, removed=d.n_removed, changed=d.changed)
         if reason is not None:
-            v = await write(lambda: store.quarantine(info, new, d, rejects, reason, version=version))
+            audit = self._audit_row(info.actor, "update quarantined", rt.agency.id, source=rt.key, sha256=info.sha256,
+                                    reason=reason, **counts)
+            v = await write(lambda: store.quarantine(info, new, d, rejects, reason, version=version, audit=audit))
             v = version if v is None else v
             rt.pending_version, rt.pending_sha, rt.pending_reason = v, info.sha256, reason
-            await write(lambda: self._audit(info.actor, "update quarantined", rt.agency.id, v, source=rt.key,
-                                            sha256=info.sha256, reason=reason, added=d.n_added, removed=d.n_removed,
-                                            changed=d.changed))
             log.warning("update quarantined", agency=rt.agency.id, source=rt.key, version=v, reason=reason)
             return UpdateResult("quarantined", version=v, reason=reason, **base)  # type: ignore[arg-type]
-        v = await write(lambda: store.apply(info, d, rejects, version=version))
+        audit = self._audit_row(info.actor, "update applied", rt.agency.id, source=rt.key, sha256=info.sha256,
+                                entries=len(new), **counts)
+        v = await write(lambda: store.apply(info, d, rejects, version=version, audit=audit))
         v = version if v is None else v
         rt.set_list(new)
         rt.version, rt.sha256, rt.last_change = v, info.sha256, info.received_at
         rt.pending_version = rt.pending_sha = rt.pending_reason = None
         self._changed(d)
-        await write(lambda: self._audit(info.actor, "update applied", rt.agency.id, v, source=rt.key,
-                                        sha256=info.sha256, added=d.n_added, removed=d.n_removed, changed=d.changed,
-                                        entries=len(new)))
         log.info("update applied", agency=rt.agency.id, source=rt.key, version=v, entries=len(new),
                  added=d.n_added, removed=d.n_removed, changed=d.changed, rejected=len(rejects))
         return UpdateResult("applied", version=v, **base)  # type: ignore[arg-type]
@@ -729,14 +728,13 @@ class FeedManager:
                 agency=agency, source=rt.key, kind=row["kind"], format=row["format"], sha256=row["sha256"],
                 received_at=now, actor=actor, entries=len(new), rejects=row["rejects"],
             )
-            await asyncio.to_thread(store.apply, info, d, [], version=version, approved=True)
-            await asyncio.to_thread(store.mark_decided, agency, version, actor, now)
+            audit = self._audit_row(actor, "quarantine approved", agency, source=rt.key,
+                                    added=d.n_added, removed=d.n_removed, changed=d.changed)
+            await asyncio.to_thread(store.apply, info, d, [], version=version, approved=True, audit=audit)
             rt.set_list(new)
             rt.version, rt.sha256, rt.last_change = version, row["sha256"], now
             rt.pending_version = rt.pending_sha = rt.pending_reason = None
             self._changed()
-            await asyncio.to_thread(self._audit, actor, "quarantine approved", agency, version, source=rt.key,
-                                    added=d.n_added, removed=d.n_removed, changed=d.changed)
         await self.compile()
         log.info("quarantined update approved", agency=agency, version=version, actor=actor)
         return UpdateResult("applied", agency, rt.key, version, len(new), d.n_added, d.n_removed, d.changed)
@@ -749,20 +747,20 @@ class FeedManager:
         async with self._lock:
             row = await self._quarantined(agency, version)
             rt = self.runtime(agency, row["source"])
-            await asyncio.to_thread(store.decide, agency, version, "rejected", actor, self.clock())
+            audit = self._audit_row(actor, "quarantine rejected", agency, version, source=rt.key)
+            await asyncio.to_thread(store.decide, agency, version, "rejected", actor, self.clock(), audit)
             rt.pending_version = rt.pending_sha = rt.pending_reason = None
             rt.rejected_sha = row["sha256"]
-            await asyncio.to_thread(self._audit, actor, "quarantine rejected", agency, version, source=rt.key)
         log.info("quarantined update rejected", agency=agency, version=version, actor=actor)
         return {"status": "rejected", "agency": agency, "version": version}
 
     async def allow_add(self, raw: str, *, actor: str, note: str = "") -> dict[str, Any]:
         assert self.store is not None
         name = allow_name(raw)
-        added = await asyncio.to_thread(self.store.allow_add, name, actor, note, self.clock())
+        audit = self._audit_row(actor, "allowlist add", name=name, note=note)
+        added = await asyncio.to_thread(self.store.allow_add, name, actor, note, self.clock(), audit)
         if added:
             self.admin_allow = self.admin_allow + [to_wire(name.encode("ascii"))]
-            await asyncio.to_thread(self._audit, actor, "allowlist add", None, None, name=name, note=note)
             self._changed()
             await self.compile()
         return {"name": name, "added": added}
@@ -770,18 +768,22 @@ class FeedManager:
     async def allow_remove(self, raw: str, *, actor: str) -> dict[str, Any]:
         assert self.store is not None
         name = allow_name(raw)
-        removed = await asyncio.to_thread(self.store.allow_remove, name)
+        removed = await asyncio.to_thread(self.store.allow_remove, name, self._audit_row(actor, "allowlist remove", name=name))
         if removed:
             wire = to_wire(name.encode("ascii"))
             self.admin_allow = [w for w in self.admin_allow if w != wire]
-            await asyncio.to_thread(self._audit, actor, "allowlist remove", None, None, name=name)
             self._changed()
             await self.compile()
         return {"name": name, "removed": removed}
 
     def _audit(self, actor: str, action: str, agency: str | None, version: int | None, **detail: Any) -> None:
+        """An audit row of its own, for what changes nothing in the store (a refused update)."""
         assert self.store is not None
         self.store.audit(actor, action, agency, version, ts=self.clock(), **detail)
+
+    def _audit_row(self, actor: str, action: str, agency: str | None = None, version: int | None = None, **detail: Any) -> Audit:
+        """The audit row of a change, for the store to write in the change's own transaction."""
+        return Audit(actor, action, self.clock(), agency, version, detail)
 
     # -- compile --------------------------------------------------------------------------
 

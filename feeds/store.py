@@ -21,6 +21,11 @@ Owns the schema and every query on it:
   per source version, the first install that enforced it: the compliance report's "enforced at"
   and "lifted at" (``feeds/compliance.py``).
 
+Every change is one transaction with the audit row that records it (a version applied and its
+"update applied" row, a decision and the version it changed, an install and the versions it
+enforced): a crash between two writes leaves both or neither, never an enforced version that the
+audit trail does not show.
+
 Blocking calls: the caller runs them in a thread. One connection guarded by a lock; WAL so
 that ``betblock lookup`` can read while the server writes. Must not import aiohttp or resolver
 code.
@@ -34,6 +39,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -182,6 +188,19 @@ class VersionInfo:
     meta: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """An audit row, written in the same transaction as the change it records (its version is
+    the one the change gets when the writer assigns it)."""
+
+    actor: str
+    action: str
+    ts: float
+    agency: str | None = None
+    version: int | None = None
+    detail: dict[str, Any] | None = None
+
+
 class FeedStore:
     """The SQLite file under ``data_dir``; every method blocks, call it from a thread."""
 
@@ -215,6 +234,27 @@ class FeedStore:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One write transaction under the lock: committed whole, or rolled back whole on any
+        error (the connection is in autocommit mode, so without it each statement commits)."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self.db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def _insert_audit(self, a: Audit, version: int | None = None) -> None:
+        self.db.execute(
+            "INSERT INTO audit (ts, actor, action, agency, version, detail) VALUES (?,?,?,?,?,?)",
+            (a.ts, a.actor, a.action, a.agency, a.version if version is None else version,
+             json.dumps(a.detail or {}, default=str)),
+        )
 
     # -- versions -----------------------------------------------------------------------
 
@@ -251,14 +291,15 @@ class FeedStore:
         *,
         version: int | None = None,
         approved: bool = False,
+        audit: Audit | None = None,
     ) -> int:
-        """Record an applied version: its row, its entry rows, its rejects; the source's previous
-        active version becomes superseded, as does any quarantined one older than it.
-        ``version`` is the number to give it (default: the next); ``approved`` marks an existing
-        quarantined version active instead of recording a new one."""
+        """Record an applied version: its row, its entry rows, its rejects, and ``audit`` with
+        the version's number; the source's previous active version becomes superseded, as does
+        any quarantined one older than it. ``version`` is the number to give it (default: the
+        next); ``approved`` marks an existing quarantined version active (decided by ``audit``'s
+        actor) instead of recording a new one."""
         now = info.received_at
-        with self.lock, self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self._tx():
             v = version if version is not None else self._next_version(info.agency)
             self.db.execute(
                 "UPDATE versions SET status = 'superseded' WHERE agency = ? AND source = ? AND status IN ('active', 'quarantined') AND version != ?",
@@ -269,7 +310,8 @@ class FeedStore:
                 self._insert_rejects(info.agency, v, rejects)
             else:
                 self.db.execute(
-                    "UPDATE versions SET status = 'active' WHERE agency = ? AND version = ?", (info.agency, v)
+                    "UPDATE versions SET status = 'active', decided_at = ?, decided_by = ? WHERE agency = ? AND version = ?",
+                    (now, audit.actor if audit else info.actor, info.agency, v),
                 )
             self._drop_pending_lists(info.agency, info.source)
             # Close the rows of what this version no longer lists, then add what it lists anew.
@@ -288,15 +330,24 @@ class FeedStore:
                 "legal_ref, source_id, line, added_version, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (_entry_row(a, src, e, v, now) for e in d.added_rich),
             )
+            if audit is not None:
+                self._insert_audit(audit, v)
         return v
 
     def quarantine(
-        self, info: VersionInfo, new: SourceList, d: ListDiff, rejects: Sequence[Reject], reason: str, *, version: int | None = None
+        self,
+        info: VersionInfo,
+        new: SourceList,
+        d: ListDiff,
+        rejects: Sequence[Reject],
+        reason: str,
+        *,
+        version: int | None = None,
+        audit: Audit | None = None,
     ) -> int:
-        """Record a version held for an admin, with its whole list; an older quarantined
-        version of the same source is superseded by it."""
-        with self.lock, self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        """Record a version held for an admin, with its whole list, and ``audit``; an older
+        quarantined version of the same source is superseded by it."""
+        with self._tx():
             v = version if version is not None else self._next_version(info.agency)
             self.db.execute(
                 "UPDATE versions SET status = 'superseded' WHERE agency = ? AND source = ? AND status = 'quarantined'",
@@ -309,6 +360,8 @@ class FeedStore:
                 "INSERT INTO pending (agency, version, list, diff) VALUES (?,?,?,?)",
                 (info.agency, v, new.dumps(), json.dumps(d.summary(limit=10_000))),
             )
+            if audit is not None:
+                self._insert_audit(audit, v)
         return v
 
     def pending_list(self, agency: str, version: int) -> SourceList | None:
@@ -324,21 +377,16 @@ class FeedStore:
             (agency, agency, source),
         )
 
-    def decide(self, agency: str, version: int, status: str, actor: str, ts: float) -> None:
-        """Mark a quarantined version ``rejected`` (approval goes through ``apply``)."""
-        with self.lock, self.db:
+    def decide(self, agency: str, version: int, status: str, actor: str, ts: float, audit: Audit | None = None) -> None:
+        """Mark a quarantined version ``rejected`` (approval goes through ``apply``), with ``audit``."""
+        with self._tx():
+            if audit is not None:
+                self._insert_audit(audit)
             self.db.execute(
                 "UPDATE versions SET status = ?, decided_at = ?, decided_by = ? WHERE agency = ? AND version = ?",
                 (status, ts, actor, agency, version),
             )
             self.db.execute("UPDATE pending SET list = NULL WHERE agency = ? AND version = ?", (agency, version))
-
-    def mark_decided(self, agency: str, version: int, actor: str, ts: float) -> None:
-        with self.lock, self.db:
-            self.db.execute(
-                "UPDATE versions SET decided_at = ?, decided_by = ? WHERE agency = ? AND version = ?",
-                (ts, actor, agency, version),
-            )
 
     def _insert_version(self, info: VersionInfo, v: int, status: str, d: ListDiff, n_rejects: int, reason: str | None) -> None:
         self.db.execute(
@@ -467,7 +515,7 @@ class FeedStore:
     ) -> None:
         """A snapshot went live; each (agency, source, version) it holds is recorded unless an
         earlier snapshot already enforced it (the first one is the one that counts)."""
-        with self.lock, self.db:
+        with self._tx():
             seq = self.db.execute(
                 "INSERT INTO installs (snapshot, dates_at, installed_at) VALUES (?,?,?)", (snapshot, dates_at, installed_at)
             ).lastrowid
@@ -509,7 +557,7 @@ class FeedStore:
         cols = ", ".join(fields)
         marks = ", ".join("?" * len(fields))
         updates = ", ".join(f"{c} = excluded.{c}" for c in fields)
-        with self.lock, self.db:
+        with self._tx():
             self.db.execute(
                 f"INSERT INTO sources (agency, source, {cols}) VALUES (?, ?, {marks}) "
                 f"ON CONFLICT(agency, source) DO UPDATE SET {updates}",
@@ -523,23 +571,29 @@ class FeedStore:
             rows = self.db.execute("SELECT * FROM allowlist ORDER BY name").fetchall()
         return [dict(r) for r in rows]
 
-    def allow_add(self, name: str, actor: str, note: str, ts: float) -> bool:
-        with self.lock, self.db:
+    def allow_add(self, name: str, actor: str, note: str, ts: float, audit: Audit | None = None) -> bool:
+        """Allowlist ``name``; ``audit`` is written with it, only when it was not listed yet."""
+        with self._tx():
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO allowlist (name, added_at, added_by, note) VALUES (?,?,?,?)", (name, ts, actor, note)
             )
-            return cur.rowcount > 0
+            added = cur.rowcount > 0
+            if added and audit is not None:
+                self._insert_audit(audit)
+            return added
 
-    def allow_remove(self, name: str) -> bool:
-        with self.lock, self.db:
-            return self.db.execute("DELETE FROM allowlist WHERE name = ?", (name,)).rowcount > 0
+    def allow_remove(self, name: str, audit: Audit | None = None) -> bool:
+        """Take ``name`` off the allowlist; ``audit`` is written with it, only when it was there."""
+        with self._tx():
+            removed = self.db.execute("DELETE FROM allowlist WHERE name = ?", (name,)).rowcount > 0
+            if removed and audit is not None:
+                self._insert_audit(audit)
+            return removed
 
     def audit(self, actor: str, action: str, agency: str | None = None, version: int | None = None, ts: float | None = None, **detail: Any) -> None:
-        with self.lock, self.db:
-            self.db.execute(
-                "INSERT INTO audit (ts, actor, action, agency, version, detail) VALUES (?,?,?,?,?,?)",
-                (time.time() if ts is None else ts, actor, action, agency, version, json.dumps(detail, default=str)),
-            )
+        """An audit row that records no change of its own (a refused update)."""
+        with self._tx():
+            self._insert_audit(Audit(actor, action, time.time() if ts is None else ts, agency, version, detail))
 
     def audit_log(self, agency: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = "SELECT * FROM audit"

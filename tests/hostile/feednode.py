@@ -22,7 +22,7 @@ import dns.message
 
 from config.auth import sha256_hex
 from tests.fakedns import FakeDns
-from tests.procutil import free_port, node_toml, start_serve
+from tests.procutil import node_toml, start_serve
 
 SINKHOLE = "198.51.100.77"
 ADMIN = "admin-token-for-hostile-tests-0123456789abcdef"
@@ -35,9 +35,9 @@ class FeedNode:
 
     def __init__(self, tmp_path: Path, upstream: FakeDns) -> None:
         self.tmp_path = tmp_path
-        self.port = free_port()
+        self.port = 0  # DNS: the server picks a free port at each start (read from its log)
         self.cfg = tmp_path / "betblock.toml"
-        toml = node_toml(tmp_path, self.port, upstream, f"""[hits]
+        toml = node_toml(tmp_path, 0, upstream, f"""[hits]
 store = "none"
 [[agencies]]
 id = "pl-mf"
@@ -67,6 +67,7 @@ sources = [{{kind = "push", format = "plain"}}]
     async def start(self) -> None:
         self.lines = []
         self.http_port = None
+        self.port = 0
         self.proc = await start_serve(self.cfg, "--log-format", "json")
         self._reader = asyncio.ensure_future(self._read())
 
@@ -77,7 +78,9 @@ sources = [{{kind = "push", format = "plain"}}]
             self.lines.append(line)
             doc = _json(line)
             if doc.get("event") == "http listening" and self.http_port is None:
-                self.http_port = int(doc["port"])
+                self.http_port = int(doc["port"])  # the API's listener opens first
+            if doc.get("event") == "listening" and not self.port:
+                self.port = int(doc["port"])
 
     def events(self) -> list[dict[str, Any]]:
         return [doc for doc in map(_json, self.lines) if doc]

@@ -61,6 +61,14 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(_config(tmp_path, port, upstream))
     proc = await start_serve(cfg, "--log-format", "console")
+    log: list[bytes] = []
+
+    async def read_log() -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            log.append(line)
+
+    reader = asyncio.create_task(read_log())
 
     async def sinkholed(name: str) -> bool:
         r = await _ask(port, name, 0.5)
@@ -116,6 +124,8 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
         cfg.write_text("this is = not toml [")
         proc.send_signal(signal.SIGHUP)
         assert await sinkholed("casino.test")
+        # Before the file changes again: the reload must have read this one.
+        await _until(lambda: _true(b"configuration refused" in b"".join(log)), "the bad configuration to be refused")
         # The policy section is re-read: an operator's allowlist entry unblocks a listed name.
         cfg.write_text(_config(tmp_path, port, upstream, policy='allowlist = ["casino.test"]'))
         proc.send_signal(signal.SIGHUP)
@@ -132,9 +142,10 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
         assert bad == [] and answered == sent and sent > 60, (sent, answered, bad[:5])
 
         proc.send_signal(signal.SIGTERM)
-        _out, err = await asyncio.wait_for(proc.communicate(), 15)
-        assert proc.returncode == 0, err.decode()[-2000:]
-        text = err.decode()
+        await asyncio.wait_for(proc.wait(), 15)
+        await asyncio.wait_for(reader, 15)
+        text = b"".join(log).decode()
+        assert proc.returncode == 0, text[-2000:]
         assert "configuration refused" in text
     finally:
         if proc.returncode is None:

@@ -26,6 +26,7 @@ from feeds import persist
 from feeds.compile import to_wire
 from feeds.manager import FeedManager
 from feeds.normalize import normalize
+from feeds.store import StoreProblem
 from feeds.snapshot import ALLOW, PolicySnapshot
 from hits import api as hits_api
 from hits.service import HitLog
@@ -305,7 +306,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
 
     try:
         runner(main())
-    except (OSError, StoreError) as exc:
+    except (OSError, StoreError, StoreProblem) as exc:
         log.error("cannot start", error=str(exc))
         return 1
     return 0

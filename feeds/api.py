@@ -8,7 +8,8 @@ Owns the routes, their authentication and their error answers:
 - admin routes take the admin token.
 - 413 when a body is over the push source's ``max_bytes``; 422 with the per-line rejects when
   nothing valid remains, or with the reason when the feed as a whole is refused (a bad
-  signature); 202 when an update is quarantined for an admin.
+  signature); 202 when an update is quarantined for an admin; 503 with the reason while the
+  feed store is unusable (damaged, missing) or refuses a write: nothing was changed.
 
 ``mount(manager, settings)`` returns the function the composition root hands to the HTTP app.
 Must not import resolver, hits or betblock code.
@@ -26,7 +27,7 @@ from config.auth import bearer, matches_hash, matches_secret
 from config.settings import Settings
 from feeds.entry import FeedError
 from feeds.lookup import explain
-from feeds.manager import Conflict, FeedManager, NotFound, Refused, UpdateResult, reject_json
+from feeds.manager import Conflict, FeedManager, NotFound, Refused, StoreUnavailable, UpdateResult, reject_json
 from feeds.normalize import InvalidName
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,6 +38,7 @@ def mount(manager: FeedManager, settings: Settings) -> Callable[[web.Application
     api = FeedsApi(manager, settings)
 
     def add(app: web.Application) -> None:
+        app.middlewares.append(_store_unavailable)
         r = app.router
         r.add_get("/v1/feeds", api.list_feeds)
         r.add_put("/v1/feeds/{agency}", api.put)
@@ -53,6 +55,14 @@ def mount(manager: FeedManager, settings: Settings) -> Callable[[web.Application
         r.add_get("/v1/audit", api.audit)
 
     return add
+
+
+@web.middleware
+async def _store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        return web.json_response({"error": "feed store unavailable", "detail": str(exc)}, status=503)
 
 
 def _unauthorized() -> web.HTTPUnauthorized:
@@ -140,14 +150,14 @@ class FeedsApi:
     async def get(self, request: web.Request) -> web.Response:
         agency, _actor = self._agency(request)
         status = self.m.status(agency)["agencies"][0]
-        assert self.m.store is not None
+        self.m.require_store()
         status["versions"] = await _thread(self.m.store.versions, agency, _int(request, "limit", 50))
         return web.json_response(status)
 
     async def version(self, request: web.Request) -> web.Response:
         agency, _actor = self._agency(request)
         v = int(request.match_info["version"])
-        assert self.m.store is not None
+        self.m.require_store()
         row = await _thread(self.m.store.version, agency, v)
         if row is None:
             raise web.HTTPNotFound(reason=f"agency {agency!r} has no version {v}")
@@ -178,8 +188,8 @@ class FeedsApi:
     async def list_feeds(self, request: web.Request) -> web.Response:
         self._admin(request)
         out = self.m.status()
-        assert self.m.store is not None
-        out["quarantined"] = await _thread(self.m.store.quarantined)
+        # Readable without a store: the status then says why there is none.
+        out["quarantined"] = await _thread(self.m.store.quarantined) if self.m.store is not None else []
         return web.json_response(out)
 
     async def approve(self, request: web.Request) -> web.Response:
@@ -210,7 +220,7 @@ class FeedsApi:
 
     async def allowlist(self, request: web.Request) -> web.Response:
         self._admin(request)
-        assert self.m.store is not None
+        self.m.require_store()
         admin = await _thread(self.m.store.allowlist)
         return web.json_response(
             {"config": [*self.settings.policy.allowlist, *map(str, self.settings.policy.allowlist_files)], "admin": admin}
@@ -247,7 +257,7 @@ class FeedsApi:
 
     async def lookup(self, request: web.Request) -> web.Response:
         self._admin(request)
-        assert self.m.store is not None
+        self.m.require_store()
         admin = {row["name"] for row in await _thread(self.m.store.allowlist)}
         info = await _thread(
             explain,
@@ -263,7 +273,7 @@ class FeedsApi:
 
     async def audit(self, request: web.Request) -> web.Response:
         self._admin(request)
-        assert self.m.store is not None
+        self.m.require_store()
         rows = await _thread(self.m.store.audit_log, request.query.get("agency"), _int(request, "limit", 100))
         return web.json_response({"audit": rows})
 

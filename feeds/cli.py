@@ -1,9 +1,11 @@
 """The feeds commands of ``betblock``: ``lookup NAME``, ``token-hash``, ``feeds status``,
-``feeds history AGENCY`` and ``feeds audit``.
+``feeds history AGENCY``, ``feeds audit`` and ``feeds recover``.
 
 Owns their arguments and output. They read the feed store (read-only, so they work beside a
-running server) and the saved snapshot; they change nothing. Decisions (approve, reject,
-allowlist) go through the admin API, which the running server applies at once.
+running server) and the saved snapshot; they change nothing, but for ``feeds recover`` (run
+with the server stopped), the one way to replace a store that is missing, empty or damaged: it
+sets the file aside and starts an empty store, with an audit row saying so. Decisions (approve,
+reject, allowlist) go through the admin API, which the running server applies at once.
 Must not import aiohttp or resolver code.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -23,7 +26,7 @@ from feeds import persist
 from feeds.compile import allow_names
 from feeds.lookup import explain, render
 from feeds.manager import STORE_FILE
-from feeds.store import FeedStore, iso
+from feeds.store import FeedStore, StoreProblem, iso, read_marker, set_aside, write_marker
 
 
 def token_hash(argv: list[str], out: TextIO = sys.stdout) -> int:
@@ -56,9 +59,17 @@ def _settings(path: Path) -> Settings | None:
 
 def _store(settings: Settings) -> FeedStore | None:
     path = settings.data_dir / STORE_FILE
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:
         return None
-    return FeedStore(path, readonly=True)
+    try:
+        store = FeedStore(path, readonly=True)
+        problem = store.check()
+    except sqlite3.DatabaseError as exc:
+        problem = str(exc)
+    if problem is not None:
+        print(f"betblock: the feed store {path} is damaged ({problem}); see 'betblock feeds recover'", file=sys.stderr)
+        return None
+    return store
 
 
 def lookup(argv: list[str], out: TextIO = sys.stdout) -> int:
@@ -95,11 +106,12 @@ def lookup(argv: list[str], out: TextIO = sys.stdout) -> int:
 
 
 def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
-    """``betblock feeds status|history AGENCY|audit``."""
+    """``betblock feeds status|history AGENCY|audit|recover``."""
     p = argparse.ArgumentParser(prog="betblock feeds", description="feed store reports")
     sub = p.add_subparsers(dest="what", required=True)
     for name, helptext in (("status", "every source's version in force and any quarantine"),
-                           ("history", "an agency's versions"), ("audit", "the audit trail")):
+                           ("history", "an agency's versions"), ("audit", "the audit trail"),
+                           ("recover", "set a missing, empty or damaged store aside and start an empty one (server stopped)")):
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
         sp.add_argument("--json", action="store_true", help="print JSON")
@@ -113,6 +125,8 @@ def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
     settings = _settings(args.config)
     if settings is None:
         return 2
+    if args.what == "recover":
+        return recover(settings, out, as_json=args.json)
     store = _store(settings)
     if store is None:
         print(f"betblock: no feed store at {settings.data_dir / STORE_FILE}", file=sys.stderr)
@@ -144,6 +158,48 @@ def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
         for a in data:
             print(f"{a['time']} {a['actor']:<24} {a['action']:<22} {a['agency'] or '-'} "
                   f"{'v' + str(a['version']) if a['version'] else ''} {json.dumps(a['detail'])}", file=out)
+    return 0
+
+
+def recover(settings: Settings, out: TextIO = sys.stdout, *, as_json: bool = False) -> int:
+    """``betblock feeds recover``: when the store is missing, empty or damaged, set it aside
+    (``feeds.sqlite.damaged-<time>``) and start an empty store with a new identity; the first
+    audit row says what happened. An intact store is left alone. Exit 0 either way."""
+    path = settings.data_dir / STORE_FILE
+    marker = read_marker(path)
+    try:
+        store = FeedStore(path, create=False)
+        problem = store.check()
+        store.close()
+        if problem is None:
+            print(f"the feed store {path} is intact (store {store.store_id}); nothing to recover", file=out)
+            return 0
+        problem = f"damaged ({problem})"
+    except StoreProblem as exc:
+        problem = str(exc)
+    aside = set_aside(path, "damaged")
+    store = FeedStore(path, create=True)
+    report = {
+        "store": str(path),
+        "problem": problem,
+        "set_aside": str(aside) if aside else None,
+        "previous_id": marker.get("store_id") if marker else None,
+        "new_id": store.store_id,
+    }
+    try:
+        store.audit("cli:feeds recover", "store recovered", ts=time.time(), **report)
+        write_marker(store)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(report, indent=2), file=out)
+        return 0
+    print(f"the feed store {path} was {problem}", file=out)
+    if aside:
+        print(f"set aside as {aside} (with its -wal and -shm, if any)", file=out)
+    print(f"started an empty store {store.store_id}; its audit trail starts with this recovery.", file=out)
+    print("At the next start the saved snapshot, if intact, answers at once; the lists are then compiled from the "
+          "sources: file and URL sources are read again, push agencies must push their lists again.", file=out)
     return 0
 
 

@@ -12,6 +12,12 @@ when a listing or removal date passes, and the start-up order:
    listeners open, so that no listed name is ever answered unblocked;
 3. then, in the background, the store is read, files are re-read and URLs polled.
 
+The store is never made anew when one existed (its marker ``feeds.sqlite.id`` or a saved snapshot
+says so): a missing, empty or damaged store stops the start with a message naming the way out
+(restore a backup, or ``betblock feeds recover``), unless an intact saved snapshot can keep
+enforcing. Then the node serves that snapshot, refuses every update (``StoreUnavailable``, 503)
+and says why in ``status``, the metrics and the log.
+
 A source that fails (network, size, checksum, signature, a parse error) keeps its last good
 list; the failure shows in ``status`` and the metrics. Updates are serialised by one lock;
 compiles run in a thread and coalesce (updates arriving during a compile share the next one).
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -54,7 +61,7 @@ from feeds.lists import Key, ListDiff, SourceList, diff, to_wire
 from feeds.normalize import InvalidName, normalize_detail
 from feeds.formats import scope_of
 from feeds.snapshot import PolicySnapshot, Scope
-from feeds.store import Audit, FeedStore, VersionInfo, iso
+from feeds.store import Audit, FeedStore, StoreProblem, VersionInfo, iso, read_marker, write_marker
 
 log = structlog.get_logger("betblock.feeds")
 
@@ -73,6 +80,11 @@ class Refused(Exception):
 
 class NotFound(Exception):
     """No such agency, source or version."""
+
+
+class StoreUnavailable(Exception):
+    """The feed store cannot take or give what was asked (damaged, missing, or a write it
+    refused); nothing was changed. The API answers 503."""
 
 
 class Conflict(Exception):
@@ -205,6 +217,10 @@ class FeedManager:
                 self.sources[(agency.id, src.key)] = SourceRuntime(agency, src, src.key, path)
         self.data_dir = settings.data_dir
         self.store: FeedStore | None = None
+        # Why the store cannot be used (the node then serves its saved snapshot, read-only).
+        self.store_problem: str | None = None
+        self._check_store = False  # run() checks a store opened beside a saved snapshot
+        self._settled = asyncio.Event()  # loaded, or the store found unusable: updates may be answered
         self.snapshot: PolicySnapshot | None = None
         self.next_change: float | None = None
         self.protected = Protected()
@@ -247,12 +263,22 @@ class FeedManager:
     # -- start-up -------------------------------------------------------------------------
 
     async def start(self) -> PolicySnapshot:
-        """Install the first snapshot (see the module docstring); returns it."""
+        """Install the first snapshot (see the module docstring); returns it. ``StoreProblem``
+        when the store is unusable and no intact saved snapshot can stand in for it."""
         started = time.perf_counter()
-        self.store = await asyncio.to_thread(FeedStore, self.store_path)
         await asyncio.to_thread(self._read_policy_files)
         saved = await asyncio.to_thread(self._load_saved)
+        try:
+            # Beside a saved snapshot the full check waits for run(): DNS need not wait for it.
+            self.store = await asyncio.to_thread(self._open_store, saved is None)
+        except StoreProblem as exc:
+            if saved is None:
+                raise
+            self._publish(saved, None)
+            self._degrade(str(exc))
+            return saved
         if saved is not None:
+            self._check_store = True
             self._publish(saved, None)
             # No date has passed since it was compiled: its dated decisions hold as of now.
             self._dates_at = self.clock()
@@ -269,6 +295,70 @@ class FeedManager:
                  seconds=round(time.perf_counter() - started, 3), **self.snapshot.stats)
         self._flush_task = asyncio.ensure_future(self._write_deferred())
         return self.snapshot
+
+    def _open_store(self, check: bool) -> FeedStore:
+        """The store, made only on a first start (neither its marker nor a saved snapshot says
+        one existed); ``check``: SQLite's quick check of every page first."""
+        marker = read_marker(self.store_path)
+        existed = marker is not None or self.snapshot_path.exists()
+        try:
+            store = FeedStore(self.store_path, create=not existed)
+            problem = store.check() if check else None
+            if problem is not None:
+                store.close()
+                raise StoreProblem(f"damaged ({problem})")
+        except StoreProblem as exc:
+            raise StoreProblem(self._explain(str(exc), marker)) from None
+        if marker is None or marker.get("store_id") != store.store_id:
+            if marker is not None:
+                log.warning("the feed store is not the one its marker names; taking it as the store",
+                            path=str(self.store_path), marker=marker.get("store_id"), store=store.store_id)
+            write_marker(store)
+        return store
+
+    def _explain(self, what: str, marker: dict[str, Any] | None) -> str:
+        if marker is not None and marker.get("store_id"):
+            had = f"store {marker['store_id']}, created {marker.get('created')}"
+        elif marker is not None:
+            had = str(marker.get("problem"))
+        else:
+            had = f"a saved snapshot {self.snapshot_path} exists"
+        return (
+            f"the feed store {self.store_path} is {what}, but this data directory had one ({had}). "
+            "It is not made anew: that would drop every pushed list, the version history and the audit trail, "
+            "and answer pushed names unblocked. Restore the file from a backup, or run "
+            "'betblock feeds recover --config <this config>' to set it aside and start an empty store"
+        )
+
+    def _degrade(self, problem: str) -> None:
+        """Serve the snapshot in force without a store: updates get ``StoreUnavailable``."""
+        self.store_problem = problem
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        log.error("feed store unusable: serving the saved snapshot, refusing updates until it is restored",
+                  version=self.snapshot.version if self.snapshot else None, problem=problem)
+        self._settled.set()
+
+    def require_store(self) -> FeedStore:
+        """The store, or ``StoreUnavailable`` saying why there is none."""
+        if self.store is None:
+            raise StoreUnavailable(self.store_problem or "the feed store is not open yet")
+        return self.store
+
+    async def _writable(self) -> FeedStore:
+        """Wait until the store's lists are in memory; ``StoreUnavailable`` when it is unusable."""
+        if self.store_problem is None:
+            await self._settled.wait()
+        return self.require_store()
+
+    async def _store_call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """A store write in a thread; a write SQLite refuses (disk full, damage) changes nothing
+        and is ``StoreUnavailable``."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kw)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the feed store refused the write ({exc}); nothing was changed") from exc
 
     def _load_saved(self) -> PolicySnapshot | None:
         """The saved snapshot when it holds; a damaged one is named in one log line and left
@@ -291,13 +381,21 @@ class FeedManager:
                 log.exception("cannot record the lists read at start-up in the feed store")
             self._reserved.clear()
         self.loaded.set()
+        self._settled.set()
 
     async def run(self) -> None:
         """The background work: load the store when start() did not, poll URLs, watch files,
         recompile when dates pass. Runs until cancelled."""
-        if self.store is None:
+        if self.snapshot is None:
             await self.start()
         try:
+            if self._check_store and self.store is not None:
+                self._check_store = False
+                problem = await asyncio.to_thread(self.store.check)
+                if problem is not None:
+                    self._degrade(self._explain(f"damaged ({problem})", read_marker(self.store_path)))
+            if self.store_problem is not None:
+                await asyncio.Future()  # only the snapshot in force: nothing to read, poll or compile
             if self._flush_task is not None:
                 await self._flush_task
             if not self.loaded.is_set():
@@ -305,6 +403,7 @@ class FeedManager:
                 await self._refresh_files()
                 await self.compile(force=True)
                 self.loaded.set()
+                self._settled.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._timer())
                 for rt in self.sources.values():
@@ -372,7 +471,10 @@ class FeedManager:
             await asyncio.to_thread(self._read_policy_files)
         except OSError as exc:
             log.error("reload: cannot read policy files; keeping the current ones", error=str(exc))
-        await self.loaded.wait()
+        await self._settled.wait()
+        if self.store_problem is not None:
+            log.error("reload: the feed store is unusable; the saved snapshot stays in force", problem=self.store_problem)
+            return
         await self._refresh_files()
         self._changed()
         await self.compile()
@@ -517,7 +619,7 @@ class FeedManager:
     async def push(self, agency: str, data: bytes, *, fmt: str | None = None, actor: str) -> UpdateResult:
         """PUT: the agency's whole list through its push source."""
         rt = self.runtime(agency)
-        await self.loaded.wait()
+        await self._writable()
         result = await self._ingest(rt, data, control=None, actor=actor, fmt=fmt)
         now = self.clock()
         rt.last_attempt = now
@@ -545,7 +647,7 @@ class FeedManager:
             received = self.clock()
             new, rejects, meta = await asyncio.to_thread(self._parse, rt, data, control, fmt)
             if not len(new) and rejects:
-                await asyncio.to_thread(
+                await self._store_call(
                     self._audit, actor, "update refused", rt.agency.id, None, source=rt.key, sha256=sha, rejects=len(rejects)
                 )
                 raise Refused("nothing valid remains: every line was rejected", rejects)
@@ -589,7 +691,7 @@ class FeedManager:
             if defer:
                 self._deferred.append(job)
                 return None
-            return await asyncio.to_thread(job)
+            return await self._store_call(job)
 
         change = Change(len(rt.current), len(new), d.n_added, d.n_removed, d.changed)
         reason = quarantine_reason(rt.agency, change)
@@ -661,7 +763,7 @@ class FeedManager:
     async def patch(self, agency: str, add: list[dict[str, Any]], remove: list[str], *, actor: str) -> UpdateResult:
         """PATCH: add and remove entries of the agency's pushed list."""
         rt = self.runtime(agency)
-        await self.loaded.wait()
+        await self._writable()
         entries, rejects = _patch_entries(add, self.protected)
         keys: list[Key] = []
         for i, raw in enumerate(remove, len(add) + 1):
@@ -676,7 +778,7 @@ class FeedManager:
                 continue
             keys.append(key)
         if not entries and not keys and rejects:
-            await asyncio.to_thread(self._audit, actor, "patch refused", agency, None, rejects=len(rejects))
+            await self._store_call(self._audit, actor, "patch refused", agency, None, rejects=len(rejects))
             raise Refused("nothing valid remains: every item was rejected", rejects)
         body = repr((sorted((e.name, e.wildcard, repr(e)) for e in entries), sorted(keys))).encode()
         sha = hashlib.sha256(body).hexdigest()
@@ -703,8 +805,7 @@ class FeedManager:
 
     async def _quarantined(self, agency: str, version: int) -> dict[str, Any]:
         """The store's row of a version an admin may decide on; NotFound or Conflict otherwise."""
-        assert self.store is not None
-        row = await asyncio.to_thread(self.store.version, agency, version)
+        row = await asyncio.to_thread(self.require_store().version, agency, version)
         if row is None:
             raise NotFound(f"agency {agency!r} has no version {version}")
         if row["status"] != "quarantined":
@@ -713,9 +814,7 @@ class FeedManager:
 
     async def approve(self, agency: str, version: int, *, actor: str) -> UpdateResult:
         """Apply a quarantined version."""
-        assert self.store is not None
-        store = self.store
-        await self.loaded.wait()
+        store = await self._writable()
         async with self._lock:
             row = await self._quarantined(agency, version)
             rt = self.runtime(agency, row["source"])
@@ -730,7 +829,7 @@ class FeedManager:
             )
             audit = self._audit_row(actor, "quarantine approved", agency, source=rt.key,
                                     added=d.n_added, removed=d.n_removed, changed=d.changed)
-            await asyncio.to_thread(store.apply, info, d, [], version=version, approved=True, audit=audit)
+            await self._store_call(lambda: store.apply(info, d, [], version=version, approved=True, audit=audit))
             rt.set_list(new)
             rt.version, rt.sha256, rt.last_change = version, row["sha256"], now
             rt.pending_version = rt.pending_sha = rt.pending_reason = None
@@ -741,24 +840,22 @@ class FeedManager:
 
     async def reject(self, agency: str, version: int, *, actor: str) -> dict[str, Any]:
         """Refuse a quarantined version for good; the source keeps its list."""
-        assert self.store is not None
-        store = self.store
-        await self.loaded.wait()
+        store = await self._writable()
         async with self._lock:
             row = await self._quarantined(agency, version)
             rt = self.runtime(agency, row["source"])
             audit = self._audit_row(actor, "quarantine rejected", agency, version, source=rt.key)
-            await asyncio.to_thread(store.decide, agency, version, "rejected", actor, self.clock(), audit)
+            await self._store_call(store.decide, agency, version, "rejected", actor, self.clock(), audit)
             rt.pending_version = rt.pending_sha = rt.pending_reason = None
             rt.rejected_sha = row["sha256"]
         log.info("quarantined update rejected", agency=agency, version=version, actor=actor)
         return {"status": "rejected", "agency": agency, "version": version}
 
     async def allow_add(self, raw: str, *, actor: str, note: str = "") -> dict[str, Any]:
-        assert self.store is not None
         name = allow_name(raw)
+        store = await self._writable()
         audit = self._audit_row(actor, "allowlist add", name=name, note=note)
-        added = await asyncio.to_thread(self.store.allow_add, name, actor, note, self.clock(), audit)
+        added = await self._store_call(store.allow_add, name, actor, note, self.clock(), audit)
         if added:
             self.admin_allow = self.admin_allow + [to_wire(name.encode("ascii"))]
             self._changed()
@@ -766,9 +863,9 @@ class FeedManager:
         return {"name": name, "added": added}
 
     async def allow_remove(self, raw: str, *, actor: str) -> dict[str, Any]:
-        assert self.store is not None
         name = allow_name(raw)
-        removed = await asyncio.to_thread(self.store.allow_remove, name, self._audit_row(actor, "allowlist remove", name=name))
+        store = await self._writable()
+        removed = await self._store_call(store.allow_remove, name, self._audit_row(actor, "allowlist remove", name=name))
         if removed:
             wire = to_wire(name.encode("ascii"))
             self.admin_allow = [w for w in self.admin_allow if w != wire]
@@ -778,8 +875,7 @@ class FeedManager:
 
     def _audit(self, actor: str, action: str, agency: str | None, version: int | None, **detail: Any) -> None:
         """An audit row of its own, for what changes nothing in the store (a refused update)."""
-        assert self.store is not None
-        self.store.audit(actor, action, agency, version, ts=self.clock(), **detail)
+        self.require_store().audit(actor, action, agency, version, ts=self.clock(), **detail)
 
     def _audit_row(self, actor: str, action: str, agency: str | None = None, version: int | None = None, **detail: Any) -> Audit:
         """The audit row of a change, for the store to write in the change's own transaction."""
@@ -948,6 +1044,12 @@ class FeedManager:
             "next_change": iso(self.next_change),
             "compile_seconds": None if self.compile_seconds is None else round(self.compile_seconds, 3),
             "loaded": self.loaded.is_set(),
+            "store": {
+                "path": str(self.store_path),
+                "ok": self.store_problem is None,
+                "id": self.store.store_id if self.store is not None else None,
+                "problem": self.store_problem,
+            },
         }
 
     def provenance(self, agency: str, name: str) -> dict[str, Any] | None:
@@ -1006,6 +1108,11 @@ class FeedManager:
             "betblock_policy_compile_seconds", "Duration of the last compile", value=self.compile_seconds or 0.0
         )
         yield CounterMetricFamily("betblock_policy_compiles", "Compiles since start", value=self.compiles)
+        yield GaugeMetricFamily(
+            "betblock_feed_store_ok",
+            "0 when the feed store is missing, empty or damaged: the saved snapshot is served and updates are refused",
+            value=0 if self.store_problem is not None else 1,
+        )
         yield GaugeMetricFamily(
             "betblock_policy_next_change_timestamp", "Next listing or removal date (Unix time; 0 = none)",
             value=self.next_change or 0.0,

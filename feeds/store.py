@@ -38,6 +38,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +129,12 @@ CREATE TABLE IF NOT EXISTS allowlist (
     added_by TEXT NOT NULL,
     note TEXT NOT NULL DEFAULT ''
 );
+-- The store's identity (store_id, created_at), also kept in a marker file beside it, so that a
+-- store that existed is never taken for a first start when it goes missing or empty.
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
@@ -201,35 +208,83 @@ class Audit:
     detail: dict[str, Any] | None = None
 
 
-class FeedStore:
-    """The SQLite file under ``data_dir``; every method blocks, call it from a thread."""
+class StoreProblem(Exception):
+    """The store file cannot be used as it is: missing, empty, damaged or of another schema
+    (the message says which). Never answered by making a new store in its place."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+
+class FeedStore:
+    """The SQLite file under ``data_dir``; every method blocks, call it from a thread.
+
+    ``create``: make the file when there is none, or when it is empty (a first start). Without
+    it, a missing or empty file raises ``StoreProblem``; a damaged one always does."""
+
+    def __init__(self, path: Path, *, readonly: bool = False, create: bool = True) -> None:
         self.path = path
         if readonly:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
         else:
+            if not create:
+                # Checked before SQLite opens it: opening an empty file would make it a store.
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    raise StoreProblem("missing") from None
+                if size == 0:
+                    raise StoreProblem("empty (0 bytes)")
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            found = self.db.execute("PRAGMA user_version").fetchone()[0]
-            tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-            if tables and found != SCHEMA_VERSION:
-                # A store from an older development build: set aside, never silently mixed.
+            try:
+                self._prepare(create)
+            except sqlite3.DatabaseError as exc:
                 self.db.close()
-                aside = path.with_name(f"{path.name}.schema{found}-{int(time.time())}")
-                os.replace(path, aside)
-                for suffix in ("-wal", "-shm"):
-                    side = path.with_name(path.name + suffix)
-                    if side.exists():
-                        os.replace(side, aside.with_name(aside.name + suffix))
-                self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA cache_size=-32768")  # 32 MB: index pages of a big first version
-            self.db.executescript(SCHEMA)
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                raise StoreProblem(f"damaged ({exc})") from None
+            except StoreProblem:
+                self.db.close()
+                raise
         self.db.row_factory = sqlite3.Row
         self.lock = threading.Lock()
+        self.store_id: str | None = None
+        self.created_at: float | None = None
+        if not readonly:
+            self.store_id, self.created_at = self._identity()
+
+    def _prepare(self, create: bool) -> None:
+        path = self.path
+        found = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if not tables and not create:
+            raise StoreProblem("empty (a database without tables)")
+        if tables and found != SCHEMA_VERSION:
+            if not create:
+                raise StoreProblem(f"of schema version {found}, not {SCHEMA_VERSION}")
+            # A store from an older development build: set aside, never silently mixed.
+            self.db.close()
+            set_aside(path, f"schema{found}")
+            self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-32768")  # 32 MB: index pages of a big first version
+        self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _identity(self) -> tuple[str, float]:
+        """The store's id and creation time, given once, when it is first opened."""
+        with self._tx():
+            rows = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('store_id', 'created_at')").fetchall())
+            if "store_id" not in rows:
+                rows = {"store_id": uuid.uuid4().hex, "created_at": repr(time.time())}
+                self.db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.items())
+        return rows["store_id"], float(rows["created_at"])
+
+    def check(self) -> str | None:
+        """What SQLite finds wrong with the file (``PRAGMA quick_check``), or None."""
+        try:
+            with self.lock:
+                rows = [r[0] for r in self.db.execute("PRAGMA quick_check(5)").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if rows == ["ok"] else "; ".join(rows)
 
     def close(self) -> None:
         with self.lock:
@@ -610,6 +665,66 @@ class FeedStore:
             item["time"] = iso(item.pop("ts"))
             out.append(item)
         return out
+
+
+MARKER_SUFFIX = ".id"  # feeds.sqlite.id: the marker beside the store
+
+
+def marker_path(store: Path) -> Path:
+    return store.with_name(store.name + MARKER_SUFFIX)
+
+
+def read_marker(store: Path) -> dict[str, Any] | None:
+    """The marker of the store that lived at ``store``: None when there is none (a first start);
+    a damaged marker still says that a store existed."""
+    path = marker_path(store)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return {"store_id": None, "problem": f"unreadable marker {path}: {exc}"}
+    try:
+        doc = json.loads(text)
+        if isinstance(doc, dict) and isinstance(doc.get("store_id"), str):
+            return doc
+    except ValueError:
+        pass
+    return {"store_id": None, "problem": f"damaged marker {path}"}
+
+
+def write_marker(store: FeedStore) -> None:
+    """Record beside the store that it exists (atomically: temporary file, fsync, rename)."""
+    path = marker_path(store.path)
+    doc = {
+        "store_id": store.store_id,
+        "created": iso(store.created_at),
+        "store": store.path.name,
+        "note": "betblock: a feed store lives beside this file. If it goes missing or empty, betblock "
+        "refuses to start rather than make a new one; see 'betblock feeds recover'.",
+    }
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def set_aside(path: Path, label: str) -> Path | None:
+    """Move the store file (and its -wal and -shm) out of the way under a dated name; returns
+    the new name, or None when there was no file."""
+    aside = path.with_name(f"{path.name}.{label}-{int(time.time())}")
+    moved = None
+    if path.exists():
+        os.replace(path, aside)
+        moved = aside
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, aside.with_name(aside.name + suffix))
+    return moved
 
 
 def _removed_keys(v: int, now: float, agency: str, source: str, d: ListDiff) -> Iterator[tuple[Any, ...]]:

@@ -97,6 +97,18 @@ sources = [{{kind = "push", format = "plain"}}]
             assert time.monotonic() < deadline, f"the node did not get ready:\n{self.text()}"
             await asyncio.sleep(0.05)
 
+    async def settle(self) -> int | None:
+        """None once the node is ready, or the code it exited with before that."""
+        deadline = time.monotonic() + DEADLINE
+        assert self.proc is not None and self._reader is not None
+        while not any(e.get("event") == "ready" for e in self.events()):
+            if self.proc.returncode is not None:
+                await asyncio.wait_for(self._reader, DEADLINE)
+                return self.proc.returncode
+            assert time.monotonic() < deadline, f"the node neither got ready nor exited:\n{self.text()}"
+            await asyncio.sleep(0.05)
+        return None
+
     async def exit_code(self) -> int:
         """The code the node exits with by itself (within the deadline)."""
         assert self.proc is not None and self._reader is not None

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from feeds.compile import to_wire
-from feeds.manager import FeedManager
+from feeds.manager import FeedManager, StoreUnavailable
 from feeds.snapshot import PolicySnapshot
 from tests.fakedns import FakeDns
 from tests.feeds_plane.helpers import Clock, push_agency, settings
@@ -84,7 +84,7 @@ async def test_a_failed_audit_row_leaves_the_change_unmade(tmp_path: Path, chang
         status = m.status("pl-mf")
         snap = installed[-1]
         _sql(path, FAIL_AUDIT)
-        with pytest.raises(sqlite3.IntegrityError, match="injected audit failure"):
+        with pytest.raises(StoreUnavailable, match="injected audit failure"):
             await CHANGES[change](m)
         _sql(path, "DROP TRIGGER fail_audit")
         assert _dump(path) == before  # neither the change nor its audit row
@@ -134,7 +134,7 @@ async def test_a_push_whose_audit_row_fails_is_not_enforced_after_a_restart(tmp_
         await node.until_sinkholed("kasyno.test")
         _sql(node.store, FAIL_AUDIT)  # a live server: the trigger is in the file it writes
         status, body = await node.push(["kasyno.test", "bet.test"])
-        assert status >= 500, body
+        assert status == 503 and "injected audit failure" in body["detail"], body
     finally:
         await node.stop()
     _sql(node.store, "DROP TRIGGER fail_audit")

@@ -1,0 +1,184 @@
+"""A feed store that existed is never made anew, and a damaged one never crashes the start
+(issue 8, items 2 and 9).
+
+Through a real ``betblock serve`` process and real files: the store cut to 0 bytes, cut in half,
+or with its header overwritten, with and without an intact saved snapshot beside it.
+
+- With an intact snapshot the node keeps enforcing it, says the store is unusable (feeds
+  status, ``betblock_feed_store_ok``, one log line) and refuses every update with 503.
+- Without one it does not start: exit 1 and one clear line, never a traceback, and the damaged
+  file is left as it was for the operator.
+- ``betblock feeds recover`` sets the file aside and starts an empty store, audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fakedns import FakeDns
+from tests.hostile.feednode import DEADLINE, FeedNode
+
+NAMES = [f"casino{i}.test" for i in range(3000)] + ["kasyno.test"]
+
+
+@pytest.fixture
+async def enforced(tmp_path: Path) -> FeedNode:
+    """A stopped node that enforced ``NAMES`` (pushed): store, marker and snapshot on disk."""
+    upstream = await FakeDns().start()
+    node = FeedNode(tmp_path, upstream)
+    await node.start()
+    try:
+        await node.ready()
+        status, body = await node.push(NAMES)
+        assert status == 200 and body["status"] == "applied", body
+        await node.until_sinkholed("kasyno.test")
+    finally:
+        await node.stop()
+    assert node.store.stat().st_size > 100_000 and node.snapshot.exists()
+    return node
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def _damage(path: Path, how: str) -> str | None:
+    """Damage the file ``how``; the digest of what is left (None: no file)."""
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "half":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "header":
+        path.write_bytes(b"\0" * 100 + data[100:])
+    else:  # missing
+        path.unlink()
+    return _digest(path)
+
+
+def _no_traceback(node: FeedNode) -> None:
+    assert "Traceback" not in node.text(), node.text()
+
+
+async def _recover(node: FeedNode) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "betblock.cli", "feeds", "recover", "--config", str(node.cfg),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), DEADLINE)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def _store_status(node: FeedNode, ok: bool) -> dict[str, object]:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        status, body = await node.http("GET", "/v1/feeds")
+        assert status == 200, body
+        store = body["policy"]["store"]
+        if store["ok"] is ok:
+            return store
+        assert time.monotonic() < deadline, node.text()
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["empty", "half", "header", "missing"])
+async def test_without_a_snapshot_an_unusable_store_stops_the_start_and_stays_as_it_was(
+    enforced: FeedNode, how: str
+) -> None:
+    node = enforced
+    left = _damage(node.store, how)
+    node.snapshot.unlink()
+    await node.start()
+    try:
+        code = await node.settle()
+    finally:
+        node.kill()
+    assert code == 1, f"the node started on a {how} store:\n{node.text()}"
+    _no_traceback(node)
+    lines = [e for e in node.events() if e.get("event") == "cannot start"]
+    assert len(lines) == 1, node.text()
+    message = str(lines[0]["error"])
+    assert "feeds recover" in message and "backup" in message, message
+    assert {"empty": "empty", "half": "damaged", "header": "damaged", "missing": "missing"}[how] in message
+    assert _digest(node.store) == left  # nothing made in its place
+
+
+@pytest.mark.parametrize("how", ["empty", "half", "header"])
+async def test_beside_an_intact_snapshot_an_unusable_store_keeps_enforcing_and_refuses_updates(
+    enforced: FeedNode, how: str
+) -> None:
+    node = enforced
+    left = _damage(node.store, how)
+    await node.start()
+    try:
+        await node.ready()
+        store = await _store_status(node, ok=False)
+        assert "feeds recover" in str(store["problem"]), store
+        for name in ("kasyno.test", "casino0.test", "www.casino2999.test"):
+            assert await node.sinkholed(name), name
+        status, body = await node.push(["kasyno.test", "new.test"])
+        assert status == 503 and body["error"] == "feed store unavailable", body
+        status, body = await node.http("PUT", "/v1/allowlist/kasyno.test")
+        assert status == 503, body
+        status, text = await node.http("GET", "/metrics")
+        assert status == 200 and "betblock_feed_store_ok 0.0" in text, text
+        assert await node.sinkholed("kasyno.test") and not await node.sinkholed("new.test")
+        assert len([e for e in node.events() if e.get("event", "").startswith("feed store unusable")]) == 1, node.text()
+        _no_traceback(node)
+    finally:
+        await node.stop()
+    assert _digest(node.store) == left
+
+
+async def test_recover_sets_the_store_aside_and_starts_an_empty_audited_one(enforced: FeedNode) -> None:
+    node = enforced
+    _damage(node.store, "half")
+    node.snapshot.unlink()
+    out = await _recover(node)
+    assert "set aside" in out and "push agencies must push their lists again" in out, out
+    aside = [p for p in node.data.iterdir() if p.name.startswith("feeds.sqlite.damaged-")]
+    assert len(aside) == 1 and aside[0].stat().st_size > 0
+    assert "nothing to recover" in await _recover(node)  # the new store is intact: left alone
+    await node.start()
+    try:
+        await node.ready()
+        await _store_status(node, ok=True)
+        assert not await node.sinkholed("kasyno.test")  # the loss is the operator's decision, on record
+        status, body = await node.http("GET", "/v1/audit")
+        assert status == 200 and [a["action"] for a in body["audit"]] == ["store recovered"], body
+        assert body["audit"][0]["detail"]["set_aside"] == str(aside[0])
+        status, body = await node.push(["kasyno.test"])
+        assert status == 200, body
+        await node.until_sinkholed("kasyno.test")
+    finally:
+        await node.stop()
+
+
+async def test_a_store_of_an_old_build_without_identity_is_adopted(enforced: FeedNode) -> None:
+    """Upgrading: a store and snapshot written before the marker existed start as before."""
+    node = enforced
+    marker = node.store.with_name("feeds.sqlite.id")
+    assert marker.exists()
+    marker.unlink()
+    db = sqlite3.connect(node.store)
+    db.execute("DELETE FROM meta")
+    db.commit()
+    db.close()
+    await node.start()
+    try:
+        await node.ready()
+        assert (await _store_status(node, ok=True))["id"]
+        assert await node.sinkholed("kasyno.test")
+    finally:
+        await node.stop()
+    assert marker.exists()
+    os.stat(node.store)

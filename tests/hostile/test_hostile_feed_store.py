@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
+import json
 import sqlite3
 import sys
 import time
@@ -176,9 +176,8 @@ async def test_a_store_of_an_old_build_without_identity_is_adopted(enforced: Fee
     await node.start()
     try:
         await node.ready()
-        assert (await _store_status(node, ok=True))["id"]
-        assert await node.sinkholed("kasyno.test")
+        store_id = (await _store_status(node, ok=True))["id"]
+        assert store_id and await node.sinkholed("kasyno.test")
     finally:
         await node.stop()
-    assert marker.exists()
-    os.stat(node.store)
+    assert json.loads(marker.read_text())["store_id"] == store_id

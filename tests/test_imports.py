@@ -1,12 +1,15 @@
 """Imports point one way: config <- feeds, hits <- resolver <- betblock (composition root).
 
 Reads every module's imports with ast and fails on a wrong arrow, so the data plane never grows
-a dependency on aiohttp, SQL or parsers, and the control plane never on the resolver.
+a dependency on aiohttp, SQL or parsers, and the control plane never on the resolver. feeds and
+hits are peers: neither imports the other. Third-party imports are checked against an allowlist
+per package, so a new dependency is a decision written here, not an accident.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,12 +18,21 @@ PACKAGES = ["config", "feeds", "hits", "resolver", "betblock"]
 ALLOWED = {
     "config": set(),
     "feeds": {"config"},
-    "hits": {"config", "feeds"},
+    "hits": {"config"},
     "resolver": {"config", "feeds", "hits"},
     "betblock": {"config", "feeds", "hits", "resolver"},
 }
-# third-party modules the data plane must never import
-FORBIDDEN_IN_RESOLVER = {"aiohttp", "asyncpg", "sqlite3", "dnslib"}
+# third-party modules each package may import (anything not stdlib and not ours)
+THIRD_PARTY = {
+    "config": {"pydantic", "pydantic_settings"},
+    "feeds": {"aiohttp", "cryptography", "idna", "prometheus_client", "publicsuffixlist", "structlog"},
+    "hits": {"aiohttp", "asyncpg", "prometheus_client", "pydantic", "structlog"},
+    # the data plane: no HTTP, SQL or parsing libraries on the hot path
+    "resolver": {"structlog"},
+    "betblock": {"aiohttp", "dnslib", "prometheus_client", "structlog", "uvloop"},
+}
+# stdlib modules the data plane must not import either (SQL belongs to the hit log)
+FORBIDDEN_STDLIB_IN_RESOLVER = {"sqlite3"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -41,9 +53,31 @@ def test_import_arrows_point_one_way() -> None:
             for mod in _imports(path):
                 if mod in PACKAGES and mod != pkg and mod not in ALLOWED[pkg]:
                     wrong.append(f"{path.relative_to(ROOT)} imports {mod}")
-                if pkg == "resolver" and mod in FORBIDDEN_IN_RESOLVER:
+                if pkg == "resolver" and mod in FORBIDDEN_STDLIB_IN_RESOLVER:
                     wrong.append(f"{path.relative_to(ROOT)} imports {mod} (not on the data plane)")
     assert wrong == []
+
+
+def test_third_party_imports_are_on_each_packages_allowlist() -> None:
+    wrong = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for mod in _imports(path):
+                if mod in PACKAGES or mod in sys.stdlib_module_names or mod == "__future__":
+                    continue
+                if mod not in THIRD_PARTY[pkg]:
+                    wrong.append(f"{path.relative_to(ROOT)} imports {mod} (not in THIRD_PARTY[{pkg!r}])")
+    assert wrong == []
+
+
+def test_the_checker_sees_a_wrong_arrow_and_a_new_dependency(tmp_path: Path) -> None:
+    # The rule must be able to fail: a module importing a peer and an unlisted library.
+    bad = tmp_path / "bad.py"
+    bad.write_text("import feeds.snapshot\nfrom requests import get\nimport os\n")
+    mods = _imports(bad)
+    assert "feeds" in mods and "feeds" not in ALLOWED["hits"]
+    assert "requests" in mods and "requests" not in THIRD_PARTY["hits"]
+    assert "os" in sys.stdlib_module_names
 
 
 def test_every_module_has_a_docstring() -> None:

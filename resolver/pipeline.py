@@ -17,6 +17,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -75,6 +76,23 @@ Answer = bytes | None | Coroutine[Any, Any, bytes | None]
 
 # Upper bounds (seconds) of the forwarded-latency buckets; the last bucket is +Inf.
 LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def _expire(waiter: asyncio.Future[CacheEntry]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+def _relay(waiter: asyncio.Future[CacheEntry], fetch: asyncio.Future[CacheEntry]) -> None:
+    """Hand a shared fetch's outcome to one waiter; a fetch cancelled by its deadline is a timeout."""
+    if waiter.done():
+        return
+    if fetch.cancelled():
+        waiter.set_exception(TimeoutError())
+    elif (exc := fetch.exception()) is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(fetch.result())
 
 
 class LatencyCounts:
@@ -323,19 +341,29 @@ class Pipeline:
                 if len(self.inflight) >= self.max_inflight:
                     counts[_SERVFAIL] += 1
                     return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
-                # Identical questions in flight share one upstream exchange.
-                fetch = asyncio.ensure_future(self._fetch(key, name, q.qtype, q.qclass, q.do, bool(q.flags & CD)))
+                # Identical questions in flight share one upstream exchange, bounded by its own
+                # deadline (a timer that cancels it: cheaper than asyncio.timeout per miss).
+                loop = asyncio.get_running_loop()
+                fetch = loop.create_task(self._fetch(key, name, q.qtype, q.qclass, q.do, bool(q.flags & CD)))
                 self.inflight[key] = fetch
-                fetch.add_done_callback(self._fetch_done(key))
+                fetch.add_done_callback(self._fetch_done(key, loop.call_later(self.deadline, fetch.cancel)))
+            # Each waiter has its own deadline and only reads the shared fetch's outcome, so a
+            # waiter that gives up never cancels it for the others (what asyncio.shield did).
+            waiter = asyncio.get_running_loop().create_future()
+            relay = partial(_relay, waiter)
+            fetch.add_done_callback(relay)
+            timer = waiter.get_loop().call_later(self.deadline, _expire, waiter)
             try:
-                async with asyncio.timeout(self.deadline):
-                    entry = await asyncio.shield(fetch)
+                entry = await waiter
             except (TimeoutError, UpstreamError, WireError) as exc:
                 counts[_SERVFAIL] += 1
                 log.debug("upstream failed", error=str(exc) or type(exc).__name__)
                 return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
             except Exception:
                 return self._failed(data, q)
+            finally:
+                timer.cancel()
+                fetch.remove_done_callback(relay)
             try:
                 if entry.cnames and self.cname_inspection:
                     blocked = self._cname_block(data, q, name, client, entry, limit)
@@ -348,8 +376,9 @@ class Pipeline:
         finally:
             self.latency.observe(time.perf_counter() - started)
 
-    def _fetch_done(self, key: bytes) -> Callable[[asyncio.Future[CacheEntry]], None]:
+    def _fetch_done(self, key: bytes, deadline: asyncio.TimerHandle) -> Callable[[asyncio.Future[CacheEntry]], None]:
         def done(fetch: asyncio.Future[CacheEntry]) -> None:
+            deadline.cancel()
             self.inflight.pop(key, None)
             # The fetch's own deadline starts a moment after its first waiter's, so it can fail
             # after every waiter has given up (shielded, so nobody awaits it then): consume the
@@ -360,8 +389,7 @@ class Pipeline:
         return done
 
     async def _fetch(self, key: bytes, name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> CacheEntry:
-        async with asyncio.timeout(self.deadline):
-            raw = await self.upstream.resolve(name, qtype, qclass, do, cd)
+        raw = await self.upstream.resolve(name, qtype, qclass, do, cd)
         parsed = parse_answer(raw)
         entry, cacheable = self.cache.entry_for(parsed, self.cache.now())
         if cacheable:

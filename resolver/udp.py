@@ -189,9 +189,11 @@ class BatchedListener(Listener):
         self._send_lens = _bytes_of(self._siov).cast("Q")[1::2]
         self._raddr = ctypes.addressof(self._rmsgs)
         self._saddr = ctypes.addressof(self._smsgs)
-        self._rview = memoryview(self._rbuf)
-        self._sview = memoryview(self._sbuf)
         self._nview = memoryview(self._names)
+        self._words = self._nview.cast("I")
+        self._roff = [i * RECV_SLOT for i in range(n)]
+        self._send_at = [i * SEND_SLOT for i in range(n)]
+        self._name_at = [nbase + i * NAME_SLOT for i in range(n)]
         self._nbase = nbase
         self._stride = stride
 
@@ -225,16 +227,20 @@ class BatchedListener(Listener):
                 return  # drained: the next wakeup comes from the loop
 
     def _answer_batch(self, n: int) -> None:
-        answer, memo, rview, nview, sview = self.answer, self._memo, self._rview, self._nview, self._sview
-        send_names, send_lens, step, nbase = self._send_names, self._send_lens, self._name_step, self._nbase
-        v6 = self.v6
-        lens = self._lens[:n].tolist()
+        # Offsets and addresses are precomputed per slot, and the mmaps are sliced directly
+        # (one bytes object, no memoryview in between): this loop is the per-datagram cost.
+        answer, memo, rbuf, sbuf, roff = self.answer, self._memo, self._rbuf, self._sbuf, self._roff
+        send_names, send_lens, send_at, name_at = self._send_names, self._send_lens, self._send_at, self._name_at
+        words, names, v6 = self._words, self._names, self.v6
         k = 0
-        for i in range(n):
-            off = i * RECV_SLOT
-            data = rview[off : off + lens[i]].tobytes()
-            na = i * NAME_SLOT
-            key = nview[na + 8 : na + 24].tobytes() if v6 else nview[na + 4 : na + 8].tobytes()
+        for i, size in enumerate(self._lens[:n].tolist()):
+            off = roff[i]
+            data = rbuf[off : off + size]
+            if v6:
+                na = i * NAME_SLOT
+                key: Any = names[na + 8 : na + 24]
+            else:
+                key = words[i * (NAME_SLOT // 4) + 1]  # sin_addr as one int: no bytes object
             client = memo.get(key)
             if client is None:
                 client = self._client_text(key)
@@ -246,15 +252,15 @@ class BatchedListener(Listener):
             if res.__class__ is bytes:
                 size = len(res)  # type: ignore[arg-type]
                 if size > SEND_SLOT:
-                    self._send_one(res, self._sockaddr(na))  # type: ignore[arg-type]
+                    self._send_one(res, self._sockaddr(i * NAME_SLOT))  # type: ignore[arg-type]
                     continue
-                so = k * SEND_SLOT
-                sview[so : so + size] = res  # type: ignore[index]
+                so = send_at[k]
+                sbuf[so : so + size] = res  # type: ignore[index]
                 send_lens[k] = size
-                send_names[k * step] = nbase + na  # msg_name: the client's address, as received
+                send_names[k * self._name_step] = name_at[i]  # msg_name: the client's address, as received
                 k += 1
             elif res is not None:
-                task = asyncio.ensure_future(self._later(res, self._sockaddr(na)))  # type: ignore[arg-type]
+                task = self._loop.create_task(self._later(res, self._sockaddr(i * NAME_SLOT)))  # type: ignore[arg-type,union-attr]
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         if k:
@@ -277,10 +283,13 @@ class BatchedListener(Listener):
 
     # -- off the hot path ---------------------------------------------------------------------
 
-    def _client_text(self, key: bytes) -> str:
+    def _client_text(self, key: bytes | int) -> str:
         if len(self._memo) >= _ADDR_MEMO:
             self._memo.clear()  # bounded; refills with the clients asking now
-        text = socket.inet_ntop(socket.AF_INET6 if self.v6 else socket.AF_INET, key)
+        if self.v6:
+            text = socket.inet_ntop(socket.AF_INET6, key)  # type: ignore[arg-type]
+        else:  # the int was read in native byte order from the address's four bytes
+            text = socket.inet_ntop(socket.AF_INET, key.to_bytes(4, sys.byteorder))  # type: ignore[union-attr]
         self._memo[key] = text
         return text
 

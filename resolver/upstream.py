@@ -13,7 +13,7 @@ Must not import the cache, the policy or the server.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 import socket
 import struct
 from collections.abc import Sequence
@@ -49,6 +49,43 @@ def _matches(reply: bytes, qid: int, question: bytes) -> bool:
     # ignored as a mismatch and the client got SERVFAIL.
     split = len(question) - 4
     return reply[12 : 12 + split].lower() == question[:split] and reply[12 + split : 12 + len(question)] == question[split:]
+
+
+class _Entropy:
+    """Unpredictable 16-bit numbers from the kernel's CSPRNG, drawn 4 KiB at a time: one
+    getrandom call per 2,048 numbers instead of one (or two) per query."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self) -> None:
+        self.buf = memoryview(b"")
+        self.pos = 0
+
+    def u16(self) -> int:
+        pos = self.pos
+        if pos >= len(self.buf):
+            self.buf = memoryview(os.urandom(4096))
+            pos = 0
+        self.pos = pos + 2
+        return self.buf[pos] << 8 | self.buf[pos + 1]
+
+    def below(self, n: int) -> int:
+        """Uniform in [0, n) for n <= 65536 (rejection sampling, no modulo bias)."""
+        limit = 65536 - 65536 % n
+        while True:
+            v = self.u16()
+            if v < limit:
+                return v % n
+
+
+_random = _Entropy()
+# A forked worker must not replay its parent's unused numbers.
+os.register_at_fork(after_in_child=lambda: setattr(_random, "pos", len(_random.buf)))
+
+
+def _expire(reply: asyncio.Future[bytes]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError())
 
 
 class _Port:
@@ -90,7 +127,7 @@ class PortPool:
                 order.append(self._open())
         # Never one of the most recently used half: a port does not repeat within size/2
         # queries, and which of the other half goes next is unpredictable.
-        port = order.pop(secrets.randbelow(len(order) + 1 >> 1))
+        port = order.pop(_random.below(len(order) + 1 >> 1))
         port.uses += 1
         if port.uses >= port.limit and len(self.retired) < self.size:
             port.retired = True
@@ -113,7 +150,7 @@ class PortPool:
             # connect() binds a random ephemeral port (Linux randomises it) and makes the kernel
             # drop datagrams from any other source address and port: the address check.
             sock.connect(self.server)
-            port = _Port(sock, self.reuse // 2 + secrets.randbelow(self.reuse + 1))
+            port = _Port(sock, self.reuse // 2 + _random.below(self.reuse + 1))
             assert self.loop is not None
             self.loop.add_reader(sock.fileno(), self._readable, port)
         except BaseException:
@@ -213,23 +250,28 @@ class UpstreamClient:
         pool = self.pools[server]
         port = pool.take()
         pending = port.pending
-        qid = secrets.randbits(16)
+        qid = _random.u16()
         while qid in pending:  # two queries in flight on one port never share an ID
-            qid = secrets.randbits(16)
-        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            qid = _random.u16()
+        loop = pool.loop
+        assert loop is not None
+        reply: asyncio.Future[bytes] = loop.create_future()
         pending[qid] = (reply, question)
+        # A timer on the future rather than asyncio.timeout: a third of the cost, same effect
+        # (TimeoutError fails this attempt over; the caller's deadline still cancels us).
+        timer = loop.call_later(self.attempt_timeout, _expire, reply)
         try:
             port.sock.send(build_query(qid, name, qtype, qclass, do, self.udp_size, cd))
-            async with asyncio.timeout(self.attempt_timeout):
-                return await reply
+            return await reply
         finally:
+            timer.cancel()
             del pending[qid]
             pool.release(port)
 
     async def _tcp(
         self, server: tuple[str, int], name: bytes, qtype: int, qclass: int, do: bool, question: bytes, cd: bool = False
     ) -> bytes:
-        qid = secrets.randbits(16)
+        qid = _random.u16()
         query = build_query(qid, name, qtype, qclass, do, 65535, cd)
         reader, writer = await asyncio.open_connection(server[0], server[1])
         try:

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_APT := nsd unbound chromium
-BENCH_APT := dnsperf unbound nsd
+BENCH_APT := dnsperf unbound pdns-recursor nsd
 
 .PHONY: run test test-fast bench bench-quick bench-rrl check-config clean readme
 

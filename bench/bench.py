@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""betblock benchmark: betblock against Unbound, same list, same upstream, same load.
+"""betblock benchmark: betblock against Unbound and PowerDNS Recursor, same list, same upstream,
+same load.
 
 One command builds the data (bench/data/), starts an NSD upstream on 127.0.0.1:BASE_PORT,
 then for every list size runs each peer in turn, pinned to the server CPU:
 
   1. start it; time until the last listed name is answered NXDOMAIN (list load time);
   2. check a listed name, a subdomain of one and an allowed name; RSS once loaded;
-  3. for each mix, run dnsperf from the other CPU and record QPS, loss, latency, the
-     server's CPU time per answered query and its RSS (allowed and mix after a warm-up);
-  4. stop it by PID, then empty its run directory (unless --keep).
+  3. ask 2,000 unique names under the upstream's wildcard zone one at a time, through the
+     peer and straight to NSD: what a cache miss adds to the round trip (median, p99);
+  4. for each mix, run dnsperf from the other CPU and record QPS, loss, latency, the
+     server's CPU time per answered query and its RSS (allowed and mix after a warm-up; miss:
+     unique names, each asked once, so every query is a cache miss);
+  5. stop it by PID, then empty its run directory (unless --keep).
 
 The records go to bench/results/RUN.jsonl, the table to bench/results/RUN.md and stdout.
 Everything stays on 127.0.0.1; every process started here is stopped by PID; every step has a
@@ -40,7 +44,8 @@ import report
 BENCH = Path(__file__).resolve().parent
 DATA, RUNS, RESULTS = BENCH / "data", BENCH / "run", BENCH / "results"
 MIXES = report.MIX_ORDER
-QUERY_FILE = {"blocked": "q-blocked-{size}.txt", "allowed": "q-allowed.txt", "mix": "q-mix-{size}.txt"}
+QUERY_FILE = {"blocked": "q-blocked-{size}.txt", "allowed": "q-allowed.txt", "mix": "q-mix-{size}.txt",
+              "miss": "q-miss.txt"}
 POLL_S = 0.02
 IDLE_PCT = 3.0  # foreign CPU time (% of one core, both CPUs together) that counts as idle
 WARMUP_QPS = 5000
@@ -175,13 +180,13 @@ def count_hits(path: Path) -> dict:
 
 
 def measure(a: argparse.Namespace, job: peers.Job, server: procs.Server, upstream: procs.Server,
-            mix: str, qfile: Path) -> dict:
+            mix: str, qfile: Path, extra: list[str] = ()) -> dict:
     """One closed-loop dnsperf run and what the server, the upstream and both CPUs did meanwhile."""
     waited = wait_idle(a, [server, upstream])
     everyone0 = procs.all_ticks()
     core0, ticks0, up0 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
     pcore0, self0 = procs.core_ticks(a.perf_cpu), os.times()
-    r = dnsperf(a, job.port, qfile, ["-l", str(a.duration)], limit=a.duration + 30)
+    r = dnsperf(a, job.port, qfile, ["-l", str(a.duration), *extra], limit=a.duration + 30)
     core1, ticks1, up1 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
     pcore1, self1 = procs.core_ticks(a.perf_cpu), os.times()
     everyone1 = procs.all_ticks()
@@ -227,6 +232,32 @@ def measure(a: argparse.Namespace, job: peers.Job, server: procs.Server, upstrea
              us_per_query=round(cpu_s / r["completed"] * 1e6, 2) if r["completed"] else None,
              rss_after_kib=server.rss_kib())
     return r
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def miss_latency(a: argparse.Namespace, job: peers.Job, server: procs.Server, upstream: procs.Server) -> dict:
+    """Round trips of unique names (each a cache miss) through the peer, and of the same names
+    straight to NSD just before: the difference is what the peer adds to a miss."""
+    names = [n for n in (DATA / "q-miss-probe.txt").read_text().split() if n]
+    waited = wait_idle(a, [server, upstream])
+    direct, direct_lost = procs.round_trips(job.upstream_port, names)
+    via, via_lost = procs.round_trips(job.port, names)
+    rec: dict = {"type": "latency", "peer": job.peer, "size": job.size, "names": len(names),
+                 "waited_idle_s": round(waited, 1), "direct_lost": direct_lost, "lost": via_lost}
+    for key, values in (("direct", direct), ("via", via)):
+        for label, q in (("median", 0.5), ("p99", 0.99)):
+            v = _percentile(values, q)
+            rec[f"{key}_{label}_us"] = round(v * 1e6, 1) if v is not None else None
+    for label in ("median", "p99"):
+        d, v = rec[f"direct_{label}_us"], rec[f"via_{label}_us"]
+        rec[f"added_{label}_us"] = round(v - d, 1) if d is not None and v is not None else None
+    return rec
 
 
 def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit) -> None:
@@ -287,9 +318,16 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                     "checks_ok": ok}
         emit(load_rec)
 
+        if "miss" in a.mixes:
+            lat = miss_latency(a, job, server, upstream)
+            emit(lat)
+            log(f"  miss latency (2,000 names one at a time): median {lat['via_median_us']} µs, p99 "
+                f"{lat['via_p99_us']} µs; NSD direct {lat['direct_median_us']} / {lat['direct_p99_us']} µs; "
+                f"added {lat['added_median_us']} / {lat['added_p99_us']} µs; lost {lat['lost']}")
+
         warmed = False
         for mix in a.mixes:
-            if mix != "blocked" and not warmed:
+            if mix in ("allowed", "mix") and not warmed:
                 # Every allowed name once, at a bounded rate: each is a cache miss forwarded
                 # to NSD. Afterwards the allowed names in the allowed and mix runs are hits.
                 w = dnsperf(a, job.port, DATA / "q-allowed.txt", ["-n", "1", "-Q", str(WARMUP_QPS)],
@@ -299,8 +337,10 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                     f"{w['rcodes']}")
                 warmed = True
             qfile = DATA / QUERY_FILE[mix].format(size=job.size)
-            for attempt in range(1, a.retries + 2):
-                r = measure(a, job, server, upstream, mix, qfile)
+            # Misses: each name once (-n 1), and no repeat, since a second pass would hit the cache.
+            extra, retries = (["-n", "1"], 0) if mix == "miss" else ([], a.retries)
+            for attempt in range(1, retries + 2):
+                r = measure(a, job, server, upstream, mix, qfile, extra)
                 r["attempt"] = attempt
                 emit(r)
                 log(f"  {mix:8s} {r['qps']:>10,.0f} qps  {r['us_per_query']} µs/q  server CPU "
@@ -311,7 +351,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                     f"RSS {r['rss_after_kib'] / 1024:,.0f} MiB")
                 if not report.disturbed(r):
                     break
-                if attempt <= a.retries:
+                if attempt <= retries:
                     log(f"  {mix}: other programs shared the CPUs during the run; repeating it "
                         f"({attempt}/{a.retries})")
     finally:
@@ -344,7 +384,7 @@ def versions() -> str:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return "?"
-    pkgs = out(["dpkg-query", "-W", "-f", "${Package} ${Version}, ", "unbound", "nsd", "dnsperf"])
+    pkgs = out(["dpkg-query", "-W", "-f", "${Package} ${Version}, ", "unbound", "pdns-recursor", "nsd", "dnsperf"])
     return pkgs.rstrip(", ")
 
 
@@ -360,14 +400,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", help="list sizes, comma-separated (default: 100k,1m; --quick: 10k)")
     ap.add_argument("--duration", type=int, help="seconds per dnsperf run, -l (default: 15; --quick: 3)")
-    ap.add_argument("--mixes", default=",".join(MIXES), help="comma-separated from blocked,allowed,mix")
-    ap.add_argument("--peers", default="unbound,betblock", help="comma-separated from unbound,betblock")
+    ap.add_argument("--mixes", default=",".join(MIXES), help=f"comma-separated from {','.join(MIXES)}")
+    ap.add_argument("--peers", default="unbound,pdns,betblock", help="comma-separated from unbound,pdns,betblock")
     ap.add_argument("--quick", action="store_true", help="smoke check: 10k list, 3 s runs")
     ap.add_argument("--betblock-cmd", default=peers.BETBLOCK_CMD,
                     help="command that starts betblock in the foreground; placeholders {config}, "
                          "{port}, {dir}, {blocklist}, {upstream} (default: %(default)s)")
     ap.add_argument("--base-port", type=int, default=5300,
-                    help="NSD upstream port; unbound uses +1, betblock +10 (default: 5300)")
+                    help="NSD upstream port; unbound uses +1, pdns +3, betblock +10 (default: 5300)")
     ap.add_argument("--server-cpu", type=int, default=0, help="CPU of the server under test (default: 0)")
     ap.add_argument("--perf-cpu", type=int, default=1,
                     help="CPU of dnsperf, the NSD upstream and this harness (default: 1)")
@@ -409,9 +449,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     a = parse_args(argv)
-    tools = ["taskset", "dnsperf", "nsd"] + (["unbound"] if "unbound" in a.peers else [])
+    tools = ["taskset", "dnsperf", "nsd"] + [peers.BINARY[p] for p in a.peers if p in peers.BINARY]
     if missing := [t for t in tools if not shutil.which(t)]:
-        print(f"missing programs: {' '.join(missing)} (apt-get install dnsperf nsd unbound)", file=sys.stderr)
+        print(f"missing programs: {' '.join(missing)} (apt-get install dnsperf nsd unbound pdns-recursor)",
+              file=sys.stderr)
         return 2
     # SIGTERM and SIGHUP unwind like Ctrl-C, so the finally below stops every server.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -450,7 +491,8 @@ def main(argv: list[str]) -> int:
         if not procs.port_free(a.base_port):
             print(f"port {a.base_port} (upstream) is in use: pick another --base-port", file=sys.stderr)
             return 2
-        nsd = procs.Server("nsd", peers.nsd(up_dir, a.base_port, DATA / "allow.test.zone", "allow.test"),
+        zones = [(z, DATA / f"{z}.zone") for z in (gen_data.ALLOWED_ZONE, gen_data.MISS_ZONE)]
+        nsd = procs.Server("nsd", peers.nsd(up_dir, a.base_port, zones),
                            a.perf_cpu, RUNS / "nsd-upstream.log", up_dir)
         STARTED.append(nsd)
         allowed = first_word(DATA / "q-allowed.txt")

@@ -12,6 +12,9 @@ Files (SIZE is a tag such as 10k, 100k, 1m):
   rpz-SIZE.zone          the same list for Unbound: "name CNAME ." and "*.name CNAME ."
   q-blocked-SIZE.txt     N_QUERIES queries: 70 % listed names, 30 % subdomains of listed names
   q-mix-SIZE.txt         N_QUERIES queries: 10 % drawn like q-blocked, 90 % allowed names
+  miss.test.zone         a wildcard zone (*.miss.test A): every name under it exists
+  q-miss.txt             N_MISS unique names under miss.test (each one a cache miss, once)
+  q-miss-probe.txt       N_PROBE more unique names, asked one at a time for the miss latency
 
 Standard library only; imports nothing from betblock (the benchmark must not trust the code
 it measures to build its input).
@@ -33,6 +36,10 @@ N_ALLOWED = 10_000
 N_QUERIES = 100_000
 ALLOWED_ZONE = "allow.test"
 RPZ_ORIGIN = "rpz.local"
+MISS_ZONE = "miss.test"
+MISS_FORMAT = 1  # the miss set has its own stamp: adding it rebuilds nothing else
+N_MISS = 400_000
+N_PROBE = 2_000
 
 # "test" is deliberately absent: no listed name can fall inside the upstream's zone.
 TLDS = ("bet", "casino", "com", "net", "org", "xyz", "top", "win", "vip", "club",
@@ -162,11 +169,30 @@ def _size_set(out: Path, tag: str, seed: int, allowed: list[str], stamp: dict) -
           f"{shape[2]:,}), {N_QUERIES:,} blocked and {N_QUERIES:,} mixed queries", flush=True)
 
 
+def _miss_set(out: Path, seed: int) -> None:
+    stamp = {"format": MISS_FORMAT, "seed": seed, "names": N_MISS, "probe": N_PROBE}
+    stamp_path = out / "gen-miss.json"
+    files = [out / f"{MISS_ZONE}.zone", out / "q-miss.txt", out / "q-miss-probe.txt"]
+    if _stamp_matches(stamp_path, stamp) and all(f.exists() for f in files):
+        return
+    _write_lines(files[0], [f"$ORIGIN {MISS_ZONE}.\n$TTL 86400\n"
+                            f"@ IN SOA ns.{MISS_ZONE}. hostmaster.{MISS_ZONE}. 1 3600 900 604800 86400\n"
+                            f"@ IN NS ns.{MISS_ZONE}.\nns IN A 127.0.0.1\n* IN A 198.19.0.1\n"])
+    rng = random.Random(f"miss/{seed}")
+    # The index makes every name unique; the random prefix keeps them from sorting together.
+    names = [f"{_word(rng, 3, 8)}-{_base36(i)}.{MISS_ZONE}" for i in range(N_MISS + N_PROBE)]
+    _write_lines(files[1], [f"{n} A\n" for n in names[:N_MISS]])
+    _write_lines(files[2], [f"{n}\n" for n in names[N_MISS:]])
+    _write_lines(stamp_path, [json.dumps(stamp, sort_keys=True) + "\n"])
+    print(f"[gen_data] {MISS_ZONE}: wildcard zone, {N_MISS:,} miss queries, {N_PROBE:,} probe names", flush=True)
+
+
 def ensure(tags: list[str], seed: int = 42, out: Path = DATA_DIR) -> None:
     """Build (or keep, when the stamps match) the data for every size tag."""
     out.mkdir(parents=True, exist_ok=True)
     base = {"format": FORMAT, "seed": seed, "allowed": N_ALLOWED, "queries": N_QUERIES}
     allowed = _allowed_names(out, seed, base)
+    _miss_set(out, seed)
     for tag in tags:
         _size_set(out, tag, seed, allowed, dict(base, names=parse_size(tag)))
 

@@ -1,4 +1,5 @@
-"""Config files and command lines for the upstream (NSD) and the peers (Unbound, betblock).
+"""Config files and command lines for the upstream (NSD) and the peers (Unbound, PowerDNS
+Recursor, betblock).
 
 Owns what each server is told: addresses, ports, the list it loads, where its scratch files
 go. Every address is 127.0.0.1; every path lives under the run directory or bench/data/.
@@ -17,11 +18,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BETBLOCK_CMD = f"{REPO}/.venv/bin/betblock serve --config {{config}}"
-PEERS = ("betblock", "unbound")
+PEERS = ("betblock", "unbound", "pdns")
 PLACEHOLDER = re.compile(r"\{(config|port|dir|blocklist|upstream)\}")
 # Port of each peer relative to --base-port; the upstream sits on the base port itself.
 # betblock's +10 gives 5310 with the default base, the port of the benchmark contract.
-PORT_OFFSET = {"unbound": 1, "betblock": 10}
+PORT_OFFSET = {"unbound": 1, "pdns": 3, "betblock": 10}
+BINARY = {"unbound": "unbound", "pdns": "pdns_recursor"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +46,8 @@ class Launch:
     describe: str  # how it answers a listed name, for the report
 
 
-def nsd(run_dir: Path, port: int, zone_file: Path, zone: str) -> list[str]:
-    """NSD in the foreground, authoritative for `zone`, every state file under `run_dir`."""
+def nsd(run_dir: Path, port: int, zones: list[tuple[str, Path]]) -> list[str]:
+    """NSD in the foreground, authoritative for each (zone, file), every state file under `run_dir`."""
     conf = run_dir / "nsd.conf"
     conf.write_text(f"""server:
   ip-address: 127.0.0.1
@@ -68,10 +70,7 @@ def nsd(run_dir: Path, port: int, zone_file: Path, zone: str) -> list[str]:
   rrl-whitelist-ratelimit: 0
 remote-control:
   control-enable: no
-zone:
-  name: "{zone}"
-  zonefile: "{zone_file}"
-""")
+""" + "".join(f'zone:\n  name: "{zone}"\n  zonefile: "{path}"\n' for zone, path in zones))
     return ["nsd", "-d", "-c", str(conf)]
 
 
@@ -113,6 +112,35 @@ remote-control:
   control-enable: no
 """)
     return Launch(["unbound", "-d", "-c", str(conf)], job.run_dir, "RPZ `CNAME .` (NXDOMAIN)")
+
+
+def pdns(job: Job) -> Launch:
+    """PowerDNS Recursor, one thread, the list as an RPZ zone (rpzFile), forwarding to NSD."""
+    lua = job.run_dir / "rpz.lua"
+    lua.write_text(f'rpzFile("{job.rpz}", {{policyName="rpz.local"}})\n')
+    (job.run_dir / "recursor.conf").write_text(f"""local-address=127.0.0.1
+local-port={job.port}
+allow-from=127.0.0.0/8
+threads=1
+pdns-distributes-queries=no
+reuseport=no
+daemon=no
+socket-dir={job.run_dir}
+lua-config-file={lua}
+# The upstream is authoritative for both zones; anything else (nothing, in a run) goes there too,
+# never to the root servers.
+forward-zones=allow.test=127.0.0.1:{job.upstream_port},miss.test=127.0.0.1:{job.upstream_port}
+forward-zones-recurse=.=127.0.0.1:{job.upstream_port}
+query-local-address=127.0.0.1
+security-poll-suffix=
+dont-query=
+dnssec=off
+max-cache-entries=1000000
+quiet=yes
+loglevel=3
+disable-syslog=yes
+""")
+    return Launch(["pdns_recursor", f"--config-dir={job.run_dir}"], job.run_dir, "RPZ `CNAME .` (NXDOMAIN)")
 
 
 def betblock(job: Job, command: str) -> Launch:
@@ -170,4 +198,6 @@ lists = [{q(str(job.blocklist))}]
 def launch(job: Job, betblock_cmd: str) -> Launch:
     if job.peer == "unbound":
         return unbound(job)
+    if job.peer == "pdns":
+        return pdns(job)
     return betblock(job, betblock_cmd)

@@ -2,7 +2,7 @@
 """The benchmark's one table, rendered from the JSON lines of one run.
 
 Owns the presentation: every figure as measured, and for betblock its ratio to Unbound's
-figure from the same run, same list and same mix. It never mixes runs (the noise between
+figure (and for µs/query also to PowerDNS Recursor's) from the same run, same list and same mix. It never mixes runs (the noise between
 two runs on a shared VM is larger than many of the differences measured).
 
 Usage: python3 bench/report.py [bench/results/RUN.jsonl]   (default: the newest run)
@@ -20,9 +20,10 @@ from pathlib import Path
 from gen_data import parse_size
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-MIX_ORDER = ("blocked", "allowed", "mix")
-PEER_ORDER = ("unbound", "betblock")
+MIX_ORDER = ("blocked", "allowed", "mix", "miss")
+PEER_ORDER = ("unbound", "pdns", "betblock")
 REFERENCE = "unbound"
+SECOND = "pdns"  # the issue's target for blocked and cached µs/query
 SUBJECT = "betblock"
 # Issue targets, measured with one worker and the 1m list. 300 MB is 300e6 bytes.
 TARGETS_NAMES = 1_000_000
@@ -108,7 +109,8 @@ def render(records: list[dict]) -> str:
                f"`{meta.get('dnsperf_args', '')}`, one run per row. betblock "
                f"`{meta.get('betblock_rev', '?')}`; {meta.get('versions', '')}.")
     out.append("")
-    out.append(f"Ratios in parentheses: betblock ÷ Unbound, same list, same mix, this run. "
+    out.append(f"Ratios in parentheses: betblock ÷ Unbound, same list, same mix, this run "
+               "(µs/query also ÷ PowerDNS Recursor, `P`). "
                "QPS: higher is better. µs/query, RSS, load: lower is better.")
     out.append("")
     rows = []
@@ -135,8 +137,11 @@ def render(records: list[dict]) -> str:
                 if disturbed(r):
                     qps += " †"
                 lost = f"{r['lost']:,}" if not r["lost"] else f"{r['lost']:,} ({100 * r['lost'] / max(r['sent'], 1):.2f}%)"
-                rows.append([peer, size, mix, qps,
-                             _fmt(r["us_per_query"], ".2f", ref.get("us_per_query"), cmp),
+                us = _fmt(r["us_per_query"], ".2f", ref.get("us_per_query"), cmp)
+                second = runs.get((SECOND, size, mix), {}).get("us_per_query")
+                if cmp and second and r["us_per_query"] is not None:
+                    us = us[:-1] + f", {r['us_per_query'] / second:.2f}× P)" if us.endswith(")") else us
+                rows.append([peer, size, mix, qps, us,
                              _fmt(r["server_cpu_pct"], ".0f"), lost,
                              _fmt(r["latency_ms"], ".3f"), _rcodes(r["rcodes"], r["completed"]),
                              _fmt(r["rss_after_kib"] / 1024, ",.0f",
@@ -158,6 +163,8 @@ def render(records: list[dict]) -> str:
                   if any(disturbed(r) for r in runs.values())
                   or any(ld.get("load_foreign_pct", 0) > NOISE_PCT for ld in loads.values()) else ""))
     out.append("")
+
+    out += _misses(records, runs, peers, sizes)
 
     out.append("## Checks")
     out.append("")
@@ -214,6 +221,10 @@ def render(records: list[dict]) -> str:
     if targets:
         out += ["## Targets (1m list, one worker)", "", *targets, ""]
 
+    issue = _data_plane_targets(records, runs, sizes)
+    if issue:
+        out += ["## Data-plane targets (per core, this run)", "", *issue, ""]
+
     out.append("## Commands")
     out.append("")
     for peer in peers:
@@ -225,6 +236,43 @@ def render(records: list[dict]) -> str:
     out.append(f"- harness: `python3 bench/bench.py {shlex.join(meta.get('argv', []))}`")
     out.append("")
     return "\n".join(out)
+
+
+def _misses(records: list[dict], runs: dict, peers: list[str], sizes: list[str]) -> list[str]:
+    """The cache-miss table: misses per second (dnsperf, unique names) and the round trip of
+    one miss at a time through the peer against NSD asked directly just before."""
+    lats = {(r["peer"], r["size"]): r for r in records if r["type"] == "latency"}
+    if not lats and not any(m == "miss" for (_, _, m) in runs):
+        return []
+    rows = []
+    for size in sizes:
+        ref_lat = lats.get((REFERENCE, size), {})
+        for peer in peers:
+            r, lat = runs.get((peer, size, "miss")), lats.get((peer, size))
+            if r is None and lat is None:
+                continue
+            cmp = peer == SUBJECT
+            ref = runs.get((REFERENCE, size, "miss"), {})
+            lat = lat or {}
+            rows.append([peer, size,
+                         _fmt((r or {}).get("qps"), ",.0f", ref.get("qps"), cmp) + (" †" if r and disturbed(r) else ""),
+                         _fmt((r or {}).get("us_per_query"), ".2f", ref.get("us_per_query"), cmp),
+                         _fmt((r or {}).get("lost"), ",d"),
+                         f"{_fmt(lat.get('via_median_us'), ',.0f')} / {_fmt(lat.get('via_p99_us'), ',.0f')}",
+                         f"{_fmt(lat.get('direct_median_us'), ',.0f')} / {_fmt(lat.get('direct_p99_us'), ',.0f')}",
+                         _fmt(lat.get("added_median_us"), ",.0f", ref_lat.get("added_median_us"), cmp),
+                         _fmt(lat.get("added_p99_us"), ",.0f", ref_lat.get("added_p99_us"), cmp),
+                         _fmt(lat.get("lost"), ",d")])
+    out = ["## Cache misses", ""]
+    out += _table(["peer", "list", "misses/s", "server µs/miss", "lost", "one at a time µs (median / p99)",
+                   "NSD direct µs", "added median µs", "added p99 µs", "lost (one at a time)"], rows, "llrrrrrrrr")
+    out += ["", "misses/s: dnsperf closed loop over unique names under a wildcard zone served by NSD "
+            "(each name asked once, so every query is a cache miss; the run ends early if the file "
+            "runs out); NSD shares the client CPU. One at a time: 2,000 other unique names asked in turn "
+            "from the harness through the peer, and straight to NSD just before; added = through the "
+            "peer − direct (the harness's own Python overhead is in both and cancels). Ratios: "
+            "betblock ÷ Unbound.", ""]
+    return out
 
 
 def _targets(loads: dict, runs: dict) -> list[str]:
@@ -259,6 +307,29 @@ def _targets(loads: dict, runs: dict) -> list[str]:
     peak = max([r["rss_after_kib"] for (p, sz, _), r in runs.items() if p == SUBJECT and sz == size] or [0]) * 1024
     lines.append(f"- ≤ 300 MB RSS once loaded: {rss / 1e6:,.0f} MB — {verdict(rss <= TARGET_RSS_BYTES)}"
                  + (f" (highest after a run: {peak / 1e6:,.0f} MB)" if peak else ""))
+    return lines
+
+
+def _data_plane_targets(records: list[dict], runs: dict, sizes: list[str]) -> list[str]:
+    """Blocked and cached answers at no more CPU per query than PowerDNS Recursor's; a cache
+    miss adding no more latency than Unbound adds (median and p99)."""
+    lats = {(r["peer"], r["size"]): r for r in records if r["type"] == "latency"}
+    lines = []
+    for size in sizes:
+        for mix, label in (("blocked", "blocked"), ("allowed", "cached")):
+            mine, ref = runs.get((SUBJECT, size, mix)), runs.get((SECOND, size, mix))
+            if mine and ref and mine.get("us_per_query") and ref.get("us_per_query"):
+                ok = mine["us_per_query"] <= ref["us_per_query"]
+                lines.append(f"- {size}, {label}: betblock {mine['us_per_query']:.2f} µs/query vs PowerDNS "
+                             f"{ref['us_per_query']:.2f} ({mine['us_per_query'] / ref['us_per_query']:.2f}×) — "
+                             + ("met" if ok else "**not met**"))
+        mine, ref = lats.get((SUBJECT, size)), lats.get((REFERENCE, size))
+        if mine and ref:
+            for q in ("median", "p99"):
+                m, u = mine.get(f"added_{q}_us"), ref.get(f"added_{q}_us")
+                if m is not None and u is not None:
+                    lines.append(f"- {size}, a miss adds ({q}): betblock {m:,.0f} µs vs Unbound {u:,.0f} µs — "
+                                 + ("met" if m <= u else "**not met**"))
     return lines
 
 

@@ -21,11 +21,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from config.errors import BetblockError
+
 DEFAULT_CONFIG = Path(__file__).with_name("betblock.toml")
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 
-class ConfigError(Exception):
+class ConfigError(BetblockError):
     """The configuration is invalid; the message names each bad key and value."""
 
 

@@ -30,11 +30,13 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from config.errors import BetblockError
+
 # Actions a feed may set per entry. Anything else in a feed is a reject, not a new action.
 ACTIONS = frozenset({"nxdomain", "nodata", "passthru", "redirect", "drop", "tcp-only"})
 
 
-class FeedError(Exception):
+class FeedError(BetblockError):
     """The whole feed is unusable (bad checksum or signature, unparseable XML/JSON, wrong
     header); the caller keeps its last good version. Line-level problems are Rejects instead."""
 

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from config.errors import BetblockError
 from config.settings import SourceSettings
 
 USER_AGENT = "betblock/0.1 (+feeds)"
 CONTROL_MAX_BYTES = 1 << 20  # a checksum or signature file is a few hundred bytes
 
 
-class FetchError(Exception):
+class FetchError(BetblockError):
     """The download failed; the source keeps its last good list."""
 
 

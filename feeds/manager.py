@@ -42,6 +42,7 @@ import aiohttp
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from config.errors import BetblockError
 from config.settings import INTEGRITY_OPTION, AgencySettings, Settings, SourceSettings
 from feeds import persist
 from feeds.compile import (
@@ -70,7 +71,7 @@ PATCH_LIMIT = 50_000  # changed names up to which a snapshot is patched rather t
 MAX_REJECTS_SHOWN = 1000
 
 
-class Refused(Exception):
+class Refused(BetblockError):
     """Nothing valid remains of an update (every line rejected): it is not recorded as a version."""
 
     def __init__(self, message: str, rejects: list[Reject]) -> None:
@@ -78,16 +79,16 @@ class Refused(Exception):
         self.rejects = rejects
 
 
-class NotFound(Exception):
+class NotFound(BetblockError):
     """No such agency, source or version."""
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(BetblockError):
     """The feed store cannot take or give what was asked (damaged, missing, or a write it
     refused); nothing was changed. The API answers 503."""
 
 
-class Conflict(Exception):
+class Conflict(BetblockError):
     """The request does not fit the state (approving a version that is not quarantined)."""
 
 

@@ -31,8 +31,10 @@ import re
 import idna
 from publicsuffixlist import PublicSuffixList
 
+from config.errors import BetblockError
 
-class InvalidName(ValueError):
+
+class InvalidName(BetblockError, ValueError):
     """The text cannot be a blockable name; ``reason`` says why in a short phrase."""
 
     def __init__(self, reason: str) -> None:

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from config.errors import BetblockError
 from config.settings import Settings
 from feeds.snapshot import PolicySnapshot, Rule
 
@@ -42,7 +43,7 @@ HEADER = struct.Struct(">6sH32sQ")  # magic, format, SHA-256 of the payload, pay
 CHUNK = 1 << 20
 
 
-class SnapshotDamaged(Exception):
+class SnapshotDamaged(BetblockError):
     """The file is there but is not an intact snapshot (the message says what is wrong)."""
 
 

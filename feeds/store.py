@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from config.errors import BetblockError
 from feeds.entry import Entry, Reject
 from feeds.lists import ListDiff, SourceList, from_wire, to_wire
 
@@ -208,7 +209,7 @@ class Audit:
     detail: dict[str, Any] | None = None
 
 
-class StoreProblem(Exception):
+class StoreProblem(BetblockError):
     """The store file cannot be used as it is: missing, empty, damaged or of another schema
     (the message says which). Never answered by making a new store in its place."""
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from config.errors import BetblockError
+
 QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33, "SVCB": 64, "HTTPS": 65, "ANY": 255}
 QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
 ACTIONS = ("redirect", "nxdomain", "nodata", "refused")
@@ -28,7 +30,7 @@ INLINE_MAX = 500  # more ids than this are matched through a subquery instead of
 HIT_FIELDS = ("id", "time", "node", "client", "name", "qtype", "listed", "agency", "agencies", "action", "policy_version", "count")
 
 
-class FilterError(ValueError):
+class FilterError(BetblockError, ValueError):
     """A filter parameter is invalid; the message names it and its value."""
 
 

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.errors import BetblockError
 from hits.chain import GENESIS, REFS, Row, digest, digest_v2, referenced, referenced_v2, text_block
 from hits.query import DRIVE_MAX, INLINE_MAX, Filters, Resolved, hit_dict, name_rev, page_sql
 
@@ -37,7 +38,7 @@ DICT_TABLES = {
 }
 
 
-class StoreError(Exception):
+class StoreError(BetblockError):
     """The hit store cannot be opened or written."""
 
 

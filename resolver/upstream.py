@@ -18,6 +18,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
+from config.errors import BetblockError
 from resolver.wire import (
     FORMERR,
     HEADER,
@@ -33,7 +34,7 @@ _RETRY_RCODES = frozenset((SERVFAIL, REFUSED, FORMERR, NOTIMP))
 _LEN = struct.Struct(">H")
 
 
-class UpstreamError(Exception):
+class UpstreamError(BetblockError):
     """No upstream gave a usable answer; the message says what happened to each."""
 
 

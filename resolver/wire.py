@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from config.errors import BetblockError
+
 HEADER = struct.Struct(">HHHHHH")
 U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
@@ -65,7 +67,7 @@ OPT_CODE_EDE = 15
 MAX_NAME_WIRE = 255
 
 
-class WireError(Exception):
+class WireError(BetblockError):
     """A packet that cannot be read."""
 
 

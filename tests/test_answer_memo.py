@@ -43,11 +43,3 @@ async def test_a_swap_empties_the_memo(node: NodeFactory, upstream) -> None:  # 
     r = await _ask(port, q)  # the very same bytes
     assert r.rcode() == dns.rcode.NOERROR and r.answer[0][0].address == "192.0.2.10"
 
-
-async def test_the_memo_never_bypasses_the_acl(node: NodeFactory) -> None:
-    app = await node(lists={"pl-mf": ["casino.test"]})
-    port = port_of(app)
-    q = dns.message.make_query("casino.test", "A")
-    assert (await _ask(port, q)).rcode() == dns.rcode.NXDOMAIN
-    app._apply(app.settings.model_copy(update={"acl": app.settings.acl.model_copy(update={"allow": ["192.0.2.0/24"]})}))
-    assert (await _ask(port, q)).rcode() == dns.rcode.REFUSED

@@ -41,7 +41,7 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(tmp_path: Path) -> 
     raise_own_fd_limit()
     with Node(tmp_path, dns=CAPS, nofile=(256, 4096)) as node:
         assert node.fd_limits() == (4096, 4096)
-        assert any(line.get("soft") == 4096 for line in node.events("file descriptor limit raised"))
+        assert any(line.get("soft") == 4096 and line.get("was") == 256 for line in node.events("file descriptor limit"))
         socks, answered = _hold(node.port, 400)
         try:
             assert answered == 400, f"{answered} of 400 TCP clients answered"

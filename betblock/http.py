@@ -195,13 +195,16 @@ def raise_nofile_limit() -> int:
     """Raise the soft limit of open files to the hard limit (the common soft limit of 1,024 is
     small for a resolver); the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    was = soft
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
-        except (ValueError, OSError):
-            pass
+        except (ValueError, OSError) as exc:
+            log.warning("file descriptor limit not raised", soft=soft, hard=hard, error=str(exc))
+    # One line at start: the budget every TCP client, upstream attempt and HTTP connection shares.
+    log.info("file descriptor limit", soft=soft, hard=hard, was=was)
     return soft
 
 

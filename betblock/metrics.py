@@ -94,7 +94,14 @@ class AppCollector(Collector):
 
         tcp = app.server.tcp
         yield GaugeMetricFamily("betblock_tcp_connections", "Open client TCP connections", value=len(tcp.connections))
-        yield CounterMetricFamily("betblock_tcp_rejected", "TCP connections closed at once over the cap", value=tcp.rejected)
+        yield CounterMetricFamily("betblock_tcp_rejected", "TCP connections closed at once over a cap, none idle to close", value=tcp.rejected)
+        yield GaugeMetricFamily(
+            "betblock_tcp_unread_waiting",
+            "TCP connections not read now because their client is not reading its answers",
+            value=tcp.waiting_on_clients(),
+        )
+        yield CounterMetricFamily("betblock_tcp_evicted", "Idle TCP connections closed to make room at a cap", value=tcp.evicted)
+        yield CounterMetricFamily("betblock_tcp_unread", "TCP connections closed because the client did not read its answers", value=tcp.unread)
         yield GaugeMetricFamily("betblock_ready", "1 once a snapshot is loaded and DNS listeners are up", value=1 if app.ready.is_set() else 0)
         for extra in self.extra:
             yield from extra()

@@ -64,13 +64,33 @@ class DnsSettings(_Section):
     )
     tcp: bool = Field(default=True, description="Also listen on TCP on the same addresses.")
     tcp_idle_timeout: float = Field(
-        default=10.0, gt=0, description="Seconds a TCP connection may stay idle before it is closed."
+        default=10.0,
+        gt=0,
+        description="Seconds a TCP client has to send each complete query (a deadline per message, not per "
+        "byte) and to read what it was sent; then the connection is closed.",
     )
     tcp_max_connections: int = Field(
-        default=1000, ge=1, description="Open TCP connections accepted at once; more are closed at once."
+        default=1000,
+        ge=1,
+        description="Open TCP connections at once; at the cap the least recently active idle one is closed "
+        "to make room, and the new one only when none is idle.",
+    )
+    tcp_max_connections_per_prefix: int = Field(
+        default=64,
+        ge=1,
+        description="Open TCP connections from one /24 (IPv4) or /56 (IPv6), counted before the ACL; at the "
+        "cap that prefix's least recently active idle connection makes room.",
     )
     tcp_max_pending_per_connection: int = Field(
-        default=100, ge=1, description="Queries one TCP connection may have in flight at once."
+        default=100,
+        ge=1,
+        description="Queries one TCP connection may have in flight at once; it is not read meanwhile.",
+    )
+    tcp_max_unsent: int = Field(
+        default=1 << 20,
+        ge=65536,
+        description="Bytes of answers one TCP connection may hold unsent (its client not reading) before it "
+        "is closed; it is not read while more than 64 KiB wait.",
     )
     udp_batch: int = Field(
         default=64,

@@ -3,7 +3,8 @@
 Owns sockets only: UDP sockets (large receive buffers so bursts queue instead of dropping; read
 and written in batches by ``resolver/udp.py``),
 TCP connections with 2-byte length framing, several queries per connection answered as they
-complete, an idle timeout, a cap on pending queries per connection and on open connections.
+complete, a deadline per message, read back-pressure from the write buffer, connection caps per
+prefix and in all, and a drain on shutdown.
 Every message goes to ``Pipeline.answer``; the server makes no policy decisions.
 
 Must not import feeds, hits or the cache.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import socket
 import struct
 from collections.abc import Callable, Coroutine
@@ -30,63 +32,142 @@ _LEN = struct.Struct(">H")
 AnswerFn = Callable[[bytes, str, bool], Answer]
 
 
+# Answers buffered in user space per connection: past HIGH the client is not read until the
+# buffer drains to LOW, so a client that sends without reading costs at most about HIGH plus the
+# answers of its queries already in flight (the kernel's socket buffers hold the rest).
+_WRITE_HIGH = 64 << 10
+_WRITE_LOW = 16 << 10
+# Connections looked at for one to close when a cap is reached: the least recently active first,
+# so the oldest idle one is found within the first few; busy ones (queries in flight) are kept.
+_EVICT_SCAN = 64
+
+
+def prefix_of(address: str) -> str | bytes:
+    """The /24 of an IPv4 address or the /56 of an IPv6 one: the unit of the per-prefix cap."""
+    if ":" not in address:
+        return address.rpartition(".")[0]
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:].rpartition(".")[0]  # IPv4-mapped, from a dual-stack listener
+    try:
+        return ipaddress.IPv6Address(address.partition("%")[0]).packed[:7]
+    except ValueError:
+        return address
+
+
 class TcpConnection(asyncio.Protocol):
-    """One client TCP connection: framed queries, answered in completion order."""
+    """One client TCP connection: framed queries, answered in completion order.
+
+    Reading stops while the connection has ``tcp_max_pending_per_connection`` queries in flight
+    or more than ``_WRITE_HIGH`` bytes of answers unsent, so a client that never reads holds a
+    bounded amount of memory; one that holds more than ``tcp_max_unsent`` is closed. Each
+    complete message (not each byte) re-arms the ``tcp_idle_timeout`` deadline, so a client that
+    drips bytes is closed after one period."""
 
     def __init__(self, server: TcpServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.client = ""
-        self.pending = 0
+        self.prefix: str | bytes = ""
+        self.pending = 0  # queries waiting on the upstream
         self.tasks: set[asyncio.Task[None]] = set()
-        self.idle: asyncio.TimerHandle | None = None
-        self.paused = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.active = 0.0  # loop time of the last complete message, or of progress in writing
+        self.reading = True
+        self.writable = True  # False between pause_writing and resume_writing
+        self.draining = False  # shutdown: no new messages, answer those in flight
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
-        if len(self.server.connections) >= self.server.settings.tcp_max_connections:
-            self.server.rejected += 1
-            transport.close()  # over the cap: close at once rather than queue unboundedly
+        self.prefix = prefix_of(self.client)
+        if not self.server.admit(self):
+            transport.abort()  # over a cap with nobody idle to close: refuse rather than queue
             return
-        self.server.connections.add(self)
-        self._arm_idle()
+        transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)  # type: ignore[attr-defined]
+        self.active = asyncio.get_running_loop().time()
+        self._arm(self.server.settings.tcp_idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
-        if self.idle is not None:
-            self.idle.cancel()
+        self.server.forget(self)
+        if self.timer is not None:
+            self.timer.cancel()
         for task in self.tasks:
             task.cancel()
+        self.buf = bytearray()
 
-    def _arm_idle(self) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
+    def idle(self) -> bool:
+        """Closing it loses no answer: nothing in flight and nothing unsent."""
+        t = self.transport
+        return self.pending == 0 and t is not None and t.get_write_buffer_size() == 0
+
+    def drop(self) -> None:
+        """Close now, discarding unsent output (the client is not reading it, or is evicted)."""
+        self.draining = True  # take no more messages from the buffer
+        self.server.forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def drain(self) -> None:
+        """Shutdown: take no more messages (those not yet taken stay unanswered, as datagrams
+        still in the socket buffer do); queries in flight are still answered."""
+        self.draining = True
+        self._take()
+
+    # -- the per-message deadline ---------------------------------------------------------
+
+    def _arm(self, delay: float) -> None:
+        self.timer = asyncio.get_running_loop().call_later(delay, self._deadline)
+
+    def _deadline(self) -> None:
         loop = asyncio.get_running_loop()
-        self.idle = loop.call_later(self.server.settings.tcp_idle_timeout, self._idle_timeout)
+        timeout = self.server.settings.tcp_idle_timeout
+        left = self.active + timeout - loop.time()
+        if left > 0:
+            self._arm(left)  # a message completed (or the client read) since this was armed
+        elif self.pending and self.writable:
+            self._arm(timeout)  # still working for this client: not idle
+        elif self.transport is not None:
+            if self.transport.get_write_buffer_size():
+                self.server.unread += 1
+                self.drop()  # a full period without the client reading: free what it holds
+            else:
+                self.server.forget(self)
+                self.transport.close()
 
-    def _idle_timeout(self) -> None:
-        if self.pending == 0 and self.transport is not None:
-            self.transport.close()
-        else:
-            self._arm_idle()  # still working for this client: not idle
+    # -- reading --------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self._arm_idle()
+        self._take()
+
+    def _take(self) -> None:
+        """Handle the complete messages in the buffer while the connection may take more."""
+        if self.transport is None or self.transport.is_closing():
+            return
         buf = self.buf
-        while len(buf) >= 2:
+        limit = self.server.settings.tcp_max_pending_per_connection
+        took = False
+        while len(buf) >= 2 and self.writable and self.pending < limit and not self.draining:
             size = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + size:
                 break
             msg = bytes(buf[2 : 2 + size])
             del buf[: 2 + size]
+            took = True
             self._handle(msg)
-        if self.pending >= self.server.settings.tcp_max_pending_per_connection and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+        if took:
+            self.active = asyncio.get_running_loop().time()
+            self.server.touch(self)
+        # A message is at most 65,537 bytes: past that, stop reading until it is taken.
+        want = self.writable and self.pending < limit and not self.draining and len(buf) <= 65537
+        if want != self.reading:
+            self.reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     def _handle(self, msg: bytes) -> None:
         res = self.server.answer(msg, self.client, False)
@@ -105,26 +186,96 @@ class TcpConnection(asyncio.Protocol):
             resp = await pending
         finally:
             self.pending -= 1
-            if self.paused and self.pending < self.server.settings.tcp_max_pending_per_connection:
-                self.paused = False
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.resume_reading()
         if resp is not None:
             self._send(resp)
+        if self.buf or not self.reading:
+            self._take()
+
+    # -- writing --------------------------------------------------------------------------
 
     def _send(self, resp: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_LEN.pack(len(resp)) + resp)
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(_LEN.pack(len(resp)) + resp)
+            if t.get_write_buffer_size() > self.server.settings.tcp_max_unsent:
+                self.server.unread += 1
+                self.drop()
+
+    def pause_writing(self) -> None:
+        # The client is not reading: stop reading it too, and give it a full period to start.
+        self.writable = False
+        self.active = asyncio.get_running_loop().time()
+        self._take()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        self.active = asyncio.get_running_loop().time()
+        self._take()
 
 
 class TcpServer:
-    """Accepts TCP connections and tracks them for the connection cap and shutdown."""
+    """Tracks open TCP connections for the caps, eviction and shutdown.
+
+    ``connections`` and each prefix's dict are ordered by last activity (a complete message), so
+    the least recently active connection comes first when one must make room."""
 
     def __init__(self, settings: DnsSettings, answer: AnswerFn) -> None:
         self.settings = settings
         self.answer = answer
-        self.connections: set[TcpConnection] = set()
-        self.rejected = 0
+        self.connections: dict[TcpConnection, None] = {}
+        self.prefixes: dict[str | bytes, dict[TcpConnection, None]] = {}
+        self.rejected = 0  # refused at a cap, nobody idle to close
+        self.evicted = 0  # idle connections closed to make room for a new one
+        self.unread = 0  # closed because the client did not read its answers
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def admit(self, conn: TcpConnection) -> bool:
+        """Make room for ``conn`` under the per-prefix and global caps, or refuse it."""
+        group = self.prefixes.get(conn.prefix)
+        if group is not None and len(group) >= self.settings.tcp_max_connections_per_prefix:
+            if not self._evict(group):
+                self.rejected += 1
+                return False
+        if len(self.connections) >= self.settings.tcp_max_connections:
+            if not self._evict(self.connections):
+                self.rejected += 1
+                return False
+        self.connections[conn] = None
+        self.prefixes.setdefault(conn.prefix, {})[conn] = None
+        self.empty.clear()
+        return True
+
+    def _evict(self, group: dict[TcpConnection, None]) -> bool:
+        for i, victim in enumerate(group):
+            if i >= _EVICT_SCAN:
+                break
+            if victim.idle():
+                self.evicted += 1
+                victim.drop()
+                return True
+        return False
+
+    def waiting_on_clients(self) -> int:
+        """Connections not read now because their clients are not reading their answers."""
+        return sum(1 for conn in self.connections if not conn.writable)
+
+    def touch(self, conn: TcpConnection) -> None:
+        """``conn`` completed a message: it becomes the most recently active."""
+        if self.connections.pop(conn, 0) is None:
+            self.connections[conn] = None
+            group = self.prefixes[conn.prefix]
+            del group[conn]
+            group[conn] = None
+
+    def forget(self, conn: TcpConnection) -> None:
+        if self.connections.pop(conn, 0) is None:
+            group = self.prefixes[conn.prefix]
+            del group[conn]
+            if not group:
+                del self.prefixes[conn.prefix]
+            if not self.connections:
+                self.empty.set()
 
 
 class DnsServer:
@@ -180,17 +331,28 @@ class DnsServer:
         self.udp.append(listener)
         return port
 
-    async def close(self) -> None:
+    async def close(self, drain: float = 5.0, flush: float = 2.0) -> None:
+        """Stop accepting, answer what is in flight (each query is bounded by its deadline; at
+        most ``drain`` seconds), send it, then close. TCP clients get their answers as UDP
+        clients do; a client that does not read them is cut off after ``flush`` seconds."""
         for srv in self.tcp_servers:
             srv.close()
+        conns = list(self.tcp.connections)
+        for conn in conns:
+            conn.drain()
+        pending = [t for listener in self.udp for t in listener.tasks] + [t for c in conns for t in c.tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=drain)
         for conn in list(self.tcp.connections):
             if conn.transport is not None:
-                conn.transport.close()
+                conn.transport.close()  # after the write buffer is sent
+        try:
+            async with asyncio.timeout(flush):
+                await self.tcp.empty.wait()
+        except TimeoutError:
+            for conn in list(self.tcp.connections):
+                conn.drop()
         for srv in self.tcp_servers:
             await srv.wait_closed()
-        pending = [t for listener in self.udp for t in listener.tasks]
-        if pending:
-            # Let queries already waiting on an upstream finish (each is bounded by its deadline).
-            await asyncio.wait(pending, timeout=5)
         for listener in self.udp:
             listener.close()

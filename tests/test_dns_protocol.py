@@ -336,28 +336,42 @@ async def test_tcp_idle_timeout_not_while_busy(node, upstream):
         await conn.close()
 
 
-async def test_tcp_connection_cap(node):
+async def test_tcp_connection_cap_closes_the_least_recently_active_idle_one(node):
     app = await node(dns={"tcp_max_connections": 2})
     port = port_of(app)
     first, second = await RawTcp.open(port), await RawTcp.open(port)
-    for i, conn in enumerate((first, second)):
+    for i, conn in enumerate((second, first)):  # first is the most recently active
         conn.send(probe(10 + i))
         assert HEADER.unpack_from(await conn.recv())[0] == 10 + i
     third = await RawTcp.open(port)
     third.send(probe(12))
-    assert await third.eof(timeout=2), "over the cap: closed at once"
-    assert app.server.tcp.rejected == 1
+    assert HEADER.unpack_from(await third.recv())[0] == 12, "at the cap a new client is still served"
+    assert await second.eof(timeout=2), "the least recently active idle connection made room"
+    assert app.server.tcp.evicted == 1 and app.server.tcp.rejected == 0
+    first.send(probe(13))
+    assert HEADER.unpack_from(await first.recv())[0] == 13
+    for conn in (first, second, third):
+        await conn.close()
+
+
+async def test_tcp_connection_cap_refuses_when_none_is_idle(node, upstream):
+    upstream.behaviour.delay = 1.0
+    for i in range(2):
+        upstream.add(f"busy{i}.test", "A", f"192.0.2.{i + 1}")
+    app = await node(dns={"tcp_max_connections": 2}, upstream={"deadline": 3.0, "attempt_timeout": 2.0})
+    port = port_of(app)
+    busy = [await RawTcp.open(port) for _ in range(2)]
+    for i, conn in enumerate(busy):
+        conn.send(query(f"busy{i}.test").to_wire())
+    await wait_until(lambda: upstream.udp_queries == 2, what="both queries upstream")
+    third = await RawTcp.open(port)
+    third.send(probe(12))
+    assert await third.eof(timeout=2), "over the cap with every connection busy: closed at once"
+    assert app.server.tcp.rejected == 1 and app.server.tcp.evicted == 0
     await third.close()
-    # The first two still work; when one goes, a new connection is accepted.
-    second.send(probe(13))
-    assert HEADER.unpack_from(await second.recv())[0] == 13
-    await first.close()
-    await wait_until(lambda: len(app.server.tcp.connections) == 1, what="the closed connection forgotten")
-    fourth = await RawTcp.open(port)
-    fourth.send(probe(14))
-    assert HEADER.unpack_from(await fourth.recv())[0] == 14
-    await fourth.close()
-    await second.close()
+    for i, conn in enumerate(busy):
+        assert a_records(dns.message.from_wire(await conn.recv(timeout=5))) == [f"192.0.2.{i + 1}"]
+        await conn.close()
 
 
 # -- ACL -----------------------------------------------------------------------------------

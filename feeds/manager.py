@@ -378,7 +378,9 @@ class FeedManager:
             jobs, self._deferred = self._deferred, []
             try:
                 await asyncio.to_thread(lambda: [job() for job in jobs])
-            except Exception:  # the lists are in force; a restart reads the files again
+            except sqlite3.Error as exc:  # the lists are in force; a restart reads the files again
+                log.error("cannot record the lists read at start-up in the feed store", error=str(exc))
+            except Exception:  # our own bug: the same, with the traceback
                 log.exception("cannot record the lists read at start-up in the feed store")
             self._reserved.clear()
         self.loaded.set()
@@ -938,7 +940,9 @@ class FeedManager:
             return
         try:
             await asyncio.to_thread(self.store.record_install, snapshot, dates_at, installed, versions)
-        except Exception:  # the snapshot is in force; only the evidence of it is missing
+        except sqlite3.Error as exc:  # the snapshot is in force; only the evidence of it is missing
+            log.error("cannot record a snapshot install in the feed store", version=snapshot, error=str(exc))
+        except Exception:
             log.exception("cannot record a snapshot install in the feed store", version=snapshot)
 
     def _changed(self, d: ListDiff | None = None) -> None:

@@ -181,3 +181,20 @@ async def test_a_store_of_an_old_build_without_identity_is_adopted(enforced: Fee
     finally:
         await node.stop()
     assert json.loads(marker.read_text())["store_id"] == store_id
+
+
+async def test_a_damaged_store_and_a_damaged_snapshot_stop_the_start_with_one_line_each(enforced: FeedNode) -> None:
+    node = enforced
+    _damage(node.store, "half")
+    data = bytearray(node.snapshot.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    node.snapshot.write_bytes(bytes(data))
+    await node.start()
+    try:
+        code = await node.settle()
+    finally:
+        node.kill()
+    assert code == 1, node.text()
+    _no_traceback(node)
+    events = [str(e.get("event")) for e in node.events() if e.get("level") == "error"]
+    assert events == ["saved snapshot rejected as damaged; compiling from the feed store instead", "cannot start"], node.text()

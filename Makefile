@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_APT := nsd unbound chromium
 BENCH_APT := dnsperf unbound pdns-recursor nsd
 
-.PHONY: run test test-fast bench bench-quick bench-rrl check-config clean readme
+.PHONY: run test test-fast bench bench-quick torture bench-rrl check-config clean readme
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench-quick: $(STAMP)
 ## What rate limiting costs per packet, in process (see README, Tests and benchmarks).
 bench-rrl: $(STAMP)
 	$(PY) tools/rrl_bench.py
+
+## Hostile load and faults against real processes on loopback, about 2 minutes; one table, also
+## written into README.md (not part of make test; see README, Hostile load).
+torture: $(STAMP)
+	$(PY) tools/torture.py --readme $(TORTURE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench/run bench/results

@@ -72,8 +72,8 @@ class DnsSettings(_Section):
     tcp_max_connections: int = Field(
         default=1000,
         ge=1,
-        description="Open TCP connections at once; at the cap the least recently active idle one is closed "
-        "to make room, and the new one only when none is idle.",
+        description="Open TCP connections at once (at most a quarter of the open-files limit); at the cap the "
+        "least recently active idle one is closed to make room, and the new one only when none is idle.",
     )
     tcp_max_connections_per_prefix: int = Field(
         default=64,

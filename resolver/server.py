@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import resource
 import socket
 import struct
 from collections.abc import Callable, Coroutine
@@ -224,6 +225,7 @@ class TcpServer:
         self.answer = answer
         self.connections: dict[TcpConnection, None] = {}
         self.prefixes: dict[str | bytes, dict[TcpConnection, None]] = {}
+        self.max_connections = settings.tcp_max_connections  # see budget()
         self.rejected = 0  # refused at a cap, nobody idle to close
         self.evicted = 0  # idle connections closed to make room for a new one
         self.unread = 0  # closed because the client did not read its answers
@@ -237,7 +239,7 @@ class TcpServer:
             if not self._evict(group):
                 self.rejected += 1
                 return False
-        if len(self.connections) >= self.settings.tcp_max_connections:
+        if len(self.connections) >= self.max_connections:
             if not self._evict(self.connections):
                 self.rejected += 1
                 return False
@@ -255,6 +257,22 @@ class TcpServer:
                 victim.drop()
                 return True
         return False
+
+    def budget(self) -> int:
+        """The connection cap under the descriptor limit: ``tcp_max_connections``, or a quarter
+        of the soft limit when that is less (256 under the common 1,024), so that TCP clients
+        cannot take the descriptors upstream sockets, HTTP and the stores need."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        configured = self.settings.tcp_max_connections
+        if soft != resource.RLIM_INFINITY and soft // 4 < configured:
+            self.max_connections = max(16, soft // 4)
+            log.warning(
+                "TCP connection cap lowered to fit the descriptor limit",
+                configured=configured, cap=self.max_connections, nofile=soft,
+            )
+        else:
+            self.max_connections = configured
+        return self.max_connections
 
     def waiting_on_clients(self) -> int:
         """Connections not read now because their clients are not reading their answers."""
@@ -291,6 +309,8 @@ class DnsServer:
         self.bound: list[tuple[str, int]] = []  # actual (host, port) per listen address, UDP and TCP share it
 
     async def start(self) -> None:
+        if self.settings.tcp:
+            self.tcp.budget()
         for host, port in self.settings.listen_addresses():
             # Port 0 (tests): the kernel picks a free UDP port and TCP must take the same number,
             # which another socket may hold (a client's connection in TIME_WAIT, say). Pick again

@@ -211,6 +211,17 @@ class CacheSettings(_Section):
     max_negative_ttl: int = Field(
         default=3600, ge=0, description="Upper clamp for NXDOMAIN/NODATA cached by their SOA minimum, seconds."
     )
+    stale_max_age: int = Field(
+        default=86400,
+        ge=0,
+        description="Serve-stale (RFC 8767): seconds past its expiry an answer is kept and served when every upstream fails; 0 disables (expired answers are dropped).",
+    )
+    stale_ttl: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="TTL of a stale answer (RFC 8767 recommends 30), and seconds after a failed refresh during which the name is answered stale at once, without asking the upstreams again.",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> CacheSettings:

@@ -8,6 +8,12 @@ so that a popular name costs one patch per second, not one per query.
 
 What is not cached (as CoreDNS): SERVFAIL and other failures, truncated replies, negative answers
 without a SOA, and anything whose lifetime after clamping is zero.
+
+Serve-stale (RFC 8767): an expired entry is kept (still within ``max_entries``, LRU) for
+``stale_max_age`` seconds past its expiry. ``stale`` hands it out when every upstream failed;
+it is then rendered with ``stale_ttl`` on every record, and for ``stale_ttl`` seconds after
+that failure ``get`` returns it at once (RFC 8767's failure recheck), so an outage does not make
+every query for the name wait for the upstream deadline again.
 Must not import the server, the upstream client or the policy.
 """
 
@@ -21,6 +27,9 @@ from config.settings import CacheSettings
 from resolver.wire import CD, NOERROR, NXDOMAIN, RD, U16, U32, ParsedAnswer, Query, opt_record, truncated
 
 
+# ``CacheEntry._sec`` when its bodies carry the stale TTL rather than those of a second.
+_STALE = -2
+
 # The OPT record we append to cached answers, by (our UDP size, DO): built once, not per hit.
 _OPTS: dict[tuple[int, bool], bytes] = {}
 
@@ -28,7 +37,7 @@ _OPTS: dict[tuple[int, bool], bytes] = {}
 class CacheEntry:
     """One reply, stored at ``stored`` (whole seconds of the cache's clock)."""
 
-    __slots__ = ("body", "flags", "offsets", "ttls", "stored", "expires", "cnames", "_sec", "_plain", "_edns")
+    __slots__ = ("body", "flags", "offsets", "ttls", "stored", "expires", "cnames", "recheck", "_sec", "_plain", "_edns")
 
     def __init__(self, parsed: ParsedAnswer, ttls: tuple[int, ...], stored: int, lifetime: int) -> None:
         self.body = parsed.body
@@ -40,7 +49,8 @@ class CacheEntry:
         self.stored = stored
         self.expires = stored + lifetime
         self.cnames = parsed.cname_targets
-        self._sec = -1
+        self.recheck = 0  # expired, and a refresh failed: served stale without asking until then
+        self._sec = -1  # the second the bodies below were patched for, or _STALE
         self._plain = b""
         self._edns = b""
 
@@ -66,17 +76,27 @@ class CacheEntry:
             return truncated(data, q, self.flags, udp_size)
         return resp
 
+    def render_stale(self, data: bytes, q: Query, udp_size: int, limit: int, ttl: int) -> bytes:
+        """The reply with every TTL set to ``ttl`` (RFC 8767: the entry has expired)."""
+        if self._sec != _STALE:
+            self._fill([ttl] * len(self.offsets))
+            self._sec = _STALE
+        return self.render(data, q, _STALE, udp_size, limit)
+
     def _patch(self, now: int) -> None:
         elapsed = now - self.stored
+        self._fill([ttl - elapsed if ttl > elapsed else 0 for ttl in self.ttls])
+        self._sec = now
+
+    def _fill(self, ttls: list[int]) -> None:
         buf = bytearray(self.body)
         pack = U32.pack_into
-        for off, ttl in zip(self.offsets, self.ttls, strict=True):
-            pack(buf, off, ttl - elapsed if ttl > elapsed else 0)
+        for off, ttl in zip(self.offsets, ttls, strict=True):
+            pack(buf, off, ttl)
         self._plain = bytes(buf)
         arcount = U16.unpack_from(buf, 10)[0]
         U16.pack_into(buf, 10, arcount + 1)  # room for the client's OPT record
         self._edns = bytes(buf)
-        self._sec = now
 
     def remaining(self, now: int) -> int:
         return self.expires - now
@@ -113,16 +133,33 @@ class AnswerCache:
         return int(self.clock())
 
     def get(self, key: bytes, now: int) -> CacheEntry | None:
+        """The live entry for ``key``; or an expired one while its failure recheck runs (the
+        caller tells them apart by ``expires <= now`` and serves that one stale)."""
         entry = self.entries.get(key)
         if entry is None:
             self.misses += 1
             return None
         if entry.expires <= now:
-            del self.entries[key]
+            if now < entry.recheck:
+                self.entries.move_to_end(key)
+                return entry
+            max_age = self.settings.stale_max_age
+            if not max_age or now - entry.expires > max_age:
+                del self.entries[key]  # past serving even stale
             self.misses += 1
             return None
         self.entries.move_to_end(key)
         self.hits += 1
+        return entry
+
+    def stale(self, key: bytes, now: int) -> CacheEntry | None:
+        """An expired entry no older than ``stale_max_age`` past its expiry, for when every
+        upstream failed; it is then served at once for ``stale_ttl`` seconds."""
+        max_age = self.settings.stale_max_age
+        entry = self.entries.get(key)
+        if entry is None or not max_age or entry.expires > now or now - entry.expires > max_age:
+            return None
+        entry.recheck = now + self.settings.stale_ttl
         return entry
 
     def entry_for(self, parsed: ParsedAnswer, now: int) -> tuple[CacheEntry, bool]:

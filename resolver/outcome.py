@@ -20,6 +20,7 @@ class Kind(IntEnum):
     SERVFAIL = 6  # upstreams failed, or our own error
     DROPPED = 7  # unreadable header or a response packet: no answer at all
     MINIMAL_ANY = 8  # QTYPE=ANY answered with a synthesized HINFO (RFC 8482), never forwarded
+    STALE = 9  # an expired cache entry served because every upstream failed (RFC 8767)
 
 
 class Counters:

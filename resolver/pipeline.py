@@ -69,7 +69,7 @@ _ANSWER_MEMO = 1 << 17
 # Outcome kinds as plain ints: indexing a list with an IntEnum costs an __index__ call per packet.
 _BLOCKED, _CACHED, _FORWARDED, _REFUSED = int(Kind.BLOCKED), int(Kind.CACHED), int(Kind.FORWARDED), int(Kind.REFUSED)
 _FORMERR, _NOTIMP, _SERVFAIL, _DROPPED = int(Kind.FORMERR), int(Kind.NOTIMP), int(Kind.SERVFAIL), int(Kind.DROPPED)
-_MINIMAL_ANY = int(Kind.MINIMAL_ANY)
+_MINIMAL_ANY, _STALE = int(Kind.MINIMAL_ANY), int(Kind.STALE)
 _SLIP_FLAGS = QR | RA  # of a slipped answer: NOERROR, no records, TC added by ``truncated``
 
 Answer = bytes | None | Coroutine[Any, Any, bytes | None]
@@ -265,6 +265,8 @@ class Pipeline:
             now = int(cache.clock())
             entry = cache.get(key, now)
             if entry is not None:
+                if entry.expires <= now:  # expired, in the failure recheck after a failed refresh
+                    return self._serve_stale(data, q, name, client, entry, self._limit(q, udp))
                 if entry.cnames and self.cname_inspection:
                     blocked = self._cname_block(data, q, name, client, entry, self._limit(q, udp))
                     if blocked is not None:
@@ -339,6 +341,9 @@ class Pipeline:
             fetch = self.inflight.get(key)
             if fetch is None:
                 if len(self.inflight) >= self.max_inflight:
+                    stale = self._stale(data, q, name, key, client, limit)
+                    if stale is not None:
+                        return stale
                     counts[_SERVFAIL] += 1
                     return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
                 # Identical questions in flight share one upstream exchange, bounded by its own
@@ -356,8 +361,11 @@ class Pipeline:
             try:
                 entry = await waiter
             except (TimeoutError, UpstreamError, WireError) as exc:
-                counts[_SERVFAIL] += 1
                 log.debug("upstream failed", error=str(exc) or type(exc).__name__)
+                stale = self._stale(data, q, name, key, client, limit)
+                if stale is not None:
+                    return stale
+                counts[_SERVFAIL] += 1
                 return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
             except Exception:
                 return self._failed(data, q)
@@ -375,6 +383,25 @@ class Pipeline:
                 return self._failed(data, q)
         finally:
             self.latency.observe(time.perf_counter() - started)
+
+    def _stale(self, data: bytes, q: Query, name: bytes, key: bytes, client: str, limit: int) -> bytes | None:
+        """Serve-stale (RFC 8767): the expired answer for ``key`` when no upstream answered,
+        if the cache still holds one young enough; None when it does not (then SERVFAIL)."""
+        try:
+            entry = self.cache.stale(key, self.cache.now())
+            if entry is None:
+                return None
+            return self._serve_stale(data, q, name, client, entry, limit)
+        except Exception:
+            return self._failed(data, q)
+
+    def _serve_stale(self, data: bytes, q: Query, name: bytes, client: str, entry: CacheEntry, limit: int) -> bytes | None:
+        if entry.cnames and self.cname_inspection:
+            blocked = self._cname_block(data, q, name, client, entry, limit)
+            if blocked is not None:
+                return blocked or None  # b"": dropped
+        self._counts[_STALE] += 1
+        return entry.render_stale(data, q, self.udp_size, limit, self.cache.settings.stale_ttl)
 
     def _fetch_done(self, key: bytes, deadline: asyncio.TimerHandle) -> Callable[[asyncio.Future[CacheEntry]], None]:
         def done(fetch: asyncio.Future[CacheEntry]) -> None:

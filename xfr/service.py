@@ -106,8 +106,8 @@ class XfrService:
 
     async def _notify(self, zone: Zone, serial: int, target: tuple[str, int]) -> None:
         msg = dns.message.make_query(zone.origin, dns.rdatatype.SOA)
+        msg.flags = dns.flags.AA  # (the opcode lives in the flags: set after)
         msg.set_opcode(dns.opcode.NOTIFY)
-        msg.flags = dns.flags.AA
         soa = dns.rrset.from_text(zone.origin, self.settings.xfr.minimum, "IN", "SOA",
                                   f"localhost. hostmaster.localhost. {serial} 1 1 1 1")
         msg.answer.append(soa)

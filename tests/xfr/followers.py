@@ -127,5 +127,7 @@ write-pid=no
 threads=1
 disable-syslog=yes
 dnssec=off
+# RPZ updates do not wipe the packet cache: an answer cached before one would outlive it.
+disable-packetcache=yes
 """)
     return Follower("pdns", ["pdns_recursor", f"--config-dir={tmp}"], port)

@@ -50,7 +50,8 @@ async def test_resolver_follows_betblock(tmp_path: Path, kind: str) -> None:
     home.mkdir()
     make = {"unbound": followers.unbound, "bind": followers.bind, "pdns": followers.pdns}[kind]
     f = make(home, port, p.upstream.address, p.xfr_port)
-    extra = f'notify = ["127.0.0.1:{port}"]\n'
+    # PowerDNS Recursor 4.8 takes no NOTIFY for RPZ: it polls (refresh=1 in its config).
+    extra = f'notify = ["127.0.0.1:{port}"]\n' if kind != "pdns" else ""
     if kind == "unbound":
         extra += 'allow_unsigned = ["127.0.0.1/32"]\n'
     await p.start(extra)
@@ -81,4 +82,4 @@ async def test_resolver_follows_betblock(tmp_path: Path, kind: str) -> None:
         node = await p.stop()
         await p.upstream.stop()
         print(log[-3000:])
-        print(node[-2000:])
+        print(node[-3000:])

@@ -284,6 +284,7 @@ class App:
                 retention = tg.create_task(self.hitlog.retention())
                 feeds = tg.create_task(self.feeds.run())  # polls, file watches, date timer
                 rrl = tg.create_task(self.rrl.run()) if self.rrl is not None else None  # its clock
+                xfr = tg.create_task(self.xfr.run()) if self.xfr is not None else None  # zones follow installs
                 await self.stopping.wait()
                 feeds.cancel()
                 if rrl is not None:

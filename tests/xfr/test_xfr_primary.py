@@ -57,6 +57,13 @@ async def test_zones_axfr_ixfr_tsig_serial_and_metrics(tmp_path: Path) -> None:
         # The combined zone: pl-mf (precedence 20) wins slots.test; allowlisted ok.casino.test
         # is passthru; it-adm's own zone answers slots.test as it asks (nxdomain).
         z = axfr(p)
+
+        async def pushed() -> bool:
+            nonlocal z
+            z = axfr(p)
+            return "poker.test" in rpz(z)
+
+        await until(pushed, "the pushed list in the combined zone")  # zones follow the install
         got = rpz(z)
         assert got == {
             "casino.test": "A 198.51.100.99",

@@ -5,10 +5,12 @@ Owns the one mapping from betblock's actions and entry scopes to RPZ records
 
 - nxdomain -> ``CNAME .``; nodata -> ``CNAME *.``; redirect -> local data (the A and AAAA
   addresses; other types get NODATA, as betblock answers them); allowlist and an agency's own
-  exceptions -> ``CNAME rpz-passthru.``; refused has no RPZ form and is exported as nxdomain
-  (the follower still blocks the name);
-- scope ``subtree`` (every entry of today's snapshot: the name and all below it) -> both
-  ``name`` and ``*.name``; ``exact`` -> ``name``; ``below`` -> ``*.name``.
+  exceptions -> ``CNAME rpz-passthru.``; drop -> ``CNAME rpz-drop.``; tcp-only ->
+  ``CNAME rpz-tcp-only.``; refused has no RPZ form and is exported as nxdomain (the follower
+  still blocks the name);
+- scope ``subtree`` (the name and all below it) -> both ``name`` and ``*.name``; ``exact`` ->
+  ``name``; ``below`` -> ``*.name``; a name that decides differently for itself and below it
+  gets each position's records (see ``View.form``).
 
 Also owns the zone *views* (which snapshot entries a zone holds: all of them for the combined
 zone, one agency's for an agency zone) and the records of a view and of the difference between
@@ -25,10 +27,10 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from config.settings import AgencySettings
-from feeds.snapshot import ALLOW, PolicySnapshot, Rule
+from feeds.snapshot import ALLOW, PolicySnapshot, Rule, split
 
 A, CNAME, AAAA, SOA = 1, 5, 28, 6
 IN = 1
@@ -41,19 +43,23 @@ _TARGET = {
     "refused": b"\x00",  # no RPZ form; blocked as nxdomain
     "nodata": b"\x01*\x00",  # CNAME *.
     "passthru": b"\x0crpz-passthru\x00",  # CNAME rpz-passthru.
+    "drop": b"\x08rpz-drop\x00",  # CNAME rpz-drop.
+    "tcp-only": b"\x0crpz-tcp-only\x00",  # CNAME rpz-tcp-only.
 }
+_OWNERS = {"subtree": (b"", b"\x01*"), "exact": (b"",), "below": (b"\x01*",)}
+
+# The records of one table name: (owner prefix, record tail) pairs. An owner prefix is the wire
+# labels put before the listed name: b"" for the name, b"\x01*" for its subtree; a tail is
+# type, class, TTL and rdata in wire form.
+Form = tuple[tuple[bytes, bytes], ...]
 
 
 def _rr_tail(rtype: int, ttl: int, rdata: bytes) -> bytes:
     return struct.pack("!HHIH", rtype, IN, ttl, len(rdata)) + rdata
 
 
-def rpz_records(policy: Policy) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """The one mapping: (owner prefixes, record tails) for an entry with ``policy``.
-
-    An owner is the prefix (wire labels) put before the listed name: ``b""`` for the name
-    itself, ``b"\\x01*"`` for its subtree. A tail is type, class, TTL and rdata in wire form.
-    """
+def rpz_records(policy: Policy) -> Form:
+    """The one mapping from an entry (action, addresses, TTL, scope) to its RPZ records."""
     action, ipv4, ipv6, ttl, scope = policy
     if action == "redirect":
         tails = tuple(_rr_tail(A, ttl, ipaddress.IPv4Address(ip).packed) for ip in ipv4) + tuple(
@@ -63,57 +69,83 @@ def rpz_records(policy: Policy) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
             tails = (_rr_tail(CNAME, ttl, _TARGET["nodata"]),)
     else:
         tails = (_rr_tail(CNAME, ttl, _TARGET[action]),)
-    owners = {"subtree": (b"", b"\x01*"), "exact": (b"",), "below": (b"\x01*",)}[scope]
-    return owners, tails
+    return tuple((prefix, tail) for prefix in _OWNERS[scope] for tail in tails)
+
+
+# What a zone answers for one rule id: (action, ipv4, ipv6, ttl), or None to leave it out.
+Answer = tuple[str, tuple[str, ...], tuple[str, ...], int] | None
 
 
 @dataclass(frozen=True)
 class View:
-    """The entries of ``snapshot`` one zone holds: ``forms[rule id]`` is their records' shape
-    (owner prefixes and tails) or None when the zone leaves that rule's names out."""
+    """The entries of ``snapshot`` one zone holds, and how: ``answer(rule id)``. Table values
+    map to their records' ``Form`` through a memo (a snapshot has a handful of values)."""
 
     snapshot: PolicySnapshot
-    forms: dict[int, tuple[tuple[bytes, ...], tuple[bytes, ...]] | None]
+    answers: dict[int, Answer]
+    memo: dict[int, Form | None] = field(default_factory=dict)
+
+    def form(self, value: int) -> Form | None:
+        """The records of a table name whose value is ``value`` (None: the zone leaves it out).
+
+        Scope subtree (one rule for the name and below it) gives ``name`` and ``*.name``; a
+        name that decides differently for itself and below gives each position its own records,
+        and nothing for a position that does not block (as betblock, RPZ resolvers stop at the
+        closest encloser, so nothing there is already "not blocked" without shadowing other
+        zones the way a passthru would)."""
+        try:
+            return self.memo[value]
+        except KeyError:
+            pass
+        self_rid, below_rid = split(value)
+        if self_rid == below_rid:
+            ans = self.answers.get(self_rid)
+            form = None if ans is None else _form((*ans, "subtree"))
+        else:
+            parts: list[tuple[bytes, bytes]] = []
+            for rid, scope in ((self_rid, "exact"), (below_rid, "below")):
+                ans = self.answers.get(rid) if rid != ALLOW else None
+                if ans is not None:
+                    parts.extend(_form((*ans, scope)))
+            form = _intern(tuple(parts)) if parts else None
+        self.memo[value] = form
+        return form
 
     def count(self) -> int:
-        forms = self.forms
-        return sum(1 for rid in self.snapshot.table.values() if forms.get(rid) is not None)
+        form = self.form
+        return sum(1 for value in self.snapshot.table.values() if form(value) is not None)
 
 
 def combined_view(snapshot: PolicySnapshot) -> View:
     """Every entry in force, with the winner's answer; allowlisted names as passthru."""
-    forms: dict[int, tuple[tuple[bytes, ...], tuple[bytes, ...]] | None] = {ALLOW: _form(_passthru(snapshot))}
+    answers: dict[int, Answer] = {ALLOW: ("passthru", (), (), _ttl(snapshot))}
     for rule in snapshot.rules:
         if rule is not None:
-            forms[rule.id] = _form(_policy(rule.action, rule.ipv4, rule.ipv6, rule.ttl))
-    return View(snapshot, forms)
+            answers[rule.id] = (rule.action, rule.ipv4, rule.ipv6, rule.ttl)
+    return View(snapshot, answers)
 
 
 def agency_view(snapshot: PolicySnapshot, agency: AgencySettings) -> View:
     """The entries ``agency`` lists, answered as it asks (its per-entry action where it won the
     name, its configured action otherwise); allowlisted names as passthru."""
-    forms: dict[int, tuple[tuple[bytes, ...], tuple[bytes, ...]] | None] = {ALLOW: _form(_passthru(snapshot))}
-    own = _policy(
+    ttl = _ttl(snapshot)
+    answers: dict[int, Answer] = {ALLOW: ("passthru", (), (), ttl)}
+    own: Answer = (
         agency.action,
         tuple(str(ip) for ip in agency.redirect_ipv4),
         tuple(str(ip) for ip in agency.redirect_ipv6),
-        _ttl(snapshot),
+        ttl,
     )
     for rule in snapshot.rules:
         if rule is None:
             continue
         if agency.id not in rule.agencies:
-            forms[rule.id] = None
+            answers[rule.id] = None
         elif rule.agencies[0] == agency.id:
-            forms[rule.id] = _form(_policy(rule.action, rule.ipv4, rule.ipv6, rule.ttl))
+            answers[rule.id] = (rule.action, rule.ipv4, rule.ipv6, rule.ttl)
         else:
-            forms[rule.id] = _form(own)
-    return View(snapshot, forms)
-
-
-def _policy(action: str, ipv4: tuple[str, ...], ipv6: tuple[str, ...], ttl: int) -> Policy:
-    # Every entry of today's snapshot blocks the name and its subtree.
-    return (action, ipv4, ipv6, ttl, "subtree")
+            answers[rule.id] = own
+    return View(snapshot, answers)
 
 
 def _ttl(snapshot: PolicySnapshot) -> int:
@@ -121,34 +153,31 @@ def _ttl(snapshot: PolicySnapshot) -> int:
     return rule.ttl if rule is not None else 300
 
 
-def _passthru(snapshot: PolicySnapshot) -> Policy:
-    return _policy("passthru", (), (), _ttl(snapshot))
+_forms: dict[object, Form] = {}
 
 
-_forms: dict[Policy, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
-
-
-def _form(policy: Policy) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+def _form(policy: Policy) -> Form:
     # Interned, so that two views compare a name's form by identity in the common case.
     form = _forms.get(policy)
     if form is None:
-        form = _forms[policy] = rpz_records(policy)
+        form = _forms[policy] = _intern(rpz_records(policy))
     return form
+
+
+def _intern(form: Form) -> Form:
+    return _forms.setdefault(form, form)
 
 
 def records(view: View, origin: bytes) -> Iterator[bytes]:
     """Every record of the zone but its SOA and NS, in wire form under ``origin`` (wire name)."""
-    forms = view.forms
-    for name, rid in view.snapshot.table.items():
-        form = forms.get(rid)
+    form_of = view.form
+    for name, value in view.snapshot.table.items():
+        form = form_of(value)
         if form is None:
             continue
         stem = name[:-1] + origin
-        owners, tails = form
-        for prefix in owners:
-            owner = prefix + stem
-            for tail in tails:
-                yield owner + tail
+        for prefix, tail in form:
+            yield prefix + stem + tail
 
 
 def diff(old: View, new: View, origin: bytes) -> tuple[list[bytes], list[bytes]]:
@@ -156,26 +185,25 @@ def diff(old: View, new: View, origin: bytes) -> tuple[list[bytes], list[bytes]]
     deleted: list[bytes] = []
     added: list[bytes] = []
     old_table, new_table = old.snapshot.table, new.snapshot.table
-    old_forms, new_forms = old.forms, new.forms
-    for name, rid in new_table.items():
-        was_rid = old_table.get(name)
-        form = new_forms.get(rid)
-        was = old_forms.get(was_rid) if was_rid is not None else None
+    old_form, new_form = old.form, new.form
+    for name, value in new_table.items():
+        was_value = old_table.get(name)
+        form = new_form(value)
+        was = old_form(was_value) if was_value is not None else None
         if form is was:
             continue
         if was is not None:
             deleted.extend(_name_records(name, was, origin))
         if form is not None:
             added.extend(_name_records(name, form, origin))
-    for name, rid in old_table.items():
+    for name, value in old_table.items():
         if name not in new_table:
-            was = old_forms.get(rid)
+            was = old_form(value)
             if was is not None:
                 deleted.extend(_name_records(name, was, origin))
     return deleted, added
 
 
-def _name_records(name: bytes, form: tuple[tuple[bytes, ...], tuple[bytes, ...]], origin: bytes) -> list[bytes]:
+def _name_records(name: bytes, form: Form, origin: bytes) -> list[bytes]:
     stem = name[:-1] + origin
-    owners, tails = form
-    return [prefix + stem + tail for prefix in owners for tail in tails]
+    return [prefix + stem + tail for prefix, tail in form]

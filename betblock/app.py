@@ -91,6 +91,8 @@ class App:
         self.xfr = XfrService(settings, clock) if settings.xfr.enabled else None
         # The feeds control plane: sources, store, guardrails, compile; it installs snapshots.
         self.feeds = FeedManager(settings, self._install, clock=clock)
+        if self.xfr is not None:  # a NOTIFY for a zone an xfr source follows polls it now
+            self.xfr.server.on_notify = self.feeds.notify
         # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
         self.http_mounts: list[HttpMount] = list(http_mounts)
         # Owners add metric families here (feed status, hit store); read at scrape time.

@@ -38,6 +38,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def host_port(value: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or bare ``v6`` as (address, port)."""
+    return _host_port(value, default_port)
+
+
 def _host_port(value: str, default_port: int) -> tuple[str, int]:
     """Split ``host``, ``host:port``, ``[v6]:port`` or bare ``v6``; validates the address."""
     value = value.strip()
@@ -269,7 +274,7 @@ class RrlSettings(_Section):
 Action = Literal["redirect", "nxdomain", "nodata", "refused"]
 # What a listed name covers: itself only, itself and every name below it, or only the names below.
 Scope = Literal["exact", "subtree", "below"]
-SourceKind = Literal["url", "file", "push"]
+SourceKind = Literal["url", "file", "push", "xfr"]
 # The names of feeds.formats.FORMATS (tests/feeds_plane checks they agree): config may not
 # import feeds, and a typo in a format must fail at start-up naming the key.
 FormatName = Literal[
@@ -283,7 +288,8 @@ class SourceSettings(_Section):
     """Where one agency's list comes from: a URL we poll, a file we watch, or the push API."""
 
     kind: SourceKind = Field(
-        default="url", description="url (polled over HTTPS), file (watched) or push (PUT/PATCH /v1/feeds/<agency>)."
+        default="url",
+        description="url (polled over HTTPS), file (watched), push (PUT/PATCH /v1/feeds/<agency>) or xfr (an RPZ zone followed from a primary over AXFR/IXFR).",
     )
     id: str = Field(
         default="",
@@ -329,12 +335,30 @@ class SourceSettings(_Section):
         default=64 << 20, ge=1024, description="Largest list accepted from this source, bytes; larger is refused (413 on push)."
     )
 
+    primary: str = Field(default="", description="kind = xfr: the primary's address, host:port (port 53 if left out).")
+    zone: str = Field(default="", description="kind = xfr: the RPZ zone to follow, e.g. rpz.example.")
+    tsig_key: str = Field(default="", description="kind = xfr: name of the TSIG key (hmac-sha256) that signs the transfer requests.")
+    tsig_secret: SecretStr | None = Field(default=None, description="kind = xfr: that key's base64 secret; unset sends unsigned requests.")
+
     @model_validator(mode="after")
     def _complete(self) -> SourceSettings:
         if self.kind == "url" and not self.url.startswith(("https://", "http://")):
             raise ValueError(f"source kind 'url' needs url = 'https://...' (got {self.url!r})")
         if self.kind == "file" and self.path is None:
             raise ValueError("source kind 'file' needs path")
+        if self.kind == "xfr":
+            if not (self.primary and self.zone):
+                raise ValueError("source kind 'xfr' needs primary and zone")
+            _host_port(self.primary, 53)
+            if self.format != "rpz":
+                raise ValueError("source kind 'xfr' reads RPZ zones: set format = 'rpz'")
+            if self.tsig_secret is not None:
+                if not self.tsig_key:
+                    raise ValueError("tsig_secret needs tsig_key (the key's name)")
+                try:
+                    base64.b64decode(self.tsig_secret.get_secret_value(), validate=True)
+                except binascii.Error:
+                    raise ValueError("tsig_secret is not base64") from None
         if (self.control_url or self.control_file) and self.format not in INTEGRITY_OPTION:
             raise ValueError(f"control_url/control_file apply to formats {sorted(INTEGRITY_OPTION)} only")
         if self.control_url and self.kind != "url":
@@ -352,6 +376,8 @@ class SourceSettings(_Section):
             return "push"
         if self.kind == "url":
             return "url:" + self.url
+        if self.kind == "xfr":
+            return f"xfr:{self.zone.rstrip('.').lower()}@{self.primary}"
         return "file:" + str(self.path)
 
     @property

@@ -62,7 +62,7 @@ class XfrServer:
     """Answers transfer and SOA requests for ``zones``; counts what it did."""
 
     def __init__(
-        self, settings: XfrSettings, zones: Zones, on_notify: Callable[[dns.name.Name, str], bool] | None = None
+        self, settings: XfrSettings, zones: Zones, on_notify: Callable[[str, str], bool] | None = None
     ) -> None:
         self.settings = settings
         self.zones = zones
@@ -186,7 +186,7 @@ class XfrServer:
 
     def _notify(self, msg: dns.message.Message, client: str) -> bytes:
         q = msg.question[0] if msg.question else None
-        ok = q is not None and self.on_notify is not None and self.on_notify(q.name, client)
+        ok = q is not None and self.on_notify is not None and self.on_notify(q.name.to_text(), client)
         self.counts[("notify", "ok" if ok else "refused")] += 1
         if not ok:
             self._refuse_once(client, "NOTIFY for a zone we do not follow", zone=str(q.name) if q else "")

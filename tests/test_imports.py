@@ -27,10 +27,12 @@ ALLOWED = {
 # third-party modules each package may import (anything not stdlib and not ours)
 THIRD_PARTY = {
     "config": {"pydantic", "pydantic_settings"},
-    "feeds": {"aiohttp", "cryptography", "idna", "prometheus_client", "publicsuffixlist", "structlog"},
+    "feeds": {"aiohttp", "cryptography", "dns", "idna", "prometheus_client", "publicsuffixlist", "structlog"},
     "hits": {"aiohttp", "asyncpg", "prometheus_client", "pydantic", "structlog"},
     # the data plane: no HTTP, SQL or parsing libraries on the hot path
     "resolver": {"structlog"},
+    # zone transfers: dnspython for the protocol (TSIG, parsing, NOTIFY), SQLite for the history
+    "xfr": {"dns", "prometheus_client", "structlog"},
     "betblock": {"aiohttp", "dnslib", "prometheus_client", "structlog", "uvloop"},
 }
 # stdlib modules the data plane must not import either (SQL belongs to the hit log)

@@ -132,7 +132,14 @@ class XfrServer:
             raise Refused(dns.rcode.FORMERR, "malformed request") from None
         if msg.flags & dns.flags.QR:
             return None
-        if not msg.had_tsig and self.settings.require_tsig and not any(addr in net for net in self.unsigned):
+        # A NOTIFY is authorised by coming from the primary a source follows (see _notify), as
+        # BIND's allow-notify; it only makes us ask that primary, over our own signed requests.
+        if (
+            not msg.had_tsig
+            and self.settings.require_tsig
+            and msg.opcode() != dns.opcode.NOTIFY
+            and not any(addr in net for net in self.unsigned)
+        ):
             raise Refused(dns.rcode.REFUSED, "not signed (TSIG required)")
         return msg
 

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+FORMAT = 2  # the record format of the steps (xfr.rpz.relative)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS zone (
     name TEXT PRIMARY KEY,
@@ -44,6 +45,10 @@ class History:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != FORMAT:
+            # Steps in another record format cannot be replayed: those secondaries AXFR once.
+            self._db.execute("DELETE FROM step")
+            self._db.execute(f"PRAGMA user_version = {FORMAT}")
 
     def state(self, zone: str) -> tuple[int, int] | None:
         """(serial, policy version) last recorded for ``zone``."""

@@ -14,9 +14,9 @@ Owns the one mapping from betblock's actions and entry scopes to RPZ records
 
 Also owns the zone *views* (which snapshot entries a zone holds: all of them for the combined
 zone, one agency's for an agency zone) and the records of a view and of the difference between
-two views. Records travel as uncompressed wire bytes (owner, type, class, TTL, rdata): a zone of
-a million entries is two million records, and these have a fixed shape, so they are encoded
-here in a line each rather than built as dnspython objects (dnspython renders ~36k records/s on
+two views. Records travel as bytes (the owner below the origin, type, class, TTL, rdata; see
+``relative``): a zone of a million entries is two million records, and these have a fixed
+shape, so they are encoded here in a line each rather than built as dnspython objects (dnspython renders ~36k records/s on
 this machine: a minute for one AXFR). dnspython does the rest of the protocol (see xfr.server).
 
 Must not import the resolver, aiohttp or SQL.
@@ -168,19 +168,27 @@ def _intern(form: Form) -> Form:
     return _forms.setdefault(form, form)
 
 
-def records(view: View, origin: bytes) -> Iterator[bytes]:
-    """Every record of the zone but its SOA and NS, in wire form under ``origin`` (wire name)."""
+def records(view: View) -> Iterator[bytes]:
+    """Every record of the zone but its SOA and NS, as relative records (see ``relative``)."""
     form_of = view.form
     for name, value in view.snapshot.table.items():
         form = form_of(value)
         if form is None:
             continue
-        stem = name[:-1] + origin
+        stem = name[:-1]
         for prefix, tail in form:
-            yield prefix + stem + tail
+            rel = prefix + stem
+            yield bytes((len(rel),)) + rel + tail
 
 
-def diff(old: View, new: View, origin: bytes) -> tuple[list[bytes], list[bytes]]:
+def relative(rel: bytes, tail: bytes) -> bytes:
+    """A record as this package keeps and sends it: one byte giving the length of the owner's
+    labels below the zone origin, those labels (wire form, no terminating root), then type,
+    class, TTL and rdata. The transfer code adds the origin, compressed (``xfr.zones``)."""
+    return bytes((len(rel),)) + rel + tail
+
+
+def diff(old: View, new: View) -> tuple[list[bytes], list[bytes]]:
     """(records deleted, records added) from ``old`` to ``new``: what one IXFR step carries."""
     deleted: list[bytes] = []
     added: list[bytes] = []
@@ -193,17 +201,17 @@ def diff(old: View, new: View, origin: bytes) -> tuple[list[bytes], list[bytes]]
         if form is was:
             continue
         if was is not None:
-            deleted.extend(_name_records(name, was, origin))
+            deleted.extend(_name_records(name, was))
         if form is not None:
-            added.extend(_name_records(name, form, origin))
+            added.extend(_name_records(name, form))
     for name, value in old_table.items():
         if name not in new_table:
             was = old_form(value)
             if was is not None:
-                deleted.extend(_name_records(name, was, origin))
+                deleted.extend(_name_records(name, was))
     return deleted, added
 
 
-def _name_records(name: bytes, form: Form, origin: bytes) -> list[bytes]:
-    stem = name[:-1] + origin
-    return [prefix + stem + tail for prefix, tail in form]
+def _name_records(name: bytes, form: Form) -> list[bytes]:
+    stem = name[:-1]
+    return [bytes((len(prefix) + len(stem),)) + prefix + stem + tail for prefix, tail in form]

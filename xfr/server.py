@@ -189,7 +189,7 @@ class XfrServer:
     def _single(self, msg: dns.message.Message, zone: Zone, records: list[bytes]) -> bytes:
         signer = _signer(msg)
         question = _question(msg)
-        return next(messages(msg.id, question, records, signer, flags=0x8400 | (msg.flags & dns.flags.RD)))
+        return next(messages(msg.id, zone.wire, question, records, signer, flags=0x8400 | (msg.flags & dns.flags.RD)))
 
     def _notify(self, msg: dns.message.Message, client: str) -> bytes:
         q = msg.question[0] if msg.question else None
@@ -212,13 +212,13 @@ class XfrServer:
             found = self.zones.ixfr_records(zone, arg)
             if found is not None:
                 done, records = found
-                return done, messages(msg.id, question, records, signer)
+                return done, messages(msg.id, zone.wire, question, records, signer)
             done = "axfr-fallback"
             view, serial = zone.view, zone.serial
             assert view is not None
-            return done, messages(msg.id, question, self.zones.axfr_records(zone, view, serial), signer)
+            return done, messages(msg.id, zone.wire, question, self.zones.axfr_records(zone, view, serial), signer)
         assert callable(arg)
-        return "axfr", messages(msg.id, question, arg(), signer)
+        return "axfr", messages(msg.id, zone.wire, question, arg(), signer)
 
     # -- TCP -----------------------------------------------------------------------------------
 

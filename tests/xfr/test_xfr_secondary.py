@@ -91,6 +91,16 @@ async def test_betblock_follows_a_bind_primary(tmp_path: Path) -> None:
         "named", "-g", "-n", "1", "-c", str(named_conf(home, bind_port, xfr_port)),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
+
+    async def bind_up() -> bool:
+        try:
+            r = await dns.asyncquery.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=bind_port, timeout=0.5)
+        except dns.exception.Timeout:
+            return False
+        return bool(r.answer)
+
+    # BIND first: a source that finds no primary retries only after 30 s.
+    await until(bind_up, "BIND to serve the zone", 60)
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(node_toml(tmp_path, dns_port, upstream, f"""[hits]
 store = "none"

@@ -7,6 +7,7 @@ COPY config/ config/
 COPY resolver/ resolver/
 COPY feeds/ feeds/
 COPY hits/ hits/
+COPY xfr/ xfr/
 COPY betblock/ betblock/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-TEST_APT := nsd unbound chromium
+TEST_APT := nsd unbound chromium bind9 pdns-recursor
 BENCH_APT := dnsperf unbound pdns-recursor nsd
 
 .PHONY: run test test-fast bench bench-quick torture bench-rrl check-config clean readme

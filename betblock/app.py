@@ -37,12 +37,14 @@ from resolver.pipeline import Pipeline
 from resolver.rrl import RateLimiter
 from resolver.server import DnsServer
 from resolver.upstream import UpstreamClient
+from xfr.service import XfrService
 
 log = structlog.get_logger("betblock.app")
 
 # Sections a SIGHUP does not apply (listeners, sockets, stores and the feed sources are built
 # at start); ``policy`` and every list and policy file are re-read.
 RESTART_SECTIONS = ("dns", "upstream", "cache", "rrl", "agencies", "hits", "http", "warning_page", "log", "data_dir")
+RESTART_SECTIONS += ("xfr",)  # the transfer listener and its zones are built at start
 
 
 class App:
@@ -84,13 +86,20 @@ class App:
             rrl=self.rrl,
         )
         self.server = DnsServer(settings.dns, self.pipeline.answer)
+        # The policy as RPZ zones for a fleet (off unless [xfr] enabled): every installed
+        # snapshot is also published there.
+        self.xfr = XfrService(settings, clock) if settings.xfr.enabled else None
         # The feeds control plane: sources, store, guardrails, compile; it installs snapshots.
-        self.feeds = FeedManager(settings, self.pipeline.install, clock=clock)
+        self.feeds = FeedManager(settings, self._install, clock=clock)
+        if self.xfr is not None:  # a NOTIFY for a zone an xfr source follows polls it now
+            self.xfr.server.on_notify = self.feeds.notify
         # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
         self.http_mounts: list[HttpMount] = list(http_mounts)
         # Owners add metric families here (feed status, hit store); read at scrape time.
         self.extra_metrics: list[ExtraMetrics] = [self.hitlog.metrics, self.feeds.metrics]
         self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}))
+        if self.xfr is not None:
+            self.extra_metrics.append(self.xfr.metrics)
         self.http_mounts.append(feeds_api.mount(self.feeds, settings))
         self.http_mounts.append(
             hits_api.mount(
@@ -114,6 +123,11 @@ class App:
         self.ready = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Future[None]] = set()
+
+    def _install(self, snapshot: PolicySnapshot) -> None:
+        self.pipeline.install(snapshot)
+        if self.xfr is not None:
+            self.xfr.publish(snapshot)
 
     async def load_policy(self) -> PolicySnapshot:
         """Install the first snapshot: the one saved by the last run when it still holds, else
@@ -242,6 +256,8 @@ class App:
         await self.load_policy()
         await self.hitlog.open()  # schema migrated before the first hit can arrive
         await self.server.start()
+        if self.xfr is not None:
+            await self.xfr.start(self.pipeline.policy.snapshot)  # zones before its listener opens
         if self.settings.warning_page.enabled:
             page = WarningPage(
                 self.settings.warning_page,
@@ -270,6 +286,7 @@ class App:
                 retention = tg.create_task(self.hitlog.retention())
                 feeds = tg.create_task(self.feeds.run())  # polls, file watches, date timer
                 rrl = tg.create_task(self.rrl.run()) if self.rrl is not None else None  # its clock
+                xfr = tg.create_task(self.xfr.run()) if self.xfr is not None else None  # zones follow installs
                 await self.stopping.wait()
                 feeds.cancel()
                 if rrl is not None:
@@ -279,6 +296,9 @@ class App:
                         await http.close()
                 await self.server.close()
                 self.upstream.close()  # after the queries in flight had their chance to finish
+                if xfr is not None:
+                    xfr.cancel()
+                    await self.xfr.close()  # type: ignore[union-attr]
                 retention.cancel()
                 recorder.cancel()  # its finally-block writes every buffered hit
         finally:

@@ -9,6 +9,8 @@ Must not import any other betblock package: everything else depends on this one.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +36,11 @@ class ConfigError(BetblockError):
 class _Section(BaseModel):
     # Unknown keys are errors: a typo must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def host_port(value: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or bare ``v6`` as (address, port)."""
+    return _host_port(value, default_port)
 
 
 def _host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -278,7 +285,7 @@ class RrlSettings(_Section):
 Action = Literal["redirect", "nxdomain", "nodata", "refused"]
 # What a listed name covers: itself only, itself and every name below it, or only the names below.
 Scope = Literal["exact", "subtree", "below"]
-SourceKind = Literal["url", "file", "push"]
+SourceKind = Literal["url", "file", "push", "xfr"]
 # The names of feeds.formats.FORMATS (tests/feeds_plane checks they agree): config may not
 # import feeds, and a typo in a format must fail at start-up naming the key.
 FormatName = Literal[
@@ -292,7 +299,8 @@ class SourceSettings(_Section):
     """Where one agency's list comes from: a URL we poll, a file we watch, or the push API."""
 
     kind: SourceKind = Field(
-        default="url", description="url (polled over HTTPS), file (watched) or push (PUT/PATCH /v1/feeds/<agency>)."
+        default="url",
+        description="url (polled over HTTPS), file (watched), push (PUT/PATCH /v1/feeds/<agency>) or xfr (an RPZ zone followed from a primary over AXFR/IXFR).",
     )
     id: str = Field(
         default="",
@@ -338,12 +346,30 @@ class SourceSettings(_Section):
         default=64 << 20, ge=1024, description="Largest list accepted from this source, bytes; larger is refused (413 on push)."
     )
 
+    primary: str = Field(default="", description="kind = xfr: the primary's address, host:port (port 53 if left out).")
+    zone: str = Field(default="", description="kind = xfr: the RPZ zone to follow, e.g. rpz.example.")
+    tsig_key: str = Field(default="", description="kind = xfr: name of the TSIG key (hmac-sha256) that signs the transfer requests.")
+    tsig_secret: SecretStr | None = Field(default=None, description="kind = xfr: that key's base64 secret; unset sends unsigned requests.")
+
     @model_validator(mode="after")
     def _complete(self) -> SourceSettings:
         if self.kind == "url" and not self.url.startswith(("https://", "http://")):
             raise ValueError(f"source kind 'url' needs url = 'https://...' (got {self.url!r})")
         if self.kind == "file" and self.path is None:
             raise ValueError("source kind 'file' needs path")
+        if self.kind == "xfr":
+            if not (self.primary and self.zone):
+                raise ValueError("source kind 'xfr' needs primary and zone")
+            _host_port(self.primary, 53)
+            if self.format != "rpz":
+                raise ValueError("source kind 'xfr' reads RPZ zones: set format = 'rpz'")
+            if self.tsig_secret is not None:
+                if not self.tsig_key:
+                    raise ValueError("tsig_secret needs tsig_key (the key's name)")
+                try:
+                    base64.b64decode(self.tsig_secret.get_secret_value(), validate=True)
+                except binascii.Error:
+                    raise ValueError("tsig_secret is not base64") from None
         if (self.control_url or self.control_file) and self.format not in INTEGRITY_OPTION:
             raise ValueError(f"control_url/control_file apply to formats {sorted(INTEGRITY_OPTION)} only")
         if self.control_url and self.kind != "url":
@@ -361,6 +387,8 @@ class SourceSettings(_Section):
             return "push"
         if self.kind == "url":
             return "url:" + self.url
+        if self.kind == "xfr":
+            return f"xfr:{self.zone.rstrip('.').lower()}@{self.primary}"
         return "file:" + str(self.path)
 
     @property
@@ -617,6 +645,82 @@ class WarningPageSettings(_Section):
         return _host_port(self.listen, 80)
 
 
+class XfrSettings(_Section):
+    """betblock as an RPZ primary: the compiled policy served as RPZ zones over zone transfers."""
+
+    enabled: bool = Field(default=False, description="Serve the policy as RPZ zones (AXFR/IXFR over TCP, SOA over UDP and TCP).")
+    listen: list[str] = Field(
+        default=["127.0.0.1:5353"], description="Addresses of the zone-transfer listener, UDP and TCP, as host:port or [v6]:port."
+    )
+    zone: str = Field(
+        default="betblock.rpz",
+        description="Name of the combined zone (precedence and allowlist applied, passthru for allowlisted names).",
+    )
+    agency_zone: str = Field(
+        default="{agency}.rpz",
+        description="Name of each agency's own zone; {agency} is replaced by the agency id. Empty: no per-agency zones.",
+    )
+    keys: dict[str, SecretStr] = Field(
+        default={}, description="TSIG keys (hmac-sha256) by key name, each a base64 secret, e.g. {fleet = \"base64...\"}."
+    )
+    require_tsig: bool = Field(
+        default=True, description="Refuse a transfer or SOA query that is not signed by one of keys (except from allow_unsigned)."
+    )
+    allow: list[str] = Field(
+        default=["127.0.0.0/8", "::1/128"], description="Networks that may transfer the zones; everyone else gets REFUSED."
+    )
+    allow_unsigned: list[str] = Field(
+        default=[],
+        description="Networks of secondaries that cannot sign (Unbound has no TSIG for transfers); they may transfer unsigned.",
+    )
+    notify: list[str] = Field(
+        default=[], description="Secondaries told of each new serial (NOTIFY, RFC 1996), as host:port or [v6]:port."
+    )
+    notify_key: str = Field(default="", description="Name of the key in keys that signs NOTIFY messages; empty sends them unsigned.")
+    history: int = Field(
+        default=64, ge=1, description="Zone versions kept for IXFR; a secondary older than that gets a full AXFR."
+    )
+    refresh: int = Field(default=300, ge=1, description="SOA refresh, seconds: how often a secondary asks for a new serial without NOTIFY.")
+    retry: int = Field(default=60, ge=1, description="SOA retry, seconds.")
+    expire: int = Field(default=604800, ge=1, description="SOA expire, seconds: how long a secondary serves without reaching us.")
+    minimum: int = Field(default=60, ge=0, description="SOA minimum (negative TTL), seconds.")
+
+    @field_validator("listen", "notify")
+    @classmethod
+    def _check_addresses(cls, v: list[str]) -> list[str]:
+        for item in v:
+            _host_port(item, 53)
+        return v
+
+    @field_validator("allow", "allow_unsigned")
+    @classmethod
+    def _check_networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            ipaddress.ip_network(item, strict=False)
+        return v
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> XfrSettings:
+        for name, secret in self.keys.items():
+            try:
+                base64.b64decode(secret.get_secret_value(), validate=True)
+            except binascii.Error:
+                raise ValueError(f"xfr key {name!r}: the secret is not base64") from None
+        if self.notify_key and self.notify_key not in self.keys:
+            raise ValueError(f"notify_key {self.notify_key!r} is not one of keys")
+        if self.enabled and self.require_tsig and not self.keys and not self.allow_unsigned:
+            raise ValueError("require_tsig needs at least one key in keys (or networks in allow_unsigned)")
+        if self.agency_zone and "{agency}" not in self.agency_zone:
+            raise ValueError("agency_zone must contain {agency}")
+        return self
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [_host_port(item, 53) for item in self.listen]
+
+    def notify_addresses(self) -> list[tuple[str, int]]:
+        return [_host_port(item, 53) for item in self.notify]
+
+
 class LogSettings(_Section):
     """Application logging (not the hit log)."""
 
@@ -647,6 +751,7 @@ class Settings(BaseSettings):
         default_factory=WarningPageSettings, description="Warning page for blocked names."
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Application log.")
+    xfr: XfrSettings = Field(default_factory=XfrSettings, description="RPZ zones over zone transfers (the fleet).")
     data_dir: Path = Field(
         default=Path("var"),
         description="Directory for state (feed store, hit store, compiled snapshot); relative to the working directory.",

@@ -63,6 +63,7 @@ from feeds.normalize import InvalidName, normalize_detail
 from feeds.formats import scope_of
 from feeds.snapshot import PolicySnapshot, Scope
 from feeds.store import Audit, FeedStore, StoreProblem, VersionInfo, iso, read_marker, write_marker
+from feeds.xfr_source import ZoneFollower
 
 log = structlog.get_logger("betblock.feeds")
 
@@ -154,6 +155,7 @@ class SourceRuntime:
     fetches: dict[str, int] = field(default_factory=dict)
     stat: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of a watched file
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    follower: ZoneFollower | None = None  # kind xfr: the followed zone
 
     def set_list(self, new: SourceList) -> None:
         self.current = new
@@ -216,6 +218,8 @@ class FeedManager:
             for src in agency.all_sources():
                 path = settings.resolve_path(src.path) if src.path is not None else None
                 self.sources[(agency.id, src.key)] = SourceRuntime(agency, src, src.key, path)
+                if src.kind == "xfr":
+                    self.sources[(agency.id, src.key)].follower = ZoneFollower(src, settings.data_dir / "xfr-follow")
         self.data_dir = settings.data_dir
         self.store: FeedStore | None = None
         # Why the store cannot be used (the node then serves its saved snapshot, read-only).
@@ -410,7 +414,7 @@ class FeedManager:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._timer())
                 for rt in self.sources.values():
-                    if rt.settings.kind == "url":
+                    if rt.settings.kind in ("url", "xfr"):
                         tg.create_task(self._poll(rt))
                     elif rt.settings.kind == "file":
                         tg.create_task(self._watch(rt))
@@ -507,6 +511,13 @@ class FeedManager:
             elif rt.settings.kind == "file":
                 data, control = await asyncio.to_thread(self._read_file, rt)
                 etag = lm = None
+            elif rt.follower is not None:
+                body = await rt.follower.fetch()  # the zone as text when its serial moved
+                if body is None:
+                    rt.count("not_modified")
+                    await self._source_ok(rt, now)
+                    return None
+                data, control, etag, lm = body, None, None, None
             else:
                 return None
             result = await self._ingest(rt, data, control=control, actor=f"source:{rt.key}", compile=compile, defer=defer)
@@ -563,7 +574,7 @@ class FeedManager:
     async def _poll(self, rt: SourceRuntime) -> None:
         while True:
             await self.refresh(rt)
-            interval = rt.settings.interval
+            interval = rt.follower.interval() if rt.follower is not None else rt.settings.interval
             if rt.failures:
                 # Retry a failing source sooner than its interval: legal deadlines run.
                 interval = min(interval, 30.0 * 2 ** min(rt.failures - 1, 10))
@@ -603,6 +614,16 @@ class FeedManager:
                 rt.wake.set()
                 n += 1
         return n
+
+    def notify(self, zone: str, client: str) -> bool:
+        """A NOTIFY (RFC 1996) for ``zone`` from ``client``: check the xfr sources that follow
+        it from there now; False when none does."""
+        found = False
+        for rt in self.sources.values():
+            if rt.follower is not None and rt.follower.matches(zone, client):
+                rt.wake.set()
+                found = True
+        return found
 
     # -- updates --------------------------------------------------------------------------
 

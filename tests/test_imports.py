@@ -1,4 +1,5 @@
-"""Imports point one way: config <- feeds, hits <- resolver <- betblock (composition root).
+"""Imports point one way: config <- feeds, hits <- resolver <- betblock (composition root);
+config <- feeds <- xfr (zone transfers) <- betblock.
 
 Reads every module's imports with ast and fails on a wrong arrow, so the data plane never grows
 a dependency on aiohttp, SQL or parsers, and the control plane never on the resolver. feeds and
@@ -13,22 +14,25 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["config", "feeds", "hits", "resolver", "betblock"]
+PACKAGES = ["config", "feeds", "hits", "resolver", "xfr", "betblock"]
 # package -> packages of ours it may import
 ALLOWED = {
     "config": set(),
     "feeds": {"config"},
     "hits": {"config"},
     "resolver": {"config", "feeds", "hits"},
-    "betblock": {"config", "feeds", "hits", "resolver"},
+    "xfr": {"config", "feeds"},  # the transfer side of the control plane; never the data plane
+    "betblock": {"config", "feeds", "hits", "resolver", "xfr"},
 }
 # third-party modules each package may import (anything not stdlib and not ours)
 THIRD_PARTY = {
     "config": {"pydantic", "pydantic_settings"},
-    "feeds": {"aiohttp", "cryptography", "idna", "prometheus_client", "publicsuffixlist", "structlog"},
+    "feeds": {"aiohttp", "cryptography", "dns", "idna", "prometheus_client", "publicsuffixlist", "structlog"},
     "hits": {"aiohttp", "asyncpg", "prometheus_client", "pydantic", "structlog"},
     # the data plane: no HTTP, SQL or parsing libraries on the hot path
     "resolver": {"structlog"},
+    # zone transfers: dnspython for the protocol (TSIG, parsing, NOTIFY), SQLite for the history
+    "xfr": {"dns", "prometheus_client", "structlog"},
     "betblock": {"aiohttp", "dnslib", "prometheus_client", "structlog", "uvloop"},
 }
 # stdlib modules the data plane must not import either (SQL belongs to the hit log)

@@ -1,0 +1,144 @@
+"""The fleet: a control-plane betblock node serves the policy as RPZ; two betblock resolver
+nodes follow it with ``xfr`` sources and one Unbound follows it too; both betblock nodes
+record their hits in one PostgreSQL store. The primary is killed: every follower keeps
+serving the last policy. It comes back with the same serial, a change is pushed, and the
+followers resume with IXFR."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import pytest
+
+from tests.hits.conftest import PG_DSN, need_pg, pg_schema
+from tests.procutil import first_answer, free_port, node_toml, start_serve
+from tests.xfr import followers
+from tests.xfr.primary import KEY_NAME, KEY_SECRET, ZONE, primary, until
+
+pytestmark = pytest.mark.slow
+
+SINKHOLE = "198.51.100.99"
+
+
+async def _address(port: int, name: str) -> str | None:
+    try:
+        r = await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1.0)
+    except dns.exception.Timeout:
+        return None
+    for rrset in r.answer:
+        for rd in rrset:
+            if hasattr(rd, "address"):
+                return str(rd.address)
+    return None
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+async def test_fleet_follows_survives_the_primary_and_shares_one_hit_store(tmp_path: Path) -> None:
+    await need_pg()
+    schema = pg_schema()
+    p = await primary(tmp_path / "primary")
+    (tmp_path / "primary").mkdir()
+    nodes = []
+    for name in ("edge-1", "edge-2"):
+        home = tmp_path / name
+        home.mkdir()
+        dns_port, xfr_port = free_port(), free_port()
+        cfg = home / "betblock.toml"
+        cfg.write_text(node_toml(home, dns_port, p.upstream, f"""[hits]
+store = "postgres"
+postgres_dsn = "{PG_DSN}"
+postgres_schema = "{schema}"
+node = "{name}"
+flush_interval = 0.2
+[xfr]
+enabled = true  # NOTIFY from the primary arrives here
+listen = ["127.0.0.1:{xfr_port}"]
+keys = {{"{KEY_NAME}" = "{KEY_SECRET}"}}
+[[agencies]]
+id = "hub"
+[[agencies.sources]]
+kind = "xfr"
+format = "rpz"
+primary = "127.0.0.1:{p.xfr_port}"
+zone = "{ZONE}"
+tsig_key = "{KEY_NAME}"
+tsig_secret = "{KEY_SECRET}"
+poll_interval = 3600  # changes arrive by NOTIFY
+"""))
+        nodes.append((name, cfg, dns_port, xfr_port))
+    u_port = free_port()
+    (tmp_path / "unbound").mkdir()
+    unbound = followers.unbound(tmp_path / "unbound", u_port, p.upstream.address, p.xfr_port)
+    extra = 'notify = [{}]\nallow_unsigned = ["127.0.0.1/32"]\n'.format(
+        ", ".join(f'"127.0.0.1:{port}"' for port in [u_port] + [n[3] for n in nodes])
+    )
+    p.upstream.add("roulette.test", "A", "192.0.2.7")
+    p.upstream.add("poker.test", "A", "192.0.2.8")
+    await p.start(extra)
+    await p.put(["casino.test", "poker.test"])
+    procs = [await start_serve(cfg, "--log-format", "console") for _name, cfg, _d, _x in nodes]
+    await unbound.start()
+    ports = [n[2] for n in nodes] + [u_port]
+    logs: list[str] = []
+    primary_log = ""
+    try:
+        for port in ports[:2]:
+            await first_answer(port, "ok.test", 30)
+
+        async def everyone(name: str, want: bool) -> bool:
+            got = [await _address(port, name) == SINKHOLE for port in ports]
+            return all(g == want for g in got)
+
+        await until(lambda: everyone("www.poker.test", True), "every follower to block a listed name", 60)
+        for port in ports[:2]:
+            for _ in range(5):
+                assert await _address(port, "casino.test") == SINKHOLE
+
+        # The primary dies: the followers keep the last policy.
+        primary_log += await p.stop()
+        assert await everyone("poker.test", True) and await everyone("casino.test", True)
+
+        # It comes back (same serial, from its data directory) and a change is pushed.
+        await p.start(extra)
+        await p.put(["casino.test", "roulette.test"])
+
+        async def followed() -> bool:
+            return await everyone("roulette.test", True) and await everyone("poker.test", False)
+
+        await until(followed, "every follower to take the change after the restart", 60)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+            out, err = await proc.communicate()
+            logs.append(_plain(err.decode() + out.decode()))
+        await unbound.stop()
+        if p.proc is not None:
+            primary_log += await p.stop()
+        await p.upstream.stop()
+    # The followers' first transfer was an AXFR; after the primary's restart, IXFR resumed.
+    for log in logs:
+        assert "kind=axfr" in log and "kind=ixfr" in log, log[-3000:]
+    plain = _plain(primary_log)
+    assert plain.count("kind=ixfr") >= 3, plain[-3000:]  # both nodes and Unbound
+
+    # One hit store for the fleet: both nodes' hits are there.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "betblock.cli", "hits", "--config", str(nodes[0][1]), "list", "--json", "--limit", "1000",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    hits = json.loads(out)["hits"]
+    assert {h["node"] for h in hits} == {"edge-1", "edge-2"}
+    assert {h["name"] for h in hits} >= {"casino.test", "www.poker.test"}

@@ -32,6 +32,8 @@ _STALE = -2
 
 # The OPT record we append to cached answers, by (our UDP size, DO): built once, not per hit.
 _OPTS: dict[tuple[int, bool], bytes] = {}
+# UDP answers remembered for the rest of their second (AnswerCache.hot): about 200 bytes each.
+_HOT = 1 << 17
 
 
 class CacheEntry:
@@ -128,6 +130,30 @@ class AnswerCache:
         self.entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        # UDP query bytes after the ID -> (second, answer bytes after the ID, key): the same question
+        # again within the same second gets the same bytes (TTLs only change per second), so
+        # the pipeline skips parsing, matching and rendering. Bounded; emptied with the cache
+        # and by every policy swap (Pipeline.install).
+        self.hot: dict[bytes, tuple[int, bytes, bytes]] = {}
+
+    def remember(self, query: bytes, resp: bytes, now: int, key: bytes) -> None:
+        """Keep a rendered UDP answer of entry ``key`` for the rest of second ``now``."""
+        if resp[2] & 0x02:  # truncated: rendered for this client's size only, and rare
+            return
+        hot = self.hot
+        if len(hot) >= _HOT:
+            hot.clear()  # bounded; refills with what is asked now
+        hot[query[2:]] = (now, resp[2:], key)
+
+    def touch(self, key: bytes) -> bool:
+        """A hit through the memo: the entry becomes the most recently used; False when it has
+        been evicted meanwhile (the caller takes the full path)."""
+        try:
+            self.entries.move_to_end(key)
+        except KeyError:
+            return False
+        self.hits += 1
+        return True
 
     def now(self) -> int:
         return int(self.clock())
@@ -180,6 +206,7 @@ class AnswerCache:
 
     def clear(self) -> None:
         self.entries.clear()
+        self.hot.clear()
 
     def __len__(self) -> int:
         return len(self.entries)

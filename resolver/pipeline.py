@@ -167,8 +167,10 @@ class Pipeline:
     def install(self, snapshot: PolicySnapshot) -> None:
         """Swap in a new snapshot. Blocked answers are remembered only by the snapshot that made
         them (``ActivePolicy.answers``), so the next packet sees the new one; cached upstream
-        answers whose CNAMEs reach a newly listed name are re-checked on use."""
+        answers whose CNAMEs reach a newly listed name are re-checked on use, and the cache's
+        memo of rendered answers (whose CNAMEs were checked against the old one) is emptied."""
         self.policy = self._prepare(snapshot)
+        self.cache.hot.clear()
 
     def set_acl(self, acl: Acl) -> None:
         """Swap the client ACL (SIGHUP). The hot path reads the memo directly, so both go."""
@@ -201,6 +203,13 @@ class Pipeline:
                 counts[_BLOCKED] += 1
                 self.recorder.record((self.wallclock(), client, name, qtype, rule, listed, pol.version))
                 return data[:2] + tail
+            # The same cached question again within this second: the answer (TTLs included)
+            # is the one rendered a moment ago (AnswerCache.hot; emptied by every swap).
+            cache = self.cache
+            hot = cache.hot.get(data[2:])
+            if hot is not None and hot[0] == int(cache.clock()) and self._acl_memo.get(client) and cache.touch(hot[2]):
+                counts[_CACHED] += 1
+                return data[:2] + hot[1]
         try:
             q = parse_query(data)
         except WireError as exc:
@@ -272,7 +281,10 @@ class Pipeline:
                     if blocked is not None:
                         return blocked or None  # b"": dropped
                 counts[_CACHED] += 1
-                return entry.render(data, q, now, self.udp_size, self._limit(q, udp))
+                resp = entry.render(data, q, now, self.udp_size, self._limit(q, udp))
+                if udp:
+                    cache.remember(data, resp, now, key)
+                return resp
         except Exception:
             return self._failed(data, q)
         # 5. Upstream: the only stage that waits.

@@ -122,13 +122,16 @@ class PortPool:
 
     def take(self) -> _Port:
         order = self.order
-        if not order:
-            self.loop = asyncio.get_running_loop()
-            for _ in range(self.size):
-                order.append(self._open())
-        # Never one of the most recently used half: a port does not repeat within size/2
-        # queries, and which of the other half goes next is unpredictable.
-        port = order.pop(_random.below(len(order) + 1 >> 1))
+        if len(order) < self.size:
+            # The pool fills one socket per query (the first misses each open one), so no
+            # single query pays for opening them all.
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
+            port = self._open()
+        else:
+            # Never one of the most recently used half: a port does not repeat within size/2
+            # queries, and which of the other half goes next is unpredictable.
+            port = order.pop(_random.below(len(order) + 1 >> 1))
         port.uses += 1
         if port.uses >= port.limit and len(self.retired) < self.size:
             port.retired = True

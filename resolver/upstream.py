@@ -169,25 +169,25 @@ class PortPool:
         port.sock.close()
 
     def _readable(self, port: _Port) -> None:
-        recv = port.sock.recv
-        pending = port.pending
-        while True:
-            try:
-                data = recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # ICMP port or host unreachable, reported on the connected socket: every query
-                # on it went to this server, so fail them over at once.
-                for reply, _ in pending.values():
-                    if not reply.done():
-                        reply.set_exception(exc)
-                return
-            entry = pending.get((data[0] << 8 | data[1]) if len(data) >= 2 else -1)
-            if entry is None or entry[0].done() or not _matches(data, data[0] << 8 | data[1], entry[1]):
-                self.client.ignored_replies += 1  # a stray or spoofed reply: keep waiting
-                continue
-            entry[0].set_result(data)
+        # One datagram per wakeup: the reader is level-triggered, so another queued reply calls
+        # again, and the usual single reply costs no second recv ending in BlockingIOError.
+        try:
+            data = port.sock.recv(65535)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # ICMP port or host unreachable, reported on the connected socket: every query on
+            # it went to this server, so fail them over at once.
+            for reply, _ in port.pending.values():
+                if not reply.done():
+                    reply.set_exception(exc)
+            return
+        qid = (data[0] << 8 | data[1]) if len(data) >= 2 else -1
+        entry = port.pending.get(qid)
+        if entry is None or entry[0].done() or not _matches(data, qid, entry[1]):
+            self.client.ignored_replies += 1  # a stray or spoofed reply: keep waiting
+            return
+        entry[0].set_result(data)
 
     def close(self) -> None:
         for port in self.order + list(self.retired):

@@ -100,6 +100,7 @@ class App:
                 feed_status=self.feed_status,
                 recorder_stats=self.recorder.stats,
                 retention_days=settings.hits.retention_days,
+                health=self.hitlog.health,
             )
         )
         self.http_mounts.append(
@@ -144,6 +145,11 @@ class App:
                 break
             off += wire[off] + 1
         return out
+
+    def degraded(self) -> dict[str, object]:
+        """What failed without stopping DNS, for /readyz."""
+        hits = self.hitlog.health()
+        return {"hits": hits} if hits is not None else {}
 
     def feed_status(self) -> list[dict[str, object]]:
         """Per agency: configuration, entries in force, last fetch, failures, quarantine."""
@@ -224,7 +230,7 @@ class App:
         if self.settings.http.enabled:
             self.http = HttpServer(
                 self.settings.http.address(),
-                build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts),
+                build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts, degraded=self.degraded),
                 self.settings.http,
                 limit=self.http_limit,
             )

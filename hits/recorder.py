@@ -20,6 +20,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from operator import add
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ import structlog
 from config.settings import HitsSettings
 from hits.batch import HIT_FIELDS, FlatHits, batch_size, hit_columns
 from hits.privacy import ClientPrivacy
+from hits.store import CAUSES
 
 if TYPE_CHECKING:
     from hits.writer import HitWriter
@@ -49,6 +51,7 @@ _QTYPES = {code: name.encode() for code, name in _QTYPE_NAMES.items()}
 
 
 _CHUNK = 8192  # hits formatted and written at a time
+FAILING_LOG_SECONDS = 60.0  # a store that keeps refusing writes is logged at most this often
 
 
 def _chunks(batch: Any, agg: dict[tuple[Any, ...], int]) -> Iterable[tuple[Any, dict[tuple[Any, ...], int]]]:
@@ -105,8 +108,16 @@ class HitRecorder:
         self.recorded = 0  # hits written one line each
         self.aggregated_count = 0  # hits folded into a count
         self.dropped = 0  # hits lost: aggregation table full too, or the store failed too long
+        self.lost_at_exit = 0  # hits still held (the store refusing them) when the process stopped
         self.stored_rows = 0  # rows the store accepted
         self.store_errors = 0
+        self.errors_by_cause: dict[str, int] = {}  # failed store writes by ``hits.store.CAUSES`` key
+        self.jsonl_errors = 0
+        # Why the store takes no hits now: (cause, message), or None. ``opened`` False means it
+        # could not even be opened (the hit log service reopens it); writes are not tried then.
+        self.failure: tuple[str, str] | None = None
+        self.opened = True
+        self._failing_logged = 0.0
         self.node = (settings.node or socket.gethostname()).encode()
         self.writer = writer
         self.privacy = privacy or ClientPrivacy("full")
@@ -159,7 +170,10 @@ class HitRecorder:
             # Shutdown: nothing buffered is lost. Through the writer thread, which owns the
             # store's connection; shielded so that a second cancel cannot cut it short.
             batch, agg = self.take()
-            await asyncio.shield(loop.run_in_executor(self._executor, self.write, batch, agg))
+            try:
+                await asyncio.shield(loop.run_in_executor(self._executor, self.write, batch, agg))
+            finally:
+                self.finish()
 
     async def flush(self) -> None:
         batch, agg = self.take()
@@ -170,31 +184,94 @@ class HitRecorder:
         """Writer thread: store first (the evidence), then JSON lines."""
         with self._lock:
             if self.writer is not None:
-                pending = self._retry + [(batch, agg)]
-                self._retry = []
-                for i, (b, a) in enumerate(pending):
-                    try:
-                        self.stored_rows += self.writer.write(b, a)
-                    except Exception as exc:
-                        self.store_errors += 1
-                        self._retry = pending[i:]
-                        held = sum(batch_size(b) + sum(a.values()) for b, a in self._retry)
-                        while len(self._retry) > 1 and held > self.cap * 4:
-                            lost_b, lost_a = self._retry.pop(0)
-                            lost = batch_size(lost_b) + sum(lost_a.values())
-                            held -= lost
-                            self.dropped += lost
-                        log.error("hit store write failed; keeping the batch for the next flush", error=str(exc), held=held)
-                        break
-            if self.jsonl:
-                out = self._open()
-                for chunk, chunk_agg in _chunks(batch, agg):
-                    # In slices: a second's flood as one list of lines held ~20 MB of small
-                    # objects at once, and the allocator kept that memory afterwards.
-                    out.writelines(self.format(chunk, chunk_agg))
-                out.flush()
+                if batch or agg:
+                    self._retry.append((batch, agg))
+                if self.opened:
+                    self._store_held()
+                self._bound_held()
+            if self.jsonl and (batch or agg):
+                try:
+                    out = self._open()
+                    for chunk, chunk_agg in _chunks(batch, agg):
+                        # In slices: a second's flood as one list of lines held ~20 MB of small
+                        # objects at once, and the allocator kept that memory afterwards.
+                        out.writelines(self.format(chunk, chunk_agg))
+                    out.flush()
+                except OSError as exc:  # a full disk must not stop the store writes or the loop
+                    self.jsonl_errors += 1
+                    if self.jsonl_errors == 1 or self.jsonl_errors % 600 == 0:
+                        log.error("hit JSON lines not written", error=str(exc), errors=self.jsonl_errors)
             self.recorded += batch_size(batch)
             self.aggregated_count += sum(agg.values())
+
+    def _store_held(self) -> None:
+        """Write every held batch, oldest first, until one fails (it stays held for the next flush)."""
+        assert self.writer is not None
+        while self._retry:
+            b, a = self._retry[0]
+            try:
+                self.stored_rows += self.writer.write(b, a)
+            except Exception as exc:  # noqa: BLE001 - every store failure is held and reported, never raised
+                self.store_errors += 1
+                cause = self.writer.store.classify(exc)
+                self.errors_by_cause[cause] = self.errors_by_cause.get(cause, 0) + 1
+                first = self.failure is None
+                self.failure = (cause, str(exc))
+                now = time.monotonic()
+                if first or now - self._failing_logged >= FAILING_LOG_SECONDS:
+                    self._failing_logged = now
+                    log.error(
+                        "hit store write failed; holding hits in memory and retrying at every flush",
+                        cause=CAUSES.get(cause, cause), error=str(exc), held=self.held(), limit=self.cap * 4, lost=self.dropped,
+                    )
+                return
+            self._retry.pop(0)
+        if self.failure is not None and self.opened:
+            log.info("hit store writes again; every held hit is written", cause=CAUSES.get(self.failure[0]), lost=self.dropped)
+            self.failure = None
+
+    def _bound_held(self) -> None:
+        """Hold at most 4 x ``buffer_size`` hits for a store that refuses them; beyond, the oldest
+        batches are lost, counted and logged."""
+        held = self.held()
+        lost = 0
+        while len(self._retry) > 1 and held > self.cap * 4:
+            lost_b, lost_a = self._retry.pop(0)
+            n = batch_size(lost_b) + sum(lost_a.values())
+            held -= n
+            lost += n
+        if lost:
+            self.dropped += lost
+            log.error("hits lost: the store refused them for too long", lost=lost, total_lost=self.dropped, held=held,
+                      cause=CAUSES.get(self.failure[0]) if self.failure else None)
+
+    def held(self) -> int:
+        """Hits taken from the buffer that the store has not accepted yet."""
+        return sum(batch_size(b) + sum(a.values()) for b, a in self._retry)
+
+    def fail(self, cause: str, message: str) -> None:
+        """The store could not be opened: hold hits (bounded) without trying to write them."""
+        self.failure = (cause, message)
+        self.opened = False
+
+    def reopened(self) -> None:
+        """The store is open again: the next flush writes what is held."""
+        self.opened = True
+
+    def finish(self) -> int:
+        """At exit, after the last write: hits still held are lost; how many (logged)."""
+        with self._lock:
+            return self._finish()
+
+    def _finish(self) -> int:
+        held = self.held()
+        if held:
+            self.lost_at_exit += held
+            self._retry = []
+            log.error("hits lost at shutdown: the store did not take them", lost=held,
+                      cause=CAUSES.get(self.failure[0]) if self.failure else None,
+                      error=self.failure[1] if self.failure else None)
+        return held
 
     def format(self, batch: Iterable[Hit], agg: dict[tuple[Any, ...], int]) -> list[bytes]:
         """JSON lines for a batch, at one %-format per hit: the parts that repeat (the
@@ -264,11 +341,20 @@ class HitRecorder:
             self._stream = None
 
     def stats(self) -> dict[str, int]:
+        held = self.held()
+        buffered = self.buffer.hits()
         return {
             "recorded": self.recorded,
             "aggregated": self.aggregated_count,
             "dropped": self.dropped,
-            "buffered": self.buffer.hits(),
+            "buffered": buffered,
+            # everything taken in and not yet written: the buffer, the per-second counts, and
+            # what the store refused (lost if the process stops before the store takes it)
+            "held": buffered + sum(self.aggregated.values()) + held,
+            "held_refused": held,
+            "lost": self.dropped + self.lost_at_exit,
             "stored_rows": self.stored_rows,
             "store_errors": self.store_errors,
+            "store_state": "ok" if self.failure is None else ("failing" if self.opened else "failed"),
+            "store_error": f"{CAUSES.get(self.failure[0], self.failure[0])}: {self.failure[1]}" if self.failure else None,
         }

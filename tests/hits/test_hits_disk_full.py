@@ -1,0 +1,96 @@
+"""A full disk (issue 8, item 8), made real with SQLite's ``PRAGMA max_page_count``: the store
+answers SQLITE_FULL exactly as on a full file system. The error is named by its cause, the held
+hits are kept, shown and written once there is room, and what is lost is counted truly."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from config.settings import HitsSettings
+from hits.privacy import ClientPrivacy
+from hits.recorder import HitRecorder
+from hits.sqlite import SqliteStore
+from hits.writer import HitWriter
+from tests.hits.conftest import T0, hit
+
+
+async def _full_store(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "hits.sqlite")
+    await store.open()
+    assert store._w is not None
+    pages = store._w.execute("PRAGMA page_count").fetchone()[0]
+    store._w.execute(f"PRAGMA max_page_count = {pages}")  # not one page more: the disk is full
+    return store
+
+
+def _room(store: SqliteStore) -> None:
+    assert store._w is not None
+    store._w.execute("PRAGMA max_page_count = 1073741823")
+
+
+def _record(rec: HitRecorder, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        rec.record(hit(T0 + i / 1000, f"192.0.2.{i % 200}", f"n{i}.casino.test", listed="casino.test"))
+
+
+async def test_disk_full_is_named_held_and_written_once_there_is_room(tmp_path: Path) -> None:
+    store = await _full_store(tmp_path)
+    rec = HitRecorder(HitsSettings(buffer_size=1000), writer=HitWriter(store, ClientPrivacy("full"), "n"))
+    try:
+        _record(rec, 600)
+        with capture_logs() as logs:
+            await rec.flush()
+            _record(rec, 300, 600)
+            await rec.flush()
+        errors = [e for e in logs if e["log_level"] == "error"]
+        assert len(errors) == 1, errors  # once when it starts, not at every flush
+        assert errors[0]["cause"] == "disk full" and "cannot rollback" not in errors[0]["error"]
+        stats = rec.stats()
+        assert stats["held"] == 900 and stats["lost"] == 0 and stats["store_state"] == "failing"
+        assert rec.errors_by_cause == {"disk_full": 2}
+        _room(store)
+        with capture_logs() as logs:
+            await rec.flush()
+        assert any(e["event"].startswith("hit store writes again") for e in logs)
+        stats = rec.stats()
+        assert stats["held"] == 0 and stats["lost"] == 0 and stats["store_state"] == "ok"
+        assert (await store.status())["hits"] == 900
+        assert await store.verify() == (2, None)
+    finally:
+        rec.close()
+        await store.close()
+
+
+async def test_shutdown_on_a_full_disk_reports_every_hit_lost(tmp_path: Path) -> None:
+    store = await _full_store(tmp_path)
+    # flushes far apart: what the signal finds is in the buffer, the per-second counts and the
+    # batches the store refused earlier
+    rec = HitRecorder(HitsSettings(buffer_size=100, flush_interval=3600), writer=HitWriter(store, ClientPrivacy("full"), "n"))
+    try:
+        _record(rec, 250)
+        await rec.flush()  # refused: 250 held
+        _record(rec, 520, 250)  # 100 buffered, 420 counted per second and name (all distinct keys: 400 fit, 20 dropped)
+        assert rec.dropped == 20
+        assert rec.stats()["held"] == 250 + 500
+        task = asyncio.create_task(rec.run())
+        await asyncio.sleep(0)
+        with capture_logs() as logs:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        lost = [e for e in logs if e["event"].startswith("hits lost at shutdown")]
+        # the oldest refused batch (250) gave way to keep at most 4 x 100 held; the last one is
+        # held alone, and lost at exit
+        assert len(lost) == 1 and lost[0]["lost"] == 500 and lost[0]["cause"] == "disk full", logs
+        stats = rec.stats()
+        # everything taken in: 20 dropped at once, 250 to keep the bound, 500 at exit: 770 hits,
+        # all counted lost, none stored
+        assert stats["lost"] == 770 and stats["held"] == 0
+        assert (await store.status())["hits"] == 0
+    finally:
+        rec.close()
+        await store.close()

@@ -201,7 +201,11 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only = ON")
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error:
+            conn.close()  # a damaged file: let go of it (and of the WAL files SQLite opened) at once
+            raise
         # WAL + NORMAL: a committed batch survives a process crash; a power cut may lose the
         # last ones (the OS had not synced the WAL yet).
         conn.execute("PRAGMA synchronous = NORMAL")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import sys
@@ -330,7 +331,9 @@ class HitRecorder:
                 self._stream = sys.stdout.buffer
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._stream = open(path, "ab")  # noqa: SIM115 - kept open for the process
+                # subscriber addresses: readable by the service account only
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._stream = os.fdopen(fd, "ab")  # kept open for the process
                 self._own_stream = True
         return self._stream
 

@@ -243,8 +243,10 @@ class SqliteStore(HitStore):
         try:
             # Subscriber addresses: 0600, and SQLite creates the WAL and shm with the same mode.
             create_private(self.path)
-            if self.path.stat().st_mode & 0o077:
-                self.path.chmod(0o600)
+            for suffix in ("", "-wal", "-shm"):  # files of an older version: made private too
+                p = Path(str(self.path) + suffix)
+                if p.exists() and p.stat().st_mode & 0o077:
+                    p.chmod(0o600)
             self._w = _connect(self.path)
             self._migrate(self._w)
             self.head = _head(self._w)

@@ -94,3 +94,41 @@ async def test_shutdown_on_a_full_disk_reports_every_hit_lost(tmp_path: Path) ->
     finally:
         rec.close()
         await store.close()
+
+
+async def test_postgres_down_at_start_holds_hits_and_writes_them_once_it_is_up(tmp_path: Path) -> None:
+    """The hit log never stops the node from starting: an unreachable PostgreSQL leaves it
+    failed (reported, hits held), and the retry writes the held hits once the server answers."""
+    import socket
+
+    from config.settings import Settings
+    from hits.service import HitLog
+    from tests.hits.conftest import PG_DSN, need_pg, pg_schema
+
+    await need_pg()
+    closed = socket.socket()  # bound, never listening: connections are refused
+    closed.bind(("127.0.0.1", 0))
+    schema = pg_schema()
+    dead = f"postgresql://postgres@127.0.0.1:{closed.getsockname()[1]}/test"
+    log = HitLog(Settings(data_dir=tmp_path, hits={"store": "postgres", "postgres_dsn": dead, "postgres_schema": schema}))
+    try:
+        with capture_logs() as logs:
+            await log.open()
+        health = log.health()
+        assert health is not None and health["state"] == "failed" and "unreachable" in health["error"]
+        assert [e["cause"] for e in logs if e["log_level"] == "error"] == ["store unreachable"]
+        _record(log.recorder, 40)
+        await log.recorder.flush()
+        assert log.recorder.stats()["held"] == 40
+        log.store.dsn = PG_DSN  # type: ignore[union-attr]  # the server is back
+        await log._reopen()
+        assert log.health() is not None  # open again; the held hits go at the next flush
+        await log.recorder.flush()
+        assert log.health() is None and log.recorder.stats()["held"] == 0
+        assert (await log.store.status())["hits"] == 40  # type: ignore[union-attr]
+    finally:
+        closed.close()
+        await log.close()
+        from hits.postgres import PostgresStore
+
+        await PostgresStore(PG_DSN, schema).drop_schema()

@@ -217,3 +217,24 @@ async def test_verify_catches_a_store_truncated_to_nothing_and_an_expected_head(
     rc, out, _ = await _cli("--config", str(cfg), "verify")
     assert rc == 1 and "BROKEN" in out and "0 bytes" in out, out
     assert (tmp_path / "hits.sqlite").stat().st_size == 0
+
+
+async def test_state_files_are_private(tmp_path: Path) -> None:
+    """Subscriber addresses and the checkpoint key: mode 0600 whatever the umask (issue 8, item 13)."""
+    import os
+
+    from config.settings import Settings
+    from hits.service import HitLog
+
+    old = os.umask(0o022)
+    try:
+        log = HitLog(Settings(data_dir=tmp_path, hits={"jsonl_path": str(tmp_path / "hits.jsonl")}))
+        await log.open()
+        log.recorder.record(hit(T0, "192.0.2.1", "casino.test"))
+        await log.recorder.flush()
+        files = ["hits.sqlite", "hits.sqlite-wal", "hits.sqlite-shm", "hits.jsonl", "hits.checkpoints", "hits.checkpoints.key"]
+        modes = {f: (tmp_path / f).stat().st_mode & 0o777 for f in files}
+        await log.close()
+    finally:
+        os.umask(old)
+    assert modes == {f: 0o600 for f in files}

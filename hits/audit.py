@@ -223,3 +223,49 @@ async def _derived(store: HitStore, acc: _Acc, purged: int) -> list[str]:
             if extra:
                 problems.append(f"{table} has {extra} entries that match no hit")
     return problems
+
+
+# -- rebuild ---------------------------------------------------------------------------------
+
+# Each derived table from the rows, as one statement per table; ``{d0}`` is the last day whose
+# roll-ups retention may have cut (see ``_derived``). Portable SQL: SQLite and PostgreSQL.
+_BATCH_ROWS = "FROM batches b JOIN hits h ON h.id >= b.first_hit AND h.id <= b.last_hit"
+_DAY = f"(h.ts + b.min_ts) / {DAY_MS}"
+REBUILD = [
+    "UPDATE batches SET max_ts = min_ts + (SELECT MAX(h.ts) FROM hits h WHERE h.id >= batches.first_hit AND h.id <= batches.last_hit)",
+    "DELETE FROM rule_blocks",
+    f"INSERT INTO rule_blocks (rule, block) SELECT DISTINCT rule, id / {1 << BLOCK_SHIFT} FROM hits",
+    "DELETE FROM name_rules",
+    "INSERT INTO name_rules (name, rule) SELECT DISTINCT name, rule FROM hits",
+    f"INSERT INTO first_seen (name, ts) SELECT h.name, MIN(h.ts + b.min_ts) {_BATCH_ROWS} WHERE true GROUP BY h.name ON CONFLICT (name) DO NOTHING",
+    "INSERT INTO nets (net) SELECT DISTINCT net FROM clients WHERE true ON CONFLICT (net) DO NOTHING",
+    "DELETE FROM daily_rule WHERE day > {d0}",
+    f"INSERT INTO daily_rule (day, rule, hits) SELECT * FROM (SELECT {_DAY} AS day, h.rule, SUM(h.cnt) AS hits {_BATCH_ROWS} GROUP BY 1, 2) AS x WHERE day > {{d0}}",
+    "DELETE FROM daily_name WHERE day > {d0}",
+    f"INSERT INTO daily_name (day, name, hits) SELECT * FROM (SELECT {_DAY} AS day, h.name, SUM(h.cnt) AS hits {_BATCH_ROWS} GROUP BY 1, 2) AS x WHERE day > {{d0}}",
+    "DELETE FROM daily_net WHERE day > {d0}",
+    f"INSERT INTO daily_net (day, net, hits) SELECT * FROM (SELECT {_DAY} AS day, n.id, SUM(h.cnt) AS hits {_BATCH_ROWS} "
+    "JOIN clients c ON c.id = h.client JOIN nets n ON n.net = c.net GROUP BY 1, 2) AS x WHERE day > {d0}",
+]
+REBUILD_POSTINGS = [  # SQLite only: the name and client lookups are tables
+    "DELETE FROM name_hits",
+    "INSERT INTO name_hits (n, hid) SELECT name, id FROM hits ORDER BY name, id",
+    "DELETE FROM client_hits",
+    "INSERT INTO client_hits (c, hid) SELECT client, id FROM hits ORDER BY client, id",
+]
+
+
+async def rebuild(store: HitStore) -> None:
+    """Write every derived table anew from the rows (after ``audit`` named differences). Run
+    only on a store whose chain verifies: the rows are then the evidence."""
+    purged = int(await _meta(store, "purged_batches") or 0)
+    stmts = list(REBUILD) + (REBUILD_POSTINGS if store.postings else [])
+    first = await store.fetch("SELECT min_ts + (SELECT MAX(h.ts) FROM hits h WHERE h.id >= b.first_hit AND h.id <= b.last_hit) "
+                              "FROM batches b ORDER BY b.id LIMIT 1")
+    if not purged:
+        d0 = -1
+    elif first and first[0][0] is not None:
+        d0 = int(first[0][0]) // DAY_MS
+    else:
+        d0 = (1 << 31) - 1
+    await store.execute_locked([s.replace("{d0}", str(d0)) for s in stmts])

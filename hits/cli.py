@@ -1,6 +1,6 @@
 """``betblock hits ...``: the hit log from the command line, the same queries as the admin API.
 
-Owns the subcommands list, export, stats, status, verify and purge, their flags and exit codes
+Owns the subcommands list, export, stats, status, verify, rebuild-index and purge, their flags and exit codes
 (0 ok, 1 a broken chain or a damaged store, 2 bad arguments or configuration, 3 the store cannot
 be opened: "no such hit log" for a path or schema that holds none, which is never created). Reads
 the store named by the config file. Must not import the resolver.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from config.settings import DEFAULT_CONFIG, ConfigError, load_settings
 from hits.query import FilterError, Filters, csv_header, csv_rows, ndjson_lines, parse_cursor, parse_limit
-from hits.audit import audit
+from hits.audit import audit, rebuild
 from hits.checkpoint import CheckpointError, CheckpointLog
 from hits.service import build_checkpoints, build_store
 from hits.store import DAY_MS, HitStore, StoreError
@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         "hash prefix/batch count, e.g. 3fa9c2d41b0e77aa/1234",
     )
     sub.add_parser("purge", help="delete hits past hits.retention_days now")
+    sub.add_parser(
+        "rebuild-index",
+        help="write every table derived from the hits (name and client lookups, agency blocks, time bounds, roll-ups) "
+        "anew from the chained rows, after verify named differences",
+    )
     return p
 
 
@@ -151,6 +156,18 @@ async def _run(args: argparse.Namespace, store: HitStore, retention_days: int, c
         return 0
     if args.cmd == "verify":
         return await _verify(args, store, checkpoints)
+    if args.cmd == "rebuild-index":
+        verified, broken = await store.verify()
+        if broken is not None:
+            print(f"refused: the chain is broken at batch {broken.batch} ({broken.reason}); the rows are not evidence to rebuild from", file=sys.stderr)
+            return 1
+        await rebuild(store)
+        report = await audit(store)
+        if report.problems:
+            print("rebuilt, but still:\n" + "\n".join(f"  - {p}" for p in report.problems), file=out)
+            return 1
+        print(f"rebuilt the derived tables from {verified} verified batches; they match", file=out)
+        return 0
     if args.cmd == "purge":
         cutoff = int(store.clock() * 1000) - retention_days * DAY_MS
         print(f"deleted {await store.purge(cutoff)} rows older than {retention_days} days")

@@ -384,6 +384,13 @@ class PostgresStore(HitStore):
         self.head = ChainHead(total + 1, h.hex(), last, purged, anchor_hex)
         return first, last
 
+    async def execute_locked(self, stmts: Sequence[str]) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
+            for s in stmts:
+                await conn.execute(s)
+
     async def purge(self, cutoff_ms: int) -> int:
         assert self._pool is not None
         removed = 0

@@ -415,6 +415,22 @@ class SqliteStore(HitStore):
             self.head = ChainHead(total + 1, h.hex(), last, purged, anchor_hex)
         return first, last
 
+    async def execute_locked(self, stmts: Sequence[str]) -> None:
+        await asyncio.to_thread(self._execute_locked, stmts)
+
+    def _execute_locked(self, stmts: Sequence[str]) -> None:
+        conn = self._w
+        assert conn is not None
+        with self._wlock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for s in stmts:
+                    conn.execute(s)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
     async def purge(self, cutoff_ms: int) -> int:
         return await asyncio.to_thread(self._purge, cutoff_ms)
 

@@ -176,6 +176,10 @@ class HitStore(abc.ABC):
     @abc.abstractmethod
     async def size_bytes(self) -> int | None: ...
 
+    @abc.abstractmethod
+    async def execute_locked(self, stmts: Sequence[str]) -> None:
+        """Run write statements in one transaction under the writers' lock (maintenance only)."""
+
     # -- read side -------------------------------------------------------------------------
 
     async def _resolve(self, f: Filters) -> list[Resolved] | None:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from operator import add
+from operator import add, itemgetter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -64,6 +64,21 @@ def _chunks(batch: Any, agg: dict[tuple[Any, ...], int]) -> Iterable[tuple[Any, 
     for start in range(0, len(batch), step):
         last = start + step >= len(batch)
         yield FlatHits(batch[start : start + step]), (agg if last else {})
+
+
+def _fold(batch: Any, agg: dict[tuple[Any, ...], int], into: dict[tuple[Any, ...], int]) -> None:
+    """Add a batch's hits (keyed by their whole second, as ``record`` aggregates) and counts to ``into``."""
+    if isinstance(batch, FlatHits):
+        n = HIT_FIELDS
+        hits: Iterable[Any] = (batch[i : i + n] for i in range(0, len(batch), n))
+    else:
+        hits = batch
+    get = into.get
+    for h in hits:
+        key = (int(h[0]), h[1], h[2], h[3], h[4], h[5], h[6])
+        into[key] = get(key, 0) + 1
+    for key, c in agg.items():
+        into[key] = get(key, 0) + c
 
 
 def _qtype(code: int) -> bytes:
@@ -130,6 +145,7 @@ class HitRecorder:
         self._heads: dict[str, bytes] = {}  # client address -> start of its JSON lines, see format()
         self._lock = threading.Lock()  # one writer at a time: the periodic flush and the final one
         self._retry: list[tuple[list[Hit], dict[tuple[Any, ...], int]]] = []  # refused by the store
+        self._folded: dict[tuple[Any, ...], int] | None = None  # held hits folded into counts (see _bound_held)
         # One thread does every write: the SQLite connection and the PostgreSQL writer loop
         # belong to it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hits-writer")
@@ -232,18 +248,29 @@ class HitRecorder:
             self.failure = None
 
     def _bound_held(self) -> None:
-        """Hold at most 4 x ``buffer_size`` hits for a store that refuses them; beyond, the oldest
-        batches are lost, counted and logged."""
-        held = self.held()
+        """Hold at most 4 x ``buffer_size`` rows for a store that refuses them. Beyond, the held
+        hits are folded into counts per (second, client, name, type, entry), as the buffer does
+        under overload: a flood repeats few keys, so it is kept whole. Only when the counts have
+        more keys than that are the oldest seconds lost, counted and logged."""
+        limit = self.cap * 4
+        if sum(batch_size(b) + len(a) for b, a in self._retry) <= limit:
+            return
+        head_b, head_a = self._retry[0]
+        if self._folded is not None and head_a is self._folded and not head_b:
+            folded, rest = self._folded, self._retry[1:]  # counts folded at an earlier flush
+        else:
+            folded, rest = {}, self._retry
+        for b, a in rest:
+            _fold(b, a, folded)
         lost = 0
-        while len(self._retry) > 1 and held > self.cap * 4:
-            lost_b, lost_a = self._retry.pop(0)
-            n = batch_size(lost_b) + sum(lost_a.values())
-            held -= n
-            lost += n
+        if len(folded) > limit:
+            for key in sorted(folded, key=itemgetter(0))[: len(folded) - limit]:
+                lost += folded.pop(key)
+        self._folded = folded
+        self._retry = [(FlatHits(), folded)]
         if lost:
             self.dropped += lost
-            log.error("hits lost: the store refused them for too long", lost=lost, total_lost=self.dropped, held=held,
+            log.error("hits lost: the store refused them for too long", lost=lost, total_lost=self.dropped, held=self.held(),
                       cause=CAUSES.get(self.failure[0]) if self.failure else None)
 
     def held(self) -> int:

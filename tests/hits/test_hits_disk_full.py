@@ -83,14 +83,37 @@ async def test_shutdown_on_a_full_disk_reports_every_hit_lost(tmp_path: Path) ->
             with pytest.raises(asyncio.CancelledError):
                 await task
         lost = [e for e in logs if e["event"].startswith("hits lost at shutdown")]
-        # the oldest refused batch (250) gave way to keep at most 4 x 100 held; the last one is
-        # held alone, and lost at exit
-        assert len(lost) == 1 and lost[0]["lost"] == 500 and lost[0]["cause"] == "disk full", logs
+        # every name is new, so folding into counts saves nothing: the oldest seconds gave way to
+        # keep 4 x 100 held, and those 400 are lost at exit
+        assert len(lost) == 1 and lost[0]["lost"] == 400 and lost[0]["cause"] == "disk full", logs
         stats = rec.stats()
-        # everything taken in: 20 dropped at once, 250 to keep the bound, 500 at exit: 770 hits,
+        # everything taken in: 20 dropped at once, 350 to keep the bound, 400 at exit: 770 hits,
         # all counted lost, none stored
         assert stats["lost"] == 770 and stats["held"] == 0
         assert (await store.status())["hits"] == 0
+    finally:
+        rec.close()
+        await store.close()
+
+
+async def test_a_flood_held_on_a_full_disk_is_folded_into_counts_not_lost(tmp_path: Path) -> None:
+    store = await _full_store(tmp_path)
+    rec = HitRecorder(HitsSettings(buffer_size=100), writer=HitWriter(store, ClientPrivacy("full"), "n"))
+    try:
+        sent = 0
+        for second in range(20):  # 20 flushes of a flood: 3 clients x 4 names, 300 hits a second
+            for i in range(300):
+                rec.record(hit(T0 + second + i / 1000, f"192.0.2.{i % 3}", f"n{i % 4}.casino.test", listed="casino.test"))
+            sent += 300
+            await rec.flush()
+        stats = rec.stats()
+        stored = (await store.status())["hits"]  # the first flushes may fit in free pages
+        assert stats["held"] >= sent - 600 and stats["held"] + stored == sent and stats["lost"] == 0
+        assert sum(len(b) // 7 + len(a) for b, a in rec._retry) <= 400  # thousands of hits in a few counts
+        _room(store)
+        await rec.flush()
+        assert rec.stats()["held"] == 0 and rec.stats()["lost"] == 0
+        assert (await store.status())["hits"] == sent
     finally:
         rec.close()
         await store.close()

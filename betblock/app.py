@@ -246,7 +246,7 @@ class App:
 
     async def _start_serving(self) -> None:
         await self.load_policy()
-        await self.hitlog.open()  # schema migrated before the first hit can arrive
+        await self.hitlog.open()  # schema migrated before the first hit can arrive; a damaged store only fails the hit log
         await self.server.start()
         if self.settings.warning_page.enabled:
             page = WarningPage(

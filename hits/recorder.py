@@ -5,7 +5,8 @@ over when the buffer is full (a flood of blocked queries is counted, never silen
 drop counter for what even aggregation cannot hold, and the periodic flush that hands batches
 to one writer thread: the store (through ``hits.writer``) and, when configured, JSON lines for a
 SIEM. A clean shutdown flushes everything buffered; a batch the store refused is kept and
-retried at the next flush.
+retried at every flush (bounded, folded into counts beyond the bound), the failure named by its
+cause; what is held and what is lost are counted, and hits still held at exit are reported lost.
 
 The hot path hands over a tuple ``(ts, client, qname_wire, qtype, rule, listed_wire,
 policy_version)``; turning it into text happens here, in the writer thread.

@@ -1,11 +1,13 @@
 """The hit log as one part for the composition root: store, writer, recorder, retention.
 
-Owns building the configured store (SQLite file under data_dir, PostgreSQL, or none), the
-client privacy from settings, and the retention job that deletes hits older than
-``hits.retention_days`` (run at start and every ``hits.retention_interval``). The composition
-root constructs ``HitLog``, hands ``recorder`` to the resolver, awaits ``open`` before the
-listeners open, runs ``retention`` in its TaskGroup and awaits ``close`` after the recorder's
-final flush. Must not import the resolver.
+Owns building the configured store (SQLite file under data_dir, PostgreSQL, or none), its
+checkpoint file, the client privacy from settings, the store's health (failed at open, or
+refusing writes) for /readyz, status and metrics, and the retention job that deletes hits older
+than ``hits.retention_days`` (run at start and every ``hits.retention_interval``; it also reopens
+a store that was unreachable at start). The composition root constructs ``HitLog``, hands
+``recorder`` to the resolver, awaits ``open`` before the listeners open (it never raises: the hit
+log must not keep DNS from starting), runs ``retention`` in its TaskGroup and awaits ``close``
+after the recorder's final flush. Must not import the resolver.
 """
 
 from __future__ import annotations

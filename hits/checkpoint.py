@@ -16,6 +16,7 @@ latest valid line. Must not import the resolver.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -77,6 +78,20 @@ def create_private(path: Path) -> None:
     os.close(fd)
 
 
+def _tail_seq(fd: int) -> int:
+    """The sequence number of the file's last complete line (0 for an empty file)."""
+    size = os.fstat(fd).st_size
+    n = min(size, 8192)
+    lines = os.pread(fd, n, size - n).split(b"\n")
+    for raw in reversed(lines[:-1]):  # the part after the last newline is not a line yet
+        if raw:
+            try:
+                return int(json.loads(raw)["seq"])
+            except (ValueError, KeyError, TypeError):
+                return 0
+    return 0
+
+
 class CheckpointLog:
     """One node's checkpoint file."""
 
@@ -85,13 +100,11 @@ class CheckpointLog:
         self._key = key
         self.key_path = key_path if key_path is not None else self.path.with_name(self.path.name + ".key")
         self.last: Checkpoint | None = None
-        self._seq: int | None = None
         self._lock = threading.Lock()  # the writer thread and the retention job both append
 
     def reset(self) -> None:
         """The file was moved away: the next append starts a new one."""
         with self._lock:
-            self._seq = None
             self.last = None
 
     def key(self, create: bool) -> bytes:
@@ -174,23 +187,30 @@ class CheckpointLog:
             return self._append(store, head, at)
 
     def _append(self, store: str, head: ChainHead, at: float | None) -> Checkpoint:
-        if self._seq is None:
-            prev = self.latest()
-            self._seq = prev.seq if prev is not None else 0
-        cp = Checkpoint(self._seq + 1, time.time() if at is None else at, store, head)
-        line = self._line(cp)
+        # Under an exclusive lock on the file, the sequence number continues the file's last
+        # line: `betblock hits purge` may append while the node runs.
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = self._open_locked()
         try:
-            os.write(fd, line)
-            size = os.fstat(fd).st_size
+            cp = Checkpoint(_tail_seq(fd) + 1, time.time() if at is None else at, store, head)
+            os.write(fd, self._line(cp))
+            if os.fstat(fd).st_size > COMPACT_BYTES:
+                self._compact()
         finally:
-            os.close(fd)
-        self._seq = cp.seq
+            os.close(fd)  # and the lock with it
         self.last = cp
-        if size > COMPACT_BYTES:
-            self._compact()
         return cp
+
+    def _open_locked(self) -> int:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # compacted or moved aside meanwhile: lock the file now at the path
 
     def _compact(self) -> None:
         """Keep the newest lines (atomically: a crash leaves the old file or the new one)."""

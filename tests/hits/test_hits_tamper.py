@@ -257,3 +257,21 @@ async def test_state_files_are_private(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert modes == {f: 0o600 for f in files}
+
+
+def test_two_writers_of_one_checkpoint_file_keep_one_sequence(tmp_path: Path) -> None:
+    """The node and `betblock hits purge` may append at once: one sequence, every line valid."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hits.checkpoint import ChainHead
+
+    a, b = CheckpointLog(tmp_path / "c"), CheckpointLog(tmp_path / "c")
+    a.append("s", ChainHead(1, "ab" * 32, 1, 0, "00" * 32))  # the key exists before the race
+
+    def burst(log: CheckpointLog) -> None:
+        for i in range(200):
+            log.append("s", ChainHead(i, "ab" * 32, i, 0, "00" * 32))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(burst, (a, b)))
+    assert [cp.seq for cp in a.read()] == list(range(1, 402))

@@ -68,10 +68,15 @@ class _Acc:
         real_max = base_ts + max(ts)
         if real_max != max_ts:
             self.bad_bounds.append(f"batch {bid}: max_ts {max_ts}, its rows end at {real_max}")
-        days = [(base_ts + t) // DAY_MS for t in ts]
+        lo, hi = base_ts // DAY_MS, real_max // DAY_MS
+        days = [lo] * len(ts) if lo == hi else [(base_ts + t) // DAY_MS for t in ts]
+        single = max(cnt) == 1  # no aggregated rows: count pairs at C speed
         for c, key in ((self.daily_rule, rule), (self.daily_name, name), (self.daily_client, client)):
-            for pair, k in zip(zip(days, key), cnt):
-                c[pair] += k
+            if single:
+                c.update(zip(days, key))
+            else:
+                for pair, k in zip(zip(days, key), cnt):
+                    c[pair] += k
         self.name_rules.update(zip(name, rule))
         self.rule_blocks.update(zip(rule, ((first + i) >> BLOCK_SHIFT for i in range(len(rows)))))
         self.names.update(name)

@@ -26,8 +26,17 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
 
 from config.errors import BetblockError
+
+if TYPE_CHECKING:
+    from hits.store import HitStore
+
+log = structlog.get_logger("betblock.hits")
+LOG_SECONDS = 600.0  # the chain's head goes to the log at most this often (and at start and after retention)
 
 FORMAT = 1
 COMPACT_BYTES = 1 << 20  # beyond this the file is rewritten with its newest lines
@@ -224,3 +233,30 @@ class CheckpointLog:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         _private(self.path)
+
+
+class Checkpointer:
+    """Records a store's chain head in its checkpoint file after each write and purge, and now
+    and then in the log. A failure is counted and logged, never raised: the batch itself is
+    committed, and the next checkpoint covers it."""
+
+    def __init__(self, store: HitStore, checkpoints: CheckpointLog) -> None:
+        self.store = store
+        self.checkpoints = checkpoints
+        self.errors = 0
+        self._logged_at = 0.0
+
+    def record(self, force_log: bool = False) -> None:
+        head = self.store.head
+        if head is None:
+            return
+        try:
+            cp = self.checkpoints.append(self.store.ident, head)
+        except (OSError, CheckpointError) as exc:
+            self.errors += 1
+            log.error("hit log checkpoint not written", error=str(exc), path=str(self.checkpoints.path))
+            return
+        now = time.monotonic()
+        if force_log or now - self._logged_at >= LOG_SECONDS:
+            self._logged_at = now
+            log.info("hit log checkpoint", seq=cp.seq, batches=head.batches, head=head.head[:16], last_hit=head.last_hit)

@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from config.settings import HitsSettings, Settings
-from hits.checkpoint import CheckpointLog
+from hits.checkpoint import Checkpointer, CheckpointLog
 from hits.privacy import ClientPrivacy
 from hits.recorder import HitRecorder
 from hits import damage
@@ -71,7 +71,8 @@ class HitLog:
         self.checkpoints = build_checkpoints(settings.hits, settings.data_dir)
         if self.store is not None:
             self.store.seal = self.checkpoints.seal
-        self.writer = HitWriter(self.store, self.privacy, node, self.checkpoints) if self.store is not None else None
+        self.checkpointer = Checkpointer(self.store, self.checkpoints) if self.store is not None else None
+        self.writer = HitWriter(self.store, self.privacy, node, self.checkpointer.record) if self.checkpointer is not None else None
         self.recorder = HitRecorder(settings.hits, writer=self.writer, privacy=self.privacy)
         self.failure: tuple[str, str] | None = None  # why the store could not be opened
 
@@ -93,8 +94,8 @@ class HitLog:
             )
             return
         self.failure = None
-        if self.writer is not None:
-            await asyncio.to_thread(self.writer.checkpoint, True)
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.record, True)
 
     async def _reopen(self) -> None:
         """A store that was unreachable or busy at start: try again (a damaged one stays failed)."""
@@ -107,8 +108,8 @@ class HitLog:
         self.failure = None
         self.recorder.reopened()
         log.info("hit store open; held hits are written at the next flush", held=self.recorder.held())
-        if self.writer is not None:
-            await asyncio.to_thread(self.writer.checkpoint, True)
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.record, True)
 
     def health(self) -> dict[str, Any] | None:
         """None while the store takes hits; else its state, cause and error (for /readyz and status)."""
@@ -124,8 +125,8 @@ class HitLog:
         removed = await self.store.purge(cutoff)
         if removed:
             log.info("hits past retention deleted", rows=removed, retention_days=self.settings.retention_days)
-            if self.writer is not None:  # the anchor moved: say so outside the store
-                await asyncio.to_thread(self.writer.checkpoint, True)
+            if self.checkpointer is not None:  # the anchor moved: say so outside the store
+                await asyncio.to_thread(self.checkpointer.record, True)
         return removed
 
     async def retention(self) -> None:
@@ -186,6 +187,6 @@ class HitLog:
             info = GaugeMetricFamily("betblock_hits_chain_head", "The hit chain's newest batch hash (prefix) and length", labels=["head", "batches"])
             info.add_metric([head.head[:16], str(head.batches)], 1)
             out.append(info)
-        if self.writer is not None:
-            out.append(CounterMetricFamily("betblock_hits_checkpoint_errors", "Checkpoints that could not be written", value=self.writer.checkpoint_errors))
+        if self.checkpointer is not None:
+            out.append(CounterMetricFamily("betblock_hits_checkpoint_errors", "Checkpoints that could not be written", value=self.checkpointer.errors))
         return out

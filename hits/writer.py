@@ -9,18 +9,14 @@ store. Must not import the resolver.
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import repeat
 from operator import add, sub
 from typing import Any
 
-import structlog
-
 from hits.batch import hit_columns
 from hits.chain import text_line
-from hits.checkpoint import CheckpointError, CheckpointLog
 from hits.privacy import ClientPrivacy
 from hits.query import name_rev
 from hits.store import DAY_MS, KINDS, Batch, HitStore
@@ -29,9 +25,6 @@ _MEMO_CAP = 1 << 18  # bounded: memory over a long run
 _MS = (1000.0).__mul__
 _HI = 1 << 32  # (name, rule) pairs packed into one int: name << 32 | rule
 _PLAIN = re.compile(rb"[a-z0-9._-]*")
-CHECKPOINT_LOG_SECONDS = 600.0  # the chain's head goes to the log at most this often (and at start and stop)
-
-log = structlog.get_logger("betblock.hits")
 
 
 def name_text(wire: bytes) -> str:
@@ -63,11 +56,9 @@ class HitWriter:
     without a function call or an object of ours per hit. Memos are bounded and kept across
     batches: a flood repeats few clients and rules and cycles through its names."""
 
-    def __init__(self, store: HitStore, privacy: ClientPrivacy, node: str, checkpoints: CheckpointLog | None = None) -> None:
+    def __init__(self, store: HitStore, privacy: ClientPrivacy, node: str, after_write: Any = None) -> None:
         self.store = store
-        self.checkpoints = checkpoints
-        self.checkpoint_errors = 0
-        self._logged_at = 0.0
+        self.after_write = after_write  # called once a batch is committed (the chain's checkpoint)
         self.privacy = privacy
         self.node = node
         self._node_id: int | None = None
@@ -254,26 +245,9 @@ class HitWriter:
         if encoded is None:
             return 0
         self.store.write_batch(encoded)
-        self.checkpoint()
+        if self.after_write is not None:
+            self.after_write()
         # Remembered only once stored: a batch the store refused is encoded again on retry.
         self._first_seen.update(encoded.first_seen)
         self._name_rules.update((name << 32) | rule for name, rule in encoded.name_rules)
         return len(encoded)
-
-    def checkpoint(self, force_log: bool = False) -> None:
-        """Record where the chain stands, outside the store (after a write or a purge). A failure
-        here is counted and logged, never raised: the batch itself is committed, and the next
-        checkpoint covers it."""
-        head = self.store.head
-        if self.checkpoints is None or head is None:
-            return
-        try:
-            cp = self.checkpoints.append(self.store.ident, head)
-        except (OSError, CheckpointError) as exc:
-            self.checkpoint_errors += 1
-            log.error("hit log checkpoint not written", error=str(exc), path=str(self.checkpoints.path))
-            return
-        now = time.monotonic()
-        if force_log or now - self._logged_at >= CHECKPOINT_LOG_SECONDS:
-            self._logged_at = now
-            log.info("hit log checkpoint", seq=cp.seq, batches=head.batches, head=head.head[:16], last_hit=head.last_hit)

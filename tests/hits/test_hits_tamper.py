@@ -14,7 +14,7 @@ import pytest
 
 from config.settings import HitsSettings
 from hits.audit import Audit, audit
-from hits.checkpoint import CheckpointError, CheckpointLog
+from hits.checkpoint import Checkpointer, CheckpointError, CheckpointLog
 from hits.privacy import ClientPrivacy
 from hits.store import DAY_MS, HitStore
 from hits.writer import HitWriter
@@ -26,7 +26,7 @@ BATCHES = 30
 async def _fill(store: HitStore, tmp_path: Path) -> tuple[HitWriter, CheckpointLog]:
     cps = CheckpointLog(tmp_path / "hits.checkpoints")
     store.seal = cps.seal
-    w = HitWriter(store, ClientPrivacy("truncate"), "node-a", cps)
+    w = HitWriter(store, ClientPrivacy("truncate"), "node-a", Checkpointer(store, cps).record)
     for b in range(BATCHES):
         rule = CZ if b % 3 == 0 else PL
         await write(w, [hit(T0 + b, f"192.0.{b % 4}.{i}", f"n{i}.casino{b % 5}.test", rule=rule, listed=f"casino{b % 5}.test") for i in range(3)])
@@ -126,7 +126,7 @@ async def test_retention_moves_the_anchor_without_a_false_alarm(store: HitStore,
     # no checkpoint after the purge (a crash right after it): the seal in the store vouches
     report = await _audit(store, cps)
     assert report.ok, report.problems
-    await asyncio.to_thread(w.checkpoint)
+    await asyncio.to_thread(w.after_write)
     report = await _audit(store, cps)
     assert report.ok and report.batches == BATCHES + 1, report.problems
     # but the seal does not vouch for an anchor moved by hand afterwards
@@ -168,7 +168,7 @@ async def test_rebuild_writes_every_derived_table_anew(store: HitStore, tmp_path
     await write(w, [hit(T0 + 3 * 86400, "192.0.9.9", "late.casino.test")])
     clock.now = T0 + 3 * 86400
     await store.purge(int(clock.now * 1000) - DAY_MS + 1)  # retention leaves partial days behind
-    await asyncio.to_thread(w.checkpoint)
+    await asyncio.to_thread(w.after_write)
     # a day after the oldest remaining batch's: its roll-ups are complete, and compared
     await write(w, [hit(T0 + 4 * 86400 + i, f"192.0.8.{i}", f"x{i}.casino.test") for i in range(5)])
     assert (await _audit(store, cps)).ok

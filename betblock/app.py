@@ -109,6 +109,7 @@ class App:
                 feed_status=self.feed_status,
                 recorder_stats=self.recorder.stats,
                 retention_days=settings.hits.retention_days,
+                health=self.hitlog.health,
             )
         )
         self.http_mounts.append(
@@ -158,6 +159,11 @@ class App:
                 break
             off += wire[off] + 1
         return out
+
+    def degraded(self) -> dict[str, object]:
+        """What failed without stopping DNS, for /readyz."""
+        hits = self.hitlog.health()
+        return {"hits": hits} if hits is not None else {}
 
     def feed_status(self) -> list[dict[str, object]]:
         """Per agency: configuration, entries in force, last fetch, failures, quarantine."""
@@ -238,7 +244,7 @@ class App:
         if self.settings.http.enabled:
             self.http = HttpServer(
                 self.settings.http.address(),
-                build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts),
+                build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts, degraded=self.degraded),
                 self.settings.http,
                 limit=self.http_limit,
             )
@@ -254,7 +260,7 @@ class App:
 
     async def _start_serving(self) -> None:
         await self.load_policy()
-        await self.hitlog.open()  # schema migrated before the first hit can arrive
+        await self.hitlog.open()  # schema migrated before the first hit can arrive; a damaged store only fails the hit log
         await self.server.start()
         if self.xfr is not None:
             await self.xfr.start(self.pipeline.policy.snapshot)  # zones before its listener opens

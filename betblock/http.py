@@ -52,6 +52,7 @@ def build_app(
     *,
     ready: Callable[[], bool],
     mounts: Iterable[HttpMount] = (),
+    degraded: Callable[[], dict[str, object]] | None = None,
 ) -> web.Application:
     """The application; each ``mount`` adds an owner's routes to it. Until ``ready``, every
     route but health, readiness and metrics answers 503."""
@@ -84,7 +85,9 @@ def build_app(
 
     async def readyz(_request: web.Request) -> web.Response:
         if ready():
-            return web.json_response({"status": "ready"})
+            # Parts that failed without stopping DNS (a damaged hit store): still ready, and said.
+            detail = degraded() if degraded is not None else {}
+            return web.json_response({"status": "ready", **({"degraded": detail} if detail else {})})
         return web.json_response({"status": "starting"}, status=503)
 
     app.router.add_get("/healthz", healthz)

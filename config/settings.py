@@ -551,6 +551,21 @@ class HitsSettings(_Section):
         description="Also append hits as JSON lines to this file (for shipping to a SIEM); '-' means standard output, unset writes none.",
     )
     node: str = Field(default="", description="Name of this resolver node in hit records; empty means the hostname.")
+    checkpoint_path: Path | None = Field(
+        default=None,
+        description="File of signed checkpoints of the hash chain (its length, head and anchor, kept outside the store; "
+        "`hits verify` checks the store against the newest); unset means data_dir/hits.checkpoints.",
+    )
+    checkpoint_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of the checkpoints; unset means a random key in <checkpoint file>.key, created once (mode 0600).",
+    )
+    on_damaged: Literal["keep", "move_aside"] = Field(
+        default="keep",
+        description="A damaged hit store at start (unreadable SQLite file, or shorter than its checkpoint): keep leaves the "
+        "file untouched and runs DNS with the hit log failed (hits held in memory, then counted lost); move_aside renames "
+        "it (and its checkpoints) to <name>.damaged-<UTC time> and starts a new store.",
+    )
 
     @model_validator(mode="after")
     def _needs(self) -> HitsSettings:
@@ -563,6 +578,10 @@ class HitsSettings(_Section):
     def sqlite_file(self, data_dir: Path) -> Path:
         """The SQLite file: ``sqlite_path``, or ``data_dir/hits.sqlite``."""
         return self.sqlite_path if self.sqlite_path is not None else data_dir / "hits.sqlite"
+
+    def checkpoint_file(self, data_dir: Path) -> Path:
+        """The checkpoint file: ``checkpoint_path``, or ``data_dir/hits.checkpoints``."""
+        return self.checkpoint_path if self.checkpoint_path is not None else data_dir / "hits.checkpoints"
 
 
 class HttpSettings(_Section):

@@ -98,13 +98,22 @@ def mount(
     recorder_stats: Callable[[], dict[str, Any]] = dict,
     retention_days: int = 90,
     clock: Callable[[], float] = time.time,
+    health: Callable[[], dict[str, Any] | None] = lambda: None,
 ) -> Callable[[web.Application], None]:
-    """A function that adds the hit log's routes to the application."""
+    """A function that adds the hit log's routes to the application. ``health`` says why the
+    store takes no hits (None while it does); reads answer 503 while it could not be opened."""
     auth = AdminAuth(admin_token, clock)
+
+    def unusable() -> str | None:
+        failed = health()
+        return f"hit store failed: {failed['error']}" if failed is not None and failed["state"] == "failed" else None
 
     def need_store() -> HitStore:
         if store is None:
             raise web.HTTPServiceUnavailable(reason="no hit store configured (hits.store = none)")
+        failed = health()
+        if failed is not None and failed["state"] == "failed":
+            raise web.HTTPServiceUnavailable(reason=f"hit store failed: {failed['error']}")
         return store
 
     async def list_hits(request: web.Request) -> web.Response:
@@ -152,8 +161,12 @@ def mount(
 
     async def status(request: web.Request) -> web.Response:
         auth.require(request)
-        body: dict[str, Any] = {"retention_days": retention_days, "recorder": recorder_stats()}
-        body["store"] = await store.status() if store is not None else None
+        body: dict[str, Any] = {"retention_days": retention_days, "recorder": recorder_stats(), "health": health()}
+        failed = health()
+        if store is not None and (failed is None or failed["state"] != "failed"):
+            body["store"] = await store.status()
+        else:
+            body["store"] = None
         return web.json_response(body)
 
     async def lookup_route(request: web.Request) -> web.Response:
@@ -176,7 +189,7 @@ def mount(
         app.router.add_get("/v1/lookup", lookup_route)
         page.add_routes(
             app, auth=auth, store=store, lookup=lookup, feed_status=feed_status,
-            recorder_stats=recorder_stats, retention_days=retention_days,
+            recorder_stats=recorder_stats, retention_days=retention_days, usable=unusable,
         )
 
     return add

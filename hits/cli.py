@@ -1,7 +1,8 @@
 """``betblock hits ...``: the hit log from the command line, the same queries as the admin API.
 
-Owns the subcommands list, export, stats, status, verify and purge, their flags and exit codes
-(0 ok, 1 a broken chain, 2 bad arguments or configuration, 3 the store cannot be opened). Reads
+Owns the subcommands list, export, stats, status, verify, rebuild-index and purge, their flags and exit codes
+(0 ok, 1 a broken chain or a damaged store, 2 bad arguments or configuration, 3 the store cannot
+be opened: "no such hit log" for a path or schema that holds none, which is never created). Reads
 the store named by the config file. Must not import the resolver.
 """
 
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from config.settings import DEFAULT_CONFIG, ConfigError, load_settings
 from hits.query import FilterError, Filters, csv_header, csv_rows, ndjson_lines, parse_cursor, parse_limit
-from hits.service import build_store
+from hits.audit import audit, rebuild
+from hits.checkpoint import CheckpointError, CheckpointLog
+from hits.service import build_checkpoints, build_store
 from hits.store import DAY_MS, HitStore, StoreError
 
 
@@ -48,8 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--days", type=int, default=30)
     st.add_argument("--top", type=int, default=20)
     sub.add_parser("status", help="store kind, rows, oldest and newest hit, size")
-    sub.add_parser("verify", help="check the hash chain; report the first broken link")
+    vf = sub.add_parser("verify", help="check the hash chain, its checkpoint and the derived tables; report what differs")
+    vf.add_argument(
+        "--expect", metavar="HEAD/BATCHES",
+        help="also check against a head kept elsewhere (the 'hit log checkpoint' log line or betblock_hits_chain_head): "
+        "hash prefix/batch count, e.g. 3fa9c2d41b0e77aa/1234",
+    )
     sub.add_parser("purge", help="delete hits past hits.retention_days now")
+    sub.add_parser(
+        "rebuild-index",
+        help="write every table derived from the hits (name and client lookups, agency blocks, time bounds, roll-ups) "
+        "anew from the chained rows, after verify named differences",
+    )
     return p
 
 
@@ -64,7 +77,49 @@ def _filter_params(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-async def _run(args: argparse.Namespace, store: HitStore, retention_days: int) -> int:
+def _expect(raw: str | None) -> tuple[str, int] | None:
+    if raw is None:
+        return None
+    head, _, count = raw.partition("/")
+    if not count.isdigit() or not head or any(c not in "0123456789abcdefABCDEF" for c in head):
+        raise FilterError(f"--expect: HEAD/BATCHES (a hex prefix and a count), got {raw!r}")
+    return head, int(count)
+
+
+async def _verify(args: argparse.Namespace, store: HitStore, checkpoints: CheckpointLog) -> int:
+    out = sys.stdout
+    expect = _expect(args.expect)
+    try:
+        mine = [cp for cp in checkpoints.read() if cp.store == store.ident]
+    except CheckpointError as exc:
+        print(f"BROKEN: {exc}", file=out)
+        return 1
+    problems = []
+    for a, b in zip(mine, mine[1:]):
+        if b.head.batches < a.head.batches or b.head.purged < a.head.purged:
+            problems.append(f"checkpoint {b.seq} records a shorter chain than checkpoint {a.seq} (the store was cut back or replaced)")
+    report = await audit(store, mine[-1] if mine else None, sealed=checkpoints.sealed, expect=expect)
+    b = report.broken
+    if b is not None:
+        where = f"hits {b.first_hit}..{b.last_hit}" if b.first_hit >= 0 else "after the last batch"
+        print(f"BROKEN at batch {b.batch} ({where}): {b.reason}; {report.verified} batches before it verified", file=out)
+        return 1
+    if not mine and report.batches:
+        problems.append(f"no checkpoint of this store in {checkpoints.path}: the chain's length and anchor cannot be checked")
+    problems += report.problems
+    if problems:
+        print(f"BROKEN: {report.verified} batches verified, but:", file=out)
+        for p in problems:
+            print(f"  - {p}", file=out)
+        return 1
+    anchored = f"; matches checkpoint {mine[-1].seq}" if mine else ""
+    print(f"ok: {report.verified} batches verified, chain intact; head {report.head[:16]}/{report.batches}{anchored}; derived tables match", file=out)
+    for note in report.notes:
+        print(f"  note: {note}", file=out)
+    return 0
+
+
+async def _run(args: argparse.Namespace, store: HitStore, retention_days: int, checkpoints: CheckpointLog) -> int:
     out = sys.stdout
     if args.cmd == "list":
         f = Filters.parse(_filter_params(args))
@@ -100,16 +155,24 @@ async def _run(args: argparse.Namespace, store: HitStore, retention_days: int) -
         print(json.dumps({"retention_days": retention_days, **(await store.status())}, indent=1))
         return 0
     if args.cmd == "verify":
+        return await _verify(args, store, checkpoints)
+    if args.cmd == "rebuild-index":
         verified, broken = await store.verify()
-        if broken is None:
-            print(f"ok: {verified} batches verified, chain intact", file=out)
-            return 0
-        where = f"hits {broken.first_hit}..{broken.last_hit}" if broken.first_hit >= 0 else "after the last batch"
-        print(f"BROKEN at batch {broken.batch} ({where}): {broken.reason}; {verified} batches before it verified", file=out)
-        return 1
+        if broken is not None:
+            print(f"refused: the chain is broken at batch {broken.batch} ({broken.reason}); the rows are not evidence to rebuild from", file=sys.stderr)
+            return 1
+        await rebuild(store)
+        report = await audit(store)
+        if report.problems:
+            print("rebuilt, but still:\n" + "\n".join(f"  - {p}" for p in report.problems), file=out)
+            return 1
+        print(f"rebuilt the derived tables from {verified} verified batches; they match", file=out)
+        return 0
     if args.cmd == "purge":
         cutoff = int(store.clock() * 1000) - retention_days * DAY_MS
         print(f"deleted {await store.purge(cutoff)} rows older than {retention_days} days")
+        if store.head is not None:  # the anchor moved: record it outside the store
+            checkpoints.append(store.ident, store.head)
         return 0
     raise AssertionError(args.cmd)  # pragma: no cover
 
@@ -128,12 +191,17 @@ def main(argv: list[str] | None = None) -> int:
 
     async def go() -> int:
         try:
-            await store.open()
+            await store.open(create=False)  # reading a mistyped path must not create a store there
         except StoreError as exc:
+            if args.cmd == "verify" and exc.cause == "corrupt":
+                print(f"BROKEN: {exc}", file=sys.stdout)
+                return 1
             print(f"betblock: {exc}", file=sys.stderr)
             return 3
+        checkpoints = build_checkpoints(settings.hits, settings.data_dir)
+        store.seal = checkpoints.seal
         try:
-            return await _run(args, store, settings.hits.retention_days)
+            return await _run(args, store, settings.hits.retention_days, checkpoints)
         except FilterError as exc:
             print(f"betblock: {exc}", file=sys.stderr)
             return 2

@@ -188,7 +188,10 @@ def add_routes(
     feed_status: Callable[[], list[dict[str, Any]]],
     recorder_stats: Callable[[], dict[str, Any]],
     retention_days: int,
+    usable: Callable[[], str | None] = lambda: None,
 ) -> None:
+    """``usable`` says why the store cannot be read (None when it can)."""
+
     async def index(request: web.Request) -> web.Response:
         if not auth.allowed(request):
             return render(login_page(), logged_in=False)
@@ -203,10 +206,11 @@ def add_routes(
         except FilterError as exc:
             error = str(exc)
         else:
-            if store is not None:
+            failed = usable()
+            if store is not None and failed is None:
                 hits, nxt = await store.page(f, limit, cursor)
             else:
-                error = "no hit store configured (hits.store = none)"
+                error = failed or "no hit store configured (hits.store = none)"
         feeds = feed_status()
         agencies = [str(x.get("id")) for x in feeds if x.get("id")]
         name = q.get("lookup", "").strip()
@@ -217,7 +221,7 @@ def add_routes(
                 result = lookup(name)
             except ValueError as exc:
                 lerr = f"{name!r}: {exc}"
-        status = await store.status() if store is not None else None
+        status = await store.status() if store is not None and usable() is None else None
         body = (
             hits_section(q, hits, nxt, error, agencies)
             + '<div class="grid">'

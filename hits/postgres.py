@@ -19,7 +19,48 @@ from typing import Any
 import asyncpg
 
 from hits.chain import GENESIS
-from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError
+from hits.checkpoint import ChainHead
+from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError, anchor_text
+
+
+def pg_cause(exc: BaseException) -> str:
+    if isinstance(exc, StoreError):
+        return exc.cause
+    if isinstance(exc, asyncpg.exceptions.DiskFullError):
+        return "disk_full"
+    if isinstance(exc, (asyncpg.exceptions.ReadOnlySQLTransactionError, asyncpg.exceptions.InsufficientPrivilegeError)):
+        return "read_only"
+    if isinstance(exc, (asyncpg.exceptions.DataCorruptedError, asyncpg.exceptions.IndexCorruptedError)):
+        return "corrupt"
+    if isinstance(exc, asyncpg.exceptions.InsufficientResourcesError):
+        return "disk_full"
+    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.exceptions.ConnectionDoesNotExistError,
+                        asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError,
+                        asyncpg.exceptions.InterfaceError)):
+        return "unavailable"
+    return "other"
+
+
+async def _meta_int(conn: asyncpg.Connection, key: str) -> int | None:
+    v = await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
+    return int(v) if v is not None else None
+
+
+async def _set_meta(conn: asyncpg.Connection, key: str, value: str) -> None:
+    await conn.execute("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
+
+
+async def _head(conn: asyncpg.Connection) -> ChainHead:
+    """Where the chain stands (inside the caller's transaction, under the chain's lock)."""
+    purged = await _meta_int(conn, "purged_batches") or 0
+    anchor_hex = await conn.fetchval("SELECT value FROM meta WHERE key = 'anchor'") or GENESIS.hex()
+    total = await _meta_int(conn, "batches_total")
+    if total is None:
+        total = await conn.fetchval("SELECT COUNT(*) FROM batches") + purged
+    newest = await conn.fetchrow("SELECT hash, last_hit FROM batches ORDER BY id DESC LIMIT 1")
+    if newest is None:
+        return ChainHead(total, anchor_hex, await _meta_int(conn, "last_id") or 0, purged, anchor_hex)
+    return ChainHead(total, bytes(newest["hash"]).hex(), newest["last_hit"], purged, anchor_hex)
 
 MIGRATIONS: list[str] = [
     """
@@ -147,12 +188,29 @@ class PostgresStore(HitStore):
     def _settings(self) -> dict[str, str]:
         return {"search_path": self.schema, "application_name": "betblock-hits"}
 
-    async def open(self) -> None:
+    def classify(self, exc: BaseException) -> str:
+        return pg_cause(exc)
+
+    @property
+    def ident(self) -> str:
+        return f"postgres:{self.schema}"
+
+    async def chain_head(self) -> ChainHead:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
+            return await _head(conn)
+
+    async def open(self, create: bool = True) -> None:
         try:
             conn = await asyncpg.connect(self.dsn, timeout=10)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot connect to the PostgreSQL hit store: {exc}") from exc
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to the PostgreSQL hit store: {exc}", pg_cause(exc)) from exc
         try:
+            if not create and not await conn.fetchval(
+                "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'meta'", self.schema
+            ):
+                raise StoreError(f"no such hit log: schema {self.schema} has no hit store", "missing")
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -169,6 +227,11 @@ class PostgresStore(HitStore):
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     str(SCHEMA_VERSION),
                 )
+                self.head = await _head(conn)
+                if await _meta_int(conn, "batches_total") is None:  # stores written before checkpoints
+                    await _set_meta(conn, "batches_total", str(self.head.batches))
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"cannot open the PostgreSQL hit store: {exc}", pg_cause(exc)) from exc
         finally:
             await conn.close()
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, server_settings=self._settings())
@@ -266,9 +329,14 @@ class PostgresStore(HitStore):
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
             prev = await conn.fetchval("SELECT hash FROM batches ORDER BY id DESC LIMIT 1")
+            anchor_hex = await conn.fetchval("SELECT value FROM meta WHERE key = 'anchor'") or GENESIS.hex()
             if prev is None:
-                anchor = await conn.fetchval("SELECT value FROM meta WHERE key = 'anchor'")
-                prev = bytes.fromhex(anchor) if anchor else GENESIS
+                prev = bytes.fromhex(anchor_hex)
+            purged = await _meta_int(conn, "purged_batches") or 0
+            total = await _meta_int(conn, "batches_total")
+            if total is None:
+                total = await conn.fetchval("SELECT COUNT(*) FROM batches") + purged
+            await _set_meta(conn, "batches_total", str(total + 1))
             # COPY in the stored column order; ids come from the identity sequence, contiguous
             # because every writer holds the lock.
             await conn.copy_records_to_table(
@@ -313,7 +381,15 @@ class PostgresStore(HitStore):
                     "INSERT INTO first_seen (name, ts) SELECT * FROM unnest($1::integer[], $2::bigint[]) ON CONFLICT (name) DO NOTHING",
                     [k for k, _ in fs], [v for _, v in fs],
                 )
+        self.head = ChainHead(total + 1, h.hex(), last, purged, anchor_hex)
         return first, last
+
+    async def execute_locked(self, stmts: Sequence[str]) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self.lock_key)
+            for s in stmts:
+                await conn.execute(s)
 
     async def purge(self, cutoff_ms: int) -> int:
         assert self._pool is not None
@@ -337,10 +413,15 @@ class PostgresStore(HitStore):
                         "INSERT INTO meta (key, value) VALUES ('anchor', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         bytes(gone[-1]["hash"]).hex(),
                     )
+                    purged = (await _meta_int(conn, "purged_batches") or 0) + len(gone)
+                    await _set_meta(conn, "purged_batches", str(purged))
+                    if self.seal is not None:
+                        await _set_meta(conn, "anchor_seal", self.seal(anchor_text(bytes(gone[-1]["hash"]).hex(), purged)))
                     removed += sum(b["last_hit"] - b["first_hit"] + 1 for b in gone)
                 day = cutoff_ms // DAY_MS
                 for table in ("daily_rule", "daily_name", "daily_net"):
                     await conn.execute(f"DELETE FROM {table} WHERE day < $1", day)
+                self.head = await _head(conn)
             if len(gone) < 200:
                 break
         self.last_purge = {"at": self.clock(), "cutoff_ms": cutoff_ms, "rows_removed": removed}

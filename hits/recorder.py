@@ -5,7 +5,8 @@ over when the buffer is full (a flood of blocked queries is counted, never silen
 drop counter for what even aggregation cannot hold, and the periodic flush that hands batches
 to one writer thread: the store (through ``hits.writer``) and, when configured, JSON lines for a
 SIEM. A clean shutdown flushes everything buffered; a batch the store refused is kept and
-retried at the next flush.
+retried at every flush (bounded, folded into counts beyond the bound), the failure named by its
+cause; what is held and what is lost are counted, and hits still held at exit are reported lost.
 
 The hot path hands over a tuple ``(ts, client, qname_wire, qtype, rule, listed_wire,
 policy_version)``; turning it into text happens here, in the writer thread.
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterable
-from operator import add
+from operator import add, itemgetter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -31,6 +34,7 @@ import structlog
 from config.settings import HitsSettings
 from hits.batch import HIT_FIELDS, FlatHits, batch_size, hit_columns
 from hits.privacy import ClientPrivacy
+from hits.store import CAUSES
 
 if TYPE_CHECKING:
     from hits.writer import HitWriter
@@ -49,6 +53,7 @@ _QTYPES = {code: name.encode() for code, name in _QTYPE_NAMES.items()}
 
 
 _CHUNK = 8192  # hits formatted and written at a time
+FAILING_LOG_SECONDS = 60.0  # a store that keeps refusing writes is logged at most this often
 
 
 def _chunks(batch: Any, agg: dict[tuple[Any, ...], int]) -> Iterable[tuple[Any, dict[tuple[Any, ...], int]]]:
@@ -60,6 +65,21 @@ def _chunks(batch: Any, agg: dict[tuple[Any, ...], int]) -> Iterable[tuple[Any, 
     for start in range(0, len(batch), step):
         last = start + step >= len(batch)
         yield FlatHits(batch[start : start + step]), (agg if last else {})
+
+
+def _fold(batch: Any, agg: dict[tuple[Any, ...], int], into: dict[tuple[Any, ...], int]) -> None:
+    """Add a batch's hits (keyed by their whole second, as ``record`` aggregates) and counts to ``into``."""
+    if isinstance(batch, FlatHits):
+        n = HIT_FIELDS
+        hits: Iterable[Any] = (batch[i : i + n] for i in range(0, len(batch), n))
+    else:
+        hits = batch
+    get = into.get
+    for h in hits:
+        key = (int(h[0]), h[1], h[2], h[3], h[4], h[5], h[6])
+        into[key] = get(key, 0) + 1
+    for key, c in agg.items():
+        into[key] = get(key, 0) + c
 
 
 def _qtype(code: int) -> bytes:
@@ -105,8 +125,16 @@ class HitRecorder:
         self.recorded = 0  # hits written one line each
         self.aggregated_count = 0  # hits folded into a count
         self.dropped = 0  # hits lost: aggregation table full too, or the store failed too long
+        self.lost_at_exit = 0  # hits still held (the store refusing them) when the process stopped
         self.stored_rows = 0  # rows the store accepted
         self.store_errors = 0
+        self.errors_by_cause: dict[str, int] = {}  # failed store writes by ``hits.store.CAUSES`` key
+        self.jsonl_errors = 0
+        # Why the store takes no hits now: (cause, message), or None. ``opened`` False means it
+        # could not even be opened (the hit log service reopens it); writes are not tried then.
+        self.failure: tuple[str, str] | None = None
+        self.opened = True
+        self._failing_logged = 0.0
         self.node = (settings.node or socket.gethostname()).encode()
         self.writer = writer
         self.privacy = privacy or ClientPrivacy("full")
@@ -118,6 +146,7 @@ class HitRecorder:
         self._heads: dict[str, bytes] = {}  # client address -> start of its JSON lines, see format()
         self._lock = threading.Lock()  # one writer at a time: the periodic flush and the final one
         self._retry: list[tuple[list[Hit], dict[tuple[Any, ...], int]]] = []  # refused by the store
+        self._folded: dict[tuple[Any, ...], int] | None = None  # held hits folded into counts (see _bound_held)
         # One thread does every write: the SQLite connection and the PostgreSQL writer loop
         # belong to it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hits-writer")
@@ -159,7 +188,10 @@ class HitRecorder:
             # Shutdown: nothing buffered is lost. Through the writer thread, which owns the
             # store's connection; shielded so that a second cancel cannot cut it short.
             batch, agg = self.take()
-            await asyncio.shield(loop.run_in_executor(self._executor, self.write, batch, agg))
+            try:
+                await asyncio.shield(loop.run_in_executor(self._executor, self.write, batch, agg))
+            finally:
+                self.finish()
 
     async def flush(self) -> None:
         batch, agg = self.take()
@@ -170,31 +202,105 @@ class HitRecorder:
         """Writer thread: store first (the evidence), then JSON lines."""
         with self._lock:
             if self.writer is not None:
-                pending = self._retry + [(batch, agg)]
-                self._retry = []
-                for i, (b, a) in enumerate(pending):
-                    try:
-                        self.stored_rows += self.writer.write(b, a)
-                    except Exception as exc:
-                        self.store_errors += 1
-                        self._retry = pending[i:]
-                        held = sum(batch_size(b) + sum(a.values()) for b, a in self._retry)
-                        while len(self._retry) > 1 and held > self.cap * 4:
-                            lost_b, lost_a = self._retry.pop(0)
-                            lost = batch_size(lost_b) + sum(lost_a.values())
-                            held -= lost
-                            self.dropped += lost
-                        log.error("hit store write failed; keeping the batch for the next flush", error=str(exc), held=held)
-                        break
-            if self.jsonl:
-                out = self._open()
-                for chunk, chunk_agg in _chunks(batch, agg):
-                    # In slices: a second's flood as one list of lines held ~20 MB of small
-                    # objects at once, and the allocator kept that memory afterwards.
-                    out.writelines(self.format(chunk, chunk_agg))
-                out.flush()
+                if batch or agg:
+                    self._retry.append((batch, agg))
+                if self.opened:
+                    self._store_held()
+                self._bound_held()
+            if self.jsonl and (batch or agg):
+                try:
+                    out = self._open()
+                    for chunk, chunk_agg in _chunks(batch, agg):
+                        # In slices: a second's flood as one list of lines held ~20 MB of small
+                        # objects at once, and the allocator kept that memory afterwards.
+                        out.writelines(self.format(chunk, chunk_agg))
+                    out.flush()
+                except OSError as exc:  # a full disk must not stop the store writes or the loop
+                    self.jsonl_errors += 1
+                    if self.jsonl_errors == 1 or self.jsonl_errors % 600 == 0:
+                        log.error("hit JSON lines not written", error=str(exc), errors=self.jsonl_errors)
             self.recorded += batch_size(batch)
             self.aggregated_count += sum(agg.values())
+
+    def _store_held(self) -> None:
+        """Write every held batch, oldest first, until one fails (it stays held for the next flush)."""
+        assert self.writer is not None
+        while self._retry:
+            b, a = self._retry[0]
+            try:
+                self.stored_rows += self.writer.write(b, a)
+            except Exception as exc:  # noqa: BLE001 - every store failure is held and reported, never raised
+                self.store_errors += 1
+                cause = self.writer.store.classify(exc)
+                self.errors_by_cause[cause] = self.errors_by_cause.get(cause, 0) + 1
+                first = self.failure is None
+                self.failure = (cause, str(exc))
+                now = time.monotonic()
+                if first or now - self._failing_logged >= FAILING_LOG_SECONDS:
+                    self._failing_logged = now
+                    log.error(
+                        "hit store write failed; holding hits in memory and retrying at every flush",
+                        cause=CAUSES.get(cause, cause), error=str(exc), held=self.held(), limit=self.cap * 4, lost=self.dropped,
+                    )
+                return
+            self._retry.pop(0)
+        if self.failure is not None and self.opened:
+            log.info("hit store writes again; every held hit is written", cause=CAUSES.get(self.failure[0]), lost=self.dropped)
+            self.failure = None
+
+    def _bound_held(self) -> None:
+        """Hold at most 4 x ``buffer_size`` rows for a store that refuses them. Beyond, the held
+        hits are folded into counts per (second, client, name, type, entry), as the buffer does
+        under overload: a flood repeats few keys, so it is kept whole. Only when the counts have
+        more keys than that are the oldest seconds lost, counted and logged."""
+        limit = self.cap * 4
+        if sum(batch_size(b) + len(a) for b, a in self._retry) <= limit:
+            return
+        head_b, head_a = self._retry[0]
+        if self._folded is not None and head_a is self._folded and not head_b:
+            folded, rest = self._folded, self._retry[1:]  # counts folded at an earlier flush
+        else:
+            folded, rest = {}, self._retry
+        for b, a in rest:
+            _fold(b, a, folded)
+        lost = 0
+        if len(folded) > limit:
+            for key in sorted(folded, key=itemgetter(0))[: len(folded) - limit]:
+                lost += folded.pop(key)
+        self._folded = folded
+        self._retry = [(FlatHits(), folded)]
+        if lost:
+            self.dropped += lost
+            log.error("hits lost: the store refused them for too long", lost=lost, total_lost=self.dropped, held=self.held(),
+                      cause=CAUSES.get(self.failure[0]) if self.failure else None)
+
+    def held(self) -> int:
+        """Hits taken from the buffer that the store has not accepted yet."""
+        return sum(batch_size(b) + sum(a.values()) for b, a in self._retry)
+
+    def fail(self, cause: str, message: str) -> None:
+        """The store could not be opened: hold hits (bounded) without trying to write them."""
+        self.failure = (cause, message)
+        self.opened = False
+
+    def reopened(self) -> None:
+        """The store is open again: the next flush writes what is held."""
+        self.opened = True
+
+    def finish(self) -> int:
+        """At exit, after the last write: hits still held are lost; how many (logged)."""
+        with self._lock:
+            return self._finish()
+
+    def _finish(self) -> int:
+        held = self.held()
+        if held:
+            self.lost_at_exit += held
+            self._retry = []
+            log.error("hits lost at shutdown: the store did not take them", lost=held,
+                      cause=CAUSES.get(self.failure[0]) if self.failure else None,
+                      error=self.failure[1] if self.failure else None)
+        return held
 
     def format(self, batch: Iterable[Hit], agg: dict[tuple[Any, ...], int]) -> list[bytes]:
         """JSON lines for a batch, at one %-format per hit: the parts that repeat (the
@@ -253,7 +359,9 @@ class HitRecorder:
                 self._stream = sys.stdout.buffer
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._stream = open(path, "ab")  # noqa: SIM115 - kept open for the process
+                # subscriber addresses: readable by the service account only
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._stream = os.fdopen(fd, "ab")  # kept open for the process
                 self._own_stream = True
         return self._stream
 
@@ -264,11 +372,20 @@ class HitRecorder:
             self._stream = None
 
     def stats(self) -> dict[str, int]:
+        held = self.held()
+        buffered = self.buffer.hits()
         return {
             "recorded": self.recorded,
             "aggregated": self.aggregated_count,
             "dropped": self.dropped,
-            "buffered": self.buffer.hits(),
+            "buffered": buffered,
+            # everything taken in and not yet written: the buffer, the per-second counts, and
+            # what the store refused (lost if the process stops before the store takes it)
+            "held": buffered + sum(self.aggregated.values()) + held,
+            "held_refused": held,
+            "lost": self.dropped + self.lost_at_exit,
             "stored_rows": self.stored_rows,
             "store_errors": self.store_errors,
+            "store_state": "ok" if self.failure is None else ("failing" if self.opened else "failed"),
+            "store_error": f"{CAUSES.get(self.failure[0], self.failure[0])}: {self.failure[1]}" if self.failure else None,
         }

@@ -1,11 +1,13 @@
 """The hit log as one part for the composition root: store, writer, recorder, retention.
 
-Owns building the configured store (SQLite file under data_dir, PostgreSQL, or none), the
-client privacy from settings, and the retention job that deletes hits older than
-``hits.retention_days`` (run at start and every ``hits.retention_interval``). The composition
-root constructs ``HitLog``, hands ``recorder`` to the resolver, awaits ``open`` before the
-listeners open, runs ``retention`` in its TaskGroup and awaits ``close`` after the recorder's
-final flush. Must not import the resolver.
+Owns building the configured store (SQLite file under data_dir, PostgreSQL, or none), its
+checkpoint file, the client privacy from settings, the store's health (failed at open, or
+refusing writes) for /readyz, status and metrics, and the retention job that deletes hits older
+than ``hits.retention_days`` (run at start and every ``hits.retention_interval``; it also reopens
+a store that was unreachable at start). The composition root constructs ``HitLog``, hands
+``recorder`` to the resolver, awaits ``open`` before the listeners open (it never raises: the hit
+log must not keep DNS from starting), runs ``retention`` in its TaskGroup and awaits ``close``
+after the recorder's final flush. Must not import the resolver.
 """
 
 from __future__ import annotations
@@ -19,12 +21,17 @@ from pathlib import Path
 import structlog
 
 from config.settings import HitsSettings, Settings
+from hits.checkpoint import Checkpointer, CheckpointLog
 from hits.privacy import ClientPrivacy
 from hits.recorder import HitRecorder
-from hits.store import DAY_MS, HitStore
+from hits import damage
+from hits.store import CAUSES, DAY_MS, HitStore, StoreError
 from hits.writer import HitWriter
 
 log = structlog.get_logger("betblock.hits")
+
+REOPEN_SECONDS = 30.0
+RETRYABLE = ("unavailable", "io", "other")  # a damaged, full or read-only store is not retried by reopening
 
 
 def build_store(hits: HitsSettings, data_dir: Path, clock: Callable[[], float] = time.time) -> HitStore | None:
@@ -38,6 +45,11 @@ def build_store(hits: HitsSettings, data_dir: Path, clock: Callable[[], float] =
         assert hits.postgres_dsn is not None
         return PostgresStore(hits.postgres_dsn.get_secret_value(), hits.postgres_schema, clock=clock)
     return None
+
+
+def build_checkpoints(hits: HitsSettings, data_dir: Path) -> CheckpointLog:
+    key = hits.checkpoint_key.get_secret_value().encode() if hits.checkpoint_key is not None else None
+    return CheckpointLog(hits.checkpoint_file(data_dir), key)
 
 
 def build_privacy(hits: HitsSettings) -> ClientPrivacy:
@@ -56,12 +68,55 @@ class HitLog:
         self.store = build_store(settings.hits, settings.data_dir, clock) if settings.hits.enabled else None
         self.privacy = build_privacy(settings.hits)
         node = settings.hits.node or socket.gethostname()
-        self.writer = HitWriter(self.store, self.privacy, node) if self.store is not None else None
+        self.checkpoints = build_checkpoints(settings.hits, settings.data_dir)
+        if self.store is not None:
+            self.store.seal = self.checkpoints.seal
+        self.checkpointer = Checkpointer(self.store, self.checkpoints) if self.store is not None else None
+        self.writer = HitWriter(self.store, self.privacy, node, self.checkpointer.record) if self.checkpointer is not None else None
         self.recorder = HitRecorder(settings.hits, writer=self.writer, privacy=self.privacy)
+        self.failure: tuple[str, str] | None = None  # why the store could not be opened
 
     async def open(self) -> None:
-        if self.store is not None:
-            await self.store.open()
+        """Open the store. Never raises: a store that cannot be opened, or is damaged, leaves the
+        hit log failed (one log line, the status, /readyz, the metrics say so) and DNS answering;
+        hits are then held in memory (bounded) and counted as lost beyond that."""
+        if self.store is None:
+            return
+        try:
+            await damage.open_checked(self.store, self.checkpoints, self.settings.on_damaged)
+        except StoreError as exc:
+            self.failure = (exc.cause, str(exc))
+            self.recorder.fail(exc.cause, str(exc))
+            log.error(
+                "hit store failed; DNS keeps answering, hits are held in memory and lost beyond the limit",
+                cause=CAUSES.get(exc.cause, exc.cause), error=str(exc), limit=self.recorder.cap * 4,
+                retry_seconds=REOPEN_SECONDS if exc.cause in RETRYABLE else None,
+            )
+            return
+        self.failure = None
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.record, True)
+
+    async def _reopen(self) -> None:
+        """A store that was unreachable or busy at start: try again (a damaged one stays failed)."""
+        assert self.store is not None
+        try:
+            await damage.open_checked(self.store, self.checkpoints, self.settings.on_damaged)
+        except StoreError as exc:
+            self.failure = (exc.cause, str(exc))
+            return
+        self.failure = None
+        self.recorder.reopened()
+        log.info("hit store open; held hits are written at the next flush", held=self.recorder.held())
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.record, True)
+
+    def health(self) -> dict[str, Any] | None:
+        """None while the store takes hits; else its state, cause and error (for /readyz and status)."""
+        rec = self.recorder.stats()
+        if self.store is None or rec["store_state"] == "ok":
+            return None
+        return {"state": rec["store_state"], "error": rec["store_error"], "held": rec["held"], "lost": rec["lost"]}
 
     async def purge_once(self) -> int:
         if self.store is None:
@@ -70,11 +125,20 @@ class HitLog:
         removed = await self.store.purge(cutoff)
         if removed:
             log.info("hits past retention deleted", rows=removed, retention_days=self.settings.retention_days)
+            if self.checkpointer is not None:  # the anchor moved: say so outside the store
+                await asyncio.to_thread(self.checkpointer.record, True)
         return removed
 
     async def retention(self) -> None:
-        """Delete hits past the retention age now and every ``retention_interval`` seconds."""
+        """Delete hits past the retention age now and every ``retention_interval`` seconds (and
+        reopen a store that could not be opened at start, every ``REOPEN_SECONDS``)."""
         while True:
+            if self.failure is not None:
+                if self.failure[0] in RETRYABLE:
+                    await self._reopen()
+                if self.failure is not None:
+                    await asyncio.sleep(REOPEN_SECONDS)
+                    continue
             try:
                 await self.purge_once()
             except asyncio.CancelledError:
@@ -90,10 +154,39 @@ class HitLog:
 
     def metrics(self) -> list[Any]:
         """Metric families of the hit store (read at scrape time by the composition root)."""
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         rec = self.recorder
-        return [
+        stats = rec.stats()
+        by_cause = CounterMetricFamily(
+            "betblock_hits_store_write_errors", "Failed writes to the hit store by cause (the hits are held and retried)", labels=["cause"]
+        )
+        for cause in CAUSES:
+            by_cause.add_metric([cause], rec.errors_by_cause.get(cause, 0))
+        out = [
             CounterMetricFamily("betblock_hits_stored_rows", "Rows written to the hit store", value=rec.stored_rows),
             CounterMetricFamily("betblock_hits_store_errors", "Failed writes to the hit store (batches kept and retried)", value=rec.store_errors),
+            by_cause,
+            GaugeMetricFamily(
+                "betblock_hits_held", "Hits taken in and not yet in the store (buffer, per-second counts, refused by the store)", value=stats["held"]
+            ),
+            CounterMetricFamily("betblock_hits_lost", "Hits lost: never written to the store (drops, refused too long)", value=stats["lost"]),
+            GaugeMetricFamily(
+                "betblock_hits_store_up", "1 while the hit store takes writes; 0 when it failed or refuses them", value=1 if stats["store_state"] == "ok" else 0
+            ),
+            CounterMetricFamily("betblock_hits_jsonl_errors", "Flushes whose JSON lines could not be written", value=rec.jsonl_errors),
         ]
+        if self.store is not None:
+            state = GaugeMetricFamily("betblock_hits_store_state", "State of the hit store (1 for the current one)", labels=["state"])
+            for name in ("ok", "failing", "failed"):
+                state.add_metric([name], 1 if stats["store_state"] == name else 0)
+            out.append(state)
+        head = self.store.head if self.store is not None else None
+        if head is not None:
+            out.append(GaugeMetricFamily("betblock_hits_chain_batches", "Batches the hit chain has had (checkpointed)", value=head.batches))
+            info = GaugeMetricFamily("betblock_hits_chain_head", "The hit chain's newest batch hash (prefix) and length", labels=["head", "batches"])
+            info.add_metric([head.head[:16], str(head.batches)], 1)
+            out.append(info)
+        if self.checkpointer is not None:
+            out.append(CounterMetricFamily("betblock_hits_checkpoint_errors", "Checkpoints that could not be written", value=self.checkpointer.errors))
+        return out

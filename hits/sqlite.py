@@ -17,7 +17,67 @@ from pathlib import Path
 from typing import Any
 
 
-from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError
+from hits.chain import GENESIS
+from hits.checkpoint import ChainHead, create_private
+from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError, anchor_text
+
+# SQLite's primary result codes (``sqlite3.Error.sqlite_errorcode & 0xff``) -> cause.
+_CAUSES = {13: "disk_full", 8: "read_only", 11: "corrupt", 26: "corrupt", 10: "io", 14: "io", 5: "unavailable", 6: "unavailable"}
+
+
+def sqlite_cause(exc: BaseException) -> str:
+    if isinstance(exc, StoreError):
+        return exc.cause
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return _CAUSES.get(code & 0xFF, "other")
+        text = str(exc)
+        if "disk is full" in text:
+            return "disk_full"
+        if "malformed" in text or "not a database" in text:
+            return "corrupt"
+        if "readonly" in text:
+            return "read_only"
+    if isinstance(exc, OSError):
+        import errno
+
+        return {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only", errno.EIO: "io"}.get(exc.errno or 0, "io")
+    return "other"
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open: SQLite ends it by itself on some errors
+    (SQLITE_FULL among them), and a ROLLBACK then would hide the real error behind "cannot
+    rollback - no transaction is active"."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def _meta_int(conn: sqlite3.Connection, key: str) -> int | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def _head(conn: sqlite3.Connection) -> ChainHead:
+    """Where the chain stands (inside the caller's transaction)."""
+    purged = _meta_int(conn, "purged_batches") or 0
+    anchor = conn.execute("SELECT value FROM meta WHERE key = 'anchor'").fetchone()
+    anchor_hex = anchor[0] if anchor else GENESIS.hex()
+    total = _meta_int(conn, "batches_total")
+    if total is None:
+        total = conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0] + purged
+    newest = conn.execute("SELECT hash, last_hit FROM batches ORDER BY id DESC LIMIT 1").fetchone()
+    if newest is None:
+        return ChainHead(total, anchor_hex, _meta_int(conn, "last_id") or 0, purged, anchor_hex)
+    return ChainHead(total, bytes(newest[0]).hex(), newest[1], purged, anchor_hex)
 
 # Each migration moves the schema from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -141,7 +201,11 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only = ON")
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error:
+            conn.close()  # a damaged file: let go of it (and of the WAL files SQLite opened) at once
+            raise
         # WAL + NORMAL: a committed batch survives a process crash; a power cut may lose the
         # last ones (the OS had not synced the WAL yet).
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -168,16 +232,51 @@ class SqliteStore(HitStore):
         self._conns: list[sqlite3.Connection] = []
         self._wlock = threading.Lock()  # writer thread and retention never write at once
 
-    async def open(self) -> None:
-        await asyncio.to_thread(self._open)
+    async def open(self, create: bool = True) -> None:
+        await asyncio.to_thread(self._open, create)
 
-    def _open(self) -> None:
+    def _open(self, create: bool) -> None:
+        if not create and not self.path.is_file():
+            raise StoreError(f"no such hit log: {self.path}", "missing")
+        if not create and self.path.stat().st_size == 0:  # SQLite would take it for a new database
+            raise StoreError(f"hit log {self.path} is empty (0 bytes): truncated or replaced", "corrupt")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Subscriber addresses: 0600, and SQLite creates the WAL and shm with the same mode.
+            create_private(self.path)
+            for suffix in ("", "-wal", "-shm"):  # files of an older version: made private too
+                p = Path(str(self.path) + suffix)
+                if p.exists() and p.stat().st_mode & 0o077:
+                    p.chmod(0o600)
             self._w = _connect(self.path)
             self._migrate(self._w)
+            self.head = _head(self._w)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open hit store {self.path}: {exc}") from exc
+            if self._w is not None:
+                self._w.close()
+                self._w = None
+            raise StoreError(f"cannot open hit store {self.path}: {exc}", sqlite_cause(exc)) from exc
+
+    def classify(self, exc: BaseException) -> str:
+        return sqlite_cause(exc)
+
+    @property
+    def ident(self) -> str:
+        return f"sqlite:{self.path.resolve()}"
+
+    async def abandon(self) -> None:
+        if self._w is not None:  # readers and their pool stay usable for a later open
+            with self._wlock:
+                self._w.close()
+            self._w = None
+
+    async def chain_head(self) -> ChainHead:
+        return (await asyncio.to_thread(self._chain_head))
+
+    def _chain_head(self) -> ChainHead:
+        conn = self._w
+        assert conn is not None
+        with self._wlock:
+            return _head(conn)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -195,9 +294,11 @@ class SqliteStore(HitStore):
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
+            if _meta_int(conn, "batches_total") is None:  # stores written before checkpoints
+                _set_meta(conn, "batches_total", str(_head(conn).batches))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     async def close(self) -> None:
@@ -265,7 +366,7 @@ class SqliteStore(HitStore):
                         out[key] = conn.execute(sel, row[: len(uniq)]).fetchone()[0]
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
         return out
 
@@ -278,11 +379,14 @@ class SqliteStore(HitStore):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 prev = conn.execute("SELECT hash FROM batches ORDER BY id DESC LIMIT 1").fetchone()
-                if prev is None:
-                    anchor = conn.execute("SELECT value FROM meta WHERE key = 'anchor'").fetchone()
-                    prev_hash = bytes.fromhex(anchor[0]) if anchor else b"\x00" * 32
-                else:
-                    prev_hash = bytes(prev[0])
+                anchor = conn.execute("SELECT value FROM meta WHERE key = 'anchor'").fetchone()
+                anchor_hex = anchor[0] if anchor else GENESIS.hex()
+                prev_hash = bytes.fromhex(anchor_hex) if prev is None else bytes(prev[0])
+                purged = _meta_int(conn, "purged_batches") or 0
+                total = _meta_int(conn, "batches_total")
+                if total is None:
+                    total = conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0] + purged
+                _set_meta(conn, "batches_total", str(total + 1))
                 # Ids are never reused: past the newest row and past any row retention deleted.
                 top = conn.execute("SELECT MAX(id) FROM hits").fetchone()[0] or 0
                 gone = conn.execute("SELECT value FROM meta WHERE key = 'last_id'").fetchone()
@@ -306,9 +410,26 @@ class SqliteStore(HitStore):
                 _rollups(conn, batch)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
+            self.head = ChainHead(total + 1, h.hex(), last, purged, anchor_hex)
         return first, last
+
+    async def execute_locked(self, stmts: Sequence[str]) -> None:
+        await asyncio.to_thread(self._execute_locked, stmts)
+
+    def _execute_locked(self, stmts: Sequence[str]) -> None:
+        conn = self._w
+        assert conn is not None
+        with self._wlock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for s in stmts:
+                    conn.execute(s)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
 
     async def purge(self, cutoff_ms: int) -> int:
         return await asyncio.to_thread(self._purge, cutoff_ms)
@@ -347,14 +468,20 @@ class SqliteStore(HitStore):
                             "INSERT INTO meta (key, value) VALUES ('anchor', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                             (bytes(gone[-1][4]).hex(),),
                         )
+                        purged = (_meta_int(conn, "purged_batches") or 0) + len(gone)
+                        _set_meta(conn, "purged_batches", str(purged))
+                        if self.seal is not None:
+                            _set_meta(conn, "anchor_seal", self.seal(anchor_text(bytes(gone[-1][4]).hex(), purged)))
                         removed += sum(b[2] - b[1] + 1 for b in gone)
                     day = cutoff_ms // DAY_MS
                     for table in ("daily_rule", "daily_name", "daily_net"):
                         conn.execute(f"DELETE FROM {table} WHERE day < ?", (day,))
+                    head = _head(conn)
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     raise
+                self.head = head
             if len(gone) < 200:
                 break
         self.last_purge = {"at": self.clock(), "cutoff_ms": cutoff_ms, "rows_removed": removed}

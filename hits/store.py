@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.errors import BetblockError
+from hits.checkpoint import ChainHead
 from hits.chain import GENESIS, REFS, Row, digest, digest_v2, referenced, referenced_v2, text_block
 from hits.query import DRIVE_MAX, INLINE_MAX, Filters, Resolved, hit_dict, name_rev, page_sql
 
@@ -39,7 +40,23 @@ DICT_TABLES = {
 
 
 class StoreError(BetblockError):
-    """The hit store cannot be opened or written."""
+    """The hit store cannot be opened or written; ``cause`` says why in one word (see ``CAUSES``)."""
+
+    def __init__(self, message: str, cause: str = "other") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+# Why a write or an open failed, as the metrics and the log name it.
+CAUSES = {
+    "disk_full": "disk full",
+    "read_only": "store is read-only",
+    "corrupt": "store file is damaged",
+    "io": "I/O error",
+    "unavailable": "store unreachable",
+    "missing": "no such hit log",
+    "other": "error",
+}
 
 
 @dataclass
@@ -93,6 +110,10 @@ class Broken:
     reason: str
 
 
+# (batch id, first hit id, hash, base time, max_ts as stored, rows) of each verified batch
+Visit = Callable[[int, int, bytes, int, int, list[tuple[Any, ...]]], None]
+
+
 class HitStore(abc.ABC):
     """A hit store. Subclasses provide the connection handling and the dialect."""
 
@@ -102,15 +123,39 @@ class HitStore(abc.ABC):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.last_purge: dict[str, Any] | None = None
+        # Where the chain stood after this process's last write or purge (for checkpoints).
+        self.head: ChainHead | None = None
+        # Signs the anchor each purge leaves (the checkpoint key, which is not in the store), so
+        # that only retention, not someone editing the store, can move the anchor.
+        self.seal: Callable[[bytes], str] | None = None
 
     # -- lifecycle and primitives (per dialect) ----------------------------------------------
 
     @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect, create or migrate the schema."""
+    async def open(self, create: bool = True) -> None:
+        """Connect, create (unless ``create`` is false: StoreError "no such hit log") or migrate the schema."""
+
+    @abc.abstractmethod
+    async def chain_head(self) -> ChainHead:
+        """Where the chain stands now, read from the store."""
+
+    def classify(self, exc: BaseException) -> str:
+        """The cause (a ``CAUSES`` key) of a failed open or write."""
+        if isinstance(exc, StoreError):
+            return exc.cause
+        return "other"
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    async def abandon(self) -> None:
+        """Close what ``open`` opened, so that ``open`` may be called again (a damaged store)."""
+        await self.close()
+
+    @property
+    def ident(self) -> str:
+        """Which store this is, as checkpoints name it."""
+        return self.kind
 
     @abc.abstractmethod
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -130,6 +175,10 @@ class HitStore(abc.ABC):
 
     @abc.abstractmethod
     async def size_bytes(self) -> int | None: ...
+
+    @abc.abstractmethod
+    async def execute_locked(self, stmts: Sequence[str]) -> None:
+        """Run write statements in one transaction under the writers' lock (maintenance only)."""
 
     # -- read side -------------------------------------------------------------------------
 
@@ -364,8 +413,9 @@ class HitStore(abc.ABC):
 
     # -- chain verification ----------------------------------------------------------------
 
-    async def verify(self, chunk: int = 500) -> tuple[int, Broken | None]:
-        """Walk the chain from its anchor; (batches verified, the first broken link or None)."""
+    async def verify(self, chunk: int = 500, visit: Visit | None = None) -> tuple[int, Broken | None]:
+        """Walk the chain from its anchor; (batches verified, the first broken link or None).
+        ``visit`` sees each verified batch with its rows (``hits.audit`` recomputes from them)."""
         anchor_rows = await self.fetch("SELECT value FROM meta WHERE key = 'anchor'")
         prev = bytes.fromhex(anchor_rows[0][0]) if anchor_rows else GENESIS
         verified = 0
@@ -373,11 +423,12 @@ class HitStore(abc.ABC):
         last = -1
         while True:
             batches = await self.fetch(
-                "SELECT id, first_hit, last_hit, hash, node, min_ts, format FROM batches WHERE id > ? ORDER BY id LIMIT ?", (last, chunk)
+                "SELECT id, first_hit, last_hit, hash, node, min_ts, format, max_ts FROM batches WHERE id > ? ORDER BY id LIMIT ?",
+                (last, chunk),
             )
             if not batches:
                 break
-            for bid, first, lastid, stored, node, base_ts, fmt in batches:
+            for bid, first, lastid, stored, node, base_ts, fmt, max_ts in batches:
                 stored = bytes(stored)
                 rows = await self.fetch(
                     "SELECT ts, client, name, qtype, listed, rule, policy, cnt FROM hits WHERE id >= ? AND id <= ? ORDER BY id",
@@ -398,6 +449,8 @@ class HitStore(abc.ABC):
                 verified += 1
                 covered += len(rows)
                 last = bid
+                if visit is not None:
+                    visit(bid, first, stored, base_ts, max_ts, rows)
         count = (await self.fetch("SELECT COUNT(*) FROM hits"))[0][0]
         if count != covered:
             return verified, Broken(last, -1, -1, f"{count - covered} rows outside every batch")
@@ -419,6 +472,11 @@ class HitStore(abc.ABC):
 
     def text_expr(self, kind: str, expr: str) -> str:
         return expr
+
+
+def anchor_text(anchor_hex: str, purged: int) -> bytes:
+    """What the anchor seal signs: the anchor and how many batches lie behind it."""
+    return b"betblock-anchor %s %d" % (anchor_hex.encode(), purged)
 
 
 def _day_text(day: int) -> str:

@@ -56,8 +56,9 @@ class HitWriter:
     without a function call or an object of ours per hit. Memos are bounded and kept across
     batches: a flood repeats few clients and rules and cycles through its names."""
 
-    def __init__(self, store: HitStore, privacy: ClientPrivacy, node: str) -> None:
+    def __init__(self, store: HitStore, privacy: ClientPrivacy, node: str, after_write: Any = None) -> None:
         self.store = store
+        self.after_write = after_write  # called once a batch is committed (the chain's checkpoint)
         self.privacy = privacy
         self.node = node
         self._node_id: int | None = None
@@ -244,6 +245,8 @@ class HitWriter:
         if encoded is None:
             return 0
         self.store.write_batch(encoded)
+        if self.after_write is not None:
+            self.after_write()
         # Remembered only once stored: a batch the store refused is encoded again on retry.
         self._first_seen.update(encoded.first_seen)
         self._name_rules.update((name << 32) | rule for name, rule in encoded.name_rules)

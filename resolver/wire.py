@@ -6,7 +6,8 @@ walker that finds the TTL offsets and SOA of an upstream reply (run once per cac
 the small builders (error answers, truncated answers, OPT records, name conversion).
 
 dnslib is deliberately not used here: decoding every packet with it costs ~10x the whole fast
-path. Must not import any other betblock module.
+path. Must not import any other betblock module but the name codec (``feeds.names``, plain
+functions with no imports of their own).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import struct
 from typing import NamedTuple
 
 from config.errors import BetblockError
+from feeds.names import to_text
 
 HEADER = struct.Struct(">HHHHHH")
 U16 = struct.Struct(">H")
@@ -202,16 +204,8 @@ _LEN = [bytes((i,)) for i in range(256)]
 
 
 def wire_to_name(wire: bytes) -> str:
-    """Uncompressed wire name -> dotted text without the trailing dot ('' for the root)."""
-    labels = []
-    off = 0
-    while off < len(wire):
-        length = wire[off]
-        if length == 0:
-            break
-        labels.append(wire[off + 1 : off + 1 + length].decode("ascii", "backslashreplace"))
-        off += length + 1
-    return ".".join(labels)
+    """Uncompressed wire name -> text (the one codec, ``feeds.names``: ``\\DDD`` escapes)."""
+    return to_text(wire)
 
 
 def read_name(data: bytes, off: int) -> tuple[bytes, int]:

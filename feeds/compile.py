@@ -329,19 +329,6 @@ def compile_lists(
             off += name[off] + 1
         return ALLOW
 
-    def allowed(name: bytes) -> tuple[bool, bool]:
-        """Whether the allowlist zone lets ``name`` itself and the names below it through."""
-        if name in allow_nodes:
-            return name in allow_self, name in allow_below
-        off = name[0] + 1
-        while name[off]:
-            parent = name[off:]
-            if parent in allow_nodes:
-                ok = parent in allow_below
-                return ok, ok
-            off += name[off] + 1
-        return False, False
-
     for name in present:
         masks.setdefault(name, 0)
     doomed: list[bytes] = []
@@ -357,7 +344,17 @@ def compile_lists(
         # the table still holds every mask (their parents' included); then the rest in place.
         decided: dict[bytes, int] = {}
         for name, m in masks.items():
-            ok_self, ok_below = allowed(name) if allow_nodes else (False, False)
+            ok_self = ok_below = False
+            if allow_nodes:
+                if name in allow_nodes:
+                    ok_self, ok_below = name in allow_self, name in allow_below
+                else:
+                    off = name[0] + 1
+                    while name[off]:
+                        if name[off:] in allow_nodes:
+                            ok_self = ok_below = name[off:] in allow_below
+                            break
+                        off += name[off] + 1
             if ok_self or ok_below or not (m & low and m >> n) or (overrides and name in overrides):
                 if ok_self and ok_below and name not in allow_nodes:
                     doomed.append(name)  # an allowlisted parent covers it whole
@@ -372,8 +369,9 @@ def compile_lists(
                 ALLOW if name in allow_below else decide(name, 0, True),
             )
         by_mask: dict[int, int] = {}
+        skip = decided.keys() if decided else ()
         for name, m in table.items():
-            if name in decided:
+            if name in skip:
                 continue
             value = by_mask.get(m)
             if value is None:

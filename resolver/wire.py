@@ -262,7 +262,7 @@ def error_response(
     qid = U16.unpack_from(data)[0] if len(data) >= 2 else 0
     if q is None:
         flags = U16.unpack_from(data, 2)[0] if len(data) >= 4 else 0
-        return HEADER.pack(qid, QR | (flags & (OPCODE_MASK | RD)) | rcode, 0, 0, 0, 0)
+        return HEADER.pack(qid, QR | RA | (flags & (OPCODE_MASK | RD)) | rcode, 0, 0, 0, 0)
     if q.edns_size:
         opt = opt_record(udp_size, q.do, ede, rcode >> 4)
         return HEADER.pack(q.qid, response_flags(q.flags, rcode & 0xF), 1, 0, 0, 1) + data[12 : q.name_end + 4] + opt

@@ -61,3 +61,7 @@ async def test_rpz_actions_and_scopes(app, upstream) -> None:
     why = app.lookup("x.below.test")
     assert why["blocked"] and why["scope"] == "below" and why["listed"] == "below.test" and why["action"] == "nodata"
     assert why["rule"] == app.pipeline.policy.snapshot.match(b"\x01x\x05below\x04test\x00").rule.id
+    # Every RPZ action is a blocked answer with its hit, drop and tcp-only included.
+    assert app.pipeline.counters.snapshot()["blocked"] == 7
+    await app.recorder.flush()
+    assert app.recorder.recorded == 7 and app.recorder.store_errors == 0

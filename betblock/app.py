@@ -142,12 +142,13 @@ class App:
                 redirect=[*match.rule.ipv4, *match.rule.ipv6],
             )
             return out
-        off = 0
-        while wire[off]:
-            if snapshot.table.get(wire[off:]) == ALLOW:
-                out["allowlisted"] = ".".join(labels[len(labels) - _labels(wire[off:]) :])
-                break
-            off += wire[off] + 1
+        found = snapshot.decider(wire)
+        if found is not None:
+            closest = ".".join(labels[len(labels) - _labels(found[0]) :])
+            if snapshot.table[found[0]] == ALLOW:
+                out["allowlisted"] = closest
+            else:  # the closest entry covers only the name itself or only the names below it
+                out["not_covered_by"] = closest
         return out
 
     def feed_status(self) -> list[dict[str, object]]:

@@ -65,3 +65,6 @@ async def test_rpz_actions_and_scopes(app, upstream) -> None:
     assert app.pipeline.counters.snapshot()["blocked"] == 7
     await app.recorder.flush()
     assert app.recorder.recorded == 7 and app.recorder.store_errors == 0
+    assert app.lookup("www.exact.test") == {
+        "name": "www.exact.test", "blocked": False, "policy_version": app.pipeline.policy.version, "not_covered_by": "exact.test",
+    }

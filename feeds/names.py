@@ -7,12 +7,15 @@ written ``\\DDD`` (decimal, as dig and BIND do for such bytes), so a label holdi
 ``a\\046b.test``, never ``a.b.test``. Reading text accepts ``\\DDD`` and ``\\X`` escapes
 (RFC 1035 5.1). The root is ``.`` as text and ``b"\\x00"`` as wire.
 
-Plain data only: imports nothing of betblock, so every package (resolver included) may use it.
+Plain functions: imports nothing of betblock but the error base, so every package (resolver
+included) may use it.
 """
 
 from __future__ import annotations
 
 import re
+
+from config.errors import BetblockError
 
 _LEN = [bytes((i,)) for i in range(256)]
 _PLAIN = re.compile(rb"[A-Za-z0-9_.-]*").fullmatch
@@ -22,7 +25,7 @@ _BYTE_TEXT = [chr(c) if c in _SAFE else f"\\{c:03d}" for c in range(256)]
 MAX_WIRE = 255
 
 
-class NameError_(ValueError):
+class NameError_(BetblockError, ValueError):
     """Text that is not a DNS name (empty label, label over 63 octets, name over 255)."""
 
 

@@ -6,8 +6,8 @@ walker that finds the TTL offsets and SOA of an upstream reply (run once per cac
 the small builders (error answers, truncated answers, OPT records, name conversion).
 
 dnslib is deliberately not used here: decoding every packet with it costs ~10x the whole fast
-path. Must not import any other betblock module but the name codec (``feeds.names``, plain
-functions with no imports of their own).
+path. Must not import any other betblock module but the error base (``config.errors``) and
+the name codec (``feeds.names``, plain functions).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from config.settings import AgencySettings, WarningPageSettings, WarningPageText
-from feeds.names import to_text
+from config.names import to_text
 from feeds.snapshot import Match, PolicySnapshot
 from resolver.wire import name_to_wire
 

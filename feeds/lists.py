@@ -21,8 +21,8 @@ from datetime import datetime
 from types import MappingProxyType
 
 from feeds.entry import Entry
-from feeds.names import to_text as from_wire
-from feeds.names import to_wire
+from config.names import to_text as from_wire
+from config.names import to_wire
 
 Key = tuple[str, bool, bool]  # (name, wildcard, allow): one listing of one source
 

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 
 from config.settings import HitsSettings
-from feeds.names import to_text
+from config.names import to_text
 from hits.batch import HIT_FIELDS, FlatHits, batch_size, hit_columns
 from hits.privacy import ClientPrivacy
 
@@ -68,7 +68,7 @@ def _qtype(code: int) -> bytes:
 
 
 def dotted(wire: bytes) -> bytes:
-    """b'\\x03www\\x03bad\\x03bet\\x00' -> b'www.bad.bet', by the one name codec (``feeds.names``)."""
+    """b'\\x03www\\x03bad\\x03bet\\x00' -> b'www.bad.bet', by the one name codec (``config.names``)."""
     return to_text(wire).encode("ascii")
 
 

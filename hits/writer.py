@@ -16,7 +16,7 @@ from typing import Any
 
 from hits.batch import hit_columns
 from hits.chain import text_line
-from feeds.names import to_text as name_text  # the one name codec (\\DDD escapes)
+from config.names import to_text as name_text  # the one name codec (\\DDD escapes)
 from hits.privacy import ClientPrivacy
 from hits.query import name_rev
 from hits.store import DAY_MS, KINDS, Batch, HitStore

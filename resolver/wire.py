@@ -7,7 +7,7 @@ the small builders (error answers, truncated answers, OPT records, name conversi
 
 dnslib is deliberately not used here: decoding every packet with it costs ~10x the whole fast
 path. Must not import any other betblock module but the error base (``config.errors``) and
-the name codec (``feeds.names``, plain functions).
+the name codec (``config.names``, plain functions).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import struct
 from typing import NamedTuple
 
 from config.errors import BetblockError
-from feeds.names import to_text
+from config.names import to_text
 
 HEADER = struct.Struct(">HHHHHH")
 U16 = struct.Struct(">H")
@@ -204,7 +204,7 @@ _LEN = [bytes((i,)) for i in range(256)]
 
 
 def wire_to_name(wire: bytes) -> str:
-    """Uncompressed wire name -> text (the one codec, ``feeds.names``: ``\\DDD`` escapes)."""
+    """Uncompressed wire name -> text (the one codec, ``config.names``: ``\\DDD`` escapes)."""
     return to_text(wire)
 
 

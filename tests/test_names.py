@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feeds.names import to_text, to_wire
+from config.names import to_text, to_wire
 
 
 def test_examples() -> None:

@@ -7,8 +7,8 @@ written ``\\DDD`` (decimal, as dig and BIND do for such bytes), so a label holdi
 ``a\\046b.test``, never ``a.b.test``. Reading text accepts ``\\DDD`` and ``\\X`` escapes
 (RFC 1035 5.1). The root is ``.`` as text and ``b"\\x00"`` as wire.
 
-Plain functions: imports nothing of betblock but the error base, so every package (resolver
-included) may use it.
+In ``config``, the base layer, so that every package (hits and the resolver included) may use
+it; imports nothing of betblock but the error base.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import sys
 from collections import Counter
 from typing import Any, BinaryIO, TextIO
 
+from config.errors import BetblockError
 from config.settings import SourceSettings
 from feeds.entry import FeedError
 from feeds.formats import FORMATS
@@ -26,7 +27,7 @@ from feeds.formats import FORMATS
 MAX_BYTES: int = SourceSettings.model_fields["max_bytes"].default
 
 
-class TooBig(Exception):
+class TooBig(BetblockError):
     """The input is over the size cap."""
 
 # File-level facts worth a line of output, in this order, when a format reports them.

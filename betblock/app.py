@@ -26,8 +26,8 @@ from feeds import persist
 from feeds.compile import to_wire
 from feeds.manager import FeedManager
 from feeds.normalize import normalize
+from feeds.snapshot import ALLOW, PolicySnapshot, split
 from feeds.store import StoreProblem
-from feeds.snapshot import ALLOW, PolicySnapshot
 from hits import api as hits_api
 from hits.service import HitLog
 from hits.store import StoreError
@@ -144,20 +144,26 @@ class App:
         out: dict[str, object] = {"name": text, "blocked": False, "policy_version": snapshot.version}
         match = snapshot.match(wire)
         if match is not None:
+            # The listed name that decides (the closest encloser), its scope and the rule id.
+            self_rid, below_rid = split(snapshot.table[match.listed])
+            out["scope"] = "subtree" if self_rid == below_rid else "exact" if not below_rid else "below" if not self_rid else "split"
+            out["rule"] = match.rule.id
             out.update(
                 blocked=True,
                 listed=".".join(labels[len(labels) - _labels(match.listed) :]),
                 agencies=list(match.rule.agencies),
                 agency_name=match.rule.agency_name,
                 action=match.rule.action,
+                redirect=[*match.rule.ipv4, *match.rule.ipv6],
             )
             return out
-        off = 0
-        while wire[off]:
-            if snapshot.table.get(wire[off:]) == ALLOW:
-                out["allowlisted"] = ".".join(labels[len(labels) - _labels(wire[off:]) :])
-                break
-            off += wire[off] + 1
+        found = snapshot.decider(wire)
+        if found is not None:
+            closest = ".".join(labels[len(labels) - _labels(found[0]) :])
+            if snapshot.table[found[0]] == ALLOW:
+                out["allowlisted"] = closest
+            else:  # the closest entry covers only the name itself or only the names below it
+                out["not_covered_by"] = closest
         return out
 
     def degraded(self) -> dict[str, object]:

@@ -33,6 +33,7 @@ from config.auth import bearer, matches_secret
 from config.settings import DEFAULT_CONFIG, AgencySettings, ConfigError, Settings, load_settings
 from feeds.compliance import report, to_csv
 from feeds.entry import Entry
+from feeds.formats import scope_of
 from feeds.lists import SourceList
 from feeds.manager import STORE_FILE, FeedManager
 from feeds.store import FeedStore, iso
@@ -45,14 +46,16 @@ _RCODES = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}
 # -- the self-test -----------------------------------------------------------------------
 
 
-def active_names(lists: Iterable[SourceList], now: float) -> list[str]:
+def active_names(lists: Iterable[SourceList], now: float, scopes: Iterable[tuple[str, str]] | None = None) -> list[str]:
     """Names an agency's lists block now: not exceptions, listed (no future listing date), not
-    past a removal date."""
+    past a removal date. ``scopes`` gives (format, agency scope) per list: an entry that covers
+    only the names below it (RPZ ``*.name``) is asked as a name below it."""
     names: set[str] = set()
-    for lst in lists:
+    for lst, (fmt, default) in zip(lists, scopes or iter(lambda: ("plain", "subtree"), None)):
         for e in lst.entries():
             if _active(e, now):
-                names.add(e.name)
+                below = scope_of(fmt, e.wildcard, default) == "below"  # type: ignore[arg-type]
+                names.add(f"self-test.{e.name}" if below else e.name)
     return sorted(names)
 
 
@@ -190,8 +193,9 @@ def mount(
         if not 1 <= sample <= 10_000:
             raise web.HTTPBadRequest(reason="sample must be between 1 and 10000")
         now = feeds.clock()
-        lists = [rt.current for (aid, _k), rt in feeds.sources.items() if aid == agency.id]
-        names = await asyncio.to_thread(active_names, lists, now)
+        runtimes = [rt for (aid, _k), rt in feeds.sources.items() if aid == agency.id]
+        scopes = [(rt.settings.format, agency.scope) for rt in runtimes]
+        names = await asyncio.to_thread(active_names, [rt.current for rt in runtimes], now, scopes)
         return web.json_response(await self_test(agency, names, dns_address(), sample=sample, now=now))
 
     def add(app: web.Application) -> None:
@@ -238,7 +242,8 @@ def main(argv: list[str], out: TextIO = sys.stdout) -> int:
             else:
                 server = query_address(*settings.dns.listen_addresses()[0])
             lists = [store.live(agency.id, src.key) for src in agency.all_sources()]
-            result = asyncio.run(self_test(agency, active_names(lists, now), server, sample=args.sample, now=now))
+            scopes = [(src.format, agency.scope) for src in agency.all_sources()]
+            result = asyncio.run(self_test(agency, active_names(lists, now, scopes), server, sample=args.sample, now=now))
             _write(json.dumps(result, indent=2) + "\n", args.output, out)
             return 0 if result["ok"] else 1
         rep = report(store, agency, now)

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from config.settings import AgencySettings, WarningPageSettings, WarningPageText
+from config.names import to_text
 from feeds.snapshot import Match, PolicySnapshot
 from resolver.wire import name_to_wire
 
@@ -136,8 +137,4 @@ class WarningPage:
 
 
 def _dotted(wire: bytes) -> str:
-    labels, off = [], 0
-    while wire[off]:
-        labels.append(wire[off + 1 : off + 1 + wire[off]].decode("ascii", "replace"))
-        off += wire[off] + 1
-    return ".".join(labels)
+    return to_text(wire)

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from config.settings import AgencySettings, PolicySettings, Settings
 from feeds.entry import Entry
+from feeds.formats.plain import scan
 from feeds.guard import Protected
 from feeds.lists import to_wire
-from feeds.normalize import InvalidName, needs_full_check, normalize_detail
+from feeds.normalize import InvalidName, normalize_detail
 from feeds.snapshot import ALLOW, SCOPES, PolicySnapshot, Rule, Scope, pair
 
 # An allowlist entry: a wire name (scope subtree) or (wire name, scope).
@@ -60,46 +61,26 @@ class PlainList:
 
 
 def read_plain(data: bytes, protected: Protected | None = None) -> PlainList:
-    """Parse a plain list: one name per line, ``#`` comments, blank lines ignored.
-
-    Accepts what ``feeds.formats.plain`` accepts (URLs, ``*.`` wildcards, IDN), refuses public
-    suffixes and, when given, protected names, but builds wire names directly instead of one
-    ``Entry`` per line: a third of the memory for a million-line list. Duplicates are not
-    reported (the caller keeps a set).
-    """
+    """A plain list as wire names: the lines ``feeds.formats.plain.scan`` accepts (the one
+    reading of the format), minus public suffixes and, when given, protected names, without an
+    ``Entry`` per line (a third of the memory for a million-line list). Duplicates are not
+    reported (the caller keeps a set)."""
     out = PlainList()
-    clean = _CLEAN.fullmatch
-    maybe_public = needs_full_check
-    refuses = protected.refuses_bytes if protected else None
+    rejects = out.rejects
     names = out.names
-    lineno = 0
-    for lineno, raw in enumerate(data.splitlines(), 1):
-        line = raw.strip().lower()
-        if not line or line[0] == 0x23:  # "#"
-            continue
-        if b"#" in line:
-            line = line[: line.index(b"#")].rstrip()
-        wild = False
-        if line.startswith(b"*."):
-            line = line[2:]
-            wild = True
-        if line.endswith(b"."):
-            line = line[:-1]
-        if not (clean(line) and len(line) <= 253 and b"xn--" not in line and not maybe_public(line.decode("ascii"))):
-            name, reason, was_wild = _slow_normalise(raw)
-            if name is None:
-                out.rejects.append((lineno, raw.decode("utf-8", "replace"), reason))
-                continue
-            line, wild = name, was_wild
+    refuses = protected.refuses_bytes if protected else None
+    meta: dict[str, object] = {}
+    for lineno, name, wild, text in scan(data, lambda n, t, r: rejects.append((n, t, r)), None, meta):
+        line = name.encode("ascii")
         if refuses is not None:
             hit = refuses(line)
             if hit is not None:
-                out.rejects.append((lineno, raw.decode("utf-8", "replace"), f"protected name ({hit.decode()})"))
+                rejects.append((lineno, text, f"protected name ({hit.decode()})"))
                 continue
         if wild:
             out.wild.append((len(names), lineno))
         names.append(to_wire(line))
-    out.lines = lineno
+    out.lines = meta["lines"]  # type: ignore[assignment]
     return out
 
 
@@ -348,19 +329,6 @@ def compile_lists(
             off += name[off] + 1
         return ALLOW
 
-    def allowed(name: bytes) -> tuple[bool, bool]:
-        """Whether the allowlist zone lets ``name`` itself and the names below it through."""
-        if name in allow_nodes:
-            return name in allow_self, name in allow_below
-        off = name[0] + 1
-        while name[off]:
-            parent = name[off:]
-            if parent in allow_nodes:
-                ok = parent in allow_below
-                return ok, ok
-            off += name[off] + 1
-        return False, False
-
     for name in present:
         masks.setdefault(name, 0)
     doomed: list[bytes] = []
@@ -376,7 +344,17 @@ def compile_lists(
         # the table still holds every mask (their parents' included); then the rest in place.
         decided: dict[bytes, int] = {}
         for name, m in masks.items():
-            ok_self, ok_below = allowed(name) if allow_nodes else (False, False)
+            ok_self = ok_below = False
+            if allow_nodes:
+                if name in allow_nodes:
+                    ok_self, ok_below = name in allow_self, name in allow_below
+                else:
+                    off = name[0] + 1
+                    while name[off]:
+                        if name[off:] in allow_nodes:
+                            ok_self = ok_below = name[off:] in allow_below
+                            break
+                        off += name[off] + 1
             if ok_self or ok_below or not (m & low and m >> n) or (overrides and name in overrides):
                 if ok_self and ok_below and name not in allow_nodes:
                     doomed.append(name)  # an allowlisted parent covers it whole
@@ -391,8 +369,9 @@ def compile_lists(
                 ALLOW if name in allow_below else decide(name, 0, True),
             )
         by_mask: dict[int, int] = {}
+        skip = decided.keys() if decided else ()
         for name, m in table.items():
-            if name in decided:
+            if name in skip:
                 continue
             value = by_mask.get(m)
             if value is None:

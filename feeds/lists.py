@@ -21,25 +21,12 @@ from datetime import datetime
 from types import MappingProxyType
 
 from feeds.entry import Entry
+from config.names import to_text as from_wire
+from config.names import to_wire
 
 Key = tuple[str, bool, bool]  # (name, wildcard, allow): one listing of one source
 
-_LEN = [bytes((i,)) for i in range(256)]
-
-
-def to_wire(name: bytes) -> bytes:
-    """``b"a.test"`` -> ``b"\\x01a\\x04test\\x00"``."""
-    return b"".join([_LEN[len(p)] + p for p in name.split(b".")]) + b"\x00"
-
-
-def from_wire(wire: bytes) -> str:
-    labels = []
-    off = 0
-    while wire[off]:
-        n = wire[off]
-        labels.append(wire[off + 1 : off + 1 + n].decode("ascii"))
-        off += n + 1
-    return ".".join(labels)
+__all__ = ["ListDiff", "SourceList", "diff", "from_wire", "to_wire"]
 
 
 def is_plain(entry: Entry) -> bool:

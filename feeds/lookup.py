@@ -1,10 +1,11 @@
 """Why a name is or is not blocked: ``betblock lookup NAME`` and ``GET /v1/lookup/{name}``.
 
 Owns the explanation: every entry of every agency at the name or above it (since when, until
-when, under which legal reference, from which source and version), which of them decides by
-the compile's rules (the most specific listed name, then the highest precedence), which
-exception or allowlist entry overrides them, and, when a snapshot is at hand, what the resolver
-answers now. Reads the store and the configuration only; works with the server stopped.
+when, under which legal reference, from which source and version, with its match scope), which
+of them decides by the compile's rules (per agency its closest listed name, which must cover
+the name itself or the names below it; then the most specific, then the highest precedence),
+which agencies a closer entry shields, which exception or allowlist entry overrides them, and,
+when a snapshot is at hand, the rule the resolver applies now and the table name that decides. Reads the store and the configuration only; works with the server stopped.
 
 Must not import aiohttp or resolver code.
 """
@@ -16,10 +17,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from config.settings import Settings
-from feeds.lists import to_wire
+from feeds.formats import scope_of
+from feeds.lists import from_wire, to_wire
 from feeds.normalize import InvalidName, normalize_detail
-from feeds.snapshot import PolicySnapshot
+from feeds.snapshot import PolicySnapshot, split
 from feeds.store import FeedStore, iso
+
+
+def covers(scope: str, itself: bool) -> bool:
+    """Whether an entry of ``scope`` covers the listed name itself (``itself``) or a name below."""
+    return scope == "subtree" or (scope == "exact") == itself
 
 
 def candidates(name: str) -> list[str]:
@@ -34,7 +41,7 @@ def explain(
     store: FeedStore | None,
     *,
     snapshot: PolicySnapshot | None = None,
-    allow: Iterable[bytes] = (),
+    allow: Iterable[bytes | tuple[bytes, str]] = (),
     admin_allow: Iterable[str] | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
@@ -48,7 +55,9 @@ def explain(
             return {"name": raw, "valid": False, "reason": exc.reason, "blocked": False}
         name = text  # a public suffix: explain it anyway (nothing may list it)
     names = candidates(name)
-    configured = {(a.id, s.key) for a in settings.agencies for s in a.all_sources()}
+    formats = {(a.id, s.key): s.format for a in settings.agencies for s in a.all_sources()}
+    configured = set(formats)
+    agency_scope = {a.id: a.scope for a in settings.agencies}
     precedence = {a.id: (a.precedence, -i) for i, a in enumerate(settings.agencies)}
     rows = store.entries_named(names) if store is not None else []
 
@@ -60,7 +69,10 @@ def explain(
             "source": r["source"],
             "listed": r["name"],
             "wildcard": bool(r["wildcard"]),
+            "scope": scope_of(formats.get((r["agency"], r["source"]), "plain"), bool(r["wildcard"]), agency_scope.get(r["agency"], "subtree")),
             "exception": bool(r["allow"]),
+            "action": r["action"],
+            "redirect": r["redirect"],
             "legal_ref": r["legal_ref"],
             "source_id": r["source_id"],
             "listed_at": iso(r["listed_at"]),
@@ -82,38 +94,69 @@ def explain(
         item["precedence"] = precedence.get(r["agency"], (0, 0))[0]
         matches.append(item)
 
-    # The operator's allowlist overrides every agency, at the name or above it.
-    allow_set = set(allow)
-    allowlisted = [{"name": n, "by": "config"} for n in names if to_wire(n.encode("ascii")) in allow_set]
-    allowlisted += [{"name": n, "by": "admin"} for n in names if admin_allow is not None and n in admin_allow]
-
-    # An agency's own exception lifts its listings for this name.
-    excepted = {m["agency"] for m in matches if m["state"] == "exception"}
-    deciding: list[dict[str, Any]] = []
-    for cand in names:  # most specific first
-        here = [m for m in matches if m["listed"] == cand and m["state"] == "active" and m["agency"] not in excepted]
-        if here:
-            here.sort(key=lambda m: precedence.get(m["agency"], (0, 0)), reverse=True)
-            deciding = here
+    # The operator's allowlist is a zone read first: its closest name at or above decides.
+    allow_scope: dict[str, str] = {}
+    for item in allow:
+        wire, scope = (item, "subtree") if isinstance(item, bytes) else item
+        allow_scope.setdefault(from_wire(wire), scope)
+    for n in admin_allow or ():
+        allow_scope.setdefault(n, "subtree")
+    allowlisted: list[dict[str, Any]] = []
+    for cand in names:
+        if cand in allow_scope:
+            if covers(allow_scope[cand], cand == name):
+                by = "admin" if admin_allow is not None and cand in admin_allow else "config"
+                allowlisted.append({"name": cand, "by": by, "scope": allow_scope[cand]})
             break
+
+    # Per agency: a subtree exception lifts its listings at and below it; then the agency's
+    # closest listed name decides, when its entry covers this name (else it shields it).
+    rank = {cand: i for i, cand in enumerate(names)}  # 0 is the name itself
+    deciding_by: dict[str, dict[str, Any]] = {}
+    shielded: list[dict[str, Any]] = []
+    live = [m for m in matches if m["state"] in ("active", "exception")]
+    for agency_id in sorted({m["agency"] for m in live}):
+        own = [m for m in live if m["agency"] == agency_id]
+        lift_at = max((rank[m["listed"]] for m in own if m["exception"] and m["scope"] == "subtree"), default=-1)
+        for m in own:
+            if not m["exception"] and rank[m["listed"]] <= lift_at:
+                m["state"] = "lifted by the agency's exception"
+        closest = min(rank[m["listed"]] for m in own)
+        itself = closest == 0
+        here = [m for m in own if rank[m["listed"]] == closest]
+        passes = any(m["exception"] and covers(m["scope"], itself) for m in here)
+        blocking = [m for m in here if m["state"] == "active" and covers(m["scope"], itself)]
+        if blocking and not passes:
+            deciding_by[agency_id] = blocking[0]
+        elif any(m["state"] == "active" and rank[m["listed"]] > closest for m in own):
+            shielded.append({"agency": agency_id, "by": names[closest], "scope": here[0]["scope"]})
+    deciding: list[dict[str, Any]] = sorted(
+        deciding_by.values(), key=lambda m: (rank[m["listed"]], [-x for x in precedence.get(m["agency"], (0, 0))])
+    )
+    if deciding:
+        deciding = [m for m in deciding if m["listed"] == deciding[0]["listed"]]
     decision: dict[str, Any] = {"blocked": bool(deciding) and not allowlisted}
     if deciding:
         win = deciding[0]
         agency = next(a for a in settings.agencies if a.id == win["agency"])
+        per_entry = win["action"] not in (None, "passthru") and not (win["action"] == "redirect" and not win["redirect"])
         decision["winner"] = {
             "agency": agency.id,
             "name": agency.display_name,
             "listed": win["listed"],
-            "action": agency.action,
-            "redirect": [str(ip) for ip in (*agency.redirect_ipv4, *agency.redirect_ipv6)],
+            "scope": win["scope"],
+            "action": win["action"] if per_entry else agency.action,
+            "redirect": (win["redirect"] or "").split(",") if per_entry and win["redirect"] else (
+                [] if per_entry else [str(ip) for ip in (*agency.redirect_ipv4, *agency.redirect_ipv6)]
+            ),
+            "rule": "the entry's own (RPZ)" if per_entry else "the agency's",
             "precedence": agency.precedence,
         }
         decision["also_listed_by"] = [m["agency"] for m in deciding[1:]]
         if allowlisted:
             decision["overridden_by"] = allowlisted[0]
-    for m in matches:
-        if m["agency"] in excepted and m["state"] == "active":
-            m["state"] = "lifted by the agency's exception"
+    if shielded:
+        decision["shielded"] = shielded
     out: dict[str, Any] = {
         "name": name,
         "valid": True,
@@ -123,13 +166,23 @@ def explain(
         "history": history[-20:],
     }
     if snapshot is not None:
-        m = snapshot.match(to_wire(name.encode("ascii")))
-        out["resolver"] = {
+        wire = to_wire(name.encode("ascii"))
+        m = snapshot.match(wire)
+        resolver: dict[str, Any] = {
             "policy_version": snapshot.version,
             "blocked": m is not None,
             "agencies": list(m.rule.agencies) if m else [],
             "action": m.rule.action if m else None,
         }
+        found = snapshot.decider(wire)
+        if found is not None:
+            listed, off, rid = found
+            self_rid, below_rid = split(snapshot.table[listed])
+            scope = "subtree" if self_rid == below_rid else "exact" if not below_rid else "below" if not self_rid else "split"
+            resolver["decided_by"] = {"listed": from_wire(listed), "position": "below" if off else "itself", "scope": scope, "rule": rid}
+            if m is not None:
+                resolver["rule"] = {"id": m.rule.id, "ipv4": list(m.rule.ipv4), "ipv6": list(m.rule.ipv6)}
+        out["resolver"] = resolver
     return out
 
 
@@ -142,15 +195,17 @@ def render(info: dict[str, Any]) -> str:
     if info["blocked"]:
         w = info["winner"]
         how = w["action"] + (f" to {', '.join(w['redirect'])}" if w["action"] == "redirect" else "")
-        lines.append(f"{name}: BLOCKED by {w['name']} ({w['agency']}, precedence {w['precedence']}): {how}")
-        lines.append(f"  because {w['listed']} is listed" + (f"; also listed by {', '.join(info['also_listed_by'])}" if info["also_listed_by"] else ""))
+        lines.append(f"{name}: BLOCKED by {w['name']} ({w['agency']}, precedence {w['precedence']}): {how} ({w['rule']} rule)")
+        lines.append(f"  because {w['listed']} is listed ({w['scope']})" + (f"; also listed by {', '.join(info['also_listed_by'])}" if info["also_listed_by"] else ""))
     elif info.get("winner"):
         o = info["overridden_by"]
         lines.append(f"{name}: not blocked: allowlisted ({o['name']}, {o['by']}) over {info['winner']['agency']}'s listing")
     else:
         lines.append(f"{name}: not blocked: no agency lists it or a parent")
+    for sh in info.get("shielded", []):
+        lines.append(f"  {sh['agency']}'s listing of a parent does not reach it: its closest entry {sh['by']} is {sh['scope']}")
     for m in info["matches"]:
-        extra = [f"since {m['since']}"]
+        extra = [f"{m['scope']}", f"since {m['since']}"]
         if m["listed_at"]:
             extra.append(f"listed {m['listed_at']}")
         if m["removed_at"]:
@@ -163,5 +218,7 @@ def render(info: dict[str, Any]) -> str:
     if "resolver" in info:
         r = info["resolver"]
         state = f"blocked ({', '.join(r['agencies'])}, {r['action']})" if r["blocked"] else "not blocked"
-        lines.append(f"  resolver (policy {r['policy_version']}): {state}")
+        d = r.get("decided_by")
+        how = f"; decided by {d['listed']} ({d['scope']}, rule {d['rule']} for {d['position']})" if d else ""
+        lines.append(f"  resolver (policy {r['policy_version']}): {state}{how}")
     return "\n".join(lines)

@@ -131,7 +131,8 @@ def lookup_section(name: str, result: dict[str, Any] | None, error: str) -> str:
         if result.get("blocked"):
             out = (
                 f'<p id="lookup-result"><span class="blocked">{esc(result["name"])} is blocked</span> by the entry '
-                f'<code>{esc(result["listed"])}</code>, listed by {esc(", ".join(result["agencies"]))}; '
+                f'<code>{esc(result["listed"])}</code> ({esc(result.get("scope", "subtree"))}, rule {esc(result.get("rule"))}), '
+                f'listed by {esc(", ".join(result["agencies"]))}; '
                 f'answer: {esc(result["action"])} (decided by {esc(result["agencies"][0])}, policy version '
                 f'{esc(result.get("policy_version"))}).</p>'
             )

@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 
 from config.settings import HitsSettings
+from config.names import to_text
 from hits.batch import HIT_FIELDS, FlatHits, batch_size, hit_columns
 from hits.privacy import ClientPrivacy
 from hits.store import CAUSES
@@ -87,15 +88,8 @@ def _qtype(code: int) -> bytes:
 
 
 def dotted(wire: bytes) -> bytes:
-    """b'\\x03www\\x03bad\\x03bet\\x00' -> b'www.bad.bet'."""
-    labels = []
-    off = 0
-    while True:
-        length = wire[off]
-        if not length:
-            return b".".join(labels)
-        labels.append(wire[off + 1 : off + 1 + length])
-        off += length + 1
+    """b'\\x03www\\x03bad\\x03bet\\x00' -> b'www.bad.bet', by the one name codec (``config.names``)."""
+    return to_text(wire).encode("ascii")
 
 
 def _json_str(raw: bytes) -> bytes:

@@ -8,7 +8,6 @@ store. Must not import the resolver.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import repeat
@@ -17,6 +16,7 @@ from typing import Any
 
 from hits.batch import hit_columns
 from hits.chain import text_line
+from config.names import to_text as name_text  # the one name codec (\\DDD escapes)
 from hits.privacy import ClientPrivacy
 from hits.query import name_rev
 from hits.store import DAY_MS, KINDS, Batch, HitStore
@@ -24,28 +24,6 @@ from hits.store import DAY_MS, KINDS, Batch, HitStore
 _MEMO_CAP = 1 << 18  # bounded: memory over a long run
 _MS = (1000.0).__mul__
 _HI = 1 << 32  # (name, rule) pairs packed into one int: name << 32 | rule
-_PLAIN = re.compile(rb"[a-z0-9._-]*")
-
-
-def name_text(wire: bytes) -> str:
-    """Lower-case wire name to text; bytes outside letters, digits, '-' and '_' as \\DDD (as dig)."""
-    labels = []
-    off = 0
-    while True:
-        length = wire[off]
-        if not length:
-            break
-        labels.append(wire[off + 1 : off + 1 + length])
-        off += length + 1
-    if not labels:
-        return "."
-    out = []
-    for label in labels:
-        if _PLAIN.fullmatch(label) and b"." not in label:
-            out.append(label.decode())
-        else:
-            out.append("".join(chr(c) if (48 <= c <= 57 or 97 <= c <= 122 or c in (45, 95)) else f"\\{c:03d}" for c in label))
-    return ".".join(out)
 
 
 class HitWriter:

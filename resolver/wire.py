@@ -6,7 +6,8 @@ walker that finds the TTL offsets and SOA of an upstream reply (run once per cac
 the small builders (error answers, truncated answers, OPT records, name conversion).
 
 dnslib is deliberately not used here: decoding every packet with it costs ~10x the whole fast
-path. Must not import any other betblock module.
+path. Must not import any other betblock module but the error base (``config.errors``) and
+the name codec (``config.names``, plain functions).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import struct
 from typing import NamedTuple
 
 from config.errors import BetblockError
+from config.names import to_text
 
 HEADER = struct.Struct(">HHHHHH")
 U16 = struct.Struct(">H")
@@ -202,16 +204,8 @@ _LEN = [bytes((i,)) for i in range(256)]
 
 
 def wire_to_name(wire: bytes) -> str:
-    """Uncompressed wire name -> dotted text without the trailing dot ('' for the root)."""
-    labels = []
-    off = 0
-    while off < len(wire):
-        length = wire[off]
-        if length == 0:
-            break
-        labels.append(wire[off + 1 : off + 1 + length].decode("ascii", "backslashreplace"))
-        off += length + 1
-    return ".".join(labels)
+    """Uncompressed wire name -> text (the one codec, ``config.names``: ``\\DDD`` escapes)."""
+    return to_text(wire)
 
 
 def read_name(data: bytes, off: int) -> tuple[bytes, int]:
@@ -268,7 +262,7 @@ def error_response(
     qid = U16.unpack_from(data)[0] if len(data) >= 2 else 0
     if q is None:
         flags = U16.unpack_from(data, 2)[0] if len(data) >= 4 else 0
-        return HEADER.pack(qid, QR | (flags & (OPCODE_MASK | RD)) | rcode, 0, 0, 0, 0)
+        return HEADER.pack(qid, QR | RA | (flags & (OPCODE_MASK | RD)) | rcode, 0, 0, 0, 0)
     if q.edns_size:
         opt = opt_record(udp_size, q.do, ede, rcode >> 4)
         return HEADER.pack(q.qid, response_flags(q.flags, rcode & 0xF), 1, 0, 0, 1) + data[12 : q.name_end + 4] + opt

@@ -91,3 +91,14 @@ def test_rpz_actions_reach_the_rules() -> None:
     assert snap.match(w("d.test")).rule.action == "drop"  # type: ignore[union-attr]
     assert snap.match(w("x.t.test")).rule.action == "tcp-only"  # type: ignore[union-attr]
     assert snap.match(w("t.test")) is None and snap.match(w("x.d.test")) is None
+
+
+def test_self_test_asks_below_entries_by_a_name_below_them() -> None:
+    from betblock.compliance import active_names
+    from feeds.entry import Entry
+    from feeds.lists import SourceList
+
+    rpz = SourceList.build([], [Entry("x.test", 1, True, "nxdomain"), Entry("y.test", 2, False, "nxdomain")])
+    plain = SourceList.build([w("z.test")], [Entry("v.test", 3, True)])
+    names = active_names([rpz, plain], NOW, [("rpz", "subtree"), ("plain", "below")])
+    assert names == ["self-test.x.test", "self-test.z.test", "v.test", "y.test"]

@@ -393,18 +393,24 @@ async def test_betblock_answers_as_unbound_with_the_same_policy(servers: tuple[P
     assert rules >= 300 and len(policy.queries) >= 2000
     ports = {"config": port_of(by_config), "rpz": port_of(by_rpz)}
     ents = ent_exceptions(policy)
-    gate = asyncio.Semaphore(64)
+    gate = asyncio.Semaphore(32)
     seen: dict[Outcome, int] = {}
     excused: list[str] = []
+
+    transient = ("no answer", "SERVFAIL")
 
     async def one(name: str, rdtype: str) -> list[str]:
         async with gate:
             expect, _ = await ask(unbound_port, name, rdtype)
-            kind = expect[:2] + (len(expect) > 4 and expect[4] != (UPSTREAM_A,) and bool(expect[4]),)
-            seen[kind] = seen.get(kind, 0) + 1
             problems = []
             for route, port in ports.items():
-                got, blocked = await ask(port, name, rdtype)
+                for _attempt in range(3):
+                    got, blocked = await ask(port, name, rdtype)
+                    if got == expect or (got[0] not in transient and expect[0] not in transient):
+                        break
+                    # A lost datagram or an upstream timeout on a loaded machine: ask both again
+                    # (a dropped name stays unanswered every time, so it still compares equal).
+                    expect, _ = await ask(unbound_port, name, rdtype)
                 if got == expect:
                     continue
                 if rdtype == "ANY" and not blocked:
@@ -414,6 +420,8 @@ async def test_betblock_answers_as_unbound_with_the_same_policy(servers: tuple[P
                     excused.append(f"{route}: {name} {rdtype} empty non-terminal")
                     continue  # an empty non-terminal of the zone: BIND's reading (documented)
                 problems.append(f"{route}: {name} {rdtype}: unbound {expect} betblock {got}")
+            kind = expect[:2] + (len(expect) > 4 and expect[4] != (UPSTREAM_A,) and bool(expect[4]),)
+            seen[kind] = seen.get(kind, 0) + 1
             return problems
 
     results = await asyncio.gather(*(one(n, t) for n, t in policy.queries))

@@ -149,3 +149,14 @@ def test_mutated_queries_parse_or_fail_cleanly(data: st.DataObject) -> None:
     except wire.WireError:
         return
     assert 12 < p.name_end <= len(base) - 4
+
+
+def test_every_answer_carries_ra_whatever_the_upstream_set() -> None:
+    # An authoritative upstream sets AA and no RA: we answer as a recursive resolver.
+    raw = bytearray(_reply())
+    struct.pack_into(">H", raw, 2, (struct.unpack_from(">H", raw, 2)[0] | 0x0400) & ~0x0080)
+    body = parse_answer(bytes(raw)).body
+    assert struct.unpack_from(">H", body, 2)[0] & 0x0080 and not struct.unpack_from(">H", body, 2)[0] & 0x0400
+    # Even the FORMERR for a question that cannot be read.
+    resp = wire.error_response(b"\x12\x34\x01\x00\x00\x02", None, wire.FORMERR, 1232)
+    assert struct.unpack_from(">H", resp, 2)[0] & 0x0080

@@ -101,3 +101,33 @@ def test_czech_sample_shows_dropped_paths_and_non_domain_rows() -> None:
     assert lines[:4] == ["accepted: 8", "rejected: 4", "encoding: cp1250", "url paths dropped on lines: 8"]
     assert lines[4].startswith("line 3: not a domain (payment account): Platební účet;")
     assert lines[6].startswith("line 10: not a domain (app): Aplikace;")
+
+
+def test_size_cap_summary_json_and_origin(tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"x" * 5000)
+    code, out, err = _run("--format", "plain", str(big), "--max-bytes", "4096")
+    assert code == 1 and out == "" and "over 4096 bytes" in err
+
+    junk = tmp_path / "junk.txt"
+    junk.write_text("ok.test\n" + "".join(f"10.0.0.{i}\n" for i in range(50)) + "a..test\n")
+    code, out, _ = _run("--format", "plain", str(junk), "--summary", "3")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[:2] == ["accepted: 1", "rejected: 51"]
+    assert "reason: 50: IP literal" in lines and "reason: 1: empty label" in lines
+    assert [x for x in lines if x.startswith("line ")] == [f"line {i}: IP literal: 10.0.0.{i - 2}" for i in (2, 3, 4)]
+    assert lines[-1] == "... 48 more rejects"
+
+    code, out, _ = _run("--format", "plain", str(junk), "--json", "--summary", "1")
+    doc = __import__("json").loads(out)
+    assert doc["accepted"] == 1 and doc["rejected"] == 51 and doc["reasons"] == {"IP literal": 50, "empty label": 1}
+    assert doc["rejects"] == [{"line": 2, "reason": "IP literal", "text": "10.0.0.0"}]
+
+    zone = tmp_path / "z.rpz"
+    zone.write_text("a.example CNAME .\n$ORIGIN sub.rpz.test.\nb CNAME .\n")
+    code, out, _ = _run("--format", "rpz", str(zone), "--origin", "rpz.test.", "--json")
+    doc = __import__("json").loads(out)
+    assert code == 0 and doc["accepted"] == 2 and doc["meta"]["origin"] == "rpz.test"
+    code, _, err = _run("--format", "plain", str(zone), "--origin", "rpz.test.")
+    assert code == 2 and "--origin applies" in err

@@ -155,7 +155,7 @@ async def test_allowlist_lookup_and_metrics(node: NodeFactory, session: aiohttp.
     assert [(a["name"], a["added_by"], a["note"]) for a in listing["admin"]] == [("help.casino.test", "admin", "ticket 42")]
 
     info = (await api.call("GET", "/v1/lookup/x.help.casino.test", ADMIN))[1]
-    assert info["blocked"] is False and info["overridden_by"] == {"name": "help.casino.test", "by": "admin"}
+    assert info["blocked"] is False and info["overridden_by"] == {"name": "help.casino.test", "by": "admin", "scope": "subtree"}
     assert info["winner"]["agency"] == "pl-mf" and info["resolver"]["blocked"] is False
     info = (await api.call("GET", "/v1/lookup/www.casino.test", ADMIN))[1]
     assert info["blocked"] is True and info["matches"][0]["listed"] == "casino.test" and info["matches"][0]["since"]

@@ -70,7 +70,7 @@ lists = ["it.txt"]
     out = io.StringIO()
     assert cli.lookup(["help.kasyno.test", "--config", str(cfg), "--json"], out) == 1
     info = json.loads(out.getvalue())
-    assert info["blocked"] is False and info["overridden_by"] == {"name": "help.kasyno.test", "by": "config"}
+    assert info["blocked"] is False and info["overridden_by"] == {"name": "help.kasyno.test", "by": "config", "scope": "subtree"}
     out = io.StringIO()
     assert cli.lookup(["ref.test", "--config", str(cfg), "--json"], out) == 0
     assert json.loads(out.getvalue())["matches"][0]["legal_ref"] == "MF/7/2025"
@@ -101,3 +101,52 @@ def test_check_config_names_missing_feed_files(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "agencies.cz-mf.sources.file:missing.csv.path: file missing.csv not found" in proc.stderr
     assert "policy.protected_files: file nope.txt not found" in proc.stderr
+
+
+async def test_lookup_shows_scope_the_deciding_rule_and_what_shields(tmp_path: Path) -> None:
+    (tmp_path / "zone.rpz").write_text(
+        "$ORIGIN rpz.test.\n@ SOA ns hm 1 2 3 4 5\n*.casino.test CNAME .\nhelp.casino.test CNAME rpz-passthru.\n"
+        "red.test A 192.0.2.9\n"
+    )
+    (tmp_path / "hosts.txt").write_text("exact.test\n")
+    cfg = tmp_path / "betblock.toml"
+    cfg.write_text(
+        f"""
+data_dir = "{tmp_path / 'var'}"
+[[agencies]]
+id = "zone"
+action = "nodata"
+[[agencies.sources]]
+kind = "file"
+path = "zone.rpz"
+format = "rpz"
+[[agencies]]
+id = "plain"
+scope = "exact"
+lists = ["hosts.txt"]
+"""
+    )
+    m = FeedManager(load_settings(cfg), lambda _s: None)
+    await m.start()
+    await m.flush()
+    m.close()
+
+    def info(name: str) -> dict:
+        out = io.StringIO()
+        cli.lookup([name, "--config", str(cfg), "--json"], out)
+        return json.loads(out.getvalue())
+
+    www = info("www.casino.test")
+    assert www["blocked"] and www["winner"]["scope"] == "below" and www["winner"]["action"] == "nxdomain"
+    assert www["winner"]["rule"] == "the entry's own (RPZ)"
+    assert www["resolver"]["decided_by"] == {"listed": "casino.test", "position": "below", "scope": "below", "rule": www["resolver"]["rule"]["id"]}
+    assert not info("casino.test")["blocked"]  # only the names below it
+    api = info("api.help.casino.test")  # closest encloser: the passthru for help.casino.test
+    assert not api["blocked"] and api["shielded"] == [{"agency": "zone", "by": "help.casino.test", "scope": "exact"}]
+    assert api["resolver"]["blocked"] is False and api["resolver"]["decided_by"]["listed"] == "help.casino.test"
+    red = info("red.test")
+    assert red["winner"]["action"] == "redirect" and red["winner"]["redirect"] == ["192.0.2.9"]
+    assert info("exact.test")["blocked"] and not info("www.exact.test")["blocked"]
+    out = io.StringIO()
+    cli.lookup(["www.casino.test", "--config", str(cfg)], out)
+    assert "because casino.test is listed (below)" in out.getvalue() and "decided by casino.test (below" in out.getvalue()

@@ -202,7 +202,7 @@ def test_json_lines_fields_counts_and_odd_names() -> None:
             {"node": "n1", "client": "192.0.2.0/24", "qtype": "A", "agency": "pl-mf", "agencies": ["pl-mf"], "action": "redirect",
              "policy_version": 7, "ts": T0 + 0.25, "name": "www.casino.test", "listed": "casino.test", "count": 1},
             {"node": "n1", "client": "198.51.100.0/24", "qtype": "AAAA", "agency": "cz-mf", "agencies": ["cz-mf"], "action": "nxdomain",
-             "policy_version": 8, "ts": T0 + 2, "name": 'a"\\b.test', "listed": "test", "count": 1},
+             "policy_version": 8, "ts": T0 + 2, "name": "a\\034\\092b.test", "listed": "test", "count": 1},  # the store's text too
             {"node": "n1", "client": "192.0.2.0/24", "qtype": "HTTPS", "agency": "pl-mf", "agencies": ["pl-mf", "it-adm"], "action": "redirect",
              "policy_version": 7, "ts": float(int(T0) + 1), "name": "bet.test", "listed": "bet.test", "count": 40},
         ]

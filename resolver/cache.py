@@ -24,7 +24,21 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from config.settings import CacheSettings
-from resolver.wire import CD, NOERROR, NXDOMAIN, RD, U16, U32, ParsedAnswer, Query, opt_record, truncated
+from resolver.wire import (
+    CD,
+    EDE_STALE,
+    EDE_STALE_NXDOMAIN,
+    NOERROR,
+    NXDOMAIN,
+    RD,
+    U16,
+    U32,
+    ParsedAnswer,
+    Query,
+    ede_option,
+    opt_record,
+    truncated,
+)
 
 
 # ``CacheEntry._sec`` when its bodies carry the stale TTL rather than those of a second.
@@ -83,7 +97,15 @@ class CacheEntry:
         if self._sec != _STALE:
             self._fill([ttl] * len(self.offsets))
             self._sec = _STALE
-        return self.render(data, q, _STALE, udp_size, limit)
+        resp = self.render(data, q, _STALE, udp_size, limit)
+        if q.edns_size and not resp[2] & 0x02:
+            # Say so (RFC 8767 6, RFC 8914): the plain OPT render appended (its last 11 bytes)
+            # becomes one with an Extended DNS Error, Stale Answer or Stale NXDOMAIN Answer.
+            code = EDE_STALE_NXDOMAIN if resp[3] & 0xF == NXDOMAIN else EDE_STALE
+            resp = resp[:-11] + opt_record(udp_size, q.do, ede_option(code))
+            if len(resp) > limit:
+                return truncated(data, q, self.flags, udp_size)
+        return resp
 
     def _patch(self, now: int) -> None:
         elapsed = now - self.stored

@@ -9,7 +9,7 @@ import dns.rcode
 
 from feeds.compile import AgencyList, compile_snapshot, to_wire
 from tests.conftest import NodeFactory, port_of
-from tests.dnsutil import FakeClock, a_records, query, tcp, udp
+from tests.dnsutil import FakeClock, a_records, ede, query, tcp, udp
 from tests.test_metrics import _scrape
 
 
@@ -31,6 +31,7 @@ async def test_an_expired_answer_is_served_when_the_upstream_fails(node: NodeFac
     r = await udp(port, query("short.test", edns=True))
     assert r.rcode() == dns.rcode.NOERROR and a_records(r) == ["192.0.2.11"]
     assert r.answer[0].ttl == 30  # RFC 8767's stale TTL, not 0 and not the old TTL
+    assert ede(r) == [(3, "")]  # Stale Answer (RFC 8914)
     assert upstream.udp_queries > asked  # the upstream was asked first
     # Within the failure recheck (stale_ttl seconds) the stale answer comes at once, over UDP
     # and TCP, without asking the failing upstream again.
@@ -42,6 +43,9 @@ async def test_an_expired_answer_is_served_when_the_upstream_fails(node: NodeFac
     assert upstream.udp_queries == asked
     counts = app.pipeline.counters.snapshot()
     assert counts["stale"] == 3 and counts["servfail"] == 0
+    r = await udp(port, query("nowhere.test", edns=True))  # never cached: no stale answer
+    assert r.rcode() == dns.rcode.SERVFAIL
+    asked = upstream.udp_queries
     m = await _scrape(app)
     assert m[("betblock_answers_total", (("kind", "stale"),))] == 3
     # The upstream recovers: after the recheck the name is refreshed and served live again.
@@ -103,3 +107,17 @@ async def test_a_stale_answer_still_meets_cname_inspection(node: NodeFactory, up
     app.pipeline.install(compile_snapshot([AgencyList(agency, [to_wire(b"casino.test")])], [], 300))
     r = await udp(port, dns.message.make_query("alias.test", "A"))
     assert r.rcode() == dns.rcode.NXDOMAIN  # the listed CNAME target decides, stale or not
+
+
+async def test_a_stale_nxdomain_says_so(node: NodeFactory, upstream) -> None:  # type: ignore[no-untyped-def]
+    app, clock = await _node(node)
+    port = port_of(app)
+    r = await udp(port, query("nowhere.test", edns=True))
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    upstream.behaviour.rcode = dns.rcode.SERVFAIL
+    clock.advance(3600)
+    r = await udp(port, query("nowhere.test", edns=True))
+    assert r.rcode() == dns.rcode.NXDOMAIN and r.authority[0].ttl == 30
+    assert ede(r) == [(19, "")]  # Stale NXDOMAIN Answer
+    r = await udp(port, query("nowhere.test"))  # without EDNS: no OPT to carry it
+    assert r.rcode() == dns.rcode.NXDOMAIN and r.edns < 0

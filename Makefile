@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_APT := nsd unbound chromium bind9 pdns-recursor
 BENCH_APT := dnsperf unbound pdns-recursor nsd
 
-.PHONY: run test test-fast bench bench-quick torture bench-rrl check-config clean readme
+.PHONY: run test test-fast bench bench-quick torture bench-rrl bench-xfr check-config clean readme
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,3 +54,8 @@ clean:
 ## Regenerate the README's configuration table from config/settings.py.
 readme: $(STAMP)
 	$(PY) tools/readme_config.py
+
+## Zone-transfer figures: AXFR of a 1M-entry RPZ zone against NSD, a 1 % change to followers (see README).
+bench-xfr: $(STAMP)
+	tools/apt-install.sh dnsutils nsd unbound
+	$(PY) bench/xfr.py $(BENCH_ARGS)

@@ -2,7 +2,7 @@
 """Figures for the fleet (issue 12): AXFR of a big RPZ zone and a 1 % change from PUT to
 enforced on followers. A benchmark, not a test: run by hand on an idle box (`make bench-xfr`).
 
-    .venv/bin/python bench/xfr.py [--entries 1000000] [--change 0.01]
+    .venv/bin/python bench/xfr.py [--entries 1000000] [--change 0.01] [--axfr-only]
 
 1. A betblock primary gets ``--entries`` names by PUT (one push agency, redirect) and serves
    them as the combined RPZ zone (two records per name).
@@ -176,6 +176,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=1_000_000)
     ap.add_argument("--change", type=float, default=0.01)
+    ap.add_argument("--axfr-only", action="store_true", help="stop after the AXFR figures")
     args = ap.parse_args()
     for tool in ("dig", "nsd", "unbound"):
         if shutil.which(tool) is None:
@@ -243,6 +244,8 @@ zone:
               f"{msg_b} messages; NSD 4.6 {t_n:.2f} s, {bytes_n / 1e6:.1f} MB, {msg_n} messages; "
               f"ratio betblock/NSD {t_b / t_n:.2f}x time, {bytes_b / bytes_n:.2f}x bytes")
         stop(nsd)
+        if args.axfr_only:
+            return
 
         # -- followers: Unbound and betblock ------------------------------------------------
         u_home = RUN / "unbound"

@@ -669,7 +669,7 @@ class XfrSettings(_Section):
 
     enabled: bool = Field(default=False, description="Serve the policy as RPZ zones (AXFR/IXFR over TCP, SOA over UDP and TCP).")
     listen: list[str] = Field(
-        default=["127.0.0.1:5353"], description="Addresses of the zone-transfer listener, UDP and TCP, as host:port or [v6]:port."
+        default=["127.0.0.1:1054"], description="Addresses of the zone-transfer listener, UDP and TCP, as host:port or [v6]:port."
     )
     zone: str = Field(
         default="betblock.rpz",

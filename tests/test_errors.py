@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["config", "feeds", "hits", "resolver", "betblock"]
+PACKAGES = ["config", "feeds", "hits", "resolver", "xfr", "betblock"]
 BUILTIN_ROOTS = {"Exception", "ValueError", "RuntimeError", "OSError", "LookupError", "KeyError", "TypeError"}
 
 

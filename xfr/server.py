@@ -33,6 +33,7 @@ import dns.rrset
 import dns.tsig
 import structlog
 
+from config.errors import BetblockError
 from config.settings import XfrSettings
 from xfr.zones import Signer, Zone, Zones, messages
 
@@ -51,7 +52,9 @@ def keyring(keys: dict[str, str]) -> dict[dns.name.Name, dns.tsig.Key]:
     }
 
 
-class Refused(Exception):
+class Refused(BetblockError):
+    """A request we answer with an error code (REFUSED, NOTAUTH, FORMERR) and log once."""
+
     def __init__(self, rcode: int, reason: str) -> None:
         super().__init__(reason)
         self.rcode = rcode

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from betblock import compliance
+from betblock import access, compliance
 from betblock.http import HttpMount, HttpServer, build_app, connection_limit, http_metrics, raise_nofile_limit
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.warning import Provenance, WarningPage
@@ -207,6 +207,7 @@ class App:
             if self.config_path is not None:
                 try:
                     new = await asyncio.to_thread(load_settings, self.config_path)
+                    new = access.with_admin_token(new)[0]  # the same token as at start
                 except (ConfigError, OSError) as exc:
                     log.error("reload: configuration refused; keeping the current one", error=str(exc))
                 else:

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands their arguments to feeds.cli.
     sub.add_parser("lookup", help="why is a name blocked or not (betblock lookup NAME)", add_help=False)
     sub.add_parser("token-hash", help="make an agency push token and its SHA-256", add_help=False)
+    token = sub.add_parser("admin-token", help="print the admin page's token (generated into the data directory if none)")
+    token.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     sub.add_parser(
         "compliance", help="compliance report or self-test of an agency (betblock compliance --help)", add_help=False
     )
@@ -86,13 +88,38 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"betblock: {exc}", file=sys.stderr)
         return 2
+    if args.command == "admin-token":
+        from betblock import access
+
+        try:
+            resolved, _ = access.with_admin_token(settings)
+        except (ConfigError, OSError) as exc:
+            print(f"betblock: {exc}", file=sys.stderr)
+            return 2
+        if resolved.http.admin_token is None:
+            print("betblock: no admin token: http.admin_token and http.admin_token_file are both unset", file=sys.stderr)
+            return 2
+        print(resolved.http.admin_token.get_secret_value())
+        return 0
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(settings.agencies)} agencies)")
         return 0
-    from betblock import logs
+    from betblock import access, logs
     from betblock.app import serve
 
     logs.configure(settings.log.level, args.log_format or settings.log.format)
+    try:
+        settings, token_file = access.with_admin_token(settings)
+    except (ConfigError, OSError) as exc:
+        print(f"betblock: {exc}", file=sys.stderr)
+        return 2
+    if settings.http.enabled:
+        import structlog
+
+        where = f"the token in {token_file} (or run `betblock admin-token`)" if token_file else "http.admin_token"
+        if settings.http.admin_token is None:
+            where = "nothing: admin routes are off (set http.admin_token or http.admin_token_file)"
+        structlog.get_logger("betblock").info(f"admin page at {access.admin_url(settings)}, sign in with {where}")
     return serve(settings, args.config)
 
 

@@ -591,7 +591,13 @@ class HttpSettings(_Section):
     listen: str = Field(default="127.0.0.1:8053", description="Address of the HTTP listener, host:port.")
     admin_token: SecretStr | None = Field(
         default=None,
-        description="Bearer token for admin routes; unset disables them (401). Use a long random value.",
+        description="Bearer token for admin routes. Unset: the token in admin_token_file (generated on first start); "
+        "both unset disables admin routes (401). Use a long random value.",
+    )
+    admin_token_file: Path | None = Field(
+        default=Path("admin-token"),
+        description="When admin_token is unset: the file (relative to data_dir) holding the admin token, generated "
+        "with mode 0600 on first start and reused; `betblock admin-token` prints it. Empty: no generated token.",
     )
     max_body_bytes: int = Field(
         default=64 << 20, ge=1024, description="Largest request body accepted (an agency's push); larger gets 413."

@@ -33,7 +33,7 @@ THIRD_PARTY = {
     "resolver": {"structlog"},
     # zone transfers: dnspython for the protocol (TSIG, parsing, NOTIFY), SQLite for the history
     "xfr": {"dns", "prometheus_client", "structlog"},
-    "betblock": {"aiohttp", "dnslib", "prometheus_client", "structlog", "uvloop"},
+    "betblock": {"aiohttp", "dnslib", "prometheus_client", "pydantic", "structlog", "uvloop"},
 }
 # stdlib modules the data plane must not import either (SQL belongs to the hit log)
 FORBIDDEN_STDLIB_IN_RESOLVER = {"sqlite3"}

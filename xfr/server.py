@@ -147,8 +147,8 @@ class XfrServer:
         return msg
 
     def answer(self, wire: bytes, client: str, tcp: bool) -> tuple[str, object]:
-        """("one", bytes) for a single answer, ("stream", (zone, generator factory)) for a
-        transfer, ("drop", None) for nothing."""
+        """("one", bytes) for a single answer, ("stream", (request, zone, "axfr"|"ixfr", the
+        records' factory or the secondary's serial)) for a transfer, ("drop", None) for nothing."""
         try:
             msg = self.parse(wire, client)
         except Refused as r:

@@ -1,6 +1,10 @@
-"""A full disk (issue 8, item 8), made real with SQLite's ``PRAGMA max_page_count``: the store
-answers SQLITE_FULL exactly as on a full file system. The error is named by its cause, the held
-hits are kept, shown and written once there is room, and what is lost is counted truly."""
+"""A store that refuses hits (issue 8, items 8 and 9), on real SQLite and PostgreSQL.
+
+A full disk is made real with SQLite's ``PRAGMA max_page_count``: the store answers SQLITE_FULL
+exactly as on a full file system. The error is named by its cause, the held hits are kept (folded
+into counts beyond the bound), shown and written once there is room, and what is lost is counted
+truly. A PostgreSQL server down at start, or a schema cut back behind its checkpoint, leaves the
+hit log failed and reported, never the node down."""
 
 from __future__ import annotations
 
@@ -151,6 +155,53 @@ async def test_postgres_down_at_start_holds_hits_and_writes_them_once_it_is_up(t
         assert (await log.store.status())["hits"] == 40  # type: ignore[union-attr]
     finally:
         closed.close()
+        await log.close()
+        from hits.postgres import PostgresStore
+
+        await PostgresStore(PG_DSN, schema).drop_schema()
+
+
+async def test_a_postgres_store_cut_back_behind_its_checkpoint_is_left_alone_and_reported(tmp_path: Path) -> None:
+    """A PostgreSQL schema whose newest batches were deleted between runs: the next node does
+    not write on (that would bury the cut), it reports the hit log failed and DNS is unaffected."""
+    import asyncpg
+
+    from config.settings import Settings
+    from hits.service import HitLog
+    from tests.hits.conftest import PG_DSN, need_pg, pg_schema
+
+    await need_pg()
+    schema = pg_schema()
+    settings = Settings(data_dir=tmp_path, hits={"store": "postgres", "postgres_dsn": PG_DSN, "postgres_schema": schema})
+    log = HitLog(settings)
+    try:
+        await log.open()
+        for second in range(3):
+            _record(log.recorder, 10, second * 10)
+            await log.recorder.flush()
+        await log.close()
+        conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": schema})
+        try:
+            await conn.execute("DELETE FROM hits WHERE id > (SELECT MIN(last_hit) FROM batches)")
+            await conn.execute("DELETE FROM batches WHERE id > (SELECT MIN(id) FROM batches)")
+            await conn.execute("UPDATE meta SET value = '1' WHERE key = 'batches_total'")
+        finally:
+            await conn.close()
+        log = HitLog(settings)
+        with capture_logs() as logs:
+            await log.open()
+        health = log.health()
+        assert health is not None and health["state"] == "failed" and "recorded 3" in health["error"], health
+        assert [e["cause"] for e in logs if e["log_level"] == "error"] == ["store file is damaged"]
+        _record(log.recorder, 5, 100)
+        await log.recorder.flush()
+        assert log.recorder.stats()["held"] == 5
+        conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": schema})
+        try:
+            assert await conn.fetchval("SELECT COUNT(*) FROM batches") == 1  # nothing written on
+        finally:
+            await conn.close()
+    finally:
         await log.close()
         from hits.postgres import PostgresStore
 

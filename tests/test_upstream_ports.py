@@ -103,3 +103,21 @@ async def test_pool_closed_on_stop(node, upstream):
     assert len(socks) == 4
     app.stop()
     await wait_until(lambda: all(s.fileno() == -1 for s in socks), timeout=10, what="the pool's sockets to close")
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+async def test_ipv6_upstream(node):
+    """A server at an IPv6 address gets an AF_INET6 pool (connected to [::1]:port)."""
+    fake = FakeDns(host="::1")
+    fake.add("v6.test", "A", "192.0.2.6")
+    try:
+        await fake.start()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        app = await node(upstreams=[f"[::1]:{fake.port}"])
+        assert a_records(await udp(port_of(app), query("v6.test"))) == ["192.0.2.6"]
+        pool = app.upstream.pools[("::1", fake.port)]
+        assert pool.family == socket.AF_INET6 and fake.udp_queries == 1
+    finally:
+        await fake.stop()

@@ -10,6 +10,7 @@ their business.
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
@@ -42,6 +43,22 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"error": "internal error"}, status=500)
 
 
+MAX_PARAM = 4096
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def _param_problem(text: str) -> str:
+    if len(text) > MAX_PARAM:
+        return f"longer than {MAX_PARAM} characters"
+    if _CONTROL.search(text):
+        return "control characters are not allowed"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    return ""
+
+
 # Served while the node starts (the listener opens before the first snapshot is compiled, so
 # that an orchestrator sees a live process that is not ready yet, and metrics show progress).
 ALWAYS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -63,6 +80,17 @@ def build_app(
             return web.json_response({"status": "starting"}, status=503, headers={"Retry-After": "5"})
         return await handler(request)
 
+    @web.middleware
+    async def plain_params(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Every owner gets text it can store and compare: no control characters (a NUL is
+        # refused by PostgreSQL mid-query), no lone surrogates, nothing absurdly long.
+        for where, items in (("query", request.query.items()), ("path", request.match_info.items())):
+            for key, value in items:
+                problem = _param_problem(key) or _param_problem(value)
+                if problem:
+                    raise web.HTTPBadRequest(reason=f"{where} parameter {key[:40]!r}: {problem}")
+        return await handler(request)
+
     form_cap = min(settings.max_form_bytes, settings.max_body_bytes)
 
     @web.middleware
@@ -78,7 +106,7 @@ def build_app(
         return await handler(request)
 
     # client_max_size caps every body read whole (read(), post(), json()); pushes stream theirs.
-    app = web.Application(middlewares=[starting, errors, body_caps], client_max_size=form_cap)
+    app = web.Application(middlewares=[starting, errors, body_caps, plain_params], client_max_size=form_cap)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Hypothesis keeps no example database: a test run writes nothing into the repository.
+hypothesis_settings.register_profile("betblock", database=None)
+hypothesis_settings.load_profile("betblock")
 
 from betblock.app import App
 from config.settings import Settings

@@ -9,6 +9,7 @@ flushed). Nothing else wires components together.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from betblock import access, compliance
+from betblock.authlimit import FailureLimiter
 from betblock.http import HttpMount, HttpServer, build_app, connection_limit, http_metrics, raise_nofile_limit
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.warning import Provenance, WarningPage
@@ -43,7 +45,7 @@ log = structlog.get_logger("betblock.app")
 
 # Sections a SIGHUP does not apply (listeners, sockets, stores and the feed sources are built
 # at start); ``policy`` and every list and policy file are re-read.
-RESTART_SECTIONS = ("dns", "upstream", "cache", "rrl", "agencies", "hits", "http", "warning_page", "log", "data_dir")
+RESTART_SECTIONS = ("dns", "upstream", "cache", "rrl", "agencies", "hits", "http", "warning_page", "log", "data_dir", "umask")
 RESTART_SECTIONS += ("xfr",)  # the transfer listener and its zones are built at start
 
 
@@ -97,7 +99,9 @@ class App:
         self.http_mounts: list[HttpMount] = list(http_mounts)
         # Owners add metric families here (feed status, hit store); read at scrape time.
         self.extra_metrics: list[ExtraMetrics] = [self.hitlog.metrics, self.feeds.metrics]
-        self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}))
+        # Failed authentications per client address, shared by every API route.
+        self.auth_limiter = FailureLimiter(settings.http.auth_max_failures, settings.http.auth_lockout_max)
+        self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}, self.auth_limiter))
         if self.xfr is not None:
             self.extra_metrics.append(self.xfr.metrics)
         self.http_mounts.append(feeds_api.mount(self.feeds, settings))
@@ -251,7 +255,10 @@ class App:
         if self.settings.http.enabled:
             self.http = HttpServer(
                 self.settings.http.address(),
-                build_app(self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts, degraded=self.degraded),
+                build_app(
+                    self.settings.http, ready=self.ready.is_set, mounts=self.http_mounts,
+                    degraded=self.degraded, limiter=self.auth_limiter,
+                ),
                 self.settings.http,
                 limit=self.http_limit,
             )
@@ -336,6 +343,14 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
 
     async def main() -> None:
         await App(settings, config_path=config_path).run()
+
+    # State files (the hit log holds subscriber addresses) are private unless configured otherwise.
+    os.umask(int(settings.umask, 8))
+    try:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("cannot start", error=f"data_dir {settings.data_dir}: {exc}")
+        return 1
 
     try:
         runner(main())

@@ -10,6 +10,8 @@ their business.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import resource
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
@@ -17,6 +19,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from betblock.authlimit import FailureLimiter
 from config.settings import HttpSettings
 
 log = structlog.get_logger("betblock.http")
@@ -42,6 +45,28 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"error": "internal error"}, status=500)
 
 
+MAX_PARAM = 4096
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def _param_problem(text: str) -> str:
+    if len(text) > MAX_PARAM:
+        return f"longer than {MAX_PARAM} characters"
+    if _CONTROL.search(text):
+        return "control characters are not allowed"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    return ""
+
+
+def _presented_credential(request: web.Request) -> bool:
+    """A 401 counts as a guess when the request offered something to check; a client that sent
+    nothing (a browser opening an admin route) is not guessing."""
+    return "Authorization" in request.headers or "Cookie" in request.headers or request.path == "/login"
+
+
 # Served while the node starts (the listener opens before the first snapshot is compiled, so
 # that an orchestrator sees a live process that is not ready yet, and metrics show progress).
 ALWAYS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -53,14 +78,51 @@ def build_app(
     ready: Callable[[], bool],
     mounts: Iterable[HttpMount] = (),
     degraded: Callable[[], dict[str, object]] | None = None,
+    limiter: FailureLimiter | None = None,
 ) -> web.Application:
     """The application; each ``mount`` adds an owner's routes to it. Until ``ready``, every
-    route but health, readiness and metrics answers 503."""
+    route but health, readiness and metrics answers 503. A client that fails to authenticate
+    too often gets 429 (``limiter``) on every route but those."""
+    limiter = limiter if limiter is not None else FailureLimiter(settings.auth_max_failures, settings.auth_lockout_max)
+
+    @web.middleware
+    async def brute_force(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in ALWAYS:
+            return await handler(request)
+        key = limiter.key(request.remote)
+        wait = limiter.retry_after(key)
+        if wait:
+            limiter.refuse()
+            return web.json_response(
+                {"error": "too many failed authentications from this address", "retry_after": math.ceil(wait)},
+                status=429,
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status == 401 and _presented_credential(request):
+                limiter.failed(key, f"{request.method} {request.path}")
+            raise
+        if resp.status == 401 and _presented_credential(request):
+            limiter.failed(key, f"{request.method} {request.path}")
+        return resp
 
     @web.middleware
     async def starting(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in ALWAYS and not ready():
             return web.json_response({"status": "starting"}, status=503, headers={"Retry-After": "5"})
+        return await handler(request)
+
+    @web.middleware
+    async def plain_params(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Every owner gets text it can store and compare: no control characters (a NUL is
+        # refused by PostgreSQL mid-query), no lone surrogates, nothing absurdly long.
+        for where, items in (("query", request.query.items()), ("path", request.match_info.items())):
+            for key, value in items:
+                problem = _param_problem(key) or _param_problem(value)
+                if problem:
+                    raise web.HTTPBadRequest(reason=f"{where} parameter {key[:40]!r}: {problem}")
         return await handler(request)
 
     form_cap = min(settings.max_form_bytes, settings.max_body_bytes)
@@ -78,7 +140,7 @@ def build_app(
         return await handler(request)
 
     # client_max_size caps every body read whole (read(), post(), json()); pushes stream theirs.
-    app = web.Application(middlewares=[starting, errors, body_caps], client_max_size=form_cap)
+    app = web.Application(middlewares=[brute_force, starting, errors, body_caps, plain_params], client_max_size=form_cap)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -220,10 +282,18 @@ def connection_limit(configured: int, nofile: int) -> int:
     return max(16, min(1024, nofile // 16))
 
 
-def http_metrics(servers: Callable[[], dict[str, HttpServer | None]]) -> Callable[[], Iterator[Metric]]:
-    """Metric families of the HTTP listeners (``servers``: listener name -> server, read at scrape time)."""
+def http_metrics(
+    servers: Callable[[], dict[str, HttpServer | None]], limiter: FailureLimiter | None = None
+) -> Callable[[], Iterator[Metric]]:
+    """Metric families of the HTTP listeners (``servers``: listener name -> server, read at
+    scrape time) and of the API's brute-force control."""
 
     def collect() -> Iterator[Metric]:
+        if limiter is not None:
+            yield CounterMetricFamily("betblock_http_auth_failures", "Failed authentications (a 401 to a request with a credential)", value=limiter.failures)
+            yield CounterMetricFamily("betblock_http_auth_lockouts", "Times a client was locked out after too many failures", value=limiter.lockouts)
+            yield CounterMetricFamily("betblock_http_auth_refused", "Requests answered 429 during a lockout", value=limiter.refused)
+            yield GaugeMetricFamily("betblock_http_auth_locked_clients", "Clients locked out now", value=limiter.locked())
         live = {name: s for name, s in servers().items() if s is not None}
         families = (
             (GaugeMetricFamily, "betblock_http_connections", "Open HTTP connections per listener", HttpServer.connections),

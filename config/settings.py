@@ -27,6 +27,7 @@ from config.errors import BetblockError
 
 DEFAULT_CONFIG = Path(__file__).with_name("betblock.toml")
 RESOLV_CONF = Path("/etc/resolv.conf")
+MIN_TOKEN_LENGTH = 16  # a guessable admin token is refused at start-up
 
 
 class ConfigError(BetblockError):
@@ -592,12 +593,23 @@ class HttpSettings(_Section):
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for admin routes. Unset: the token in admin_token_file (generated on first start); "
-        "both unset disables admin routes (401). Use a long random value.",
+        "both unset disables admin routes (401). At least 16 characters: use a long random value.",
     )
     admin_token_file: Path | None = Field(
         default=Path("admin-token"),
         description="When admin_token is unset: the file (relative to data_dir) holding the admin token, generated "
         "with mode 0600 on first start and reused; `betblock admin-token` prints it. Empty: no generated token.",
+    )
+    auth_max_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Failed authentications (wrong token, login or session) one client address (IPv6: its /64) may "
+        "make before it gets 429 with Retry-After: 1 s, then doubling with each further failure.",
+    )
+    auth_lockout_max: float = Field(
+        default=900.0,
+        gt=0,
+        description="Longest lockout, seconds; also how long a client's failures are remembered without a new one.",
     )
     max_body_bytes: int = Field(
         default=64 << 20, ge=1024, description="Largest request body accepted (an agency's push); larger gets 413."
@@ -630,6 +642,16 @@ class HttpSettings(_Section):
     @classmethod
     def _check_listen(cls, v: str) -> str:
         _host_port(v, 8053)
+        return v
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"the admin token must be at least {MIN_TOKEN_LENGTH} characters (got {len(v.get_secret_value())}); "
+                "make a random one with `betblock token-hash`"
+            )
         return v
 
     def address(self) -> tuple[str, int]:
@@ -783,6 +805,12 @@ class Settings(BaseSettings):
     )
     base_dir: Path = Field(
         default=Path("."), description="Directory that relative paths are resolved against (the config file's)."
+    )
+    umask: str = Field(
+        default="077",
+        pattern=r"^0?[0-7]{3}$",
+        description="File-mode mask of `betblock serve` (octal): the default keeps the data directory (0700) and every "
+        "state file (0600: the hit log holds subscriber addresses) private to the service's user.",
     )
 
     @model_validator(mode="after")

@@ -130,10 +130,7 @@ class FeedsApi:
         agency, actor = self._agency(request)
         rt = self._push_runtime(agency)
         body = await self._body(request, rt.settings.max_bytes)
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise web.HTTPBadRequest(reason=f"body is not JSON: {exc}") from None
+        doc = _json(body)
         if not isinstance(doc, dict) or set(doc) - {"add", "remove"}:
             raise web.HTTPBadRequest(reason='body must be {"add": [...], "remove": [...]}')
         add, remove = doc.get("add", []), doc.get("remove", [])
@@ -156,7 +153,7 @@ class FeedsApi:
 
     async def version(self, request: web.Request) -> web.Response:
         agency, _actor = self._agency(request)
-        v = int(request.match_info["version"])
+        v = _version(request)
         self.m.require_store()
         row = await _thread(self.m.store.version, agency, v)
         if row is None:
@@ -204,7 +201,7 @@ class FeedsApi:
         is not quarantined."""
         actor = self._admin(request)
         try:
-            return await decision(request.match_info["agency"], int(request.match_info["version"]), actor=actor)
+            return await decision(request.match_info["agency"], _version(request), actor=actor)
         except NotFound as exc:
             raise web.HTTPNotFound(reason=str(exc)) from None
         except Conflict as exc:
@@ -232,10 +229,7 @@ class FeedsApi:
         if request.can_read_body:
             raw = await self._body(request, 1 << 16)
             if raw:
-                try:
-                    doc = json.loads(raw)
-                except ValueError:
-                    raise web.HTTPBadRequest(reason='body must be {"note": "..."}') from None
+                doc = _json(raw)
                 if not isinstance(doc, dict):
                     raise web.HTTPBadRequest(reason='body must be {"note": "..."}')
                 note = str(doc.get("note", ""))
@@ -287,6 +281,33 @@ def _refused(message: str, rejects: list[Any]) -> web.Response:
         {"error": "nothing valid remains", "detail": message, "rejects": [reject_json(r) for r in rejects[:1000]], "rejected": len(rejects)},
         status=422,
     )
+
+
+INT64_MAX = (1 << 63) - 1  # version numbers are the store's integer keys
+
+
+def _version(request: web.Request) -> int:
+    """The ``{version}`` of the path: 400 for a number no version can have."""
+    raw = request.match_info["version"]
+    try:
+        v = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"version: not a number: {raw[:40]!r}") from None
+    if not 0 <= v <= INT64_MAX:
+        raise web.HTTPBadRequest(reason=f"version: between 0 and {INT64_MAX}, got {raw[:40]}")
+    return v
+
+
+def _json(body: bytes) -> Any:
+    """A JSON request body; 400 when it is not JSON or nests deeper than the decoder goes."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(reason=f"body is not JSON: {exc}") from None
+    except RecursionError:
+        # The C decoder stops at the interpreter's recursion limit (about 1,000 levels) with
+        # this error, before any memory grows: no body we take nests anywhere near that deep.
+        raise web.HTTPBadRequest(reason="body is not JSON we take: nested too deeply") from None
 
 
 def _int(request: web.Request, key: str, default: int) -> int:

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from hits.query import ACTIONS, QTYPES, FilterError, Filters, parse_cursor, parse_limit
+from hits.api import parse_filters, parse_page_cursor
+from hits.query import ACTIONS, QTYPES, FilterError, parse_limit
 from hits.store import HitStore
 
 if TYPE_CHECKING:
@@ -201,8 +202,8 @@ def add_routes(
         hits: list[dict[str, Any]] = []
         nxt = None
         try:
-            f = Filters.parse(q)
-            cursor = parse_cursor(q.get("cursor"))
+            f = parse_filters(q)
+            cursor = parse_page_cursor(q.get("cursor"))
             limit = parse_limit(q.get("limit"), PAGE_SIZE)
         except FilterError as exc:
             error = str(exc)

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from betblock.app import App
 from config.settings import Settings
 from tests.fakedns import FakeDns
+
+# A test run writes nothing into the repository: Hypothesis keeps no example database, and its
+# caches (constants, Unicode tables) go to a temporary directory instead of ./.hypothesis.
+set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / f"betblock-hypothesis-{os.getuid()}"))
+hypothesis_settings.register_profile("betblock", database=None)
+hypothesis_settings.load_profile("betblock")
 
 
 @pytest.fixture

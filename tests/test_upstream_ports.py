@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import dns.message
 import dns.rcode
@@ -86,11 +85,11 @@ def closed_udp_port() -> int:
 
 async def test_closed_upstream_port_fails_over_at_once(node, upstream):
     closed = f"127.0.0.1:{closed_udp_port()}"
-    app = await node(upstreams=[closed, upstream.address], upstream={"deadline": 30.0, "attempt_timeout": 20.0})
-    started = time.monotonic()
-    r = await udp(port_of(app), query("allowed.test"), timeout=25)
+    # The attempt timeout is far beyond the client's patience: only the ICMP error can make
+    # the answer arrive in time (no measured duration is asserted).
+    app = await node(upstreams=[closed, upstream.address], upstream={"deadline": 120.0, "attempt_timeout": 100.0})
+    r = await udp(port_of(app), query("allowed.test"), timeout=20)
     assert a_records(r) == ["192.0.2.10"]
-    assert time.monotonic() - started < 20.0, "waited for the attempt timeout instead of the ICMP error"
     assert app.upstream.failures[closed] == 1
 
 

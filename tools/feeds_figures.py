@@ -7,10 +7,13 @@ python from the repository root; writes under a temporary directory, touches no 
             (SQLite), compile, save the snapshot; then a restart from the saved snapshot
   put       a node serving those 1M entries plus a push agency: time from sending a PUT to
             the first sinkholed answer for a name it adds, over UDP from another process
+  parse     1M plain lines (the old timed test's data) parsed by feeds.formats.plain: CPU
+            seconds, best of 3, and as a ratio to the peer measured in the same run, a bare
+            decode-split-strip-lower of the same bytes (the floor any plain parser pays)
   swap      the same node under dnsperf load (blocked names, plus the pushed ones) while the
             push agency replaces its list 10 times: queries sent, answered and lost
 
-    .venv/bin/python tools/feeds_figures.py [compile|ingest|put|all] [--names 1000000]
+    .venv/bin/python tools/feeds_figures.py [compile|ingest|parse|put|swap|all] [--names 1000000]
 """
 
 from __future__ import annotations
@@ -323,17 +326,44 @@ async def _put_figures(http_port: int, dns_port: int, token: str, pid: int) -> N
         print(f"put: server after the PUTs, {_rss(pid)}")
 
 
+def cmd_parse(total: int) -> None:
+    from feeds.formats import plain
+
+    tlds = ["com", "net", "bet", "example", "pl", "it", "cz", "ch"]
+    data = "\n".join(f"mirror-{i}.casino-{i % 977}.{tlds[i % 8]}" for i in range(total)).encode()
+
+    def floor() -> int:
+        return len([line.strip().lower() for line in data.decode().splitlines()])
+
+    def ours() -> int:
+        result = plain.parse(data)
+        assert not result.rejects
+        return len(result.entries)
+
+    def best(fn: object) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.process_time()
+            n = fn()  # type: ignore[operator]
+            times.append(time.process_time() - t0)
+            assert n == total
+        return min(times)
+
+    peer, us = best(floor), best(ours)
+    print(f"parse {total:,} plain lines: {us:.2f} s CPU; peer (decode, split, strip, lower): {peer:.2f} s; ratio {us / peer:.1f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["compile", "ingest", "put", "swap", "all"], default="all", nargs="?")
+    p.add_argument("what", choices=["compile", "ingest", "parse", "put", "swap", "all"], default="all", nargs="?")
     p.add_argument("--names", type=int, default=1_000_000)
     args = p.parse_args()
-    steps = ["compile", "ingest", "put", "swap"] if args.what == "all" else [args.what]
+    steps = ["compile", "ingest", "parse", "put", "swap"] if args.what == "all" else [args.what]
     for step in steps:
         if len(steps) > 1:
             subprocess.run([sys.executable, __file__, step, "--names", str(args.names)], check=True)
         else:
-            {"compile": cmd_compile, "ingest": cmd_ingest, "put": cmd_put, "swap": cmd_swap}[step](args.names)
+            {"compile": cmd_compile, "ingest": cmd_ingest, "parse": cmd_parse, "put": cmd_put, "swap": cmd_swap}[step](args.names)
 
 
 if __name__ == "__main__":

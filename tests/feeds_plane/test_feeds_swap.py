@@ -10,7 +10,6 @@ snapshot is installed, and blocked answers are never cached).
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import dns.exception
@@ -68,10 +67,8 @@ async def test_no_query_lost_and_no_stale_block_across_swaps(node: NodeFactory, 
         try:
             for k in range(1, SWAPS + 1):
                 started += 1
-                t0 = time.monotonic()
                 await put(k)
                 acked += 1
-                assert time.monotonic() - t0 < 10
                 # Right after the PUT: no stale block, no late block.
                 for name in listed(k - 1) - listed(k):
                     msg = await udp(port, query(name, edns=True))

@@ -16,7 +16,7 @@ from tests.conftest import NodeFactory, port_of
 from tests.dnsutil import query, udp
 
 CHROMIUM = "/usr/bin/chromium"
-TOKEN = "page-t0ken"
+TOKEN = "page-t0ken-0123456789"
 ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",

@@ -17,7 +17,7 @@ import pytest
 
 from tests.fakedns import FakeDns
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-from tests.procutil import first_answer, free_port, node_toml, start_serve
+from tests.procutil import Serve, node_toml
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
@@ -39,12 +39,11 @@ async def test_sigterm_flushes_every_hit_to_the_store(tmp_path: Path, kind: str)
     else:
         store_cfg = f'sqlite_path = "{tmp_path / "hits.sqlite"}"'
     upstream = await FakeDns().start()
-    port = free_port()
     (tmp_path / "list.txt").write_text("bad.test\n")
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(
         node_toml(
-            tmp_path, port, upstream,
+            tmp_path, 0, upstream,
             f"""[hits]
 flush_interval = 3600  # only the shutdown flush can write the hits
 privacy = "truncate"
@@ -57,18 +56,17 @@ lists = ["list.txt"]
 """,
         )
     )
-    proc = await start_serve(cfg)
+    node = await Serve.start(cfg)  # every listener on port 0: the node's log says which it got
+    port = node.dns_port
     try:
-        r = await first_answer(port, "www.bad.test")
+        r = await dns.asyncquery.udp(dns.message.make_query("www.bad.test", "A"), "127.0.0.1", port=port, timeout=2)
         assert r.rcode() == dns.rcode.NXDOMAIN
         for i in range(40):
             r = await dns.asyncquery.udp(dns.message.make_query(f"n{i}.bad.test", "AAAA"), "127.0.0.1", port=port, timeout=2)
             assert r.rcode() == dns.rcode.NXDOMAIN
         rc, out, _ = await _cli("--config", str(cfg), "status")
         assert rc == 0 and json.loads(out)["hits"] == 0  # nothing written before the signal
-        proc.send_signal(signal.SIGTERM)
-        _out, err = await asyncio.wait_for(proc.communicate(), 20)
-        assert proc.returncode == 0, err.decode()
+        assert await node.stop(signal.SIGTERM) == 0, node.log()
 
         rc, out, err = await _cli("--config", str(cfg), "list", "--json", "--limit", "1000")
         assert rc == 0, err
@@ -83,9 +81,7 @@ lists = ["list.txt"]
         rc, _, err = await _cli("--config", str(cfg), "list", "--qtype", "NOPE")
         assert rc == 2 and "qtype" in err
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await node.stop()
         await upstream.stop()
         if kind == "postgres":
             from hits.postgres import PostgresStore

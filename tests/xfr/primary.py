@@ -84,8 +84,9 @@ sources = [{{kind = "file", path = "it.txt", poll_interval = 3600}}]
         await until(ready, "the node to be ready")
 
     async def stop(self) -> str:
-        """Stop the node; its log (stderr and stdout)."""
-        assert self.proc is not None
+        """Stop the node; its log (stderr and stdout); "" when it is not running."""
+        if self.proc is None:
+            return ""
         if self.proc.returncode is None:
             self.proc.terminate()
         out, err = await self.proc.communicate()

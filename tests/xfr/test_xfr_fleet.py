@@ -84,14 +84,16 @@ poll_interval = 3600  # changes arrive by NOTIFY
     )
     p.upstream.add("roulette.test", "A", "192.0.2.7")
     p.upstream.add("poker.test", "A", "192.0.2.8")
-    await p.start(extra)
-    await p.put(["casino.test", "poker.test"])
-    procs = [await start_serve(cfg, "--log-format", "console") for _name, cfg, _d, _x in nodes]
-    await unbound.start()
     ports = [n[2] for n in nodes] + [u_port]
     logs: list[str] = []
     primary_log = ""
+    procs: list[asyncio.subprocess.Process] = []
     try:
+        await p.start(extra)
+        await p.put(["casino.test", "poker.test"])
+        for _name, cfg, _d, _x in nodes:
+            procs.append(await start_serve(cfg, "--log-format", "console"))
+        await unbound.start()
         for port in ports[:2]:
             await first_answer(port, "ok.test", 30)
 
@@ -123,8 +125,7 @@ poll_interval = 3600  # changes arrive by NOTIFY
             out, err = await proc.communicate()
             logs.append(_plain(err.decode() + out.decode()))
         await unbound.stop()
-        if p.proc is not None:
-            primary_log += await p.stop()
+        primary_log += await p.stop()
         await p.upstream.stop()
     # The followers' first transfer was an AXFR; after the primary's restart, IXFR resumed.
     for log in logs:

@@ -54,11 +54,12 @@ async def test_resolver_follows_betblock(tmp_path: Path, kind: str) -> None:
     extra = f'notify = ["127.0.0.1:{port}"]\n' if kind != "pdns" else ""
     if kind == "unbound":
         extra += 'allow_unsigned = ["127.0.0.1/32"]\n'
-    await p.start(extra)
-    await p.put(["casino.test", "poker.test"])
-    await f.start()
     log = ""
     try:
+        await p.start(extra)
+        await p.put(["casino.test", "poker.test"])
+        await f.start()
+
         async def blocked(name: str) -> bool:
             return await _address(port, name) == SINKHOLE
 

@@ -92,92 +92,98 @@ async def test_betblock_follows_a_bind_primary(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
 
-    async def bind_up() -> bool:
+    try:
+        async def bind_up() -> bool:
+            try:
+                r = await dns.asyncquery.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=bind_port, timeout=0.5)
+            except dns.exception.Timeout:
+                return False
+            return bool(r.answer)
+
+        # BIND first: a source that finds no primary retries only after 30 s.
+        await until(bind_up, "BIND to serve the zone", 60)
+        cfg = tmp_path / "betblock.toml"
+        cfg.write_text(node_toml(tmp_path, dns_port, upstream, f"""[hits]
+    store = "none"
+    [xfr]
+    enabled = true
+    listen = ["127.0.0.1:{xfr_port}"]
+    keys = {{"{KEY_NAME}" = "{KEY_SECRET}"}}
+    [[agencies]]
+    id = "pl-mf"
+    action = "nxdomain"
+    churn_floor = 10
+    [[agencies.sources]]
+    kind = "xfr"
+    format = "rpz"
+    primary = "127.0.0.1:{bind_port}"
+    zone = "{ZONE}"
+    tsig_key = "{KEY_NAME}"
+    tsig_secret = "{KEY_SECRET}"
+    # An hour between SOA checks: the change below must arrive by NOTIFY.
+    poll_interval = 3600
+    """).replace('[http]\nlisten = "127.0.0.1:0"', f'[http]\nlisten = "127.0.0.1:{http_port}"'))
+        node = await start_serve(cfg, "--log-format", "console")
+        logs = ""
         try:
-            r = await dns.asyncquery.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=bind_port, timeout=0.5)
-        except dns.exception.Timeout:
-            return False
-        return bool(r.answer)
+            await first_answer(dns_port, "ok.test", 30)
 
-    # BIND first: a source that finds no primary retries only after 30 s.
-    await until(bind_up, "BIND to serve the zone", 60)
-    cfg = tmp_path / "betblock.toml"
-    cfg.write_text(node_toml(tmp_path, dns_port, upstream, f"""[hits]
-store = "none"
-[xfr]
-enabled = true
-listen = ["127.0.0.1:{xfr_port}"]
-keys = {{"{KEY_NAME}" = "{KEY_SECRET}"}}
-[[agencies]]
-id = "pl-mf"
-action = "nxdomain"
-churn_floor = 10
-[[agencies.sources]]
-kind = "xfr"
-format = "rpz"
-primary = "127.0.0.1:{bind_port}"
-zone = "{ZONE}"
-tsig_key = "{KEY_NAME}"
-tsig_secret = "{KEY_SECRET}"
-# An hour between SOA checks: the change below must arrive by NOTIFY.
-poll_interval = 3600
-""").replace('[http]\nlisten = "127.0.0.1:0"', f'[http]\nlisten = "127.0.0.1:{http_port}"'))
-    node = await start_serve(cfg, "--log-format", "console")
-    logs = ""
-    try:
-        await first_answer(dns_port, "ok.test", 30)
+            async def blocked(name: str) -> bool:
+                return await _rcode(dns_port, name) == dns.rcode.NXDOMAIN
 
-        async def blocked(name: str) -> bool:
-            return await _rcode(dns_port, name) == dns.rcode.NXDOMAIN
+            await until(lambda: blocked("www.casino.test"), "the zone from BIND (AXFR)", 60)
+            assert await blocked("gone.test")
+            assert await _rcode(dns_port, "later.test") == dns.rcode.NOERROR
 
-        await until(lambda: blocked("www.casino.test"), "the zone from BIND (AXFR)", 60)
-        assert await blocked("gone.test")
-        assert await _rcode(dns_port, "later.test") == dns.rcode.NOERROR
+            (home / f"{ZONE}.db").write_text(zone_text(2, ["casino.test", "later.test"]))
+            assert named.pid is not None
+            named.send_signal(signal.SIGHUP)  # BIND reloads, keeps the difference, sends NOTIFY
 
-        (home / f"{ZONE}.db").write_text(zone_text(2, ["casino.test", "later.test"]))
-        assert named.pid is not None
-        named.send_signal(signal.SIGHUP)  # BIND reloads, keeps the difference, sends NOTIFY
+            async def followed() -> bool:
+                return await blocked("later.test") and await _rcode(dns_port, "gone.test") == dns.rcode.NOERROR
 
-        async def followed() -> bool:
-            return await blocked("later.test") and await _rcode(dns_port, "gone.test") == dns.rcode.NOERROR
+            await until(followed, "the change from BIND (NOTIFY, IXFR)", 60)
 
-        await until(followed, "the change from BIND (NOTIFY, IXFR)", 60)
+            # The guardrails of any feed: a transfer that empties the list is quarantined, and
+            # the names stay blocked until an admin decides.
+            (home / f"{ZONE}.db").write_text(zone_text(3, []))
+            named.send_signal(signal.SIGHUP)
 
-        # The guardrails of any feed: a transfer that empties the list is quarantined, and
-        # the names stay blocked until an admin decides.
-        (home / f"{ZONE}.db").write_text(zone_text(3, []))
-        named.send_signal(signal.SIGHUP)
+            async def quarantined() -> bool:
+                async with aiohttp.ClientSession() as s:
+                    async with s.get(f"http://127.0.0.1:{http_port}/metrics") as r:
+                        return 'betblock_feed_quarantined{agency="pl-mf"' in (text := await r.text()) and any(
+                            line.startswith("betblock_feed_quarantined{") and line.endswith(" 1.0")
+                            for line in text.splitlines()
+                        )
 
-        async def quarantined() -> bool:
-            async with aiohttp.ClientSession() as s:
-                async with s.get(f"http://127.0.0.1:{http_port}/metrics") as r:
-                    return 'betblock_feed_quarantined{agency="pl-mf"' in (text := await r.text()) and any(
-                        line.startswith("betblock_feed_quarantined{") and line.endswith(" 1.0")
-                        for line in text.splitlines()
-                    )
+            await until(quarantined, "the emptying transfer to be quarantined", 60)
+            assert await blocked("later.test") and await blocked("casino.test")
+        finally:
+            node.terminate()
+            out, err = await node.communicate()
+            logs = err.decode() + out.decode()
+        assert "kind=axfr" in _plain(logs) and "kind=ixfr" in _plain(logs), logs[-3000:]
 
-        await until(quarantined, "the emptying transfer to be quarantined", 60)
-        assert await blocked("later.test") and await blocked("casino.test")
-    finally:
-        node.terminate()
-        out, err = await node.communicate()
-        logs = err.decode() + out.decode()
-    assert "kind=axfr" in _plain(logs) and "kind=ixfr" in _plain(logs), logs[-3000:]
+        # The primary is gone; a restart serves the followed list from the feed store.
+        named.terminate()
+        bind_log = (await named.communicate())[0].decode(errors="replace")
+        # BIND sent the change as an IXFR (from the difference it kept), not the whole zone again.
+        assert ": IXFR started: TSIG" in bind_log and "AXFR started: TSIG" in bind_log, bind_log[-3000:]
+        node = await start_serve(cfg, "--log-format", "console")
+        try:
+            await first_answer(dns_port, "ok.test", 30)
+            assert await _rcode(dns_port, "sub.later.test") == dns.rcode.NXDOMAIN
+            assert await _rcode(dns_port, "gone.test") == dns.rcode.NOERROR
+        finally:
+            node.terminate()
+            await node.communicate()
+            await upstream.stop()
+    finally:  # BIND never outlives the test, whatever failed
+        if named.returncode is None:
+            named.kill()
+            await named.communicate()
 
-    # The primary is gone; a restart serves the followed list from the feed store.
-    named.terminate()
-    bind_log = (await named.communicate())[0].decode(errors="replace")
-    # BIND sent the change as an IXFR (from the difference it kept), not the whole zone again.
-    assert ": IXFR started: TSIG" in bind_log and "AXFR started: TSIG" in bind_log, bind_log[-3000:]
-    node = await start_serve(cfg, "--log-format", "console")
-    try:
-        await first_answer(dns_port, "ok.test", 30)
-        assert await _rcode(dns_port, "sub.later.test") == dns.rcode.NXDOMAIN
-        assert await _rcode(dns_port, "gone.test") == dns.rcode.NOERROR
-    finally:
-        node.terminate()
-        await node.communicate()
-        await upstream.stop()
 
 
 def _plain(text: str) -> str:

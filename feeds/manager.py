@@ -40,7 +40,7 @@ from typing import Any
 
 import aiohttp
 import structlog
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from config.errors import BetblockError
 from config.settings import INTEGRITY_OPTION, AgencySettings, Settings, SourceSettings
@@ -62,7 +62,8 @@ from feeds.lists import Key, ListDiff, SourceList, diff, to_wire
 from feeds.normalize import InvalidName, normalize_detail
 from feeds.formats import scope_of
 from feeds.snapshot import PolicySnapshot, Scope
-from feeds.store import Audit, FeedStore, StoreProblem, VersionInfo, iso, read_marker, write_marker
+from feeds.status import FeedReadModel, source_status
+from feeds.store import Audit, FeedStore, StoreProblem, VersionInfo, read_marker, write_marker
 from feeds.xfr_source import ZoneFollower
 
 log = structlog.get_logger("betblock.feeds")
@@ -171,31 +172,7 @@ class SourceRuntime:
         self.fetches[result] = self.fetches.get(result, 0) + 1
 
     def status(self, now: float) -> dict[str, Any]:
-        s = self.settings
-        deadline = self.agency.deadline_hours * 3600
-        overdue = bool(deadline) and s.kind != "push" and (self.last_success is None or now - self.last_success > deadline)
-        out: dict[str, Any] = {
-            "id": self.key,
-            "kind": s.kind,
-            "format": s.format,
-            "version": self.version,
-            "entries": len(self.current),
-            "last_attempt": iso(self.last_attempt),
-            "last_success": iso(self.last_success),
-            "last_change": iso(self.last_change),
-            "last_error": self.last_error,
-            "failures": self.failures,
-            "overdue": overdue,
-        }
-        if s.kind == "url":
-            out["url"] = s.url
-            out["etag"] = self.etag
-        elif s.kind == "file":
-            out["path"] = str(self.path)
-        if self.pending_version is not None:
-            out["quarantined"] = {"version": self.pending_version, "reason": self.pending_reason}
-        return out
-
+        return source_status(self, now)
 
 class FeedManager:
     """Owns the sources, the store and compiling; ``install`` hands a snapshot to the resolver."""
@@ -254,6 +231,7 @@ class FeedManager:
         self._deferred: list[Callable[[], object]] = []
         self._reserved: dict[str, int] = {}
         self._flush_task: asyncio.Future[None] | None = None
+        self.read = FeedReadModel(self)
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -1033,116 +1011,22 @@ class FeedManager:
             except TimeoutError:
                 pass
 
-    # -- reading --------------------------------------------------------------------------
+    # -- reading (feeds/status.py) ---------------------------------------------------------
 
     def status(self, agency: str | None = None) -> dict[str, Any]:
         """Each agency with its sources' state (or one agency)."""
-        now = self.clock()
-        out = []
-        for a in self.settings.agencies:
-            if agency is not None and a.id != agency:
-                continue
-            srcs = [rt.status(now) for (aid, _k), rt in self.sources.items() if aid == a.id]
-            out.append(
-                {
-                    "id": a.id,
-                    "name": a.display_name,
-                    "jurisdiction": a.jurisdiction,
-                    "precedence": a.precedence,
-                    "action": a.action,
-                    "push": a.push_source() is not None,
-                    "entries": sum(s["entries"] for s in srcs),
-                    "quarantined": [s["quarantined"] for s in srcs if "quarantined" in s],
-                    "failing": [s["id"] for s in srcs if s["last_error"]],
-                    "sources": srcs,
-                }
-            )
-        return {
-            "policy": self.policy_status(),
-            "agencies": out,
-        }
+        return self.read.status(agency)
 
     def policy_status(self) -> dict[str, Any]:
-        snap = self.snapshot
-        return {
-            "version": snap.version if snap else None,
-            "stats": dict(snap.stats) if snap else {},
-            "next_change": iso(self.next_change),
-            "compile_seconds": None if self.compile_seconds is None else round(self.compile_seconds, 3),
-            "loaded": self.loaded.is_set(),
-            "store": {
-                "path": str(self.store_path),
-                "ok": self.store_problem is None,
-                "id": self.store.store_id if self.store is not None else None,
-                "problem": self.store_problem,
-            },
-        }
+        return self.read.policy_status()
 
     def provenance(self, agency: str, name: str) -> dict[str, Any] | None:
-        """What the agency's feed said about ``name`` (legal reference, dates), for the
-        warning page; None when it said nothing but the name."""
-        for (aid, _k), rt in self.sources.items():
-            if aid != agency:
-                continue
-            for e in rt.current.get(name):
-                if e.allow:
-                    continue
-                facts = {
-                    "legal_ref": e.legal_ref,
-                    "listed_at": e.listed_at.isoformat() if e.listed_at else None,
-                    "removed_at": e.removed_at.isoformat() if e.removed_at else None,
-                    "source_id": e.source_id,
-                }
-                if any(facts.values()):
-                    return facts
-        return None
+        """What the agency's feed said about ``name``; see ``FeedReadModel.provenance``."""
+        return self.read.provenance(agency, name)
 
     def metrics(self) -> Iterator[Metric]:
         """Prometheus families for the feeds, read at scrape time."""
-        labels = ["agency", "source"]
-        entries = GaugeMetricFamily("betblock_feed_entries", "Entries in force per source", labels=labels)
-        version = GaugeMetricFamily("betblock_feed_version", "Version in force per source", labels=labels)
-        success = GaugeMetricFamily("betblock_feed_last_success_timestamp", "Last good fetch or read (Unix time)", labels=labels)
-        failures = GaugeMetricFamily("betblock_feed_failures", "Consecutive failed fetches or reads", labels=labels)
-        quarantined = GaugeMetricFamily("betblock_feed_quarantined", "1 when a version waits for an admin", labels=labels)
-        overdue = GaugeMetricFamily("betblock_feed_overdue", "1 when not refreshed within the agency's legal deadline", labels=labels)
-        fetches = CounterMetricFamily("betblock_feed_updates", "Fetches, reads and pushes by result", labels=[*labels, "result"])
-        age = GaugeMetricFamily(
-            "betblock_feed_age_seconds", "Seconds since the last good fetch or read (sources never fetched are left out)", labels=labels
-        )
-        error = GaugeMetricFamily(
-            "betblock_feed_last_error_info", "1 per failing source, its last error in the label", labels=[*labels, "error"]
-        )
-        now = self.clock()
-        for (aid, key), rt in self.sources.items():
-            lv = [aid, key]
-            st = rt.status(now)
-            entries.add_metric(lv, len(rt.current))
-            version.add_metric(lv, rt.version or 0)
-            success.add_metric(lv, rt.last_success or 0)
-            failures.add_metric(lv, rt.failures)
-            quarantined.add_metric(lv, 1 if rt.pending_version is not None else 0)
-            overdue.add_metric(lv, 1 if st["overdue"] else 0)
-            if rt.last_success is not None:
-                age.add_metric(lv, max(0.0, now - rt.last_success))
-            if rt.last_error:
-                error.add_metric([*lv, rt.last_error[:200]], 1)
-            for result, n in rt.fetches.items():
-                fetches.add_metric([*lv, result], n)
-        yield from (entries, version, success, failures, quarantined, overdue, fetches, age, error)
-        yield GaugeMetricFamily(
-            "betblock_policy_compile_seconds", "Duration of the last compile", value=self.compile_seconds or 0.0
-        )
-        yield CounterMetricFamily("betblock_policy_compiles", "Compiles since start", value=self.compiles)
-        yield GaugeMetricFamily(
-            "betblock_feed_store_ok",
-            "0 when the feed store is missing, empty or damaged: the saved snapshot is served and updates are refused",
-            value=0 if self.store_problem is not None else 1,
-        )
-        yield GaugeMetricFamily(
-            "betblock_policy_next_change_timestamp", "Next listing or removal date (Unix time; 0 = none)",
-            value=self.next_change or 0.0,
-        )
+        return self.read.metrics()
 
 
 def allow_name(raw: str) -> str:

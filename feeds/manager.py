@@ -42,7 +42,6 @@ import aiohttp
 import structlog
 from prometheus_client.core import Metric
 
-from config.errors import BetblockError
 from config.settings import INTEGRITY_OPTION, AgencySettings, Settings, SourceSettings
 from feeds import persist
 from feeds.compile import (
@@ -55,79 +54,24 @@ from feeds.compile import (
     patch_snapshot,
     read_plain,
 )
+from feeds.decisions import AdminDecisions
 from feeds.entry import MAX_REJECT_TEXT, Entry, FeedError, Reject, clip
 from feeds.fetch import FetchError, fetch
 from feeds.guard import Change, Protected, entry_refusal, quarantine_reason
 from feeds.lists import Key, ListDiff, SourceList, diff, to_wire
 from feeds.normalize import InvalidName, normalize_detail
+# Re-exported: callers (the API, the CLI, tests) import the outcome and errors from here.
+from feeds.outcomes import Conflict, NotFound, Refused, StoreUnavailable, UpdateResult, reject_json  # noqa: F401
 from feeds.formats import scope_of
 from feeds.snapshot import PolicySnapshot, Scope
 from feeds.status import FeedReadModel, source_status
-from feeds.store import Audit, FeedStore, StoreProblem, VersionInfo, read_marker, write_marker
+from feeds.store import FeedStore, StoreProblem, VersionInfo, read_marker, write_marker
 from feeds.xfr_source import ZoneFollower
 
 log = structlog.get_logger("betblock.feeds")
 
 STORE_FILE = "feeds.sqlite"
 PATCH_LIMIT = 50_000  # changed names up to which a snapshot is patched rather than recompiled
-MAX_REJECTS_SHOWN = 1000
-
-
-class Refused(BetblockError):
-    """Nothing valid remains of an update (every line rejected): it is not recorded as a version."""
-
-    def __init__(self, message: str, rejects: list[Reject]) -> None:
-        super().__init__(message)
-        self.rejects = rejects
-
-
-class NotFound(BetblockError):
-    """No such agency, source or version."""
-
-
-class StoreUnavailable(BetblockError):
-    """The feed store cannot take or give what was asked (damaged, missing, or a write it
-    refused); nothing was changed. The API answers 503."""
-
-
-class Conflict(BetblockError):
-    """The request does not fit the state (approving a version that is not quarantined)."""
-
-
-@dataclass
-class UpdateResult:
-    """What became of one update, for the API, the CLI and the log."""
-
-    status: str  # applied | unchanged | quarantined
-    agency: str
-    source: str
-    version: int | None
-    entries: int
-    added: int = 0
-    removed: int = 0
-    changed: int = 0
-    rejects: list[Reject] = field(default_factory=list)
-    reason: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "agency": self.agency,
-            "source": self.source,
-            "version": self.version,
-            "entries": self.entries,
-            "added": self.added,
-            "removed": self.removed,
-            "changed": self.changed,
-            "reason": self.reason,
-            "rejected": len(self.rejects),
-            "rejects": [reject_json(r) for r in self.rejects[:MAX_REJECTS_SHOWN]],
-        }
-
-
-def reject_json(r: Reject) -> dict[str, Any]:
-    return {"line": r.line, "text": r.text, "reason": r.reason}
 
 
 @dataclass
@@ -157,6 +101,10 @@ class SourceRuntime:
     stat: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of a watched file
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     follower: ZoneFollower | None = None  # kind xfr: the followed zone
+
+    def set_pending(self, version: int | None, sha: str | None = None, reason: str | None = None) -> None:
+        """The version waiting in quarantine (None: none waits); the three fields change together."""
+        self.pending_version, self.pending_sha, self.pending_reason = version, sha, reason
 
     def set_list(self, new: SourceList) -> None:
         self.current = new
@@ -232,6 +180,7 @@ class FeedManager:
         self._reserved: dict[str, int] = {}
         self._flush_task: asyncio.Future[None] | None = None
         self.read = FeedReadModel(self)
+        self.decisions = AdminDecisions(self)
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -424,7 +373,7 @@ class FeedManager:
                     rt.version, rt.sha256 = active["version"], active["sha256"]
                 latest = store.latest(agency_id, key)
                 if latest is not None and latest["status"] == "quarantined":
-                    rt.pending_version, rt.pending_sha, rt.pending_reason = latest["version"], latest["sha256"], latest["reason"]
+                    rt.set_pending(latest["version"], latest["sha256"], latest["reason"])
                 elif latest is not None and latest["status"] == "rejected":
                     rt.rejected_sha = latest["sha256"]
                 st = store.source_state(agency_id, key)
@@ -650,7 +599,7 @@ class FeedManager:
             new, rejects, meta = await asyncio.to_thread(self._parse, rt, data, control, fmt)
             if not len(new) and rejects:
                 await self._store_call(
-                    self._audit, actor, "update refused", rt.agency.id, None, source=rt.key, sha256=sha, rejects=len(rejects)
+                    self.decisions.audit, actor, "update refused", rt.agency.id, None, source=rt.key, sha256=sha, rejects=len(rejects)
                 )
                 raise Refused("nothing valid remains: every line was rejected", rejects)
             info = VersionInfo(
@@ -701,20 +650,20 @@ class FeedManager:
                     changed=d.changed, rejects=rejects)
         counts = dict(added=d.n_added, removed=d.n_removed, changed=d.changed)
         if reason is not None:
-            audit = self._audit_row(info.actor, "update quarantined", rt.agency.id, source=rt.key, sha256=info.sha256,
+            audit = self.decisions.audit_row(info.actor, "update quarantined", rt.agency.id, source=rt.key, sha256=info.sha256,
                                     reason=reason, **counts)
             v = await write(lambda: store.quarantine(info, new, d, rejects, reason, version=version, audit=audit))
             v = version if v is None else v
-            rt.pending_version, rt.pending_sha, rt.pending_reason = v, info.sha256, reason
+            rt.set_pending(v, info.sha256, reason)
             log.warning("update quarantined", agency=rt.agency.id, source=rt.key, version=v, reason=reason)
             return UpdateResult("quarantined", version=v, reason=reason, **base)  # type: ignore[arg-type]
-        audit = self._audit_row(info.actor, "update applied", rt.agency.id, source=rt.key, sha256=info.sha256,
+        audit = self.decisions.audit_row(info.actor, "update applied", rt.agency.id, source=rt.key, sha256=info.sha256,
                                 entries=len(new), **counts)
         v = await write(lambda: store.apply(info, d, rejects, version=version, audit=audit))
         v = version if v is None else v
         rt.set_list(new)
         rt.version, rt.sha256, rt.last_change = v, info.sha256, info.received_at
-        rt.pending_version = rt.pending_sha = rt.pending_reason = None
+        rt.set_pending(None)
         self._changed(d)
         log.info("update applied", agency=rt.agency.id, source=rt.key, version=v, entries=len(new),
                  added=d.n_added, removed=d.n_removed, changed=d.changed, rejected=len(rejects))
@@ -780,7 +729,7 @@ class FeedManager:
                 continue
             keys.append(key)
         if not entries and not keys and rejects:
-            await self._store_call(self._audit, actor, "patch refused", agency, None, rejects=len(rejects))
+            await self._store_call(self.decisions.audit, actor, "patch refused", agency, None, rejects=len(rejects))
             raise Refused("nothing valid remains: every item was rejected", rejects)
         body = repr((sorted((e.name, e.wildcard, repr(e)) for e in entries), sorted(keys))).encode()
         sha = hashlib.sha256(body).hexdigest()
@@ -803,85 +752,21 @@ class FeedManager:
         await self._source_ok(rt, now)
         return result
 
-    # -- admin decisions ------------------------------------------------------------------
+    # -- admin decisions (feeds/decisions.py) ----------------------------------------------
 
-    async def _quarantined(self, agency: str, version: int) -> dict[str, Any]:
-        """The store's row of a version an admin may decide on; NotFound or Conflict otherwise."""
-        row = await asyncio.to_thread(self.require_store().version, agency, version)
-        if row is None:
-            raise NotFound(f"agency {agency!r} has no version {version}")
-        if row["status"] != "quarantined":
-            raise Conflict(f"version {version} is {row['status']}, not quarantined")
-        return row
+    async def approve(self, agency: str, version: int, *, actor: str, **why: str) -> UpdateResult:
+        """Apply a quarantined version; see ``AdminDecisions.approve``."""
+        return await self.decisions.approve(agency, version, actor=actor, **why)
 
-    async def approve(self, agency: str, version: int, *, actor: str) -> UpdateResult:
-        """Apply a quarantined version."""
-        store = await self._writable()
-        async with self._lock:
-            row = await self._quarantined(agency, version)
-            rt = self.runtime(agency, row["source"])
-            new = await asyncio.to_thread(store.pending_list, agency, version)
-            if new is None:
-                raise Conflict(f"version {version} has no list kept")
-            d = await asyncio.to_thread(diff, rt.current, new)
-            now = self.clock()
-            info = VersionInfo(
-                agency=agency, source=rt.key, kind=row["kind"], format=row["format"], sha256=row["sha256"],
-                received_at=now, actor=actor, entries=len(new), rejects=row["rejects"],
-            )
-            audit = self._audit_row(actor, "quarantine approved", agency, source=rt.key,
-                                    added=d.n_added, removed=d.n_removed, changed=d.changed)
-            await self._store_call(lambda: store.apply(info, d, [], version=version, approved=True, audit=audit))
-            rt.set_list(new)
-            rt.version, rt.sha256, rt.last_change = version, row["sha256"], now
-            rt.pending_version = rt.pending_sha = rt.pending_reason = None
-            self._changed()
-        await self.compile()
-        log.info("quarantined update approved", agency=agency, version=version, actor=actor)
-        return UpdateResult("applied", agency, rt.key, version, len(new), d.n_added, d.n_removed, d.changed)
-
-    async def reject(self, agency: str, version: int, *, actor: str) -> dict[str, Any]:
-        """Refuse a quarantined version for good; the source keeps its list."""
-        store = await self._writable()
-        async with self._lock:
-            row = await self._quarantined(agency, version)
-            rt = self.runtime(agency, row["source"])
-            audit = self._audit_row(actor, "quarantine rejected", agency, version, source=rt.key)
-            await self._store_call(store.decide, agency, version, "rejected", actor, self.clock(), audit)
-            rt.pending_version = rt.pending_sha = rt.pending_reason = None
-            rt.rejected_sha = row["sha256"]
-        log.info("quarantined update rejected", agency=agency, version=version, actor=actor)
-        return {"status": "rejected", "agency": agency, "version": version}
+    async def reject(self, agency: str, version: int, *, actor: str, **why: str) -> dict[str, Any]:
+        """Refuse a quarantined version for good; see ``AdminDecisions.reject``."""
+        return await self.decisions.reject(agency, version, actor=actor, **why)
 
     async def allow_add(self, raw: str, *, actor: str, note: str = "") -> dict[str, Any]:
-        name = allow_name(raw)
-        store = await self._writable()
-        audit = self._audit_row(actor, "allowlist add", name=name, note=note)
-        added = await self._store_call(store.allow_add, name, actor, note, self.clock(), audit)
-        if added:
-            self.admin_allow = self.admin_allow + [to_wire(name.encode("ascii"))]
-            self._changed()
-            await self.compile()
-        return {"name": name, "added": added}
+        return await self.decisions.allow_add(raw, actor=actor, note=note)
 
     async def allow_remove(self, raw: str, *, actor: str) -> dict[str, Any]:
-        name = allow_name(raw)
-        store = await self._writable()
-        removed = await self._store_call(store.allow_remove, name, self._audit_row(actor, "allowlist remove", name=name))
-        if removed:
-            wire = to_wire(name.encode("ascii"))
-            self.admin_allow = [w for w in self.admin_allow if w != wire]
-            self._changed()
-            await self.compile()
-        return {"name": name, "removed": removed}
-
-    def _audit(self, actor: str, action: str, agency: str | None, version: int | None, **detail: Any) -> None:
-        """An audit row of its own, for what changes nothing in the store (a refused update)."""
-        self.require_store().audit(actor, action, agency, version, ts=self.clock(), **detail)
-
-    def _audit_row(self, actor: str, action: str, agency: str | None = None, version: int | None = None, **detail: Any) -> Audit:
-        """The audit row of a change, for the store to write in the change's own transaction."""
-        return Audit(actor, action, self.clock(), agency, version, detail)
+        return await self.decisions.allow_remove(raw, actor=actor)
 
     # -- compile --------------------------------------------------------------------------
 
@@ -1027,20 +912,6 @@ class FeedManager:
     def metrics(self) -> Iterator[Metric]:
         """Prometheus families for the feeds, read at scrape time."""
         return self.read.metrics()
-
-
-def allow_name(raw: str) -> str:
-    """An allowlist name: lenient (a public suffix may be allowlisted), but a name."""
-    text = raw.strip().lower().rstrip(".")
-    if text.startswith("*."):
-        text = text[2:]
-    try:
-        name, _w, _p = normalize_detail(text)
-        return name
-    except InvalidName as exc:
-        if exc.reason == "public suffix" and "." in text:
-            return text.encode("idna").decode("ascii") if not text.isascii() else text
-        raise
 
 
 def _patch_entries(items: Iterable[Any], protected: Protected) -> tuple[list[Entry], list[Reject]]:

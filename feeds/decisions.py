@@ -62,7 +62,7 @@ class AdminDecisions:
             rt.set_list(new)
             rt.version, rt.sha256, rt.last_change = version, row["sha256"], now
             rt.set_pending(None)
-            self.m._changed()
+            self.m.builder.changed()
         await self.m.compile()
         log.info("quarantined update approved", agency=agency, version=version, actor=actor)
         return UpdateResult("applied", agency, rt.key, version, len(new), d.n_added, d.n_removed, d.changed)
@@ -87,7 +87,7 @@ class AdminDecisions:
         added = await self.m._store_call(store.allow_add, name, actor, note, self.m.clock(), audit)
         if added:
             self.m.admin_allow = self.m.admin_allow + [to_wire(name.encode("ascii"))]
-            self.m._changed()
+            self.m.builder.changed()
             await self.m.compile()
         return {"name": name, "added": added}
 
@@ -98,7 +98,7 @@ class AdminDecisions:
         if removed:
             wire = to_wire(name.encode("ascii"))
             self.m.admin_allow = [w for w in self.m.admin_allow if w != wire]
-            self.m._changed()
+            self.m.builder.changed()
             await self.m.compile()
         return {"name": name, "removed": removed}
 

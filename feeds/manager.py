@@ -46,19 +46,17 @@ from config.settings import INTEGRITY_OPTION, AgencySettings, Settings, SourceSe
 from feeds import persist
 from feeds.compile import (
     AgencyList,
-    Compiled,
     PlainList,
     Timed,
     allow_names,
-    compile_lists,
-    patch_snapshot,
     read_plain,
 )
+from feeds.builder import CompileInputs, PolicyBuilder
 from feeds.decisions import AdminDecisions
 from feeds.entry import MAX_REJECT_TEXT, Entry, FeedError, Reject, clip
 from feeds.fetch import FetchError, fetch
 from feeds.guard import Change, Protected, entry_refusal, quarantine_reason
-from feeds.lists import Key, ListDiff, SourceList, diff, to_wire
+from feeds.lists import Key, SourceList, diff, to_wire
 from feeds.normalize import InvalidName, normalize_detail
 # Re-exported: callers (the API, the CLI, tests) import the outcome and errors from here.
 from feeds.outcomes import Conflict, NotFound, Refused, StoreUnavailable, UpdateResult, reject_json  # noqa: F401
@@ -71,7 +69,6 @@ from feeds.xfr_source import ZoneFollower
 log = structlog.get_logger("betblock.feeds")
 
 STORE_FILE = "feeds.sqlite"
-PATCH_LIMIT = 50_000  # changed names up to which a snapshot is patched rather than recompiled
 
 
 @dataclass
@@ -134,7 +131,6 @@ class FeedManager:
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
         self.settings = settings
-        self._install = install
         self.clock = clock
         self._session_factory = session_factory or (lambda: aiohttp.ClientSession(trust_env=False))
         self.agencies = {a.id: a for a in settings.agencies}
@@ -151,28 +147,16 @@ class FeedManager:
         self.store_problem: str | None = None
         self._check_store = False  # run() checks a store opened beside a saved snapshot
         self._settled = asyncio.Event()  # loaded, or the store found unusable: updates may be answered
-        self.snapshot: PolicySnapshot | None = None
-        self.next_change: float | None = None
         self.protected = Protected()
         self.allow: list[bytes] = []
         self.admin_allow: list[bytes] = []
         self.fingerprint = persist.fingerprint(settings)
-        self.compile_seconds: float | None = None
-        self.compiles = 0
         self.loaded = asyncio.Event()  # the store's lists are in memory: updates may proceed
         self._lock = asyncio.Lock()  # one update at a time
-        self._compile_lock = asyncio.Lock()
-        self._gen = 0  # bumped by every change of what a compile reads
-        # Names whose listing changed since the last compile, when nothing else did (then the
-        # next snapshot is patched from the last one); None: compile everything.
-        self._dirty: set[bytes] | None = None
-        self.patches = 0
-        self._compiled_gen = -1
-        self._dates_at = 0.0  # when the last full compile evaluated listing and removal dates
-        self._last_version = 0
-        self._timer_wake = asyncio.Event()
-        self._persist_task: asyncio.Future[None] | None = None
-        self._to_save: tuple[PolicySnapshot, float | None] | None = None
+        self.builder = PolicyBuilder(
+            install=install, inputs=self._compile_inputs, store=lambda: self.store, clock=clock,
+            ttl=settings.policy.sinkhole_ttl, snapshot_path=self.snapshot_path, fingerprint=self.fingerprint,
+        )
         self._session: aiohttp.ClientSession | None = None
         # Store writes of the lists read at start-up, done after the first snapshot is
         # installed (a million-row first version costs seconds the resolver need not wait).
@@ -206,16 +190,16 @@ class FeedManager:
         except StoreProblem as exc:
             if saved is None:
                 raise
-            self._publish(saved, None)
+            self.builder.publish(saved, None)
             self._degrade(str(exc))
             return saved
         if saved is not None:
             self._check_store = True
-            self._publish(saved, None)
+            self.builder.publish(saved, None)
             # No date has passed since it was compiled: its dated decisions hold as of now.
-            self._dates_at = self.clock()
+            self.builder.dates_at = self.clock()
             # Already recorded by the run that compiled it, unless that run died first.
-            await self._record_install(saved.version, self._dates_at, self.clock(), [])
+            await self.builder.record_install(saved.version, self.builder.dates_at, self.clock(), [])
             log.info("policy installed from the saved snapshot", version=saved.version,
                      seconds=round(time.perf_counter() - started, 3), **saved.stats)
             return saved
@@ -353,8 +337,8 @@ class FeedManager:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._persist_task is not None:
-            await asyncio.shield(self._persist_task)
+        if self.builder.persist_task is not None:
+            await asyncio.shield(self.builder.persist_task)
 
     def close(self) -> None:
         if self.store is not None:
@@ -383,7 +367,7 @@ class FeedManager:
             self.admin_allow = [to_wire(row["name"].encode("ascii")) for row in store.allowlist()]
 
         await asyncio.to_thread(load)
-        self._changed()
+        self.builder.changed()
 
     def _read_policy_files(self) -> None:
         """The configured allowlist and protected names (inline and files)."""
@@ -410,7 +394,7 @@ class FeedManager:
             log.error("reload: the feed store is unusable; the saved snapshot stays in force", problem=self.store_problem)
             return
         await self._refresh_files()
-        self._changed()
+        self.builder.changed()
         await self.compile()
 
     # -- sources --------------------------------------------------------------------------
@@ -664,7 +648,7 @@ class FeedManager:
         rt.set_list(new)
         rt.version, rt.sha256, rt.last_change = v, info.sha256, info.received_at
         rt.set_pending(None)
-        self._changed(d)
+        self.builder.changed(d)
         log.info("update applied", agency=rt.agency.id, source=rt.key, version=v, entries=len(new),
                  added=d.n_added, removed=d.n_removed, changed=d.changed, rejected=len(rejects))
         return UpdateResult("applied", version=v, **base)  # type: ignore[arg-type]
@@ -768,133 +752,53 @@ class FeedManager:
     async def allow_remove(self, raw: str, *, actor: str) -> dict[str, Any]:
         return await self.decisions.allow_remove(raw, actor=actor)
 
-    # -- compile --------------------------------------------------------------------------
+    # -- compile (feeds/builder.py) --------------------------------------------------------
+
+    def _compile_inputs(self) -> CompileInputs:
+        return CompileInputs(
+            lists=[AgencyList(rt.agency, rt.current.plain, rt.timed, rt.scope) for rt in self.sources.values()],
+            allow=self.allow + self.admin_allow,
+            versions=[(aid, key, rt.version) for (aid, key), rt in self.sources.items() if rt.version is not None],
+        )
 
     async def compile(self, *, force: bool = False) -> PolicySnapshot:
-        """Compile what the sources hold now, off the event loop, and install it. Callers that
-        arrive during a compile share the next one."""
-        wanted = self._gen
-        async with self._compile_lock:
-            if not force and self._compiled_gen >= wanted and self.snapshot is not None:
-                return self.snapshot
-            gen = self._gen
-            dirty, self._dirty = self._dirty, set()
-            lists = [
-                AgencyList(rt.agency, rt.current.plain, rt.timed, rt.scope) for rt in self.sources.values()
-            ]
-            allow = self.allow + self.admin_allow
-            # The versions this compile reads, for the compliance record of its install.
-            versions = [(aid, key, rt.version) for (aid, key), rt in self.sources.items() if rt.version is not None]
-            now = self.clock()
-            version = max(self._last_version + 1, int(now * 1000))
-            ttl = self.settings.policy.sinkhole_ttl
-            started = time.perf_counter()
-            try:
-                patched = None
-                if dirty is not None and not force and self.snapshot is not None:
-                    patched = await asyncio.to_thread(
-                        patch_snapshot, self.snapshot, lists, frozenset(allow), dirty, ttl, version=version
-                    )
-                if patched is not None:
-                    compiled = Compiled(patched, self.next_change)
-                    self.patches += 1
-                    dates_at = self._dates_at  # a patch keeps the last compile's dated decisions
-                else:
-                    compiled = await asyncio.to_thread(compile_lists, lists, allow, ttl, version=version, now=now)
-                    dates_at = now
-            except BaseException:
-                self._dirty = None  # what changed is no longer known: compile everything next time
-                raise
-            self.compile_seconds = time.perf_counter() - started
-            self.compiles += 1
-            self._compiled_gen = gen
-            self._publish(compiled.snapshot, compiled.next_change)
-            installed = self.clock()
-            self._dates_at = dates_at
-            self._save_later(compiled.snapshot, compiled.next_change)
-            await self._record_install(compiled.snapshot.version, dates_at, installed, versions)
-            return compiled.snapshot
+        """Compile what the sources hold now and install it; see ``PolicyBuilder.compile``."""
+        return await self.builder.compile(force=force)
 
-    async def _record_install(
-        self, snapshot: int, dates_at: float, installed: float, versions: list[tuple[str, str, int]]
-    ) -> None:
-        """Record for the compliance report that ``snapshot`` went live (after the swap: the
-        resolver never waits for it)."""
-        if self.store is None:
-            return
-        try:
-            await asyncio.to_thread(self.store.record_install, snapshot, dates_at, installed, versions)
-        except sqlite3.Error as exc:  # the snapshot is in force; only the evidence of it is missing
-            log.error("cannot record a snapshot install in the feed store", version=snapshot, error=str(exc))
-        except Exception:
-            log.exception("cannot record a snapshot install in the feed store", version=snapshot)
+    async def tick(self) -> bool:
+        """Recompile when a listing or removal date has passed; True when it did."""
+        return await self.builder.tick()
 
-    def _changed(self, d: ListDiff | None = None) -> None:
-        """Something a compile reads changed: ``d`` when only one source's plain names did."""
-        self._gen += 1
-        if d is None or d.added_rich or d.removed_rich or self._dirty is None:
-            self._dirty = None
-            return
-        self._dirty |= d.added_plain
-        self._dirty |= d.removed_plain
-        if len(self._dirty) > PATCH_LIMIT:
-            self._dirty = None
-
-    def _publish(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
-        self._install(snapshot)
-        self.snapshot = snapshot
-        self._last_version = max(self._last_version, snapshot.version)
-        self.next_change = next_change
-        self._timer_wake.set()
-
-    def _save_later(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
-        """Save the latest snapshot in the background; a snapshot superseded before its turn is
-        never written (nor kept in memory for it)."""
-        self._to_save = (snapshot, next_change)
-        if self._persist_task is None or self._persist_task.done():
-            self._persist_task = asyncio.ensure_future(self._saver())
-
-    async def _saver(self) -> None:
-        while self._to_save is not None:
-            snapshot, next_change = self._to_save
-            self._to_save = None
-            try:
-                await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change)
-            except Exception as exc:  # a restart then compiles from the store instead
-                log.error("cannot save the compiled snapshot", path=str(self.snapshot_path), error=str(exc))
-            del snapshot
+    async def _timer(self) -> None:
+        await self.builder.timer()
 
     async def flush(self) -> None:
         """Wait until the start-up lists are in the store and the latest snapshot is on disk."""
         if self._flush_task is not None:
             await self._flush_task
-        if self._persist_task is not None:
-            await self._persist_task
+        if self.builder.persist_task is not None:
+            await self.builder.persist_task
 
-    async def tick(self) -> bool:
-        """Recompile when a listing or removal date has passed; True when it did."""
-        if self.next_change is None or self.next_change > self.clock():
-            return False
-        self._changed()
-        await self.compile()
-        return True
+    # What the builder owns, read where callers have always read it.
+    @property
+    def snapshot(self) -> PolicySnapshot | None:
+        return self.builder.snapshot
 
-    async def _timer(self) -> None:
-        while True:
-            self._timer_wake.clear()
-            try:
-                if await self.tick():
-                    continue
-            except Exception:
-                log.exception("recompile at a listing or removal date failed; retrying in a minute")
-                await asyncio.sleep(60)
-                continue
-            delay = 3600.0 if self.next_change is None else min(3600.0, self.next_change - self.clock())
-            try:
-                async with asyncio.timeout(max(delay, 0.05)):
-                    await self._timer_wake.wait()
-            except TimeoutError:
-                pass
+    @property
+    def next_change(self) -> float | None:
+        return self.builder.next_change
+
+    @property
+    def compile_seconds(self) -> float | None:
+        return self.builder.compile_seconds
+
+    @property
+    def compiles(self) -> int:
+        return self.builder.compiles
+
+    @property
+    def patches(self) -> int:
+        return self.builder.patches
 
     # -- reading (feeds/status.py) ---------------------------------------------------------
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -54,13 +53,13 @@ from feeds.compile import (
 from feeds.builder import CompileInputs, PolicyBuilder
 from feeds.decisions import AdminDecisions
 from feeds.entry import MAX_REJECT_TEXT, Entry, FeedError, Reject, clip
-from feeds.fetch import FetchError, fetch
 from feeds.guard import Change, Protected, entry_refusal, quarantine_reason
 from feeds.lists import Key, SourceList, diff, to_wire
 from feeds.normalize import InvalidName, normalize_detail
 # Re-exported: callers (the API, the CLI, tests) import the outcome and errors from here.
 from feeds.outcomes import Conflict, NotFound, Refused, StoreUnavailable, UpdateResult, reject_json  # noqa: F401
 from feeds.formats import scope_of
+from feeds.scheduler import SourceScheduler
 from feeds.snapshot import PolicySnapshot, Scope
 from feeds.status import FeedReadModel, source_status
 from feeds.store import FeedStore, StoreProblem, VersionInfo, read_marker, write_marker
@@ -132,7 +131,6 @@ class FeedManager:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self._session_factory = session_factory or (lambda: aiohttp.ClientSession(trust_env=False))
         self.agencies = {a.id: a for a in settings.agencies}
         self.sources: dict[tuple[str, str], SourceRuntime] = {}
         for agency in settings.agencies:
@@ -157,12 +155,15 @@ class FeedManager:
             install=install, inputs=self._compile_inputs, store=lambda: self.store, clock=clock,
             ttl=settings.policy.sinkhole_ttl, snapshot_path=self.snapshot_path, fingerprint=self.fingerprint,
         )
-        self._session: aiohttp.ClientSession | None = None
         # Store writes of the lists read at start-up, done after the first snapshot is
         # installed (a million-row first version costs seconds the resolver need not wait).
         self._deferred: list[Callable[[], object]] = []
         self._reserved: dict[str, int] = {}
         self._flush_task: asyncio.Future[None] | None = None
+        self.scheduler = SourceScheduler(
+            self.sources, settings, ingest=self._ingest, store=lambda: self.store, clock=clock,
+            session_factory=session_factory or (lambda: aiohttp.ClientSession(trust_env=False)),
+        )
         self.read = FeedReadModel(self)
         self.decisions = AdminDecisions(self)
 
@@ -204,7 +205,7 @@ class FeedManager:
                      seconds=round(time.perf_counter() - started, 3), **saved.stats)
             return saved
         await self._load_state()
-        await self._refresh_files(defer=True)
+        await self.scheduler.refresh_files(defer=True)
         await self.compile(force=True)
         assert self.snapshot is not None
         log.info("policy installed", version=self.snapshot.version,
@@ -318,25 +319,19 @@ class FeedManager:
                 await self._flush_task
             if not self.loaded.is_set():
                 await self._load_state()
-                await self._refresh_files()
+                await self.scheduler.refresh_files()
                 await self.compile(force=True)
                 self.loaded.set()
                 self._settled.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._timer())
-                for rt in self.sources.values():
-                    if rt.settings.kind in ("url", "xfr"):
-                        tg.create_task(self._poll(rt))
-                    elif rt.settings.kind == "file":
-                        tg.create_task(self._watch(rt))
+                self.scheduler.start(tg)
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
         """Close the HTTP session and wait for the snapshot on its way to disk."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.scheduler.aclose()
         if self.builder.persist_task is not None:
             await asyncio.shield(self.builder.persist_task)
 
@@ -393,148 +388,29 @@ class FeedManager:
         if self.store_problem is not None:
             log.error("reload: the feed store is unusable; the saved snapshot stays in force", problem=self.store_problem)
             return
-        await self._refresh_files()
+        await self.scheduler.refresh_files()
         self.builder.changed()
         await self.compile()
 
-    # -- sources --------------------------------------------------------------------------
-
-    async def _refresh_files(self, *, defer: bool = False) -> None:
-        for rt in self.sources.values():
-            if rt.settings.kind == "file":
-                await self.refresh(rt, compile=False, defer=defer)
+    # -- sources (feeds/scheduler.py) -----------------------------------------------------
 
     async def refresh(self, rt: SourceRuntime, *, compile: bool = True, defer: bool = False) -> UpdateResult | None:
-        """Fetch or read one source once and ingest what changed; failures are recorded on the
-        source, never raised. Returns the update's result, or None when nothing new came."""
-        now = self.clock()
-        rt.last_attempt = now
-        try:
-            if rt.settings.kind == "url":
-                if self._session is None:
-                    self._session = self._session_factory()
-                got = await fetch(self._session, rt.settings, etag=rt.etag, last_modified=rt.last_modified)
-                if got.body is None:
-                    rt.count("not_modified")
-                    await self._source_ok(rt, now)
-                    return None
-                data, control, etag, lm = got.body, got.control, got.etag, got.last_modified
-            elif rt.settings.kind == "file":
-                data, control = await asyncio.to_thread(self._read_file, rt)
-                etag = lm = None
-            elif rt.follower is not None:
-                body = await rt.follower.fetch()  # the zone as text when its serial moved
-                if body is None:
-                    rt.count("not_modified")
-                    await self._source_ok(rt, now)
-                    return None
-                data, control, etag, lm = body, None, None, None
-            else:
-                return None
-            result = await self._ingest(rt, data, control=control, actor=f"source:{rt.key}", compile=compile, defer=defer)
-        except Exception as exc:  # never CancelledError: that is not an Exception
-            rt.count("failed")
-            rt.failures += 1
-            rt.last_error = str(exc) if isinstance(exc, (FetchError, FeedError, Refused)) else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, (FetchError, FeedError, Refused, OSError)):
-                log.warning("source failed; keeping its last good list", agency=rt.agency.id, source=rt.key, error=rt.last_error)
-            else:  # our own bug: one log line with the traceback, and the node keeps serving
-                log.exception("source update failed; keeping its last good list", agency=rt.agency.id, source=rt.key)
-            await self._save_source(rt, last_attempt=now, last_error=rt.last_error, failures=rt.failures)
-            return None
-        rt.count(result.status)
-        if rt.settings.kind == "url":
-            # Only after the body was dealt with: a failed check must fetch the body again.
-            rt.etag, rt.last_modified = etag, lm
-        await self._source_ok(rt, now)
-        return result
-
-    def _read_file(self, rt: SourceRuntime) -> tuple[bytes, bytes | None]:
-        assert rt.path is not None
-        try:
-            st = os.stat(rt.path)
-        except OSError:
-            rt.stat = None  # the watcher re-reads when the file comes back
-            raise
-        if st.st_size > rt.settings.max_bytes:
-            raise FeedError(f"{rt.path}: {st.st_size} bytes is over max_bytes {rt.settings.max_bytes}")
-        rt.stat = (st.st_mtime_ns, st.st_size, st.st_ino)
-        data = rt.path.read_bytes()
-        control = None
-        if rt.settings.control_file is not None:
-            control = self.settings.resolve_path(rt.settings.control_file).read_bytes()
-        return data, control
-
-    async def _source_ok(self, rt: SourceRuntime, now: float) -> None:
-        rt.last_success = now
-        rt.last_error = None
-        rt.failures = 0
-        await self._save_source(
-            rt, etag=rt.etag, last_modified=rt.last_modified, last_attempt=now, last_success=now,
-            last_change=rt.last_change, last_error=None, failures=0,
-        )
-
-    async def _save_source(self, rt: SourceRuntime, **fields: Any) -> None:
-        if self.store is None:
-            return
-        try:
-            await asyncio.to_thread(self.store.save_source_state, rt.agency.id, rt.key, **fields)
-        except Exception as exc:  # fetch bookkeeping only; the lists are not at stake
-            log.error("cannot record a source's fetch state", agency=rt.agency.id, source=rt.key, error=str(exc))
+        """Fetch or read one source once; see ``SourceScheduler.refresh``."""
+        return await self.scheduler.refresh(rt, compile=compile, defer=defer)
 
     async def _poll(self, rt: SourceRuntime) -> None:
-        while True:
-            await self.refresh(rt)
-            interval = rt.follower.interval() if rt.follower is not None else rt.settings.interval
-            if rt.failures:
-                # Retry a failing source sooner than its interval: legal deadlines run.
-                interval = min(interval, 30.0 * 2 ** min(rt.failures - 1, 10))
-            try:
-                async with asyncio.timeout(interval):
-                    await rt.wake.wait()
-            except TimeoutError:
-                pass
-            rt.wake.clear()
+        await self.scheduler.poll(rt)
 
     async def _watch(self, rt: SourceRuntime) -> None:
-        assert rt.path is not None
-        while True:
-            try:
-                async with asyncio.timeout(rt.settings.interval):
-                    await rt.wake.wait()
-            except TimeoutError:
-                pass
-            forced = rt.wake.is_set()
-            rt.wake.clear()
-            try:
-                st = await asyncio.to_thread(os.stat, rt.path)
-                seen: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-            except OSError:
-                seen = None
-            if forced or seen != rt.stat:
-                await self.refresh(rt)
-            elif seen is not None and rt.failures == 0:
-                # Unchanged and readable: the list in force is the file's list, still fresh.
-                rt.last_success = self.clock()
+        await self.scheduler.watch(rt)
 
     def poke(self, agency: str, source: str | None = None) -> int:
         """Poll (url) or re-read (file) an agency's sources now; returns how many."""
-        n = 0
-        for (a, key), rt in self.sources.items():
-            if a == agency and (source is None or key == source) and rt.settings.kind != "push":
-                rt.wake.set()
-                n += 1
-        return n
+        return self.scheduler.poke(agency, source)
 
     def notify(self, zone: str, client: str) -> bool:
-        """A NOTIFY (RFC 1996) for ``zone`` from ``client``: check the xfr sources that follow
-        it from there now; False when none does."""
-        found = False
-        for rt in self.sources.values():
-            if rt.follower is not None and rt.follower.matches(zone, client):
-                rt.wake.set()
-                found = True
-        return found
+        """A NOTIFY for ``zone`` from ``client``; see ``SourceScheduler.notify``."""
+        return self.scheduler.notify(zone, client)
 
     # -- updates --------------------------------------------------------------------------
 
@@ -559,7 +435,7 @@ class FeedManager:
         now = self.clock()
         rt.last_attempt = now
         rt.count(result.status)
-        await self._source_ok(rt, now)
+        await self.scheduler.source_ok(rt, now)
         return result
 
     async def _ingest(
@@ -733,7 +609,7 @@ class FeedManager:
         now = self.clock()
         rt.last_attempt = now
         rt.count(result.status)
-        await self._source_ok(rt, now)
+        await self.scheduler.source_ok(rt, now)
         return result
 
     # -- admin decisions (feeds/decisions.py) ----------------------------------------------

@@ -1,0 +1,199 @@
+"""The policy builder: from the lists in force to a published, persisted ``PolicySnapshot``.
+
+Owns compiling (off the event loop, coalesced: callers arriving during a compile share the next
+one), the choice between patching the last snapshot (only plain names of one source changed, up
+to ``PATCH_LIMIT``) and a full compile, publishing (one call of ``install``), saving the snapshot
+in the background (only the latest; a superseded one is never written), recording each install
+for the compliance report, and the timer that recompiles when a listing or removal date passes.
+
+What it compiles comes from ``inputs`` (the caller's sources and allowlists at the moment of the
+compile), so it knows nothing of sources, updates or the store's schema.
+
+Must not import the resolver, hits or betblock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from feeds import persist
+from feeds.compile import AgencyList, Compiled, compile_lists, patch_snapshot
+from feeds.lists import ListDiff
+from feeds.snapshot import PolicySnapshot
+from feeds.store import FeedStore
+
+log = structlog.get_logger("betblock.feeds")
+
+PATCH_LIMIT = 50_000  # changed names up to which a snapshot is patched rather than recompiled
+
+
+@dataclass(frozen=True, slots=True)
+class CompileInputs:
+    """What one compile reads, taken in one go on the event loop."""
+
+    lists: list[AgencyList]
+    allow: list[bytes]
+    versions: list[tuple[str, str, int]]  # (agency, source, version) read, for the compliance record
+
+
+class PolicyBuilder:
+    """Compiles, publishes and persists snapshots; ``changed`` says what a compile must read anew."""
+
+    def __init__(
+        self,
+        *,
+        install: Callable[[PolicySnapshot], None],
+        inputs: Callable[[], CompileInputs],
+        store: Callable[[], FeedStore | None],
+        clock: Callable[[], float],
+        ttl: int,
+        snapshot_path: Path,
+        fingerprint: str,
+    ) -> None:
+        self._install = install
+        self._inputs = inputs
+        self._store = store
+        self.clock = clock
+        self.ttl = ttl
+        self.snapshot_path = snapshot_path
+        self.fingerprint = fingerprint
+        self.snapshot: PolicySnapshot | None = None
+        self.next_change: float | None = None
+        self.compile_seconds: float | None = None
+        self.compiles = 0
+        self.patches = 0
+        self._compile_lock = asyncio.Lock()
+        self._gen = 0  # bumped by every change of what a compile reads
+        # Names whose listing changed since the last compile, when nothing else did (then the
+        # next snapshot is patched from the last one); None: compile everything.
+        self._dirty: set[bytes] | None = None
+        self._compiled_gen = -1
+        self.dates_at = 0.0  # when the last full compile evaluated listing and removal dates
+        self._last_version = 0
+        self._timer_wake = asyncio.Event()
+        self.persist_task: asyncio.Future[None] | None = None
+        self._to_save: tuple[PolicySnapshot, float | None] | None = None
+
+    async def compile(self, *, force: bool = False) -> PolicySnapshot:
+        """Compile what the sources hold now, off the event loop, and install it. Callers that
+        arrive during a compile share the next one."""
+        wanted = self._gen
+        async with self._compile_lock:
+            if not force and self._compiled_gen >= wanted and self.snapshot is not None:
+                return self.snapshot
+            gen = self._gen
+            dirty, self._dirty = self._dirty, set()
+            inputs = self._inputs()
+            lists, allow = inputs.lists, inputs.allow
+            now = self.clock()
+            version = max(self._last_version + 1, int(now * 1000))
+            ttl = self.ttl
+            started = time.perf_counter()
+            try:
+                patched = None
+                if dirty is not None and not force and self.snapshot is not None:
+                    patched = await asyncio.to_thread(
+                        patch_snapshot, self.snapshot, lists, frozenset(allow), dirty, ttl, version=version
+                    )
+                if patched is not None:
+                    compiled = Compiled(patched, self.next_change)
+                    self.patches += 1
+                    dates_at = self.dates_at  # a patch keeps the last compile's dated decisions
+                else:
+                    compiled = await asyncio.to_thread(compile_lists, lists, allow, ttl, version=version, now=now)
+                    dates_at = now
+            except BaseException:
+                self._dirty = None  # what changed is no longer known: compile everything next time
+                raise
+            self.compile_seconds = time.perf_counter() - started
+            self.compiles += 1
+            self._compiled_gen = gen
+            self.publish(compiled.snapshot, compiled.next_change)
+            installed = self.clock()
+            self.dates_at = dates_at
+            self._save_later(compiled.snapshot, compiled.next_change)
+            await self.record_install(compiled.snapshot.version, dates_at, installed, inputs.versions)
+            return compiled.snapshot
+
+    async def record_install(
+        self, snapshot: int, dates_at: float, installed: float, versions: list[tuple[str, str, int]]
+    ) -> None:
+        """Record for the compliance report that ``snapshot`` went live (after the swap: the
+        resolver never waits for it)."""
+        store = self._store()
+        if store is None:
+            return
+        try:
+            await asyncio.to_thread(store.record_install, snapshot, dates_at, installed, versions)
+        except sqlite3.Error as exc:  # the snapshot is in force; only the evidence of it is missing
+            log.error("cannot record a snapshot install in the feed store", version=snapshot, error=str(exc))
+        except Exception:
+            log.exception("cannot record a snapshot install in the feed store", version=snapshot)
+
+    def changed(self, d: ListDiff | None = None) -> None:
+        """Something a compile reads changed: ``d`` when only one source's plain names did."""
+        self._gen += 1
+        if d is None or d.added_rich or d.removed_rich or self._dirty is None:
+            self._dirty = None
+            return
+        self._dirty |= d.added_plain
+        self._dirty |= d.removed_plain
+        if len(self._dirty) > PATCH_LIMIT:
+            self._dirty = None
+
+    def publish(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
+        self._install(snapshot)
+        self.snapshot = snapshot
+        self._last_version = max(self._last_version, snapshot.version)
+        self.next_change = next_change
+        self._timer_wake.set()
+
+    def _save_later(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
+        """Save the latest snapshot in the background; a snapshot superseded before its turn is
+        never written (nor kept in memory for it)."""
+        self._to_save = (snapshot, next_change)
+        if self.persist_task is None or self.persist_task.done():
+            self.persist_task = asyncio.ensure_future(self._saver())
+
+    async def _saver(self) -> None:
+        while self._to_save is not None:
+            snapshot, next_change = self._to_save
+            self._to_save = None
+            try:
+                await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change)
+            except Exception as exc:  # a restart then compiles from the store instead
+                log.error("cannot save the compiled snapshot", path=str(self.snapshot_path), error=str(exc))
+            del snapshot
+
+    async def tick(self) -> bool:
+        """Recompile when a listing or removal date has passed; True when it did."""
+        if self.next_change is None or self.next_change > self.clock():
+            return False
+        self.changed()
+        await self.compile()
+        return True
+
+    async def timer(self) -> None:
+        """Recompile at each listing or removal date; wakes early when a publish moves the date."""
+        while True:
+            self._timer_wake.clear()
+            try:
+                if await self.tick():
+                    continue
+            except Exception:
+                log.exception("recompile at a listing or removal date failed; retrying in a minute")
+                await asyncio.sleep(60)
+                continue
+            delay = 3600.0 if self.next_change is None else min(3600.0, self.next_change - self.clock())
+            try:
+                async with asyncio.timeout(max(delay, 0.05)):
+                    await self._timer_wake.wait()
+            except TimeoutError:
+                pass

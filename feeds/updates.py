@@ -1,0 +1,272 @@
+"""The update service: what becomes of a list that arrives (fetched, read, pushed or patched).
+
+Owns the path parse -> guard (protected names, then the agency's churn limits) -> diff ->
+decide (quarantine for an admin, or apply), each decision written to the store with its audit
+row and answered as a typed ``UpdateResult`` (applied, unchanged, quarantined); ``Refused`` when
+nothing valid remains. Idempotent: the list in force, the one in quarantine or one an admin
+rejected, sent again, changes nothing. Updates are serialised by the manager's update lock; an
+applied update asks the builder for a compile.
+
+Must not import the resolver, hits or betblock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from config.settings import INTEGRITY_OPTION
+from feeds.compile import read_plain
+from feeds.entry import MAX_REJECT_TEXT, Entry, FeedError, Reject, clip
+from feeds.guard import Change, Protected, entry_refusal, quarantine_reason
+from feeds.lists import Key, SourceList, diff
+from feeds.normalize import InvalidName, normalize_detail
+from feeds.outcomes import Refused, UpdateResult
+from feeds.store import VersionInfo
+
+if TYPE_CHECKING:
+    from feeds.manager import FeedManager, SourceRuntime
+
+log = structlog.get_logger("betblock.feeds")
+
+
+class UpdateService:
+    """Ingests, pushes and patches lists into a manager's sources and store."""
+
+    def __init__(self, manager: FeedManager) -> None:
+        self.m = manager
+
+    async def push(self, agency: str, data: bytes, *, fmt: str | None = None, actor: str) -> UpdateResult:
+        """PUT: the agency's whole list through its push source."""
+        rt = self.m.runtime(agency)
+        await self.m._writable()
+        result = await self.ingest(rt, data, control=None, actor=actor, fmt=fmt)
+        now = self.m.clock()
+        rt.last_attempt = now
+        rt.count(result.status)
+        await self.m.scheduler.source_ok(rt, now)
+        return result
+
+    async def ingest(
+        self,
+        rt: SourceRuntime,
+        data: bytes,
+        *,
+        control: bytes | None,
+        actor: str,
+        fmt: str | None = None,
+        compile: bool = True,
+        defer: bool = False,
+    ) -> UpdateResult:
+        fmt = fmt or rt.settings.format
+        sha = hashlib.sha256(data).hexdigest()
+        async with self.m._lock:
+            same = self._same(rt, sha, fmt)
+            if same is not None:
+                return same
+            received = self.m.clock()
+            new, rejects, meta = await asyncio.to_thread(self._parse, rt, data, control, fmt)
+            if not len(new) and rejects:
+                await self.m._store_call(
+                    self.m.decisions.audit, actor, "update refused", rt.agency.id, None, source=rt.key, sha256=sha, rejects=len(rejects)
+                )
+                raise Refused("nothing valid remains: every line was rejected", rejects)
+            info = VersionInfo(
+                agency=rt.agency.id, source=rt.key, kind=rt.settings.kind, format=fmt, sha256=sha,
+                received_at=received, actor=actor, entries=len(new), rejects=len(rejects),
+                checksum=meta.get("checksum"), signature=meta.get("signature"),
+                meta={k: v for k, v in meta.items() if k in ("header", "version", "serial", "order", "date", "origin", "lines")},
+            )
+            result = await self._decide(rt, new, info, rejects, defer=defer)
+        if compile and result.status == "applied":
+            await self.m.compile()
+        return result
+
+    def _same(self, rt: SourceRuntime, sha: str, fmt: str) -> UpdateResult | None:
+        """Idempotence: the list in force, the one waiting in quarantine or the one an admin
+        rejected, sent again, changes nothing."""
+        if sha == rt.sha256:
+            return UpdateResult("unchanged", rt.agency.id, rt.key, rt.version, len(rt.current))
+        if sha == rt.pending_sha:
+            return UpdateResult("quarantined", rt.agency.id, rt.key, rt.pending_version, len(rt.current), reason=rt.pending_reason)
+        if sha == rt.rejected_sha:
+            return UpdateResult("unchanged", rt.agency.id, rt.key, rt.version, len(rt.current), reason="this list was rejected by an admin")
+        return None
+
+    async def _decide(
+        self, rt: SourceRuntime, new: SourceList, info: VersionInfo, rejects: list[Reject], *, defer: bool = False
+    ) -> UpdateResult:
+        """Quarantine or apply ``new`` (the caller holds the update lock). ``defer``: queue the
+        store writes for ``_write_deferred`` (start-up only)."""
+        assert self.m.store is not None
+        store = self.m.store
+        d = await asyncio.to_thread(diff, rt.current, new)
+        version: int | None = None
+        if defer:
+            agency = rt.agency.id
+            version = self.m._reserved.get(agency) or await asyncio.to_thread(store.next_version, agency)
+            self.m._reserved[agency] = version + 1
+
+        async def write(job: Callable[[], Any]) -> Any:
+            if defer:
+                self.m._deferred.append(job)
+                return None
+            return await self.m._store_call(job)
+
+        change = Change(len(rt.current), len(new), d.n_added, d.n_removed, d.changed)
+        reason = quarantine_reason(rt.agency, change)
+        base = dict(agency=rt.agency.id, source=rt.key, entries=len(new), added=d.n_added, removed=d.n_removed,
+                    changed=d.changed, rejects=rejects)
+        counts = dict(added=d.n_added, removed=d.n_removed, changed=d.changed)
+        if reason is not None:
+            audit = self.m.decisions.audit_row(info.actor, "update quarantined", rt.agency.id, source=rt.key, sha256=info.sha256,
+                                    reason=reason, **counts)
+            v = await write(lambda: store.quarantine(info, new, d, rejects, reason, version=version, audit=audit))
+            v = version if v is None else v
+            rt.set_pending(v, info.sha256, reason)
+            log.warning("update quarantined", agency=rt.agency.id, source=rt.key, version=v, reason=reason)
+            return UpdateResult("quarantined", version=v, reason=reason, **base)  # type: ignore[arg-type]
+        audit = self.m.decisions.audit_row(info.actor, "update applied", rt.agency.id, source=rt.key, sha256=info.sha256,
+                                entries=len(new), **counts)
+        v = await write(lambda: store.apply(info, d, rejects, version=version, audit=audit))
+        v = version if v is None else v
+        rt.set_list(new)
+        rt.version, rt.sha256, rt.last_change = v, info.sha256, info.received_at
+        rt.set_pending(None)
+        self.m.builder.changed(d)
+        log.info("update applied", agency=rt.agency.id, source=rt.key, version=v, entries=len(new),
+                 added=d.n_added, removed=d.n_removed, changed=d.changed, rejected=len(rejects))
+        return UpdateResult("applied", version=v, **base)  # type: ignore[arg-type]
+
+    def _parse(
+        self, rt: SourceRuntime, data: bytes, control: bytes | None, fmt: str
+    ) -> tuple[SourceList, list[Reject], dict[str, Any]]:
+        """Bytes to a list, its rejects and its file-level facts (in a thread)."""
+        if len(data) > rt.settings.max_bytes:
+            raise FeedError(f"{len(data)} bytes is over max_bytes {rt.settings.max_bytes}")
+        if fmt == "plain" and not rt.settings.options:
+            plain = read_plain(data, self.m.protected)
+            rejects = [Reject(line, clip(text), reason) for line, text, reason in plain.rejects]
+            if not plain.wild:
+                return SourceList.build(plain.names, ()), rejects, {"lines": plain.lines}
+            wild_idx = {i for i, _line in plain.wild}
+            names = [n for i, n in enumerate(plain.names) if i not in wild_idx]
+            from feeds.lists import from_wire
+
+            wild = [Entry(from_wire(plain.names[i]), line, wildcard=True) for i, line in plain.wild]
+            return SourceList.build(names, wild), rejects, {"lines": plain.lines}
+        from feeds.formats import FORMATS
+
+        parser = FORMATS.get(fmt)
+        if parser is None:
+            raise FeedError(f"unknown format {fmt!r}")
+        options: dict[str, Any] = dict(rt.settings.options)
+        if control is not None and fmt in INTEGRITY_OPTION:
+            options[INTEGRITY_OPTION[fmt]] = control
+        if rt.settings.public_key is not None:
+            options["public_key_pem"] = self.m.settings.resolve_path(rt.settings.public_key).read_bytes()
+        try:
+            result = parser(data, **options)
+        except TypeError as exc:
+            raise FeedError(f"format {fmt}: bad options {sorted(options)}: {exc}") from None
+        kept: list[Entry] = []
+        rejects = list(result.rejects)
+        for e in result.entries:
+            refusal = None if e.allow else entry_refusal(e.name, self.m.protected)
+            if refusal is not None:
+                rejects.append(Reject(e.line, e.name, refusal))
+            else:
+                kept.append(e)
+        rejects.sort(key=lambda r: r.line)
+        return SourceList.build((), kept), rejects, dict(result.meta)
+
+    async def patch(self, agency: str, add: list[dict[str, Any]], remove: list[str], *, actor: str) -> UpdateResult:
+        """PATCH: add and remove entries of the agency's pushed list."""
+        rt = self.m.runtime(agency)
+        await self.m._writable()
+        entries, rejects = patch_entries(add, self.m.protected)
+        keys: list[Key] = []
+        for i, raw in enumerate(remove, len(add) + 1):
+            try:
+                name, wildcard, _ = normalize_detail(str(raw))
+            except InvalidName as exc:
+                rejects.append(Reject(i, clip(str(raw)), exc.reason))
+                continue
+            key = (name, wildcard, False)
+            if not rt.current.has(key):
+                rejects.append(Reject(i, clip(str(raw)), "not listed"))
+                continue
+            keys.append(key)
+        if not entries and not keys and rejects:
+            await self.m._store_call(self.m.decisions.audit, actor, "patch refused", agency, None, rejects=len(rejects))
+            raise Refused("nothing valid remains: every item was rejected", rejects)
+        body = repr((sorted((e.name, e.wildcard, repr(e)) for e in entries), sorted(keys))).encode()
+        sha = hashlib.sha256(body).hexdigest()
+        async with self.m._lock:
+            new = rt.current.patched(entries, keys)
+            info = VersionInfo(
+                agency=agency, source=rt.key, kind="push", format="patch", sha256=sha, received_at=self.m.clock(),
+                actor=actor, entries=len(new), rejects=len(rejects),
+            )
+            d = await asyncio.to_thread(diff, rt.current, new)
+            if d.empty:
+                result = UpdateResult("unchanged", agency, rt.key, rt.version, len(new), rejects=rejects)
+            else:
+                result = await self._decide(rt, new, info, rejects)
+        if result.status == "applied":
+            await self.m.compile()
+        now = self.m.clock()
+        rt.last_attempt = now
+        rt.count(result.status)
+        await self.m.scheduler.source_ok(rt, now)
+        return result
+
+
+def patch_entries(items: Iterable[Any], protected: Protected) -> tuple[list[Entry], list[Reject]]:
+    """PATCH ``add`` items (a name, or an object with name and optional dates, legal_ref,
+    source_id, wildcard) to entries; item n is "line" n."""
+    entries: list[Entry] = []
+    rejects: list[Reject] = []
+    for i, item in enumerate(items, 1):
+        shown = clip(str(item))[:MAX_REJECT_TEXT]
+        fields: dict[str, Any] = {}
+        if isinstance(item, str):
+            raw = item
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            raw = item["name"]
+            try:
+                for key in ("listed_at", "removed_at"):
+                    if item.get(key):
+                        value = datetime.fromisoformat(str(item[key]).replace("Z", "+00:00"))
+                        fields[key] = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            except ValueError:
+                rejects.append(Reject(i, shown, "bad date (ISO 8601 expected)"))
+                continue
+            for key in ("legal_ref", "source_id"):
+                if item.get(key) is not None:
+                    fields[key] = str(item[key])
+            unknown = set(item) - {"name", "listed_at", "removed_at", "legal_ref", "source_id", "wildcard"}
+            if unknown:
+                rejects.append(Reject(i, shown, f"unknown field {sorted(unknown)[0]!r}"))
+                continue
+        else:
+            rejects.append(Reject(i, shown, "not a name or an object with a name"))
+            continue
+        try:
+            name, wildcard, _ = normalize_detail(raw)
+        except InvalidName as exc:
+            rejects.append(Reject(i, shown, exc.reason))
+            continue
+        if isinstance(item, dict) and item.get("wildcard"):
+            wildcard = True
+        refusal = entry_refusal(name, protected)
+        if refusal is not None:
+            rejects.append(Reject(i, shown, refusal))
+            continue
+        entries.append(Entry(name, i, wildcard, **fields))
+    return entries, rejects

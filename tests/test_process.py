@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 from pathlib import Path
 
 import dns.asyncquery
@@ -12,19 +10,18 @@ import dns.message
 import dns.rcode
 
 from tests.fakedns import FakeDns
-from tests.procutil import first_answer, free_port, node_toml, start_serve
+from tests.procutil import Serve, first_answer, node_toml
 
 
 async def test_serve_answers_and_sigterm_flushes_hits(tmp_path: Path) -> None:
     upstream = await FakeDns().start()
     upstream.add("ok.test", "A", "192.0.2.7")
-    port = free_port()
     (tmp_path / "list.txt").write_text("bad.test\n")
     hits = tmp_path / "hits.jsonl"
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(
         node_toml(
-            tmp_path, port, upstream,
+            tmp_path, 0, upstream,
             f"""[hits]
 jsonl_path = "{hits}"
 flush_interval = 3600  # only the shutdown flush can write the hits
@@ -35,7 +32,8 @@ lists = ["list.txt"]
 """,
         )
     )
-    proc = await start_serve(cfg)
+    node = await Serve.start(cfg)  # DNS on port 0: the bound port comes from its log
+    port = node.dns_port
     try:
         blocked = await first_answer(port, "www.bad.test")
         assert blocked.rcode() == dns.rcode.NXDOMAIN
@@ -45,14 +43,10 @@ lists = ["list.txt"]
         ok = await dns.asyncquery.tcp(dns.message.make_query("ok.test", "A"), "127.0.0.1", port=port, timeout=2)
         assert ok.answer[0][0].address == "192.0.2.7"
         assert not hits.exists() or hits.read_text() == ""
-        proc.send_signal(signal.SIGTERM)
-        _out, err = await asyncio.wait_for(proc.communicate(), 15)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        code = await node.stop()  # SIGTERM
         await upstream.stop()
-    assert proc.returncode == 0, err.decode()
+    assert code == 0, node.log()
     lines = [json.loads(line) for line in hits.read_text().splitlines()]
     assert sum(h["count"] for h in lines) == 5
     first = lines[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from tests.fakedns import FakeDns
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-from tests.procutil import first_answer, free_port, node_toml, start_serve
+from tests.procutil import Serve, first_answer, node_toml
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
@@ -39,12 +38,11 @@ async def test_sigterm_flushes_every_hit_to_the_store(tmp_path: Path, kind: str)
     else:
         store_cfg = f'sqlite_path = "{tmp_path / "hits.sqlite"}"'
     upstream = await FakeDns().start()
-    port = free_port()
     (tmp_path / "list.txt").write_text("bad.test\n")
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(
         node_toml(
-            tmp_path, port, upstream,
+            tmp_path, 0, upstream,
             f"""[hits]
 flush_interval = 3600  # only the shutdown flush can write the hits
 privacy = "truncate"
@@ -57,7 +55,8 @@ lists = ["list.txt"]
 """,
         )
     )
-    proc = await start_serve(cfg)
+    node = await Serve.start(cfg)  # DNS on port 0: the bound port comes from its log
+    port = node.dns_port
     try:
         r = await first_answer(port, "www.bad.test")
         assert r.rcode() == dns.rcode.NXDOMAIN
@@ -66,9 +65,7 @@ lists = ["list.txt"]
             assert r.rcode() == dns.rcode.NXDOMAIN
         rc, out, _ = await _cli("--config", str(cfg), "status")
         assert rc == 0 and json.loads(out)["hits"] == 0  # nothing written before the signal
-        proc.send_signal(signal.SIGTERM)
-        _out, err = await asyncio.wait_for(proc.communicate(), 20)
-        assert proc.returncode == 0, err.decode()
+        assert await node.stop() == 0, node.log()  # SIGTERM
 
         rc, out, err = await _cli("--config", str(cfg), "list", "--json", "--limit", "1000")
         assert rc == 0, err
@@ -83,9 +80,7 @@ lists = ["list.txt"]
         rc, _, err = await _cli("--config", str(cfg), "list", "--qtype", "NOPE")
         assert rc == 2 and "qtype" in err
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await node.stop()
         await upstream.stop()
         if kind == "postgres":
             from hits.postgres import PostgresStore

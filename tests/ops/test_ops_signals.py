@@ -19,7 +19,7 @@ import dns.rcode
 from betblock.app import App
 from config.settings import Settings
 from tests.fakedns import FakeDns
-from tests.procutil import free_port, node_toml, start_serve
+from tests.procutil import Serve, node_toml
 
 
 SINKHOLE = "198.51.100.99"
@@ -55,20 +55,12 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
     upstream = await FakeDns().start()
     upstream.add("ok.test", "A", "192.0.2.7")
     upstream.add("casino.test", "A", "192.0.2.66")
-    port = free_port()
     listed = ["casino.test"]
     (tmp_path / "list.txt").write_text("\n".join(listed) + "\n")
     cfg = tmp_path / "betblock.toml"
-    cfg.write_text(_config(tmp_path, port, upstream))
-    proc = await start_serve(cfg, "--log-format", "console")
-    log: list[bytes] = []
-
-    async def read_log() -> None:
-        assert proc.stderr is not None
-        async for line in proc.stderr:
-            log.append(line)
-
-    reader = asyncio.create_task(read_log())
+    cfg.write_text(_config(tmp_path, 0, upstream))  # DNS on port 0, read back from the log
+    node = await Serve.start(cfg)
+    proc, port = node.proc, node.dns_port
 
     async def sinkholed(name: str) -> bool:
         r = await _ask(port, name, 0.5)
@@ -125,9 +117,9 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
         proc.send_signal(signal.SIGHUP)
         assert await sinkholed("casino.test")
         # Before the file changes again: the reload must have read this one.
-        await _until(lambda: _true(b"configuration refused" in b"".join(log)), "the bad configuration to be refused")
+        await _until(lambda: _true("configuration refused" in node.log()), "the bad configuration to be refused")
         # The policy section is re-read: an operator's allowlist entry unblocks a listed name.
-        cfg.write_text(_config(tmp_path, port, upstream, policy='allowlist = ["casino.test"]'))
+        cfg.write_text(_config(tmp_path, 0, upstream, policy='allowlist = ["casino.test"]'))
         proc.send_signal(signal.SIGHUP)
 
         async def allowed() -> bool:
@@ -141,16 +133,11 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
         await streamer
         assert bad == [] and answered == sent and sent > 60, (sent, answered, bad[:5])
 
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 15)
-        await asyncio.wait_for(reader, 15)
-        text = b"".join(log).decode()
-        assert proc.returncode == 0, text[-2000:]
-        assert "configuration refused" in text
+        code = await node.stop()  # SIGTERM
+        assert code == 0, node.log()[-2000:]
+        assert "configuration refused" in node.log()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await node.stop()
         await upstream.stop()
 
 

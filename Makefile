@@ -22,7 +22,7 @@ run: $(STAMP)
 ## Install what the tests need (venv, Debian packages) and run them.
 test: $(STAMP)
 	tools/apt-install.sh $(TEST_APT)
-	$(PY) -m pytest -q -p no:cacheprovider
+	tools/tree-unchanged.sh $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow"

@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings as hypothesis_settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from betblock.app import App
 from config.settings import Settings
 from tests.fakedns import FakeDns
 
-# Every hypothesis test: no example database (a run writes nothing into the repository; this
-# profile is loaded before any test module builds its own settings, which inherit from it), and
-# no per-example deadline or speed health check (a loaded 2-core CI machine is slow at random).
-settings.register_profile(
-    "betblock", database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.load_profile("betblock")
-# Hypothesis also caches constants and Unicode tables under ./.hypothesis whatever the database
-# setting: give it a directory of its own outside the repository, removed at the end.
-_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="betblock-hypothesis-")
-set_hypothesis_home_dir(_HYPOTHESIS_HOME)
-
-
-def pytest_sessionfinish() -> None:
-    shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+# A test run writes nothing into the repository: Hypothesis keeps no example database, and its
+# caches (constants, Unicode tables) go to a temporary directory instead of ./.hypothesis.
+set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / f"betblock-hypothesis-{os.getuid()}"))
+hypothesis_settings.register_profile("betblock", database=None)
+hypothesis_settings.load_profile("betblock")
 
 
 @pytest.fixture

@@ -41,13 +41,10 @@ def ttls(msg: dns.message.Message) -> list[int]:
 
 
 async def test_failover_to_second_server(node, upstream, spare):
-    # A deadline far beyond the attempt: on a loaded machine the failover must not race it.
-    app = await node(upstreams=[spare.address, upstream.address], upstream={"deadline": 10.0, "attempt_timeout": 0.3})
-    started = time.monotonic()
-    r = await udp(port_of(app), query("allowed.test"), timeout=12)
-    elapsed = time.monotonic() - started
+    app = await node(upstreams=[spare.address, upstream.address], upstream={"deadline": 1.5, "attempt_timeout": 0.3})
+    r = await udp(port_of(app), query("allowed.test"))
     assert r.rcode() == RCODE.NOERROR and a_records(r) == ["192.0.2.10"]
-    assert elapsed >= 0.3, elapsed  # one attempt timed out, then the second server answered
+    # One attempt timed out (the failure counted), then the second server answered.
     assert spare.udp_queries == 1 and upstream.udp_queries == 1
     assert app.upstream.failures == {spare.address: 1, upstream.address: 0}
 
@@ -66,12 +63,12 @@ async def test_all_upstreams_fail(node, upstream, spare, first, second, edns):
         fake.behaviour.rcode = {"servfail": RCODE.SERVFAIL, "refused": RCODE.REFUSED}.get(how)
     app = await node(upstreams=[upstream.address, spare.address], upstream={"deadline": DEADLINE, "attempt_timeout": 0.3})
     started = time.monotonic()
-    # The client's own timeout bounds the wait: no answer by then fails the test (no timed
-    # assertion beyond it, which a loaded machine would break at random).
     r = await udp(port_of(app), query("allowed.test", edns=edns), timeout=DEADLINE + 2)
     elapsed = time.monotonic() - started
     assert r.rcode() == RCODE.SERVFAIL
     assert r.answer == []
+    # Answered within the client's timeout (DEADLINE + 2); only lower bounds are asserted,
+    # which a loaded machine cannot break.
     if "silent" in (first, second):
         assert elapsed >= 0.3, "waited for at least one attempt"
     if first == second == "silent":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from pathlib import Path
 
 import dns.asyncquery
@@ -10,7 +12,7 @@ import dns.message
 import dns.rcode
 
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, first_answer, node_toml
+from tests.procutil import Serve, node_toml
 
 
 async def test_serve_answers_and_sigterm_flushes_hits(tmp_path: Path) -> None:
@@ -32,10 +34,10 @@ lists = ["list.txt"]
 """,
         )
     )
-    node = await Serve.start(cfg)  # DNS on port 0: the bound port comes from its log
+    node = await Serve.start(cfg)  # every listener on port 0: the node's log says which it got
     port = node.dns_port
     try:
-        blocked = await first_answer(port, "www.bad.test")
+        blocked = await dns.asyncquery.udp(dns.message.make_query("www.bad.test", "A"), "127.0.0.1", port=port, timeout=2)
         assert blocked.rcode() == dns.rcode.NXDOMAIN
         for _ in range(4):
             r = await dns.asyncquery.udp(dns.message.make_query("bad.test", "AAAA"), "127.0.0.1", port=port, timeout=2)
@@ -44,7 +46,7 @@ lists = ["list.txt"]
         assert ok.answer[0][0].address == "192.0.2.7"
         assert not hits.exists() or hits.read_text() == ""
     finally:
-        code = await node.stop()  # SIGTERM
+        code = await node.stop(signal.SIGTERM)
         await upstream.stop()
     assert code == 0, node.log()
     lines = [json.loads(line) for line in hits.read_text().splitlines()]

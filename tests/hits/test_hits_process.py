@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from tests.fakedns import FakeDns
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-from tests.procutil import Serve, first_answer, node_toml
+from tests.procutil import Serve, node_toml
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
@@ -55,17 +56,17 @@ lists = ["list.txt"]
 """,
         )
     )
-    node = await Serve.start(cfg)  # DNS on port 0: the bound port comes from its log
+    node = await Serve.start(cfg)  # every listener on port 0: the node's log says which it got
     port = node.dns_port
     try:
-        r = await first_answer(port, "www.bad.test")
+        r = await dns.asyncquery.udp(dns.message.make_query("www.bad.test", "A"), "127.0.0.1", port=port, timeout=2)
         assert r.rcode() == dns.rcode.NXDOMAIN
         for i in range(40):
             r = await dns.asyncquery.udp(dns.message.make_query(f"n{i}.bad.test", "AAAA"), "127.0.0.1", port=port, timeout=2)
             assert r.rcode() == dns.rcode.NXDOMAIN
         rc, out, _ = await _cli("--config", str(cfg), "status")
         assert rc == 0 and json.loads(out)["hits"] == 0  # nothing written before the signal
-        assert await node.stop() == 0, node.log()  # SIGTERM
+        assert await node.stop(signal.SIGTERM) == 0, node.log()
 
         rc, out, err = await _cli("--config", str(cfg), "list", "--json", "--limit", "1000")
         assert rc == 0, err

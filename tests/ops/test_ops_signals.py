@@ -59,8 +59,8 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
     listed = ["casino.test"]
     (tmp_path / "list.txt").write_text("\n".join(listed) + "\n")
     cfg = tmp_path / "betblock.toml"
-    cfg.write_text(_config(tmp_path, 0, upstream))  # DNS on port 0, read back from the log
-    node = await Serve.start(cfg)
+    cfg.write_text(_config(tmp_path, 0, upstream))
+    node = await Serve.start(cfg)  # every listener on port 0: the node's log says which it got
     proc, port = node.proc, node.dns_port
 
     async def sinkholed(name: str) -> bool:
@@ -136,8 +136,7 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
         await streamer
         assert bad == [] and answered == sent and sent > 60, (sent, answered, bad[:5])
 
-        code = await node.stop()  # SIGTERM
-        assert code == 0, node.log()[-2000:]
+        assert await node.stop(signal.SIGTERM) == 0, node.log()[-2000:]
         assert "configuration refused" in node.log()
     finally:
         await node.stop()

@@ -69,8 +69,16 @@ def test_image_runs_as_non_root_with_only_the_bind_capability() -> None:
 @pytest.mark.slow
 def test_wheel_install_serves_with_the_image_cmd_and_passes_its_healthcheck(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
+    # Built from a copy: pip builds in the source tree (build/, *.egg-info), and a test run
+    # writes nothing into the repository.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for package in ("betblock", "config", "resolver", "feeds", "hits"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(src)],
         check=True, timeout=300, capture_output=True,
     )
     target = tmp_path / "site"

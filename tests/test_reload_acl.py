@@ -15,6 +15,7 @@ import dns.exception
 import dns.message
 import dns.rcode
 
+from tests.dnsutil import ask_patiently
 from tests.fakedns import FakeDns
 from tests.procutil import Serve
 
@@ -40,9 +41,8 @@ lists = ["list.txt"]
 
 
 async def _rcode(port: int, name: str) -> int | None:
-    try:
-        r = await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1)
-    except dns.exception.Timeout:
+    r = await ask_patiently(port, name)
+    if r is None:
         return None
     return r.rcode()
 

@@ -24,7 +24,7 @@ import asyncio
 import os
 import random
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,22 @@ async def _start(argv: list[str], run: Path, port: int, probe: str) -> asyncio.s
     return proc
 
 
+async def _start_on_free_port(
+    conf: Callable[[int], list[str]], run: Path, probe: str
+) -> tuple[int, asyncio.subprocess.Process]:
+    """Start the server ``conf(port)`` gives the command of; a server that exits at once (the
+    port taken between free_port() and its bind, by anything else on the machine) is started
+    again on another port, at most three times."""
+    for attempt in range(3):
+        port = free_port()
+        try:
+            return port, await _start(conf(port), run, port, probe)
+        except RuntimeError:  # exited; _wait_answering put its log in the message
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def start_nsd(run: Path, policy: Policy) -> tuple[int, asyncio.subprocess.Process]:
     run.mkdir()
     names = policy.names()
@@ -211,10 +227,11 @@ async def start_nsd(run: Path, policy: Policy) -> tuple[int, asyncio.subprocess.
     for tld in TLDS:
         (run / f"{tld}.zone").write_text(nsd_zone(tld, names))
         zones += f'zone:\n  name: "{tld}"\n  zonefile: "{run}/{tld}.zone"\n'
-    port = free_port()
     conf = run / "nsd.conf"
-    conf.write_text(
-        f"""server:
+
+    def write(port: int) -> list[str]:
+        conf.write_text(
+            f"""server:
   ip-address: 127.0.0.1
   port: {port}
   do-ip6: no
@@ -232,9 +249,10 @@ async def start_nsd(run: Path, policy: Policy) -> tuple[int, asyncio.subprocess.
 remote-control:
   control-enable: no
 {zones}"""
-    )
-    proc = await _start([NSD, "-d", "-c", str(conf)], run, port, "ns.test")  # type: ignore[list-item]
-    return port, proc
+        )
+        return [NSD, "-d", "-c", str(conf)]  # type: ignore[list-item]
+
+    return await _start_on_free_port(write, run, "ns.test")
 
 
 def zone_files(run: Path, policy: Policy) -> list[tuple[str, Path]]:
@@ -251,10 +269,11 @@ def zone_files(run: Path, policy: Policy) -> list[tuple[str, Path]]:
 async def start_unbound(run: Path, policy: Policy, nsd_port: int) -> tuple[int, asyncio.subprocess.Process]:
     run.mkdir()
     rpz = "".join(f'rpz:\n  name: "{name}"\n  zonefile: "{path}"\n  rpz-log: no\n' for name, path in zone_files(run, policy))
-    port = free_port()
     conf = run / "unbound.conf"
-    conf.write_text(
-        f"""server:
+
+    def write(port: int) -> list[str]:
+        conf.write_text(
+            f"""server:
   interface: 127.0.0.1
   port: {port}
   do-ip6: no
@@ -280,9 +299,10 @@ remote-control:
   name: "."
   forward-addr: 127.0.0.1@{nsd_port}
 """
-    )
-    proc = await _start([UNBOUND, "-d", "-c", str(conf)], run, port, "ns.test")  # type: ignore[list-item]
-    return port, proc
+        )
+        return [UNBOUND, "-d", "-c", str(conf)]  # type: ignore[list-item]
+
+    return await _start_on_free_port(write, run, "ns.test")
 
 
 async def start_betblock(run: Path, policy: Policy, nsd_port: int, *, as_rpz: bool) -> App:

@@ -17,6 +17,7 @@ import dns.exception
 import dns.message
 import pytest
 
+from tests.dnsutil import ask_patiently
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
 from tests.procutil import first_answer, free_port, node_toml, start_serve
 from tests.xfr import followers
@@ -28,9 +29,8 @@ SINKHOLE = "198.51.100.99"
 
 
 async def _address(port: int, name: str) -> str | None:
-    try:
-        r = await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1.0)
-    except dns.exception.Timeout:
+    r = await ask_patiently(port, name)
+    if r is None:
         return None
     for rrset in r.answer:
         for rd in rrset:

@@ -16,6 +16,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from tests.dnsutil import ask_patiently
 from tests.procutil import free_port
 from tests.xfr import followers
 from tests.xfr.primary import Primary, primary, until
@@ -27,9 +28,8 @@ pytestmark = pytest.mark.slow
 
 async def _address(port: int, name: str) -> str | None:
     """The first A address ``name`` gets from the resolver on ``port`` (None: none, or no answer)."""
-    try:
-        r = await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1.0)
-    except dns.exception.Timeout:
+    r = await ask_patiently(port, name)
+    if r is None:
         return None
     for rrset in r.answer:
         for rd in rrset:

@@ -17,6 +17,7 @@ import dns.message
 import dns.rcode
 import pytest
 
+from tests.dnsutil import ask_patiently
 from tests.fakedns import FakeDns
 from tests.procutil import first_answer, free_port, node_toml, start_serve
 from tests.xfr.primary import KEY_NAME, KEY_SECRET, until
@@ -70,9 +71,8 @@ zone "{ZONE}" {{
 
 
 async def _rcode(port: int, name: str) -> int | None:
-    try:
-        r = await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1.0)
-    except dns.exception.Timeout:
+    r = await ask_patiently(port, name)
+    if r is None:
         return None
     return r.rcode()
 

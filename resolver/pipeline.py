@@ -2,10 +2,14 @@
 
     rrl (UDP) -> wire.parse -> acl -> policy -> ANY (RFC 8482) -> cache -> upstream
 
-Owns ``Pipeline.answer`` (bytes in; bytes, None or an awaitable out) and the installed policy
-(snapshot plus its precomputed sinkholes, swapped by one reference). Blocked and cached answers
-are computed synchronously inside the caller's ``datagram_received``; only a cache miss creates a
-coroutine that waits on the upstream. Every answer is counted under one ``Kind``.
+Owns ``Pipeline.answer`` (bytes in; bytes, None or a pending ``Miss`` out) and the installed
+policy (snapshot plus its precomputed sinkholes, swapped by one reference). Blocked and cached
+answers are computed synchronously inside the caller's ``datagram_received``; only a cache miss
+waits on the upstream. A miss is driven by callbacks, not tasks: the upstream's reply callback
+parses and caches the reply and answers every client waiting on that question (the UDP
+listener's ``then`` callback sends it), so a miss costs no loop iteration between the
+upstream's reply and the client's answer. Callers that await get the same as a coroutine.
+Every answer is counted under one ``Kind``.
 
 Stages never touch sockets; the server makes no policy decisions.
 """
@@ -29,6 +33,7 @@ from resolver.cache import AnswerCache, CacheEntry
 from resolver.outcome import Counters, Kind
 from resolver.rrl import SLIP, RateLimiter
 from resolver.sinkhole import Sinkhole, build_sinkholes
+from resolver.timers import FixedDelay
 from resolver.upstream import UpstreamClient, UpstreamError
 from resolver.wire import (
     CD,
@@ -72,27 +77,83 @@ _FORMERR, _NOTIMP, _SERVFAIL, _DROPPED = int(Kind.FORMERR), int(Kind.NOTIMP), in
 _MINIMAL_ANY, _STALE = int(Kind.MINIMAL_ANY), int(Kind.STALE)
 _SLIP_FLAGS = QR | RA  # of a slipped answer: NOERROR, no records, TC added by ``truncated``
 
-Answer = bytes | None | Coroutine[Any, Any, bytes | None]
 
 # Upper bounds (seconds) of the forwarded-latency buckets; the last bucket is +Inf.
 LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _expire(waiter: asyncio.Future[CacheEntry]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+def _settle(future: asyncio.Future[bytes | None], resp: bytes | None) -> None:
+    if not future.done():
+        future.set_result(resp)
 
 
-def _relay(waiter: asyncio.Future[CacheEntry], fetch: asyncio.Future[CacheEntry]) -> None:
-    """Hand a shared fetch's outcome to one waiter; a fetch cancelled by its deadline is a timeout."""
-    if waiter.done():
-        return
-    if fetch.cancelled():
-        waiter.set_exception(TimeoutError())
-    elif (exc := fetch.exception()) is not None:
-        waiter.set_exception(exc)
-    else:
-        waiter.set_result(fetch.result())
+class _TaskExchange:
+    """Drives an upstream that only offers ``async resolve`` (a test double) with a task; the
+    real ``UpstreamClient`` offers ``exchange`` and needs none."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, upstream: Any, name: bytes, qtype: int, qclass: int, do: bool, cd: bool, done: Callable[..., None]) -> None:
+        self.task = asyncio.ensure_future(upstream.resolve(name, qtype, qclass, do, cd))
+        self.task.add_done_callback(partial(self._done, done))
+
+    @staticmethod
+    def _done(done: Callable[..., None], task: asyncio.Task[bytes]) -> None:
+        if task.cancelled():
+            return  # by cancel(): the caller has given up
+        exc = task.exception()
+        if exc is not None:
+            done(None, exc)
+        else:
+            done(task.result(), None)
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+
+class Miss:
+    """A question that missed the cache. ``then(done)`` asks the upstream (or joins the same
+    question already asked) and calls ``done(answer)`` once, from the upstream's reply callback
+    or the deadline's timer: bytes, or None to send nothing. ``wait()`` is the same as a
+    coroutine. Nothing is asked before either is called."""
+
+    __slots__ = ("pipeline", "data", "q", "name", "key", "client", "limit", "started", "done", "fetch")
+
+    def __init__(self, pipeline: Pipeline, data: bytes, q: Query, name: bytes, key: bytes, client: str, limit: int) -> None:
+        self.pipeline = pipeline
+        self.data, self.q, self.name, self.key, self.client, self.limit = data, q, name, key, client, limit
+        self.started = 0.0
+        self.done: Callable[[bytes | None], None] | None = None
+        self.fetch: _Fetch | None = None
+
+    def then(self, done: Callable[[bytes | None], None]) -> None:
+        self.done = done
+        self.pipeline._start(self)
+
+    async def wait(self) -> bytes | None:
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self.then(partial(_settle, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.pipeline._abandon(self)
+            raise
+
+
+class _Fetch:
+    """One upstream exchange shared by every client asking the same question meanwhile."""
+
+    __slots__ = ("key", "waiters", "timer", "exchange", "ended")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.waiters: list[Miss] = []
+        self.timer: list[Any] | None = None  # its deadline (FixedDelay entry)
+        self.exchange: Any = None
+        self.ended = False
+
+
+Answer = bytes | None | Coroutine[Any, Any, bytes | None] | Miss
 
 
 class LatencyCounts:
@@ -155,9 +216,20 @@ class Pipeline:
         self._acl_memo = acl.memo
         self.wallclock = wallclock
         self.rrl = rrl
-        self.inflight: dict[bytes, asyncio.Future[CacheEntry]] = {}
+        self.inflight: dict[bytes, _Fetch] = {}
+        self._exchange = getattr(upstream, "exchange", None) or partial(_TaskExchange, upstream)
         self.latency = LatencyCounts()
         self.policy = self._prepare(EMPTY)
+
+    @property
+    def deadline(self) -> float:
+        return self._deadlines.delay
+
+    @deadline.setter
+    def deadline(self, seconds: float) -> None:
+        # A new queue for a new delay (keeps each in expiry order); the old one's timer still
+        # serves the misses already in it.
+        self._deadlines = FixedDelay(seconds)
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -179,8 +251,9 @@ class Pipeline:
 
     # -- the pipeline ---------------------------------------------------------------------
 
-    def answer(self, data: bytes, client: str, udp: bool) -> Answer:
-        """bytes to send now, None to send nothing, or a coroutine that resolves to either.
+    def answer(self, data: bytes, client: str, udp: bool, then: bool = False) -> Answer:
+        """bytes to send now, None to send nothing, or for a cache miss a coroutine that
+        resolves to either (a ``Miss`` when ``then`` is true: the caller passes it a callback).
 
         This is the hot path: attribute lookups are hoisted, outcome kinds are plain ints and
         the blocked branch is inlined, because every call here costs on every packet."""
@@ -288,7 +361,8 @@ class Pipeline:
         except Exception:
             return self._failed(data, q)
         # 5. Upstream: the only stage that waits.
-        return self._forward(data, q, name, key, client, self._limit(q, udp))
+        miss = Miss(self, data, q, name, key, client, self._limit(q, udp))
+        return miss if then else miss.wait()
 
     def _limit(self, q: Query, udp: bool) -> int:
         """The largest answer this client can take: its EDNS size (at most ours), 512 without
@@ -346,55 +420,124 @@ class Pipeline:
                 return self._blocked(data, q, name, client, pol, match.rule.id, 0, match.listed, limit)
         return None
 
-    async def _forward(self, data: bytes, q: Query, name: bytes, key: bytes, client: str, limit: int) -> bytes | None:
-        started = time.perf_counter()  # a cache miss: timed for the latency histogram
+    def _start(self, m: Miss) -> None:
+        """Ask the upstream for ``m`` or join the same question in flight (Miss.then)."""
+        m.started = time.perf_counter()  # a cache miss: timed for the latency histogram
+        fetch = self.inflight.get(m.key)
+        if fetch is not None:
+            m.fetch = fetch
+            fetch.waiters.append(m)
+            return
+        if len(self.inflight) >= self.max_inflight:
+            self._deliver(m, self._unanswered(m))
+            return
+        # Identical questions in flight share one upstream exchange, bounded by its deadline
+        # (one timer per exchange: a waiter that joins later has a later deadline of its own,
+        # so the exchange's ends first and answers it too).
+        fetch = _Fetch(m.key)
+        m.fetch = fetch
+        fetch.waiters.append(m)
+        self.inflight[m.key] = fetch
+        fetch.timer = self._deadlines.add(asyncio.get_running_loop(), self._expired, fetch)
+        q = m.q
         try:
-            counts = self._counts
-            fetch = self.inflight.get(key)
-            if fetch is None:
-                if len(self.inflight) >= self.max_inflight:
-                    stale = self._stale(data, q, name, key, client, limit)
-                    if stale is not None:
-                        return stale
-                    counts[_SERVFAIL] += 1
-                    return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
-                # Identical questions in flight share one upstream exchange, bounded by its own
-                # deadline (a timer that cancels it: cheaper than asyncio.timeout per miss).
-                loop = asyncio.get_running_loop()
-                fetch = loop.create_task(self._fetch(key, name, q.qtype, q.qclass, q.do, bool(q.flags & CD)))
-                self.inflight[key] = fetch
-                fetch.add_done_callback(self._fetch_done(key, loop.call_later(self.deadline, fetch.cancel)))
-            # Each waiter has its own deadline and only reads the shared fetch's outcome, so a
-            # waiter that gives up never cancels it for the others (what asyncio.shield did).
-            waiter = asyncio.get_running_loop().create_future()
-            relay = partial(_relay, waiter)
-            fetch.add_done_callback(relay)
-            timer = waiter.get_loop().call_later(self.deadline, _expire, waiter)
+            fetch.exchange = self._exchange(m.name, q.qtype, q.qclass, q.do, bool(q.flags & CD), partial(self._fetched, fetch))
+        except Exception:
+            self._end(fetch)
+            for w in fetch.waiters:
+                self._deliver(w, self._failed(w.data, w.q))
+
+    def _end(self, fetch: _Fetch) -> bool:
+        """Take ``fetch`` out of flight; False if it had already ended."""
+        if fetch.ended:
+            return False
+        fetch.ended = True
+        if fetch.timer is not None:
+            fetch.timer[1] = None  # FixedDelay.cancel
+        if self.inflight.get(fetch.key) is fetch:
+            del self.inflight[fetch.key]
+        return True
+
+    def _expired(self, fetch: _Fetch) -> None:
+        if fetch.exchange is not None:
+            fetch.exchange.cancel()
+        self._fetched(fetch, None, TimeoutError())
+
+    def _fetched(self, fetch: _Fetch, raw: bytes | None, exc: BaseException | None) -> None:
+        """The exchange's outcome: cache the reply and answer every waiter (the reply callback)."""
+        if not self._end(fetch):
+            return
+        waiters = fetch.waiters
+        if exc is None:
             try:
-                entry = await waiter
-            except (TimeoutError, UpstreamError, WireError) as exc:
-                log.debug("upstream failed", error=str(exc) or type(exc).__name__)
-                stale = self._stale(data, q, name, key, client, limit)
-                if stale is not None:
-                    return stale
-                counts[_SERVFAIL] += 1
-                return error_response(data, q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if q.edns_size else b"")
+                cache = self.cache
+                entry, cacheable = cache.entry_for(parse_answer(raw), cache.now())  # type: ignore[arg-type]
+                if cacheable:
+                    cache.put(fetch.key, entry)
+            except WireError as bad:
+                exc = bad
             except Exception:
-                return self._failed(data, q)
-            finally:
-                timer.cancel()
-                fetch.remove_done_callback(relay)
-            try:
-                if entry.cnames and self.cname_inspection:
-                    blocked = self._cname_block(data, q, name, client, entry, limit)
-                    if blocked is not None:
-                        return blocked or None  # b"": dropped
-                counts[_FORWARDED] += 1
-                return entry.render(data, q, self.cache.now(), self.udp_size, limit)
-            except Exception:
-                return self._failed(data, q)
-        finally:
-            self.latency.observe(time.perf_counter() - started)
+                for m in waiters:
+                    self._deliver(m, self._failed(m.data, m.q))
+                return
+            else:
+                for m in waiters:
+                    if m.done is not None:
+                        self._reply(m, entry)
+                return
+        if isinstance(exc, (TimeoutError, UpstreamError, WireError)):
+            log.debug("upstream failed", error=str(exc) or type(exc).__name__)
+            for m in waiters:
+                if m.done is not None:
+                    self._deliver(m, self._unanswered(m))
+            return
+        try:
+            raise exc
+        except Exception:  # our own bug below us: logged with its traceback, every waiter answered
+            for m in waiters:
+                self._deliver(m, self._failed(m.data, m.q))
+
+    def _reply(self, m: Miss, entry: CacheEntry) -> None:
+        try:
+            if entry.cnames and self.cname_inspection:
+                blocked = self._cname_block(m.data, m.q, m.name, m.client, entry, m.limit)
+                if blocked is not None:
+                    self._deliver(m, blocked or None)  # b"": dropped
+                    return
+            self._counts[_FORWARDED] += 1
+            resp = entry.render(m.data, m.q, self.cache.now(), self.udp_size, m.limit)
+        except Exception:
+            resp = self._failed(m.data, m.q)
+        self._deliver(m, resp)
+
+    def _unanswered(self, m: Miss) -> bytes | None:
+        """No upstream answered in time: serve-stale if the cache can, else SERVFAIL."""
+        stale = self._stale(m.data, m.q, m.name, m.key, m.client, m.limit)
+        if stale is not None:
+            return stale
+        self._counts[_SERVFAIL] += 1
+        return error_response(m.data, m.q, SERVFAIL, self.udp_size, _EDE_UPSTREAM if m.q.edns_size else b"")
+
+    def _deliver(self, m: Miss, resp: bytes | None) -> None:
+        done = m.done
+        if done is None:
+            return  # abandoned (its awaiting task was cancelled)
+        m.done = None
+        self.latency.observe(time.perf_counter() - m.started)
+        try:
+            done(resp)
+        except Exception:
+            log.exception("sending a forwarded answer failed")
+
+    def _abandon(self, m: Miss) -> None:
+        """The coroutine waiting on ``m`` was cancelled: the shared exchange goes on for the
+        others (as asyncio.shield did) and answers nobody for this one."""
+        if m.done is not None:
+            m.done = None
+            self.latency.observe(time.perf_counter() - m.started)
+            fetch = m.fetch
+            if fetch is not None and not fetch.ended:
+                fetch.waiters.remove(m)
 
     def _stale(self, data: bytes, q: Query, name: bytes, key: bytes, client: str, limit: int) -> bytes | None:
         """Serve-stale (RFC 8767): the expired answer for ``key`` when no upstream answered,
@@ -414,26 +557,6 @@ class Pipeline:
                 return blocked or None  # b"": dropped
         self._counts[_STALE] += 1
         return entry.render_stale(data, q, self.udp_size, limit, self.cache.settings.stale_ttl)
-
-    def _fetch_done(self, key: bytes, deadline: asyncio.TimerHandle) -> Callable[[asyncio.Future[CacheEntry]], None]:
-        def done(fetch: asyncio.Future[CacheEntry]) -> None:
-            deadline.cancel()
-            self.inflight.pop(key, None)
-            # The fetch's own deadline starts a moment after its first waiter's, so it can fail
-            # after every waiter has given up (shielded, so nobody awaits it then): consume the
-            # exception here, or asyncio logs "Task exception was never retrieved" per query.
-            if not fetch.cancelled():
-                fetch.exception()
-
-        return done
-
-    async def _fetch(self, key: bytes, name: bytes, qtype: int, qclass: int, do: bool, cd: bool) -> CacheEntry:
-        raw = await self.upstream.resolve(name, qtype, qclass, do, cd)
-        parsed = parse_answer(raw)
-        entry, cacheable = self.cache.entry_for(parsed, self.cache.now())
-        if cacheable:
-            self.cache.put(key, entry)
-        return entry
 
     def _failed(self, data: bytes, q: Query) -> bytes:
         """Our own bug: SERVFAIL and one log line with context, never a dead server."""

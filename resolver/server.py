@@ -360,7 +360,8 @@ class DnsServer:
         conns = list(self.tcp.connections)
         for conn in conns:
             conn.drain()
-        pending = [t for listener in self.udp for t in listener.tasks] + [t for c in conns for t in c.tasks]
+        pending: list[asyncio.Future[Any]] = [listener.drained() for listener in self.udp if listener.waiting]
+        pending += [t for c in conns for t in c.tasks]
         if pending:
             await asyncio.wait(pending, timeout=drain)
         for conn in list(self.tcp.connections):

@@ -6,8 +6,9 @@ Owns one UDP socket per listen address and how its datagrams are read and writte
   when it is readable, up to ``udp_batch`` datagrams are read with one ``recvmmsg``, each is
   answered synchronously through the same ``Pipeline.answer`` call as ever (blocked, cached,
   refused, errors), and all those answers leave with one ``sendmmsg``. A cache miss returns a
-  coroutine: it runs as a task on the event loop and its answer is sent with ``sendto`` when
-  ready. The asyncio loop stays in charge of everything else (upstreams, TCP, timers).
+  pending answer (``then``): the pipeline calls back from the upstream's reply callback and the
+  answer leaves with ``sendto`` there, with no task per miss. The asyncio loop stays in charge
+  of everything else (upstreams, TCP, timers).
 - **One datagram per call** (``udp_batch`` = 0, or no ``recvmmsg`` on this platform): an
   asyncio datagram endpoint, answering inside ``datagram_received`` as before.
 
@@ -29,14 +30,24 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import structlog
 
 log = structlog.get_logger("betblock.udp")
 
-Answer = bytes | None | Coroutine[Any, Any, bytes | None]
-AnswerFn = Callable[[bytes, str, bool], Answer]
+
+
+class Pending(Protocol):
+    """A cache miss: ``then(done)`` calls ``done(answer or None)`` once, later."""
+
+    def then(self, done: Callable[[bytes | None], None]) -> None: ...
+
+
+Answer = bytes | None | Coroutine[Any, Any, bytes | None] | Pending
+# answer(data, client, udp, then): with then=True a miss comes back as a Pending
+AnswerFn = Callable[[bytes, str, bool, bool], Answer]
 
 MSG_DONTWAIT = 0x40
 RECV_SLOT = 65536  # a datagram never exceeds this, so nothing arrives truncated
@@ -99,9 +110,26 @@ def _bytes_of(arr: ctypes.Array[Any]) -> memoryview:
 
 
 class Listener:
-    """What DnsServer keeps per UDP socket: the tasks of answers still waiting, and close()."""
+    """What DnsServer keeps per UDP socket: the answers still waiting, and close()."""
 
-    tasks: set[asyncio.Task[None]]
+    waiting = 0  # misses not answered yet
+    _idle: asyncio.Future[None] | None = None
+
+    def drained(self) -> asyncio.Future[None]:
+        """Done when no miss is waiting (shutdown waits on it)."""
+        idle = asyncio.get_running_loop().create_future()
+        if self.waiting:
+            self._idle = idle
+        else:
+            idle.set_result(None)
+        return idle
+
+    def _answered(self) -> None:
+        self.waiting -= 1
+        if not self.waiting and self._idle is not None:
+            if not self._idle.done():
+                self._idle.set_result(None)
+            self._idle = None
 
     def close(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -113,22 +141,20 @@ class DatagramListener(asyncio.DatagramProtocol, Listener):
     def __init__(self, answer: AnswerFn) -> None:
         self.answer = answer
         self.transport: asyncio.DatagramTransport | None = None
-        self.tasks = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        res = self.answer(data, addr[0], True)
+        res = self.answer(data, addr[0], True, True)
         if res.__class__ is bytes:
             self.transport.sendto(res, addr)  # type: ignore[union-attr]
         elif res is not None:
-            task = asyncio.ensure_future(self._later(res, addr))  # type: ignore[arg-type]
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.waiting += 1
+            res.then(partial(self._later, addr))  # type: ignore[union-attr]
 
-    async def _later(self, pending: Coroutine[Any, Any, bytes | None], addr: tuple[str, int]) -> None:
-        resp = await pending
+    def _later(self, addr: tuple[str, int], resp: bytes | None) -> None:
+        self._answered()
         if resp is not None and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(resp, addr)
 
@@ -150,7 +176,6 @@ class BatchedListener(Listener):
         self.fd = sock.fileno()
         self.answer = answer
         self.batch = batch
-        self.tasks = set()
         self.v6 = sock.family == socket.AF_INET6
         self.send_failures = 0  # answers the kernel would not take (send buffer full, ...)
         self.batches = 0  # recvmmsg calls that returned datagrams
@@ -245,7 +270,7 @@ class BatchedListener(Listener):
             if client is None:
                 client = self._client_text(key)
             try:
-                res = answer(data, client, True)
+                res = answer(data, client, True, True)
             except Exception:  # the pipeline answers its own failures; this is a last resort
                 log.exception("answer failed", size=len(data))
                 continue
@@ -260,9 +285,11 @@ class BatchedListener(Listener):
                 send_names[k * self._name_step] = name_at[i]  # msg_name: the client's address, as received
                 k += 1
             elif res is not None:
-                task = self._loop.create_task(self._later(res, self._sockaddr(i * NAME_SLOT)))  # type: ignore[arg-type,union-attr]
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                self.waiting += 1
+                na = i * NAME_SLOT
+                # IPv4: the client's text is at hand, so only the port is read (no inet_ntop)
+                addr = self._sockaddr(na) if v6 else (client, names[na + 2] << 8 | names[na + 3])
+                res.then(partial(self._later, addr))  # type: ignore[union-attr]
         if k:
             self._flush(k)
 
@@ -308,8 +335,9 @@ class BatchedListener(Listener):
         except OSError:
             self.send_failures += 1
 
-    async def _later(self, pending: Coroutine[Any, Any, bytes | None], addr: tuple[Any, ...]) -> None:
-        resp = await pending
+    def _later(self, addr: tuple[Any, ...], resp: bytes | None) -> None:
+        """A miss's answer, sent from the upstream's reply callback."""
+        self._answered()
         if resp is not None and self._loop is not None:
             self._send_one(resp, addr)
 

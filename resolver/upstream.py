@@ -7,6 +7,11 @@ is ignored rather than accepted (cache-poisoning defence), TCP retry when
 the reply is truncated, and failover to the next server on timeout, network error, SERVFAIL,
 REFUSED, FORMERR or NOTIMP. One deadline, set by the caller, bounds the whole exchange.
 
+A question's attempts are an ``Exchange`` driven by callbacks: the reply is matched inside the
+pool socket's reader callback and handed straight to the caller's ``done``, with no task and
+no loop iteration in between (only TCP after truncation runs as a task). ``resolve`` wraps it
+in a coroutine for callers that await.
+
 Must not import the cache, the policy or the server.
 """
 
@@ -16,9 +21,12 @@ import asyncio
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+from functools import partial
 
 from config.errors import BetblockError
+from resolver.timers import FixedDelay
 from resolver.wire import (
     FORMERR,
     HEADER,
@@ -84,11 +92,6 @@ _random = _Entropy()
 os.register_at_fork(after_in_child=lambda: setattr(_random, "pos", len(_random.buf)))
 
 
-def _expire(reply: asyncio.Future[bytes]) -> None:
-    if not reply.done():
-        reply.set_exception(TimeoutError())
-
-
 class _Port:
     """One pre-opened UDP socket, connected to one upstream server, and its queries in flight."""
 
@@ -96,7 +99,7 @@ class _Port:
 
     def __init__(self, sock: socket.socket, limit: int) -> None:
         self.sock = sock
-        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}  # ID -> (reply, question)
+        self.pending: dict[int, Exchange] = {}  # ID -> the exchange waiting for that reply
         self.uses = 0
         self.limit = limit
         self.retired = False
@@ -119,8 +122,11 @@ class PortPool:
         self.retired: set[_Port] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.opened = 0  # sockets opened over the pool's life (rotation shows here)
+        self.closed = False
 
     def take(self) -> _Port:
+        if self.closed:
+            raise ConnectionError("upstream client closed")
         order = self.order
         if len(order) < self.size:
             # The pool fills one socket per query (the first misses each open one), so no
@@ -178,22 +184,23 @@ class PortPool:
         except OSError as exc:
             # ICMP port or host unreachable, reported on the connected socket: every query on
             # it went to this server, so fail them over at once.
-            for reply, _ in port.pending.values():
-                if not reply.done():
-                    reply.set_exception(exc)
+            for exchange in list(port.pending.values()):
+                exchange.failed(exc)
             return
         qid = (data[0] << 8 | data[1]) if len(data) >= 2 else -1
-        entry = port.pending.get(qid)
-        if entry is None or entry[0].done() or not _matches(data, qid, entry[1]):
+        exchange = port.pending.get(qid)
+        if exchange is None or not _matches(data, qid, exchange.question):
             self.client.ignored_replies += 1  # a stray or spoofed reply: keep waiting
             return
-        entry[0].set_result(data)
+        exchange.answered(data)
 
     def close(self) -> None:
-        for port in self.order + list(self.retired):
-            for reply, _ in port.pending.values():
-                if not reply.done():
-                    reply.set_exception(ConnectionError("upstream client closed"))
+        self.closed = True  # the exchanges failed below find no port to fail over to
+        ports = self.order + list(self.retired)
+        for port in ports:
+            for exchange in list(port.pending.values()):
+                exchange.failed(ConnectionError("upstream client closed"))
+        for port in ports:
             self._close(port)
         self.order.clear()
         self.retired.clear()
@@ -219,62 +226,42 @@ class UpstreamClient:
         self.ignored_replies = 0
         self.pools = {server: PortPool(server, ports, port_reuse, self) for server in self.servers}
 
+    @property
+    def attempt_timeout(self) -> float:
+        return self.timeouts.delay
+
+    @attempt_timeout.setter
+    def attempt_timeout(self, seconds: float) -> None:
+        self.timeouts = FixedDelay(seconds)  # a new queue per delay keeps each in expiry order
+
     def close(self) -> None:
         """Close every pre-opened socket; queries still waiting fail over to nothing."""
         for pool in self.pools.values():
             pool.close()
 
+    def exchange(
+        self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool, done: Callable[[bytes | None, Exception | None], None]
+    ) -> Exchange:
+        """Start asking; ``done(reply, None)`` with the first usable reply or ``done(None,
+        UpstreamError)``, called once (possibly before this returns) unless the exchange is
+        cancelled first. The caller's deadline calls ``cancel``."""
+        ex = Exchange(self, name, qtype, qclass, do, cd, done)
+        ex.next()
+        return ex
+
     async def resolve(self, name: bytes, qtype: int, qclass: int, do: bool, cd: bool = False) -> bytes:
-        """The first usable reply; raises UpstreamError. The caller's deadline cancels it."""
-        question = name + struct.pack(">HH", qtype, qclass)
-        errors: list[str] = []
-        # Cycle through the servers until the caller's deadline cancels us.
-        for attempt in range(len(self.servers) * 3):
-            server = self.servers[attempt % len(self.servers)]
-            key = f"{server[0]}:{server[1]}"
-            try:
-                reply = await self._udp(server, name, qtype, qclass, do, question, cd)
-                if HEADER.unpack_from(reply)[1] & TC:
-                    reply = await self._tcp(server, name, qtype, qclass, do, question, cd)
-            except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
-                self.failures[key] += 1
-                errors.append(f"{key}: {type(exc).__name__}")
-                continue
-            rcode = HEADER.unpack_from(reply)[1] & 0xF
-            if rcode in _RETRY_RCODES:
-                self.failures[key] += 1
-                errors.append(f"{key}: rcode {rcode}")
-                continue
-            return reply
-        raise UpstreamError("; ".join(errors[-len(self.servers) :]) or "no attempt made")
-
-    async def _udp(
-        self, server: tuple[str, int], name: bytes, qtype: int, qclass: int, do: bool, question: bytes, cd: bool = False
-    ) -> bytes:
-        pool = self.pools[server]
-        port = pool.take()
-        pending = port.pending
-        qid = _random.u16()
-        while qid in pending:  # two queries in flight on one port never share an ID
-            qid = _random.u16()
-        loop = pool.loop
-        assert loop is not None
-        reply: asyncio.Future[bytes] = loop.create_future()
-        pending[qid] = (reply, question)
-        # A timer on the future rather than asyncio.timeout: a third of the cost, same effect
-        # (TimeoutError fails this attempt over; the caller's deadline still cancels us).
-        timer = loop.call_later(self.attempt_timeout, _expire, reply)
+        """The first usable reply; raises UpstreamError. Cancelling the caller cancels it."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        ex = self.exchange(name, qtype, qclass, do, cd, partial(_settle, future))
         try:
-            port.sock.send(build_query(qid, name, qtype, qclass, do, self.udp_size, cd))
-            return await reply
+            return await future
         finally:
-            timer.cancel()
-            del pending[qid]
-            pool.release(port)
+            ex.cancel()
 
-    async def _tcp(
+    async def tcp(
         self, server: tuple[str, int], name: bytes, qtype: int, qclass: int, do: bool, question: bytes, cd: bool = False
     ) -> bytes:
+        """One attempt over TCP (after a truncated UDP reply)."""
         qid = _random.u16()
         query = build_query(qid, name, qtype, qclass, do, 65535, cd)
         reader, writer = await asyncio.open_connection(server[0], server[1])
@@ -290,3 +277,167 @@ class UpstreamClient:
                     self.ignored_replies += 1
         finally:
             writer.close()
+
+
+def _settle(future: asyncio.Future[bytes], reply: bytes | None, exc: Exception | None) -> None:
+    if not future.done():
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(reply)  # type: ignore[arg-type]
+
+
+_FAILOVER = (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError)
+
+
+class Exchange:
+    """One question's attempts: the servers in order, up to three rounds, each attempt a UDP
+    query on a pool port (TCP when the reply is truncated), until one answers usefully.
+
+    Driven by callbacks: the pool's reader calls ``answered`` or ``failed``, the attempt's
+    timer calls ``timed_out``; each ends the attempt (its ID, timer and port released) and
+    either finishes or starts the next attempt."""
+
+    __slots__ = ("client", "name", "qtype", "qclass", "do", "cd", "question", "done", "attempt", "errors", "server", "port", "pool", "qid", "timer", "tcp")
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        name: bytes,
+        qtype: int,
+        qclass: int,
+        do: bool,
+        cd: bool,
+        done: Callable[[bytes | None, Exception | None], None] | None,
+    ) -> None:
+        self.client = client
+        self.name, self.qtype, self.qclass, self.do, self.cd = name, qtype, qclass, do, cd
+        self.question = name + struct.pack(">HH", qtype, qclass)
+        self.done = done  # None once finished or cancelled
+        self.attempt = 0
+        self.errors: list[str] = []
+        self.server: tuple[str, int] | None = None
+        self.port: _Port | None = None
+        self.pool: PortPool | None = None
+        self.qid = 0
+        self.timer: list[Any] | None = None  # this attempt's timeout (FixedDelay entry)
+        self.tcp: asyncio.Task[bytes] | None = None
+
+    def next(self) -> None:
+        """Start the next attempt, or give up after three rounds of the servers."""
+        client = self.client
+        servers = client.servers
+        while self.done is not None:
+            if self.attempt >= len(servers) * 3:
+                self._finish(None, UpstreamError("; ".join(self.errors[-len(servers) :]) or "no attempt made"))
+                return
+            server = servers[self.attempt % len(servers)]
+            self.attempt += 1
+            self.server = server
+            try:
+                self._send(client.pools[server])
+                return
+            except _FAILOVER as exc:
+                self._release()
+                self._failure(type(exc).__name__)
+            except Exception as exc:  # our own bug: the caller answers it, nothing hangs
+                self._release()
+                self._finish(None, exc)
+                return
+
+    def _send(self, pool: PortPool) -> None:
+        port = pool.take()
+        self.pool, self.port = pool, port
+        pending = port.pending
+        qid = _random.u16()
+        while qid in pending:  # two queries in flight on one port never share an ID
+            qid = _random.u16()
+        self.qid = qid
+        pending[qid] = self
+        loop = pool.loop
+        assert loop is not None
+        # One shared timer for all attempts (FixedDelay), not a loop timer each: the timeout
+        # fails this attempt over; the caller's deadline still cancels the whole exchange.
+        self.timer = self.client.timeouts.add(loop, Exchange.timed_out, self)
+        port.sock.send(build_query(qid, self.name, self.qtype, self.qclass, self.do, self.client.udp_size, self.cd))
+
+    def _release(self) -> None:
+        """End the UDP attempt: its timer, its ID and its port."""
+        if self.timer is not None:
+            self.timer[1] = None  # FixedDelay.cancel
+            self.timer = None
+        port = self.port
+        if port is not None:
+            self.port = None
+            if port.pending.get(self.qid) is self:
+                del port.pending[self.qid]
+            self.pool.release(port)  # type: ignore[union-attr]
+
+    def _failure(self, why: str) -> None:
+        key = f"{self.server[0]}:{self.server[1]}"  # type: ignore[index]
+        self.client.failures[key] += 1
+        self.errors.append(f"{key}: {why}")
+
+    def answered(self, reply: bytes) -> None:
+        """A matching UDP reply (checked by the pool)."""
+        self._release()
+        if HEADER.unpack_from(reply)[1] & TC:
+            server = self.pool.server  # type: ignore[union-attr]
+            self.tcp = asyncio.ensure_future(self.client.tcp(server, self.name, self.qtype, self.qclass, self.do, self.question, self.cd))
+            self.tcp.add_done_callback(self._tcp_done)
+            return
+        self._checked(reply)
+
+    def _tcp_done(self, task: asyncio.Task[bytes]) -> None:
+        self.tcp = None
+        if task.cancelled():
+            if self.done is not None:  # not by us: fail over as on a network error
+                self._failure("CancelledError")
+                self.next()
+            return
+        exc = task.exception()
+        if exc is not None:
+            if self.done is None:
+                return
+            if not isinstance(exc, _FAILOVER):
+                self._finish(None, exc)  # type: ignore[arg-type]
+                return
+            self._failure(type(exc).__name__)
+            self.next()
+            return
+        if self.done is not None:
+            self._checked(task.result())
+
+    def _checked(self, reply: bytes) -> None:
+        rcode = HEADER.unpack_from(reply)[1] & 0xF
+        if rcode in _RETRY_RCODES:
+            self._failure(f"rcode {rcode}")
+            self.next()
+            return
+        self._finish(reply, None)
+
+    def failed(self, exc: Exception) -> None:
+        """A network error on the attempt's port (ICMP unreachable) or the pool closing."""
+        self._release()
+        self._failure(type(exc).__name__)
+        self.next()
+
+    def timed_out(self) -> None:
+        self.timer = None
+        self._release()
+        self._failure("TimeoutError")
+        self.next()
+
+    def _finish(self, reply: bytes | None, exc: Exception | None) -> None:
+        done = self.done
+        self.done = None
+        if done is not None:
+            done(reply, exc)
+
+    def cancel(self) -> None:
+        """The caller gave up (its deadline): stop, and never call ``done``."""
+        self.done = None
+        self._release()
+        if self.tcp is not None:
+            self.tcp.cancel()
+            self.tcp = None

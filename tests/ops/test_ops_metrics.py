@@ -42,9 +42,10 @@ async def test_forward_latency_histogram_times_cache_misses_only(node: NodeFacto
     bucket = lambda le: m[("betblock_forward_latency_seconds_bucket", (("le", le),))]  # noqa: E731
     assert m[("betblock_forward_latency_seconds_count", ())] == 2
     assert bucket("+Inf") == 2
-    assert bucket("0.25") == 1  # the fast one only
-    assert bucket("0.5") == 2
-    assert 0.3 <= m[("betblock_forward_latency_seconds_sum", ())] < 2.0
+    # Only lower bounds, which load cannot break: the 0.3 s miss never falls under 0.25 s
+    # (the fast one may, on an idle machine), and the sum holds at least that 0.3 s.
+    assert bucket("0.25") <= 1
+    assert m[("betblock_forward_latency_seconds_sum", ())] >= 0.3
     bounds = sorted((float(k[1][0][1]), v) for k, v in m.items() if k[0] == "betblock_forward_latency_seconds_bucket")
     assert [v for _b, v in bounds] == sorted(v for _b, v in bounds)  # cumulative
 

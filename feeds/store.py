@@ -548,6 +548,26 @@ class FeedStore:
             out.append(item)
         return out
 
+    def pending_named(self, names: Iterable[str]) -> list[dict[str, Any]]:
+        """Entries for exactly these names in versions waiting in quarantine (one list per
+        waiting source, so a lookup reads a handful of lists at most)."""
+        wanted = list(names)
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT v.agency, v.version, v.source, v.reason, v.received_at, p.list FROM versions v "
+                "JOIN pending p ON p.agency = v.agency AND p.version = v.version "
+                "WHERE v.status = 'quarantined' AND p.list IS NOT NULL ORDER BY v.received_at"
+            ).fetchall()
+        out: list[dict[str, Any]] = []
+        for agency, version, source, reason, received_at, blob in rows:
+            pending = SourceList.loads(blob)
+            for name in wanted:
+                for e in pending.get(name):
+                    out.append({"agency": agency, "source": source, "version": version, "listed": name,
+                                "wildcard": e.wildcard, "exception": e.allow, "reason": reason,
+                                "received": iso(received_at)})
+        return out
+
     def compliance_entries(self, agency: str) -> list[dict[str, Any]]:
         """Every listing row of an agency (exceptions left out), oldest first, with the receipt
         time of the version that added it and of the one that dropped it."""

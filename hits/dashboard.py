@@ -28,6 +28,7 @@ from hits.page import esc, render
 from hits.store import DAY_MS, HitStore
 from hits.svg import stacked_bars
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SAMPLE = 20  # names shown per kind of change in a diff
 TOP = 10
 
@@ -208,15 +209,17 @@ def add_routes(
     usable: Callable[[], str | None],
     privacy: str = "full",
     clock: Callable[[], float] = time.time,
+    public: Callable[[Handler], Handler] = lambda h: h,
 ) -> None:
     """The dashboard and the review; ``allowed`` says whether a request is the admin's,
-    ``session_id`` the session a CSRF token is bound to."""
+    ``session_id`` the session a CSRF token is bound to; ``public`` marks the pages that send
+    a visitor without a session to the login form rather than answer 401."""
     key = secrets.token_bytes(32)
 
     def csrf_for(request: web.Request) -> str:
         return hmac.new(key, (session_id(request) or "").encode(), hashlib.sha256).hexdigest()
 
-    def gate(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def gate(handler: Handler) -> Handler:
         async def run(request: web.Request) -> web.StreamResponse:
             if not allowed(request):
                 raise web.HTTPSeeOther("/")  # the login form
@@ -280,6 +283,6 @@ def add_routes(
             raise web.HTTPSeeOther("/quarantine?" + urlencode({"error": str(exc)})) from None
         raise web.HTTPSeeOther("/quarantine?" + urlencode({"done": said}))
 
-    app.router.add_get("/dashboard", gate(dashboard))
-    app.router.add_get("/quarantine", gate(review))
+    app.router.add_get("/dashboard", public(gate(dashboard)))
+    app.router.add_get("/quarantine", public(gate(review)))
     app.router.add_post("/quarantine/{agency}/{version}", gate(decide))

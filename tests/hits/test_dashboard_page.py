@@ -127,7 +127,8 @@ async def test_dashboard_and_quarantine_review_in_chromium(node: NodeFactory, tm
             keep(shot)
 
             # A form posted without the session's token is refused.
-            forged = await page.request.post(f"{url}quarantine/pl-mf/{held.version}", form={"decision": "approve", "reason": "x"})
+            forged = await page.request.post(f"{url}quarantine/pl-mf/{held.version}", form={"decision": "approve", "reason": "x"},
+                                           headers={"Origin": url.rstrip("/")})
             assert forged.status == 403
             assert app.feeds.status("pl-mf")["agencies"][0]["quarantined"] != []
 

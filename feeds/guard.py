@@ -132,8 +132,8 @@ def quarantine_reason(agency: AgencySettings, change: Change) -> str | None:
         # Counts first: on a short list the share alone reads as nonsense ("3433 %").
         share = f"{change.churn:.1%} of the list" if change.churn <= 1 else f"{change.churn:.0f}x the list's size"
         return (
-            f"update touches {change.touched} entries (+{change.added} -{change.removed} ~{change.changed} "
-            f"of {change.before}; {share}): over the churn floor of {agency.churn_floor} entries "
+            f"update changes {share} (touches {change.touched} entries: +{change.added} -{change.removed} "
+            f"~{change.changed} of {change.before}), over the churn floor of {agency.churn_floor} entries "
             f"and over the churn limit {agency.churn_limit:.1%}"
         )
     return None

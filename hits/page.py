@@ -1,7 +1,7 @@
 """The admin page: server-rendered HTML at / for the hit log, feed status and name lookup.
 
 Owns the page's routes (/, /login, /logout, /static/hits/*) and its HTML. Works without
-JavaScript; ``static/admin.js`` only makes names clickable. Times are UTC, as the filters take them.
+JavaScript; ``static/admin.js`` only shows times in local time and makes names clickable.
 Login: the admin token typed into a form sets a session cookie (see ``hits.api.AdminAuth``).
 Every value shown is escaped. Must not import the resolver.
 """

@@ -11,12 +11,29 @@ Store reads run in a thread. Part of the composition root: may import feeds and 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 from feeds.manager import Conflict, FeedManager, NotFound, Refused, StoreUnavailable
 from feeds.store import iso
 
 SAMPLE = 20
+
+
+def next_poll(rt: Any) -> float | None:
+    """When a polled source is asked next: its last attempt plus its interval, or the shorter
+    retry delay while it fails (the scheduler's rule). Push and file sources are not polled."""
+    if rt.settings.kind not in ("url", "xfr") or rt.last_attempt is None:
+        return None
+    interval = rt.follower.interval() if rt.follower is not None else rt.settings.interval
+    if rt.failures:
+        interval = min(interval, 30.0 * 2 ** min(rt.failures - 1, 10))
+    return float(rt.last_attempt + interval)
+
+
+def takes_reason(decide: Any) -> bool:
+    """Whether the manager's approve/reject records ``reason`` in its own audit row."""
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD or p.name == "reason" for p in inspect.signature(decide).parameters.values())
 
 
 class ManagerView:
@@ -48,7 +65,7 @@ class ManagerView:
             else:
                 state, detail = "ok", ""
             successes = [rt.last_success for rt in runtimes]
-            polls = [rt.next_poll for rt in runtimes if rt.next_poll is not None]
+            polls = [t for t in (next_poll(rt) for rt in runtimes) if t is not None]
             rows.append({
                 "id": a.id,
                 "name": a.display_name,
@@ -58,7 +75,8 @@ class ManagerView:
                 # The oldest good fetch of its sources: the one a deadline runs out on first.
                 "last_success": None if not successes or None in successes else iso(min(s for s in successes if s is not None)),
                 "next_poll": iso(min(polls)) if polls else None,
-                "next_poll_note": "on push" if runtimes and all(rt.settings.kind == "push" for rt in runtimes) else "",
+                "next_poll_note": "on push" if all(rt.settings.kind == "push" for rt in runtimes)
+                else "file watched" if all(rt.settings.kind in ("push", "file") for rt in runtimes) else "",
                 "mode": getattr(a, "mode", "enforce"),
             })
         return rows
@@ -101,14 +119,19 @@ class ManagerView:
         return await asyncio.to_thread(read)
 
     async def decide(self, agency: str, version: int, approve: bool, actor: str, reason: str) -> str:
+        act = self.m.approve if approve else self.m.reject
+        why = {"reason": reason} if takes_reason(act) else {}
         try:
-            if approve:
-                r = await self.m.approve(agency, version, actor=actor, reason=reason)
-                return f"{agency} v{version} approved and applied: {r.entries} entries (+{r.added} -{r.removed} ~{r.changed})"
-            await self.m.reject(agency, version, actor=actor, reason=reason)
-            return f"{agency} v{version} rejected; the list in force stays"
+            r = await act(agency, version, actor=actor, **why)
         except (Conflict, NotFound, Refused, StoreUnavailable) as exc:
             raise ValueError(f"{agency} v{version}: {exc}") from None
+        if not why and self.m.store is not None:
+            # A manager whose decisions take no reason: the reason gets an audit row of its own.
+            store = self.m.store
+            await asyncio.to_thread(store.audit, actor, "decision reason", agency, version, reason=reason)
+        if approve:
+            return f"{agency} v{version} approved and applied: {r.entries} entries (+{r.added} -{r.removed} ~{r.changed})"
+        return f"{agency} v{version} rejected; the list in force stays"
 
     async def audit(self, limit: int = 30) -> list[dict[str, Any]]:
         store = self.m.store

@@ -156,7 +156,6 @@ class SourceRuntime:
     stat: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of a watched file
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     follower: ZoneFollower | None = None  # kind xfr: the followed zone
-    next_poll: float | None = None  # when the poll or watch loop looks next (the dashboard shows it)
 
     def set_list(self, new: SourceList) -> None:
         self.current = new
@@ -187,7 +186,6 @@ class SourceRuntime:
             "last_error": self.last_error,
             "failures": self.failures,
             "overdue": overdue,
-            "next_poll": iso(self.next_poll),
         }
         if s.kind == "url":
             out["url"] = s.url
@@ -580,7 +578,6 @@ class FeedManager:
             if rt.failures:
                 # Retry a failing source sooner than its interval: legal deadlines run.
                 interval = min(interval, 30.0 * 2 ** min(rt.failures - 1, 10))
-            rt.next_poll = self.clock() + interval
             try:
                 async with asyncio.timeout(interval):
                     await rt.wake.wait()
@@ -591,7 +588,6 @@ class FeedManager:
     async def _watch(self, rt: SourceRuntime) -> None:
         assert rt.path is not None
         while True:
-            rt.next_poll = self.clock() + rt.settings.interval
             try:
                 async with asyncio.timeout(rt.settings.interval):
                     await rt.wake.wait()
@@ -840,8 +836,8 @@ class FeedManager:
             raise Conflict(f"version {version} is {row['status']}, not quarantined")
         return row
 
-    async def approve(self, agency: str, version: int, *, actor: str, **why: str) -> UpdateResult:
-        """Apply a quarantined version; ``why`` (reason, operator) goes into the audit row."""
+    async def approve(self, agency: str, version: int, *, actor: str) -> UpdateResult:
+        """Apply a quarantined version."""
         store = await self._writable()
         async with self._lock:
             row = await self._quarantined(agency, version)
@@ -856,7 +852,7 @@ class FeedManager:
                 received_at=now, actor=actor, entries=len(new), rejects=row["rejects"],
             )
             audit = self._audit_row(actor, "quarantine approved", agency, source=rt.key,
-                                    added=d.n_added, removed=d.n_removed, changed=d.changed, **why)
+                                    added=d.n_added, removed=d.n_removed, changed=d.changed)
             await self._store_call(lambda: store.apply(info, d, [], version=version, approved=True, audit=audit))
             rt.set_list(new)
             rt.version, rt.sha256, rt.last_change = version, row["sha256"], now
@@ -866,13 +862,13 @@ class FeedManager:
         log.info("quarantined update approved", agency=agency, version=version, actor=actor)
         return UpdateResult("applied", agency, rt.key, version, len(new), d.n_added, d.n_removed, d.changed)
 
-    async def reject(self, agency: str, version: int, *, actor: str, **why: str) -> dict[str, Any]:
-        """Refuse a quarantined version for good; the source keeps its list; ``why`` as for approve."""
+    async def reject(self, agency: str, version: int, *, actor: str) -> dict[str, Any]:
+        """Refuse a quarantined version for good; the source keeps its list."""
         store = await self._writable()
         async with self._lock:
             row = await self._quarantined(agency, version)
             rt = self.runtime(agency, row["source"])
-            audit = self._audit_row(actor, "quarantine rejected", agency, version, source=rt.key, **why)
+            audit = self._audit_row(actor, "quarantine rejected", agency, version, source=rt.key)
             await self._store_call(store.decide, agency, version, "rejected", actor, self.clock(), audit)
             rt.pending_version = rt.pending_sha = rt.pending_reason = None
             rt.rejected_sha = row["sha256"]

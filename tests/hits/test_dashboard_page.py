@@ -20,7 +20,7 @@ from tests.conftest import NodeFactory, port_of
 from tests.dnsutil import query, udp
 
 CHROMIUM = "/usr/bin/chromium"
-TOKEN = "dash-t0ken"
+TOKEN = "dash-admin-t0ken-1234"
 PUSH = "pl-push-t0ken"
 ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -223,7 +223,7 @@ def mount(
         )
         # The dashboard and the quarantine review (``feeds_view``: a hits.dashboard.FeedsView).
         dashboard.add_routes(
-            app, allowed=auth.allowed, session_id=lambda r: r.cookies.get(COOKIE), store=store,
+            app, **dashboard.auth_hooks(auth), store=store,
             feeds=feeds_view, usable=unusable, privacy=privacy, clock=clock,
         )
 

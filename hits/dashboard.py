@@ -199,6 +199,21 @@ def audit_section(rows: list[dict[str, Any]]) -> str:
     return f'<section id="audit"><h2>Audit <span class="muted">(newest first)</span></h2>{_table("audit-table", ["when", "who", "what", "agency", "version", "why"], body, "nothing recorded yet")}</section>'
 
 
+def auth_hooks(auth: Any) -> dict[str, Any]:
+    """``allowed``, ``session_id`` and ``public`` for ``add_routes`` from the admin login object.
+    Works with both shapes of the auth layer: the one that resolves every request to a
+    principal (config.auth.principal; routes declare their roles) and the older AdminAuth."""
+    import config.auth as ca
+
+    if hasattr(ca, "principal"):
+        return {
+            "allowed": lambda r: ca.principal(r).is_admin,
+            "session_id": lambda r: r.cookies.get(auth.cookie),
+            "public": ca.accepts(ca.PUBLIC),
+        }
+    return {"allowed": auth.allowed, "session_id": lambda r: r.cookies.get("betblock_admin")}
+
+
 def add_routes(
     app: web.Application,
     *,

@@ -21,6 +21,7 @@ from betblock import access, compliance
 from betblock.authlimit import FailureLimiter
 from betblock.http import HttpMount, HttpServer, build_app, connection_limit, http_metrics, raise_nofile_limit
 from betblock.metrics import ExtraMetrics, mount_metrics
+from betblock.review import ManagerView
 from betblock.warning import Provenance, WarningPage
 from config.settings import ConfigError, Settings, load_settings
 from feeds import api as feeds_api
@@ -114,6 +115,8 @@ class App:
                 recorder_stats=self.recorder.stats,
                 retention_days=settings.hits.retention_days,
                 health=self.hitlog.health,
+                feeds_view=ManagerView(self.feeds),
+                privacy=settings.hits.privacy,
             )
         )
         self.http_mounts.append(
@@ -178,7 +181,6 @@ class App:
     def feed_status(self) -> list[dict[str, object]]:
         """Per agency: configuration, entries in force, last fetch, failures, quarantine."""
         status = self.feeds.status()
-        policy = status["policy"]
         rows: list[dict[str, object]] = []
         for a in status["agencies"]:
             sources = a["sources"]
@@ -197,7 +199,6 @@ class App:
                     else min((s["last_success"] for s in sources), default=""),
                     "failing": ", ".join(a["failing"]),
                     "quarantined": ", ".join(f"v{q['version']}" for q in a["quarantined"]),
-                    "policy version": policy["version"],
                 }
             )
         return rows

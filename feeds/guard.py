@@ -4,9 +4,10 @@ Owns two decisions. Per entry: a name equal to, below or above a protected name 
 (blocking ``google.com`` blocks ``drive.google.com``; blocking ``drive.usercontent.google.com``
 is what Piracy Shield did), and so is a public suffix (the normaliser refuses those; the check
 here is the last line for entries that reach us by other paths). Per update: a source whose new
-list is empty, shorter than its agency's ``min_entries`` or changed by more than its
-``churn_limit`` is quarantined for an admin instead of applied (the Danish 2012 whitelist
-upload, a TLD-wide seizure).
+list is empty, shorter than its agency's ``min_entries`` or changed by more than both its
+``churn_floor`` (entries, so short lists can change) and its ``churn_limit`` (share) is
+quarantined for an admin instead of applied (the Danish 2012 whitelist upload, a TLD-wide
+seizure).
 
 Must not import aiohttp, SQL or resolver code.
 """
@@ -128,8 +129,11 @@ def quarantine_reason(agency: AgencySettings, change: Change) -> str | None:
     if change.touched <= agency.churn_floor:
         return None
     if change.churn > agency.churn_limit:
+        # Counts first: on a short list the share alone reads as nonsense ("3433 %").
+        share = f"{change.churn:.1%} of the list" if change.churn <= 1 else f"{change.churn:.0f}x the list's size"
         return (
-            f"update changes {change.churn:.1%} of the list (+{change.added} -{change.removed} "
-            f"~{change.changed} of {change.before}), over the churn limit {agency.churn_limit:.1%}"
+            f"update changes {share} (touches {change.touched} entries: +{change.added} -{change.removed} "
+            f"~{change.changed} of {change.before}), over the churn floor of {agency.churn_floor} entries "
+            f"and over the churn limit {agency.churn_limit:.1%}"
         )
     return None

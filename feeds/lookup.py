@@ -5,7 +5,8 @@ when, under which legal reference, from which source and version, with its match
 of them decides by the compile's rules (per agency its closest listed name, which must cover
 the name itself or the names below it; then the most specific, then the highest precedence),
 which agencies a closer entry shields, which exception or allowlist entry overrides them, and,
-when a snapshot is at hand, the rule the resolver applies now and the table name that decides. Reads the store and the configuration only; works with the server stopped.
+when a snapshot is at hand, the rule the resolver applies now and the table name that decides;
+and entries of updates waiting in quarantine. Reads the store and the configuration only; works with the server stopped.
 
 Must not import aiohttp or resolver code.
 """
@@ -164,6 +165,9 @@ def explain(
         "matches": matches,
         "allowlisted": allowlisted,
         "history": history[-20:],
+        # Entries an admin has not yet approved: they block nothing until then, but "no agency
+        # lists it" would hide an update on its way.
+        "pending": store.pending_named(names) if store is not None else [],
     }
     if snapshot is not None:
         wire = to_wire(name.encode("ascii"))
@@ -200,6 +204,9 @@ def render(info: dict[str, Any]) -> str:
     elif info.get("winner"):
         o = info["overridden_by"]
         lines.append(f"{name}: not blocked: allowlisted ({o['name']}, {o['by']}) over {info['winner']['agency']}'s listing")
+    elif info.get("pending"):
+        who = sorted({p["agency"] for p in info["pending"]})
+        lines.append(f"{name}: not blocked yet: listed in an update waiting in quarantine ({', '.join(who)})")
     else:
         lines.append(f"{name}: not blocked: no agency lists it or a parent")
     for sh in info.get("shielded", []):
@@ -213,6 +220,10 @@ def render(info: dict[str, Any]) -> str:
         if m["legal_ref"]:
             extra.append(f"ref {m['legal_ref']}")
         lines.append(f"  - {m['agency']} lists {m['listed']} [{m['state']}] ({', '.join(extra)}; source {m['source']} v{m['version']})")
+    for p in info.get("pending", []):
+        kind = "an exception for" if p["exception"] else "lists"
+        lines.append(f"  - pending: {p['agency']} v{p['version']} {kind} {p['listed']} (source {p['source']}, "
+                     f"received {p['received']}, quarantined: {p['reason']}; applies once an admin approves it)")
     for h in info["history"]:
         lines.append(f"  - history: {h['agency']} listed {h['listed']} from {h['since']} to {h['dropped']}")
     if "resolver" in info:

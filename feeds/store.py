@@ -485,7 +485,15 @@ class FeedStore:
             pend = self.db.execute("SELECT diff FROM pending WHERE agency = ? AND version = ?", (agency, version)).fetchone()
             if pend is not None:
                 d = json.loads(pend[0])
-                return {k: v[offset : offset + limit] for k, v in d.items()}
+                out = {k: v[offset : offset + limit] for k, v in d.items()}
+                out["rejects"] = [
+                    {"line": r[0], "text": r[1], "reason": r[2]}
+                    for r in self.db.execute(
+                        "SELECT line, text, reason FROM rejects WHERE agency = ? AND version = ? ORDER BY line LIMIT ?",
+                        (agency, version, limit),
+                    )
+                ]
+                return out
             added = sorted(
                 from_wire(r[0])
                 for r in self.db.execute("SELECT name FROM entries WHERE agency = ? AND added_version = ?", (agency, version))
@@ -548,6 +556,26 @@ class FeedStore:
             out.append(item)
         return out
 
+    def pending_named(self, names: Iterable[str]) -> list[dict[str, Any]]:
+        """Entries for exactly these names in versions waiting in quarantine (one list per
+        waiting source, so a lookup reads a handful of lists at most)."""
+        wanted = list(names)
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT v.agency, v.version, v.source, v.reason, v.received_at, p.list FROM versions v "
+                "JOIN pending p ON p.agency = v.agency AND p.version = v.version "
+                "WHERE v.status = 'quarantined' AND p.list IS NOT NULL ORDER BY v.received_at"
+            ).fetchall()
+        out: list[dict[str, Any]] = []
+        for agency, version, source, reason, received_at, blob in rows:
+            pending = SourceList.loads(blob)
+            for name in wanted:
+                for e in pending.get(name):
+                    out.append({"agency": agency, "source": source, "version": version, "listed": name,
+                                "wildcard": e.wildcard, "exception": e.allow, "reason": reason,
+                                "received": iso(received_at)})
+        return out
+
     def compliance_entries(self, agency: str) -> list[dict[str, Any]]:
         """Every listing row of an agency (exceptions left out), oldest first, with the receipt
         time of the version that added it and of the one that dropped it."""
@@ -587,6 +615,17 @@ class FeedStore:
                 return [tuple(r) for r in self.db.execute("SELECT seq, dates_at, installed_at FROM installs ORDER BY seq")]  # type: ignore[misc]
             except sqlite3.OperationalError:  # a read-only store written before installs were recorded
                 return []
+
+    def install_of(self, snapshot: int) -> tuple[int, float] | None:
+        """(seq, installed_at) of the first install of ``snapshot``: its ``v<seq>`` for people."""
+        with self.lock:
+            try:
+                row = self.db.execute(
+                    "SELECT seq, installed_at FROM installs WHERE snapshot = ? ORDER BY seq LIMIT 1", (snapshot,)
+                ).fetchone()
+            except sqlite3.OperationalError:  # a read-only store written before installs were recorded
+                return None
+        return (int(row[0]), float(row[1])) if row else None
 
     def installed_versions(self, agency: str) -> list[tuple[str, int, int]]:
         """(source, version, seq of its first install) of every enforced version of an agency."""

@@ -126,6 +126,8 @@ def mount(
     retention_days: int = 90,
     clock: Callable[[], float] = time.time,
     health: Callable[[], dict[str, Any] | None] = lambda: None,
+    feeds_view: Any = None,
+    privacy: str = "full",
 ) -> Callable[[web.Application], None]:
     """A function that adds the hit log's routes to the application. ``health`` says why the
     store takes no hits (None while it does); reads answer 503 while it could not be opened."""
@@ -207,7 +209,7 @@ def mount(
             raise web.HTTPBadRequest(reason=f"name: {exc}") from None
 
     def add(app: web.Application) -> None:
-        from hits import page
+        from hits import dashboard, page
 
         app.router.add_get("/v1/hits", list_hits)
         app.router.add_get("/v1/hits/export", export)
@@ -217,6 +219,12 @@ def mount(
         page.add_routes(
             app, auth=auth, store=store, lookup=lookup, feed_status=feed_status,
             recorder_stats=recorder_stats, retention_days=retention_days, usable=unusable,
+            policy_labels=feeds_view.labels if feeds_view is not None else None,
+        )
+        # The dashboard and the quarantine review (``feeds_view``: a hits.dashboard.FeedsView).
+        dashboard.add_routes(
+            app, **dashboard.auth_hooks(auth), store=store,
+            feeds=feeds_view, usable=unusable, privacy=privacy, clock=clock,
         )
 
     return add

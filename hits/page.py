@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -35,7 +35,10 @@ def esc(v: Any) -> str:
 
 
 def render(body: str, logged_in: bool) -> web.Response:
-    logout = '<form method="post" action="/logout"><button type="submit">Log out</button></form>' if logged_in else ""
+    logout = (
+        '<nav><a href="/dashboard">Dashboard</a> <a href="/">Hit log</a> <a href="/quarantine">Quarantine</a></nav>'
+        '<form method="post" action="/logout"><button type="submit">Log out</button></form>'
+    ) if logged_in else ""
     return web.Response(
         text=TEMPLATE.substitute(body=body, logout=logout),
         content_type="text/html",
@@ -75,7 +78,11 @@ def _select(name: str, label: str, value: str, options: list[tuple[str, str]]) -
     return f'<label>{esc(label)}<select name="{name}">{opts}</select></label>'
 
 
-def hits_section(q: Mapping[str, str], hits: list[dict[str, Any]], nxt: int | None, error: str, agencies: list[str]) -> str:
+def hits_section(
+    q: Mapping[str, str], hits: list[dict[str, Any]], nxt: int | None, error: str, agencies: list[str],
+    labels: Mapping[int, str] | None = None,
+) -> str:
+    labels = labels or {}
     form = "".join(
         [
             _input("since", "since (UTC)", q.get("since", ""), "2026-01-31T00:00"),
@@ -91,12 +98,12 @@ def hits_section(q: Mapping[str, str], hits: list[dict[str, Any]], nxt: int | No
     keep = {k: v for k, v in q.items() if k in ("since", "until", "name", "exact", "agency", "client", "qtype", "action") and v}
     rows = "".join(
         "<tr>"
-        f'<td><time datetime="{esc(h["time"])}">{esc(h["time"])}</time></td>'
+        f'<td><time datetime="{esc(h["time"])}">{esc(h["time"].replace("T", " ").removesuffix("Z"))}</time></td>'
         f'<td>{esc(h["node"])}</td><td>{esc(h["client"])}</td>'
         f'<td class="name" data-name="{esc(h["name"])}">{esc(h["name"])}</td>'
         f'<td>{esc(h["qtype"])}</td><td class="name">{esc(h["listed"])}</td>'
         f'<td>{esc(", ".join(h["agencies"]))}</td><td>{esc(h["action"])}</td>'
-        f'<td>{esc(h["policy_version"])}</td><td>{esc(h["count"])}</td>'
+        f'<td title="snapshot {esc(h["policy_version"])}">{esc(labels.get(h["policy_version"], h["policy_version"]))}</td><td>{esc(h["count"])}</td>'
         "</tr>"
         for h in hits
     )
@@ -117,7 +124,7 @@ def hits_section(q: Mapping[str, str], hits: list[dict[str, Any]], nxt: int | No
 <form class="filters" method="get" action="/">{form}</form>
 {err}
 <table id="hits-table">
-<thead><tr><th>time</th><th>node</th><th>client</th><th>name</th><th>type</th><th>listed entry</th><th>agencies</th><th>action</th><th>policy</th><th>count</th></tr></thead>
+<thead><tr><th>time (UTC)</th><th>node</th><th>client</th><th>name</th><th>type</th><th>listed entry</th><th>agencies</th><th>action</th><th>policy</th><th>count</th></tr></thead>
 <tbody>{rows}</tbody>
 </table>
 <div class="paging">{"".join(paging)} <span class="muted">{len(hits)} shown</span> {exports}</div>
@@ -191,8 +198,10 @@ def add_routes(
     recorder_stats: Callable[[], dict[str, Any]],
     retention_days: int,
     usable: Callable[[], str | None] = lambda: None,
+    policy_labels: Callable[[set[int]], Awaitable[dict[int, str]]] | None = None,
 ) -> None:
-    """``usable`` says why the store cannot be read (None when it can)."""
+    """``usable`` says why the store cannot be read (None when it can); ``policy_labels`` names
+    policy versions for people (``v<n>``)."""
 
     async def index(request: web.Request) -> web.Response:
         if not auth.allowed(request):
@@ -225,7 +234,7 @@ def add_routes(
                 lerr = f"{name!r}: {exc}"
         status = await store.status() if store is not None and usable() is None else None
         body = (
-            hits_section(q, hits, nxt, error, agencies)
+            hits_section(q, hits, nxt, error, agencies, await policy_labels({h["policy_version"] for h in hits}) if policy_labels else None)
             + '<div class="grid">'
             + lookup_section(name, result, lerr)
             + feeds_section(feeds)

@@ -396,6 +396,46 @@ class HitStore(abc.ABC):
             "new_names": [{"name": n, "first_seen": _ms_text(ts)} for n, ts in new_names],
         }
 
+    async def hourly(self, hours: int = 24, now: float | None = None, max_rows: int = 500_000) -> dict[str, Any]:
+        """Hits per agency per hour over the last ``hours`` (UTC hours, oldest first). There is no
+        hourly roll-up, so the rows are read: at most the newest ``max_rows`` of them; when the
+        window holds more, ``since`` says from when the counts are complete."""
+        now = self.clock() if now is None else now
+        first_hour = int(now) // 3600 - hours + 1
+        cutoff = first_hour * 3_600_000
+        bounds = await self.fetch("SELECT MIN(first_hit), MAX(last_hit) FROM batches WHERE max_ts >= ?", (cutoff,))
+        lo, hi = bounds[0]
+        per: dict[tuple[int, str], int] = {}
+        partial = False
+        if lo is not None:
+            if hi - lo + 1 > max_rows:
+                lo, partial = hi - max_rows + 1, True
+            rules = {rid: agencies.split(",") for rid, agencies in await self.fetch("SELECT id, agencies FROM rules")}
+            # Each row's time is relative to its batch: the batches of the window, joined by id range.
+            rows = await self.fetch(
+                "SELECT (b.min_ts + h.ts) / 3600000 AS hr, h.rule, SUM(h.cnt) FROM batches b "
+                "JOIN hits h ON h.id >= b.first_hit AND h.id <= b.last_hit "
+                "WHERE b.max_ts >= ? AND b.last_hit >= ? AND h.id >= ? AND b.min_ts + h.ts >= ? "
+                "GROUP BY (b.min_ts + h.ts) / 3600000, h.rule",
+                (cutoff, lo, lo, cutoff),
+            )
+            for hr, rule, hits in rows:
+                for agency in rules.get(rule, []):
+                    per[(int(hr), agency)] = per.get((int(hr), agency), 0) + int(hits)
+        since = None
+        if partial:
+            first = await self.fetch("SELECT min_ts FROM batches WHERE first_hit <= ? ORDER BY first_hit DESC LIMIT 1", (lo,))
+            since = _ms_text(first[0][0]) if first else None
+        return {
+            "hours": hours,
+            "first_hour": time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(first_hour * 3600)),
+            "since": since,
+            "per_agency_hour": [
+                {"hour": time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(hr * 3600)), "agency": agency, "hits": hits}
+                for (hr, agency), hits in sorted(per.items())
+            ],
+        }
+
     async def status(self) -> dict[str, Any]:
         rows = await self.fetch("SELECT MIN(first_hit), MAX(last_hit), MIN(min_ts), MAX(max_ts), COUNT(*) FROM batches")
         lo, hi, oldest, newest, batches = rows[0]

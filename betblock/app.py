@@ -19,6 +19,7 @@ import structlog
 
 from betblock import access, compliance
 from betblock.authlimit import FailureLimiter
+from betblock.auth import Authenticator
 from betblock.http import HttpMount, HttpServer, build_app, connection_limit, http_metrics, raise_nofile_limit
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.warning import Provenance, WarningPage
@@ -104,11 +105,16 @@ class App:
         self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}, self.auth_limiter))
         if self.xfr is not None:
             self.extra_metrics.append(self.xfr.metrics)
+        # One auth layer for every route: admin and agency tokens, page sessions, declared roles.
+        self.auth = Authenticator(
+            settings.http.admin_token, [(a.id, a.token_sha256) for a in settings.agencies if a.token_sha256], clock
+        )
+        self.http_mounts.append(self.auth.mount)
         self.http_mounts.append(feeds_api.mount(self.feeds, settings))
         self.http_mounts.append(
             hits_api.mount(
                 self.hitlog.store,
-                admin_token=settings.http.admin_token,
+                auth=self.auth,
                 lookup=self.lookup,
                 feed_status=self.feed_status,
                 recorder_stats=self.recorder.stats,

@@ -1,10 +1,10 @@
 """The admin HTTP interface of the hit log: JSON API, streaming export, the admin page's routes.
 
 Owns the routes under /v1/hits (list with keyset pagination, export as CSV or NDJSON, stats,
-status), /v1/lookup ("why is this name blocked"), the admin page at / with its login, and admin
-authentication: ``Authorization: Bearer <admin token>``, or the session cookie that the page's
-login form sets (HttpOnly, SameSite=Strict, in memory, 8 hours). Everything here is read-only
-except the login itself, so a cookie cannot be used to change anything.
+status), /v1/lookup ("why is this name blocked"), the admin page at / with its login. Who may
+call what is declared per route and enforced by the auth layer (``betblock/auth.py``): hits and
+their export take the admin or an agency, and an agency's are narrowed to hits on its own
+names; the rest take the admin.
 
 The composition root calls ``mount`` with the store and two callables (feed status and lookup)
 so that this module needs nothing from the resolver. Must not import the resolver.
@@ -13,61 +13,19 @@ so that this module needs nothing from the resolver. Must not import the resolve
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
-from pydantic import SecretStr
 
-from config.auth import bearer, matches_secret
+from config.auth import ADMIN, AGENCY, SessionLogin, accepts, principal
 from hits.query import FilterError, Filters, csv_header, csv_rows, ndjson_lines, parse_cursor, parse_limit
 from hits.store import HitStore
 
-COOKIE = "betblock_admin"
-SESSION_SECONDS = 8 * 3600
-
 Lookup = Callable[[str], dict[str, Any]]
 FeedStatus = Callable[[], list[dict[str, Any]]]
-
-
-@dataclass
-class AdminAuth:
-    """Who may read the hit log: the admin token, or a session the login form created with it."""
-
-    token: SecretStr | None
-    clock: Callable[[], float] = time.time
-    sessions: dict[str, float] = field(default_factory=dict)  # session id -> expiry
-
-    def login(self, token: str | None) -> str | None:
-        if not matches_secret(token, self.token):
-            return None
-        now = self.clock()
-        for sid, exp in list(self.sessions.items()):
-            if exp < now:
-                del self.sessions[sid]
-        sid = secrets.token_urlsafe(32)
-        self.sessions[sid] = now + SESSION_SECONDS
-        return sid
-
-    def logout(self, sid: str | None) -> None:
-        if sid:
-            self.sessions.pop(sid, None)
-
-    def allowed(self, request: web.Request) -> bool:
-        if self.token is None:
-            return False  # admin routes are off until a token is configured
-        if matches_secret(bearer(request.headers.get("Authorization")), self.token):
-            return True
-        sid = request.cookies.get(COOKIE)
-        exp = self.sessions.get(sid) if sid else None
-        return exp is not None and exp >= self.clock()
-
-    def require(self, request: web.Request) -> None:
-        if not self.allowed(request):
-            raise web.HTTPUnauthorized(reason="admin token required", headers={"WWW-Authenticate": 'Bearer realm="betblock"'})
 
 
 # Times a filter may name: the years 1 to 9999 (what a datetime holds; nan, inf or 1e300 are not times).
@@ -97,10 +55,14 @@ def parse_page_cursor(value: str | None) -> int | None:
 
 
 def _filters(request: web.Request) -> Filters:
+    """The request's filters, narrowed to the caller's agency when an agency asks (403 when it
+    asks for another agency's hits)."""
     try:
-        return parse_filters(request.query)
+        f = parse_filters(request.query)
     except FilterError as exc:
         raise web.HTTPBadRequest(reason=str(exc)) from None
+    scope = principal(request).scope(f.agency)
+    return f if scope == f.agency else replace(f, agency=scope)
 
 
 def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
@@ -119,7 +81,7 @@ def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
 def mount(
     store: HitStore | None,
     *,
-    admin_token: SecretStr | None,
+    auth: SessionLogin,
     lookup: Lookup,
     feed_status: FeedStatus,
     recorder_stats: Callable[[], dict[str, Any]] = dict,
@@ -129,8 +91,6 @@ def mount(
 ) -> Callable[[web.Application], None]:
     """A function that adds the hit log's routes to the application. ``health`` says why the
     store takes no hits (None while it does); reads answer 503 while it could not be opened."""
-    auth = AdminAuth(admin_token, clock)
-
     def unusable() -> str | None:
         failed = health()
         return f"hit store failed: {failed['error']}" if failed is not None and failed["state"] == "failed" else None
@@ -143,8 +103,8 @@ def mount(
             raise web.HTTPServiceUnavailable(reason=f"hit store failed: {failed['error']}")
         return store
 
+    @accepts(ADMIN, AGENCY)
     async def list_hits(request: web.Request) -> web.Response:
-        auth.require(request)
         st = need_store()
         f = _filters(request)
         try:
@@ -155,8 +115,8 @@ def mount(
         hits, nxt = await st.page(f, limit, cursor)
         return web.json_response({"hits": hits, "next": str(nxt) if nxt is not None else None})
 
+    @accepts(ADMIN, AGENCY)
     async def export(request: web.Request) -> web.StreamResponse:
-        auth.require(request)
         st = need_store()
         f = _filters(request)
         fmt = request.query.get("format", "csv")
@@ -180,14 +140,12 @@ def mount(
         return resp
 
     async def stats(request: web.Request) -> web.Response:
-        auth.require(request)
         st = need_store()
         days = _int(request, "days", 30, 1, 3660)
         top = _int(request, "top", 20, 1, 1000)
         return web.json_response(await st.stats(days, top))
 
     async def status(request: web.Request) -> web.Response:
-        auth.require(request)
         body: dict[str, Any] = {"retention_days": retention_days, "recorder": recorder_stats(), "health": health()}
         failed = health()
         if store is not None and (failed is None or failed["state"] != "failed"):
@@ -197,7 +155,6 @@ def mount(
         return web.json_response(body)
 
     async def lookup_route(request: web.Request) -> web.Response:
-        auth.require(request)
         name = request.query.get("name", "").strip()
         if not name:
             raise web.HTTPBadRequest(reason="name: required")

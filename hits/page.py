@@ -2,7 +2,7 @@
 
 Owns the page's routes (/, /login, /logout, /static/hits/*) and its HTML. Works without
 JavaScript; ``static/admin.js`` only shows times in local time and makes names clickable.
-Login: the admin token typed into a form sets a session cookie (see ``hits.api.AdminAuth``).
+Login: the admin token typed into a form sets a session cookie (sessions: ``betblock/auth.py``).
 Every value shown is escaped. Must not import the resolver.
 """
 
@@ -17,16 +17,16 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from config.auth import ADMIN, PUBLIC, accepts, principal
 from hits.api import parse_filters, parse_page_cursor
 from hits.query import ACTIONS, QTYPES, FilterError, parse_limit
 from hits.store import HitStore
 
 if TYPE_CHECKING:
-    from hits.api import AdminAuth
+    from config.auth import SessionLogin
 
 HERE = Path(__file__).parent
 TEMPLATE = string.Template((HERE / "templates" / "page.html").read_text())
-COOKIE = "betblock_admin"
 PAGE_SIZE = 50
 
 
@@ -184,7 +184,7 @@ def _utc(ts: float) -> str:
 def add_routes(
     app: web.Application,
     *,
-    auth: AdminAuth,
+    auth: SessionLogin,
     store: HitStore | None,
     lookup: Callable[[str], dict[str, Any]],
     feed_status: Callable[[], list[dict[str, Any]]],
@@ -194,8 +194,9 @@ def add_routes(
 ) -> None:
     """``usable`` says why the store cannot be read (None when it can)."""
 
+    @accepts(PUBLIC)  # the login form to anyone, the page to the admin
     async def index(request: web.Request) -> web.Response:
-        if not auth.allowed(request):
+        if not principal(request).is_admin:
             return render(login_page(), logged_in=False)
         q = request.query
         error = ""
@@ -234,22 +235,24 @@ def add_routes(
         )
         return render(body, logged_in=True)
 
+    @accepts(PUBLIC)
     async def login(request: web.Request) -> web.Response:
         form = await request.post()
         token = form.get("token")
-        sid = auth.login(token if isinstance(token, str) else None)
+        sid = auth.login(token if isinstance(token, str) else None, ADMIN)
         if sid is None:
-            resp = render(login_page("wrong token" if auth.token is not None else "admin login is off: set http.admin_token"), False)
+            resp = render(login_page("wrong token"), False)
             resp.set_status(401)
             return resp
         resp = web.HTTPSeeOther("/")
-        resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/", max_age=8 * 3600)
+        resp.set_cookie(auth.cookie, sid, httponly=True, samesite="Strict", path="/", max_age=8 * 3600)
         raise resp
 
+    @accepts(PUBLIC)
     async def logout(request: web.Request) -> web.Response:
-        auth.logout(request.cookies.get(COOKIE))
+        auth.logout(request.cookies.get(auth.cookie))
         resp = web.HTTPSeeOther("/")
-        resp.del_cookie(COOKIE, path="/")
+        resp.del_cookie(auth.cookie, path="/")
         raise resp
 
     app.router.add_get("/", index)

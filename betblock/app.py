@@ -26,11 +26,10 @@ from betblock.warning import Provenance, WarningPage
 from config.settings import ConfigError, Settings, load_settings
 from feeds import api as feeds_api
 from feeds import persist
-from feeds.compile import to_wire
+from feeds.lookup import LookupService
 from feeds.manager import FeedManager
-from feeds.normalize import normalize
-from feeds.snapshot import ALLOW, PolicySnapshot, split
 from feeds.store import StoreProblem
+from feeds.snapshot import PolicySnapshot
 from hits import api as hits_api
 from hits.service import HitLog
 from hits.store import StoreError
@@ -115,7 +114,7 @@ class App:
             hits_api.mount(
                 self.hitlog.store,
                 auth=self.auth,
-                lookup=self.lookup,
+                lookup=LookupService(self.feeds),  # the same service as /v1/lookup/{name}
                 feed_status=self.feed_status,
                 recorder_stats=self.recorder.stats,
                 retention_days=settings.hits.retention_days,
@@ -144,37 +143,6 @@ class App:
         """Install the first snapshot: the one saved by the last run when it still holds, else
         the lists in the feed store plus the local files, compiled in a thread."""
         return await self.feeds.start()
-
-    def lookup(self, name: str) -> dict[str, object]:
-        """Why is ``name`` blocked (or not), by the snapshot in force now. ValueError for a bad name."""
-        text, _wildcard = normalize(name)
-        wire = to_wire(text.encode("ascii"))
-        labels = text.split(".")
-        snapshot = self.pipeline.policy.snapshot
-        out: dict[str, object] = {"name": text, "blocked": False, "policy_version": snapshot.version}
-        match = snapshot.match(wire)
-        if match is not None:
-            # The listed name that decides (the closest encloser), its scope and the rule id.
-            self_rid, below_rid = split(snapshot.table[match.listed])
-            out["scope"] = "subtree" if self_rid == below_rid else "exact" if not below_rid else "below" if not self_rid else "split"
-            out["rule"] = match.rule.id
-            out.update(
-                blocked=True,
-                listed=".".join(labels[len(labels) - _labels(match.listed) :]),
-                agencies=list(match.rule.agencies),
-                agency_name=match.rule.agency_name,
-                action=match.rule.action,
-                redirect=[*match.rule.ipv4, *match.rule.ipv6],
-            )
-            return out
-        found = snapshot.decider(wire)
-        if found is not None:
-            closest = ".".join(labels[len(labels) - _labels(found[0]) :])
-            if snapshot.table[found[0]] == ALLOW:
-                out["allowlisted"] = closest
-            else:  # the closest entry covers only the name itself or only the names below it
-                out["not_covered_by"] = closest
-        return out
 
     def degraded(self) -> dict[str, object]:
         """What failed without stopping DNS, for /readyz."""
@@ -365,10 +333,3 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
         return 1
     return 0
 
-
-def _labels(wire: bytes) -> int:
-    n = off = 0
-    while wire[off]:
-        n += 1
-        off += wire[off] + 1
-    return n

@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
 from config.auth import ADMIN, AGENCY, accepts, principal
 from config.settings import Settings
 from feeds.entry import FeedError
-from feeds.lookup import explain
+from feeds.lookup import LookupService
 from feeds.manager import Conflict, FeedManager, NotFound, Refused, StoreUnavailable, UpdateResult, reject_json
 from feeds.normalize import InvalidName
 
@@ -52,6 +53,7 @@ def mount(manager: FeedManager, settings: Settings) -> Callable[[web.Application
         r.add_put("/v1/allowlist/{name}", api.allow_add)
         r.add_delete("/v1/allowlist/{name}", api.allow_remove)
         r.add_get("/v1/lookup/{name}", api.lookup)
+        r.add_get("/v1/lookup", api.lookup_query)
         r.add_get("/v1/audit", api.audit)
 
     return add
@@ -69,6 +71,7 @@ class FeedsApi:
     def __init__(self, manager: FeedManager, settings: Settings) -> None:
         self.m = manager
         self.settings = settings
+        self.lookup_service = LookupService(manager)
 
     def _agency(self, request: web.Request) -> tuple[str, str]:
         """(agency id, actor) of a route on ``{agency}``. The auth layer has admitted only the
@@ -224,19 +227,14 @@ class FeedsApi:
         return web.json_response(out)
 
     async def lookup(self, request: web.Request) -> web.Response:
-        self.m.require_store()
-        admin = {row["name"] for row in await _thread(self.m.store.allowlist)}
-        info = await _thread(
-            explain,
-            request.match_info["name"],
-            self.settings,
-            self.m.store,
-            snapshot=self.m.snapshot,
-            allow=self.m.allow,
-            admin_allow=admin,
-            now=self.m.clock(),
-        )
-        return web.json_response(info)
+        return web.json_response(await self.lookup_service(request.match_info["name"]))
+
+    async def lookup_query(self, request: web.Request) -> web.Response:
+        """The old ``/v1/lookup?name=`` form: a permanent redirect to the one lookup route."""
+        name = request.query.get("name", "").strip()
+        if not name:
+            raise web.HTTPBadRequest(reason="name: required")
+        raise web.HTTPPermanentRedirect(f"/v1/lookup/{quote(name, safe='')}")
 
     async def audit(self, request: web.Request) -> web.Response:
         self.m.require_store()

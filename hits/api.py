@@ -1,7 +1,8 @@
 """The admin HTTP interface of the hit log: JSON API, streaming export, the admin page's routes.
 
 Owns the routes under /v1/hits (list with keyset pagination, export as CSV or NDJSON, stats,
-status), /v1/lookup ("why is this name blocked"), the admin page at / with its login. Who may
+status) and the admin page at / with its login (its "why is this name blocked" asks the
+lookup service the composition root hands over, the same one as ``/v1/lookup/{name}``). Who may
 call what is declared per route and enforced by the auth layer (``betblock/auth.py``): hits and
 their export take the admin or an agency, and an agency's are narrowed to hits on its own
 names; the rest take the admin.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +25,7 @@ from config.auth import ADMIN, AGENCY, SessionLogin, accepts, principal
 from hits.query import FilterError, Filters, csv_header, csv_rows, ndjson_lines, parse_cursor, parse_limit
 from hits.store import HitStore
 
-Lookup = Callable[[str], dict[str, Any]]
+Lookup = Callable[[str], Awaitable[dict[str, Any]]]  # feeds' lookup service, for the page
 FeedStatus = Callable[[], list[dict[str, Any]]]
 
 
@@ -154,15 +155,6 @@ def mount(
             body["store"] = None
         return web.json_response(body)
 
-    async def lookup_route(request: web.Request) -> web.Response:
-        name = request.query.get("name", "").strip()
-        if not name:
-            raise web.HTTPBadRequest(reason="name: required")
-        try:
-            return web.json_response(lookup(name))
-        except ValueError as exc:
-            raise web.HTTPBadRequest(reason=f"name: {exc}") from None
-
     def add(app: web.Application) -> None:
         from hits import page
 
@@ -170,7 +162,6 @@ def mount(
         app.router.add_get("/v1/hits/export", export)
         app.router.add_get("/v1/hits/stats", stats)
         app.router.add_get("/v1/hits/status", status)
-        app.router.add_get("/v1/lookup", lookup_route)
         page.add_routes(
             app, auth=auth, store=store, lookup=lookup, feed_status=feed_status,
             recorder_stats=recorder_stats, retention_days=retention_days, usable=unusable,

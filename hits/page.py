@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from config.auth import ADMIN, PUBLIC, accepts, principal
+from config.errors import BetblockError
 from hits.api import parse_filters, parse_page_cursor
 from hits.query import ACTIONS, QTYPES, FilterError, parse_limit
 from hits.store import HitStore
@@ -124,29 +125,54 @@ def hits_section(q: Mapping[str, str], hits: list[dict[str, Any]], nxt: int | No
 </section>"""
 
 
+def _rule(result: dict[str, Any]) -> str:
+    decided = (result.get("resolver") or {}).get("decided_by")
+    return f", rule {esc(decided['rule'])}" if decided else ""
+
+
+def _policy(result: dict[str, Any]) -> str:
+    version = (result.get("resolver") or {}).get("policy_version")
+    return f", policy version {esc(version)}" if version is not None else ""
+
+
 def lookup_section(name: str, result: dict[str, Any] | None, error: str) -> str:
+    """The lookup service's answer (``GET /v1/lookup/{name}``), in a sentence and a table."""
     out = ""
     if error:
         out = f'<p class="error">{esc(error)}</p>'
+    elif result is not None and not result.get("valid", True):
+        out = f'<p id="lookup-result" class="error">{esc(result["name"])}: not a name that can be listed ({esc(result.get("reason"))})</p>'
     elif result is not None:
         if result.get("blocked"):
+            w = result["winner"]
+            also = result.get("also_listed_by") or []
             out = (
                 f'<p id="lookup-result"><span class="blocked">{esc(result["name"])} is blocked</span> by the entry '
-                f'<code>{esc(result["listed"])}</code> ({esc(result.get("scope", "subtree"))}, rule {esc(result.get("rule"))}), '
-                f'listed by {esc(", ".join(result["agencies"]))}; '
-                f'answer: {esc(result["action"])} (decided by {esc(result["agencies"][0])}, policy version '
-                f'{esc(result.get("policy_version"))}).</p>'
+                f'<code>{esc(w["listed"])}</code> ({esc(w.get("scope", "subtree"))}{_rule(result)}), '
+                f'listed by {esc(", ".join([w["agency"], *also]))}; '
+                f'answer: {esc(w["action"])} (decided by {esc(w["agency"])}{_policy(result)}).</p>'
             )
-        elif result.get("allowlisted"):
+        elif result.get("overridden_by"):
+            o = result["overridden_by"]
             out = (
                 f'<p id="lookup-result"><span class="ok">{esc(result["name"])} is not blocked</span>: '
-                f'allowlisted by <code>{esc(result["allowlisted"])}</code>.</p>'
+                f'allowlisted by <code>{esc(o["name"])}</code> ({esc(o["by"])}).</p>'
             )
         else:
             out = f'<p id="lookup-result"><span class="ok">{esc(result["name"])} is not blocked</span>: no list has it.</p>'
+        rows = "".join(
+            f"<tr><td>{esc(m['agency'])}</td><td>{esc(m['listed'])}</td><td>{esc(m['state'])}</td>"
+            f"<td>{esc(m['since'])}</td><td>{esc(m['legal_ref'] or '')}</td><td>v{esc(m['version'])}</td></tr>"
+            for m in result.get("matches", [])
+        )
+        if rows:
+            out += (
+                '<table id="lookup-matches"><thead><tr><th>agency</th><th>entry</th><th>state</th><th>since</th>'
+                f"<th>legal ref</th><th>version</th></tr></thead><tbody>{rows}</tbody></table>"
+            )
     return f"""<section id="lookup">
 <h2>Why is this name blocked?</h2>
-<form method="get" action="/"><input name="lookup" value="{esc(name)}" placeholder="www.casino.test" size="30">
+<form method="get" action="/"><label for="lookup-name">name</label> <input id="lookup-name" name="lookup" value="{esc(name)}" placeholder="www.casino.test" size="30">
 <button type="submit" id="lookup-go">Look up</button></form>
 {out}
 </section>"""
@@ -186,7 +212,7 @@ def add_routes(
     *,
     auth: SessionLogin,
     store: HitStore | None,
-    lookup: Callable[[str], dict[str, Any]],
+    lookup: Callable[[str], Awaitable[dict[str, Any]]],
     feed_status: Callable[[], list[dict[str, Any]]],
     recorder_stats: Callable[[], dict[str, Any]],
     retention_days: int,
@@ -221,8 +247,8 @@ def add_routes(
         lerr = ""
         if name:
             try:
-                result = lookup(name)
-            except ValueError as exc:
+                result = await lookup(name)
+            except BetblockError as exc:  # the feed store is unusable: say so, show the rest
                 lerr = f"{name!r}: {exc}"
         status = await store.status() if store is not None and usable() is None else None
         body = (

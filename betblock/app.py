@@ -20,6 +20,7 @@ import structlog
 from betblock import access, compliance
 from betblock.authlimit import FailureLimiter
 from betblock.auth import Authenticator
+from betblock.portal import Portal
 from betblock.http import HttpMount, HttpServer, build_app, connection_limit, http_metrics, raise_nofile_limit
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.warning import Provenance, WarningPage
@@ -121,6 +122,8 @@ class App:
                 health=self.hitlog.health,
             )
         )
+        # The agency portal: each agency's own feed, compliance and hits (reads feeds and hits).
+        self.http_mounts.append(Portal(self.feeds, self.hitlog.store, self.auth, clock).mount)
         self.http_mounts.append(
             compliance.mount(self.feeds, settings, lambda: compliance.query_address(*self.server.bound[0]))
         )

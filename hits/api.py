@@ -66,6 +66,19 @@ def _filters(request: web.Request) -> Filters:
     return f if scope == f.agency else replace(f, agency=scope)
 
 
+def narrow(hits: list[dict[str, Any]], agency: str | None) -> list[dict[str, Any]]:
+    """Hits as ``agency`` may see them: a name other agencies list too names only this one (who
+    else lists a name is their business). ``None`` (the admin): unchanged."""
+    if agency is None:
+        return hits
+    return [{**h, "agency": agency, "agencies": [agency]} for h in hits]
+
+
+def _own(request: web.Request) -> str | None:
+    who = principal(request)
+    return who.agency if who.role == AGENCY else None
+
+
 def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(key)
     if not raw:
@@ -114,7 +127,7 @@ def mount(
         except FilterError as exc:
             raise web.HTTPBadRequest(reason=str(exc)) from None
         hits, nxt = await st.page(f, limit, cursor)
-        return web.json_response({"hits": hits, "next": str(nxt) if nxt is not None else None})
+        return web.json_response({"hits": narrow(hits, _own(request)), "next": str(nxt) if nxt is not None else None})
 
     @accepts(ADMIN, AGENCY)
     async def export(request: web.Request) -> web.StreamResponse:
@@ -135,7 +148,9 @@ def mount(
         await resp.prepare(request)
         if fmt == "csv":
             await resp.write(csv_header())
-        async for hits in st.iterate(f):
+        own = _own(request)
+        async for chunk in st.iterate(f):
+            hits = narrow(chunk, own)
             await resp.write(csv_rows(hits) if fmt == "csv" else ndjson_lines(hits))
         await resp.write_eof()
         return resp

@@ -176,11 +176,14 @@ class FeedsApi:
         return web.json_response(await self._decide(self.m.reject, request))
 
     async def _decide(self, decision: Callable[..., Awaitable[Any]], request: web.Request) -> Any:
-        """An admin's decision on a quarantined version: 404 when there is none, 409 when it
-        is not quarantined."""
+        """An admin's decision on a quarantined version, with an optional reason (JSON
+        ``{"reason": "...", "operator": "..."}`` or a form) for the audit trail: 404 when there
+        is none, 409 when it is not quarantined."""
         actor = principal(request).name
+        version = _version(request)
+        why = await _why(request)
         try:
-            return await decision(request.match_info["agency"], _version(request), actor=actor)
+            return await decision(request.match_info["agency"], version, actor=actor, **why)
         except NotFound as exc:
             raise web.HTTPNotFound(reason=str(exc)) from None
         except Conflict as exc:
@@ -240,6 +243,20 @@ class FeedsApi:
         self.m.require_store()
         rows = await _thread(self.m.store.audit_log, request.query.get("agency"), _int(request, "limit", 100))
         return web.json_response({"audit": rows})
+
+
+async def _why(request: web.Request) -> dict[str, str]:
+    """The reason (and the operator's name) that came with a decision; at most 1,000 characters each."""
+    if not request.can_read_body:
+        return {}
+    if request.content_type == "application/json":
+        doc = _json(await request.read())
+    else:
+        doc = dict(await request.post())
+    if not isinstance(doc, dict):
+        raise web.HTTPBadRequest(reason='body must be {"reason": "...", "operator": "..."}')
+    why = {k: str(doc[k]).strip()[:1000] for k in ("reason", "operator") if doc.get(k)}
+    return why
 
 
 def _result(result: UpdateResult) -> web.Response:

@@ -27,6 +27,10 @@ B_NAMES = [f"b{i}.test" for i in range(40)]
 # What only B's data holds: its names (listed, quarantined away, hit), its rejected line, its id.
 B_MARKERS = ("b1.test", "b30.test", "b reject line", B)
 CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
 
 
 def url(app: App) -> str:
@@ -164,8 +168,6 @@ async def test_portal_sign_in_is_an_agency_token_and_csrf_safe(node: NodeFactory
 @pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="Debian's chromium is not installed")
 async def test_portal_in_chromium(node: NodeFactory, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
-
-    from tests.hits.test_hits_page import ARGS
 
     app, _q = await two_agencies_with_data(node)
     async with async_playwright() as pw:

@@ -105,6 +105,8 @@ class App:
         self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}, self.auth_limiter))
         if self.xfr is not None:
             self.extra_metrics.append(self.xfr.metrics)
+        # "Why is this name blocked?": one service for the API, the page and the tests.
+        self.lookup = LookupService(self.feeds)
         # One auth layer for every route: admin and agency tokens, page sessions, declared roles.
         self.auth = Authenticator(
             settings.http.admin_token, [(a.id, a.token_sha256) for a in settings.agencies if a.token_sha256], clock
@@ -115,7 +117,7 @@ class App:
             hits_api.mount(
                 self.hitlog.store,
                 auth=self.auth,
-                lookup=LookupService(self.feeds),  # the same service as /v1/lookup/{name}
+                lookup=self.lookup,
                 feed_status=self.feed_status,
                 recorder_stats=self.recorder.stats,
                 retention_days=settings.hits.retention_days,

@@ -127,7 +127,7 @@ async def test_stats_status_lookup_and_metrics(node: NodeFactory) -> None:
         assert {m["agency"] for m in why["matches"]} == {"pl-mf", "it-adm"}
         async with s.get(base(app) + "/v1/lookup/x.ok.casino.test") as r:
             why = await r.json()
-        assert not why["blocked"] and why["overridden_by"] == {"name": "ok.casino.test", "by": "config"}
+        assert not why["blocked"] and why["overridden_by"] == {"name": "ok.casino.test", "by": "config", "scope": "subtree"}
         async with s.get(base(app) + "/v1/lookup/not a name!") as r:
             assert (await r.json())["valid"] is False
         async with s.get(base(app) + "/v1/lookup") as r:

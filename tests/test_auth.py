@@ -16,11 +16,13 @@ PL = "pl-token-0123456789abcdef"
 IT = "it-token-0123456789abcdef"
 
 
-async def two_agencies(node: NodeFactory) -> App:
+async def two_agencies(node: NodeFactory, max_failures: int = 1000) -> App:
+    # The brute-force limiter would lock this client out after a few wrong tokens: these tests
+    # send many on purpose (one test below checks the limiter itself).
     return await node(
         lists={"pl-mf": ["casino.test"], "it-adm": ["slots.test"]},
         agencies=[{"id": "pl-mf", "token_sha256": sha256_hex(PL)}, {"id": "it-adm", "token_sha256": sha256_hex(IT)}],
-        http={"admin_token": ADMIN},
+        http={"admin_token": ADMIN, "auth_max_failures": max_failures},
     )
 
 
@@ -112,3 +114,23 @@ async def test_agency_token_sees_only_its_own_hits(node: NodeFactory) -> None:
         async with s.get(b + "/v1/hits/export?format=ndjson", headers={"Authorization": f"Bearer {IT}"}) as r:
             text = await r.text()
         assert "slots.test" in text and "casino.test" not in text
+
+
+async def test_the_failure_limiter_counts_every_kind_of_credential(node: NodeFactory) -> None:
+    app = await two_agencies(node, max_failures=3)
+    b = base(app)
+    async with aiohttp.ClientSession() as s:
+        # A wrong agency token on an agency route, a wrong admin-page login, a wrong agency
+        # sign-in: three failures of one client, whichever door it tried.
+        assert await status(s, "GET", b + "/v1/hits", "wrong-agency-token") == 401
+        assert await status(s, "POST", b + "/login", data={"token": "wrong"}) == 401
+        assert await status(s, "POST", b + "/agency/login", data={"token": "wrong"}) == 401
+        assert await status(s, "GET", b + "/v1/compliance/pl-mf", PL) == 429  # locked out, even with a good token
+        async with s.get(b + "/v1/hits", headers={"Authorization": f"Bearer {PL}"}) as r:
+            assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+        # No credential at all is not a guess: a fresh node counts nothing for it.
+    fresh = await two_agencies(node, max_failures=1)
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):
+            assert await status(s, "GET", base(fresh) + "/v1/hits") == 401
+        assert await status(s, "GET", base(fresh) + "/v1/hits", PL) == 200

@@ -44,7 +44,8 @@ async def two_agencies_with_data(node: NodeFactory) -> tuple[App, int]:
     app = await node(
         lists={A: [], B: []},
         agencies=[push_agency(A, deadline_hours=24), push_agency(B, deadline_hours=24)],
-        http={"admin_token": ADMIN, "max_body_bytes": 1 << 20},
+        # many wrong-role requests on purpose: the brute-force limiter is tested in tests/test_auth.py
+        http={"admin_token": ADMIN, "max_body_bytes": 1 << 20, "auth_max_failures": 1000},
         hits={"flush_interval": 3600},
     )
     b = url(app)

@@ -43,9 +43,10 @@ from config.auth import (
     declared_roles,
     matches_hash,
     matches_secret,
+    principal,
 )
 
-COOKIE = "betblock_session"
+COOKIE = "betblock_session"  # hits/api.py names it too (pages bind their CSRF tokens to it)
 SESSION_SECONDS = 8 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Forms that take a token: a cross-site post there would log a browser into someone's account.
@@ -91,6 +92,11 @@ class Authenticator:
     def logout(self, sid: str | None) -> None:
         if sid:
             self.sessions.pop(sid, None)
+
+    @staticmethod
+    def allowed(request: web.Request) -> bool:
+        """Is ``request`` the admin's? (For pages that check themselves, after this layer ran.)"""
+        return principal(request).is_admin
 
     def resolve(self, request: web.Request) -> Principal:
         """Who ``request`` speaks for; Unauthenticated for a bearer token that proves nothing."""

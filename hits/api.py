@@ -25,6 +25,7 @@ from config.auth import ADMIN, AGENCY, SessionLogin, accepts, principal
 from hits.query import FilterError, Filters, csv_header, csv_rows, ndjson_lines, parse_cursor, parse_limit
 from hits.store import HitStore
 
+COOKIE = "betblock_session"  # the auth layer's session cookie (betblock/auth.py), for CSRF tokens bound to it
 Lookup = Callable[[str], Awaitable[dict[str, Any]]]  # feeds' lookup service, for the page
 FeedStatus = Callable[[], list[dict[str, Any]]]
 

@@ -19,6 +19,8 @@ import structlog
 
 from betblock import access, compliance
 from betblock.authlimit import FailureLimiter
+from betblock.auth import Authenticator
+from betblock.portal import Portal
 from betblock.http import HttpMount, HttpServer, build_app, connection_limit, http_metrics, raise_nofile_limit
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.review import ManagerView
@@ -26,11 +28,10 @@ from betblock.warning import Provenance, WarningPage
 from config.settings import ConfigError, Settings, load_settings
 from feeds import api as feeds_api
 from feeds import persist
-from feeds.compile import to_wire
+from feeds.lookup import LookupService
 from feeds.manager import FeedManager
-from feeds.normalize import normalize
-from feeds.snapshot import ALLOW, PolicySnapshot, split
 from feeds.store import StoreProblem
+from feeds.snapshot import PolicySnapshot
 from hits import api as hits_api
 from hits.service import HitLog
 from hits.store import StoreError
@@ -105,11 +106,18 @@ class App:
         self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}, self.auth_limiter))
         if self.xfr is not None:
             self.extra_metrics.append(self.xfr.metrics)
+        # "Why is this name blocked?": one service for the API, the page and the tests.
+        self.lookup = LookupService(self.feeds)
+        # One auth layer for every route: admin and agency tokens, page sessions, declared roles.
+        self.auth = Authenticator(
+            settings.http.admin_token, [(a.id, a.token_sha256) for a in settings.agencies if a.token_sha256], clock
+        )
+        self.http_mounts.append(self.auth.mount)
         self.http_mounts.append(feeds_api.mount(self.feeds, settings))
         self.http_mounts.append(
             hits_api.mount(
                 self.hitlog.store,
-                admin_token=settings.http.admin_token,
+                auth=self.auth,
                 lookup=self.lookup,
                 feed_status=self.feed_status,
                 recorder_stats=self.recorder.stats,
@@ -119,6 +127,8 @@ class App:
                 privacy=settings.hits.privacy,
             )
         )
+        # The agency portal: each agency's own feed, compliance and hits (reads feeds and hits).
+        self.http_mounts.append(Portal(self.feeds, self.hitlog.store, self.auth, clock).mount)
         self.http_mounts.append(
             compliance.mount(self.feeds, settings, lambda: compliance.query_address(*self.server.bound[0]))
         )
@@ -141,37 +151,6 @@ class App:
         """Install the first snapshot: the one saved by the last run when it still holds, else
         the lists in the feed store plus the local files, compiled in a thread."""
         return await self.feeds.start()
-
-    def lookup(self, name: str) -> dict[str, object]:
-        """Why is ``name`` blocked (or not), by the snapshot in force now. ValueError for a bad name."""
-        text, _wildcard = normalize(name)
-        wire = to_wire(text.encode("ascii"))
-        labels = text.split(".")
-        snapshot = self.pipeline.policy.snapshot
-        out: dict[str, object] = {"name": text, "blocked": False, "policy_version": snapshot.version}
-        match = snapshot.match(wire)
-        if match is not None:
-            # The listed name that decides (the closest encloser), its scope and the rule id.
-            self_rid, below_rid = split(snapshot.table[match.listed])
-            out["scope"] = "subtree" if self_rid == below_rid else "exact" if not below_rid else "below" if not self_rid else "split"
-            out["rule"] = match.rule.id
-            out.update(
-                blocked=True,
-                listed=".".join(labels[len(labels) - _labels(match.listed) :]),
-                agencies=list(match.rule.agencies),
-                agency_name=match.rule.agency_name,
-                action=match.rule.action,
-                redirect=[*match.rule.ipv4, *match.rule.ipv6],
-            )
-            return out
-        found = snapshot.decider(wire)
-        if found is not None:
-            closest = ".".join(labels[len(labels) - _labels(found[0]) :])
-            if snapshot.table[found[0]] == ALLOW:
-                out["allowlisted"] = closest
-            else:  # the closest entry covers only the name itself or only the names below it
-                out["not_covered_by"] = closest
-        return out
 
     def degraded(self) -> dict[str, object]:
         """What failed without stopping DNS, for /readyz."""
@@ -360,10 +339,3 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
         return 1
     return 0
 
-
-def _labels(wire: bytes) -> int:
-    n = off = 0
-    while wire[off]:
-        n += 1
-        off += wire[off] + 1
-    return n

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
     sub.add_parser("config-doc", help="print the table of every config key (Markdown)")
     feeds = sub.add_parser("feeds", help="feed tools")
-    feeds.add_argument("feeds_command", choices=["validate", "status", "history", "audit", "recover"])
+    feeds.add_argument("feeds_command", choices=["validate", "status", "history", "diff", "approve", "reject", "audit", "recover"])
     feeds.add_argument("rest", nargs=argparse.REMAINDER)
     # Listed for --help; main() hands their arguments to feeds.cli.
     sub.add_parser("lookup", help="why is a name blocked or not (betblock lookup NAME)", add_help=False)

@@ -3,9 +3,8 @@ it from the feed store), its HTTP route and command, and the self-test that asks
 resolver for a sample of listed names.
 
 Owns:
-- ``GET /v1/compliance/{agency}[?format=json|csv]`` and
-  ``POST /v1/compliance/{agency}/self-test[?sample=N]`` (admin token; 401 without it, 404 for
-  an unknown agency);
+- ``GET /v1/compliance/{agency}[?format=json|csv]`` (the admin, or that agency) and
+  ``POST /v1/compliance/{agency}/self-test[?sample=N]`` (the admin); 404 for an unknown agency;
 - ``betblock compliance AGENCY [--format json|csv] [-o FILE] [--self-test [--sample N]
   [--server HOST:PORT]]``, which reads the store read-only beside a running server;
 - the self-test's DNS client: a query with EDNS over UDP (dnslib builds and parses it; this is
@@ -29,7 +28,7 @@ from typing import Any, TextIO
 import dnslib
 from aiohttp import web
 
-from config.auth import bearer, matches_secret
+from config.auth import ADMIN, AGENCY, accepts
 from config.settings import DEFAULT_CONFIG, AgencySettings, ConfigError, Settings, load_settings
 from feeds.compliance import report, to_csv
 from feeds.entry import Entry
@@ -164,13 +163,12 @@ def mount(
     agencies = {a.id: a for a in settings.agencies}
 
     def agency_of(request: web.Request) -> AgencySettings:
-        if not matches_secret(bearer(request.headers.get("Authorization")), settings.http.admin_token):
-            raise web.HTTPUnauthorized(reason="the admin token is needed", headers={"WWW-Authenticate": "Bearer"})
         agency = agencies.get(request.match_info["agency"])
         if agency is None:
             raise web.HTTPNotFound(reason=f"no agency {request.match_info['agency']!r}")
         return agency
 
+    @accepts(ADMIN, AGENCY)  # an agency reads its own report (the auth layer checks the path)
     async def get(request: web.Request) -> web.StreamResponse:
         agency = agency_of(request)
         fmt = request.query.get("format", "json")

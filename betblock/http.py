@@ -19,7 +19,9 @@ import structlog
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from betblock.auth import LOGIN_PATHS
 from betblock.authlimit import FailureLimiter
+from config.auth import PUBLIC, accepts
 from config.settings import HttpSettings
 
 log = structlog.get_logger("betblock.http")
@@ -64,7 +66,7 @@ def _param_problem(text: str) -> str:
 def _presented_credential(request: web.Request) -> bool:
     """A 401 counts as a guess when the request offered something to check; a client that sent
     nothing (a browser opening an admin route) is not guessing."""
-    return "Authorization" in request.headers or "Cookie" in request.headers or request.path == "/login"
+    return "Authorization" in request.headers or "Cookie" in request.headers or request.path in LOGIN_PATHS
 
 
 # Served while the node starts (the listener opens before the first snapshot is compiled, so
@@ -142,9 +144,11 @@ def build_app(
     # client_max_size caps every body read whole (read(), post(), json()); pushes stream theirs.
     app = web.Application(middlewares=[brute_force, starting, errors, body_caps, plain_params], client_max_size=form_cap)
 
+    @accepts(PUBLIC)
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    @accepts(PUBLIC)
     async def readyz(_request: web.Request) -> web.Response:
         if ready():
             # Parts that failed without stopping DNS (a damaged hit store): still ready, and said.

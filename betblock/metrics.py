@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
+from config.auth import PUBLIC, accepts
 from resolver.outcome import Kind
 from resolver.pipeline import LATENCY_BOUNDS
 
@@ -113,6 +114,7 @@ def mount_metrics(app: App) -> Callable[[web.Application], None]:
     collector = AppCollector(app, app.extra_metrics)
     registry.register(collector)
 
+    @accepts(PUBLIC)  # scraped by Prometheus without a token, as before the auth layer
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
 

@@ -2,10 +2,10 @@
 
 Owns the routes, their authentication and their error answers:
 
-- agency routes (``/v1/feeds/{agency}``...) take the agency's own bearer token, configured as
-  its SHA-256 and compared in constant time; a valid token of another agency gets 403, no valid
-  token 401. The admin token may read them, and push on an agency's behalf (audited as admin).
-- admin routes take the admin token.
+- agency routes (``/v1/feeds/{agency}``...) accept the agency itself and the admin (who may
+  push on an agency's behalf, audited as admin); every other route the admin only. Who is who
+  is the auth layer's business (``betblock/auth.py``): 401 without a valid credential, 403 for
+  another agency or role.
 - 413 when a body is over the push source's ``max_bytes``; 422 with the per-line rejects when
   nothing valid remains, or with the reason when the feed as a whole is refused (a bad
   signature); 202 when an update is quarantined for an admin; 503 with the reason while the
@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
-from config.auth import bearer, matches_hash, matches_secret
+from config.auth import ADMIN, AGENCY, accepts, principal
 from config.settings import Settings
 from feeds.entry import FeedError
-from feeds.lookup import explain
+from feeds.lookup import LookupService
 from feeds.manager import Conflict, FeedManager, NotFound, Refused, StoreUnavailable, UpdateResult, reject_json
 from feeds.normalize import InvalidName
 
@@ -52,6 +53,7 @@ def mount(manager: FeedManager, settings: Settings) -> Callable[[web.Application
         r.add_put("/v1/allowlist/{name}", api.allow_add)
         r.add_delete("/v1/allowlist/{name}", api.allow_remove)
         r.add_get("/v1/lookup/{name}", api.lookup)
+        r.add_get("/v1/lookup", api.lookup_query)
         r.add_get("/v1/audit", api.audit)
 
     return add
@@ -65,49 +67,24 @@ async def _store_unavailable(request: web.Request, handler: Handler) -> web.Stre
         return web.json_response({"error": "feed store unavailable", "detail": str(exc)}, status=503)
 
 
-def _unauthorized() -> web.HTTPUnauthorized:
-    return web.HTTPUnauthorized(reason="a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"})
-
-
 class FeedsApi:
     def __init__(self, manager: FeedManager, settings: Settings) -> None:
         self.m = manager
         self.settings = settings
-        self.admin_token = settings.http.admin_token
-        self.hashes = [(a.id, a.token_sha256) for a in settings.agencies if a.token_sha256]
-
-    # -- auth -----------------------------------------------------------------------------
-
-    def _owners(self, token: str | None) -> set[str]:
-        # Every hash is compared (no early exit), each in constant time.
-        return {aid for aid, digest in self.hashes if matches_hash(token, digest)}
-
-    def _admin(self, request: web.Request) -> str:
-        token = bearer(request.headers.get("Authorization"))
-        if matches_secret(token, self.admin_token):
-            return "admin"
-        if token is not None and self._owners(token):
-            raise web.HTTPForbidden(reason="admin routes need the admin token")
-        raise _unauthorized()
+        self.lookup_service = LookupService(manager)
 
     def _agency(self, request: web.Request) -> tuple[str, str]:
-        """(agency id, actor) when the caller may act on the agency in the path."""
+        """(agency id, actor) of a route on ``{agency}``. The auth layer has admitted only the
+        admin and that agency; the admin learns that an agency does not exist (404)."""
         agency = request.match_info["agency"]
-        token = bearer(request.headers.get("Authorization"))
-        owners = self._owners(token)
-        is_admin = matches_secret(token, self.admin_token)
-        if agency in owners:
-            return agency, f"agency:{agency}"
-        if is_admin:
-            if agency not in self.m.agencies:
-                raise web.HTTPNotFound(reason=f"no agency {agency!r}")
-            return agency, "admin"
-        if owners:
-            raise web.HTTPForbidden(reason="this token may only touch its own agency's feed")
-        raise _unauthorized()
+        who = principal(request)
+        if who.is_admin and agency not in self.m.agencies:
+            raise web.HTTPNotFound(reason=f"no agency {agency!r}")
+        return agency, who.name
 
     # -- agency routes --------------------------------------------------------------------
 
+    @accepts(ADMIN, AGENCY)
     async def put(self, request: web.Request) -> web.Response:
         agency, actor = self._agency(request)
         rt = self._push_runtime(agency)
@@ -126,6 +103,7 @@ class FeedsApi:
             return web.json_response({"error": "feed refused", "detail": str(exc)}, status=422)
         return _result(result)
 
+    @accepts(ADMIN, AGENCY)
     async def patch(self, request: web.Request) -> web.Response:
         agency, actor = self._agency(request)
         rt = self._push_runtime(agency)
@@ -144,6 +122,7 @@ class FeedsApi:
             return _refused(str(exc), exc.rejects)
         return _result(result)
 
+    @accepts(ADMIN, AGENCY)
     async def get(self, request: web.Request) -> web.Response:
         agency, _actor = self._agency(request)
         status = self.m.status(agency)["agencies"][0]
@@ -151,6 +130,7 @@ class FeedsApi:
         status["versions"] = await _thread(self.m.store.versions, agency, _int(request, "limit", 50))
         return web.json_response(status)
 
+    @accepts(ADMIN, AGENCY)
     async def version(self, request: web.Request) -> web.Response:
         agency, _actor = self._agency(request)
         v = _version(request)
@@ -183,7 +163,6 @@ class FeedsApi:
     # -- admin routes ---------------------------------------------------------------------
 
     async def list_feeds(self, request: web.Request) -> web.Response:
-        self._admin(request)
         out = self.m.status()
         # Readable without a store: the status then says why there is none.
         out["quarantined"] = await _thread(self.m.store.quarantined) if self.m.store is not None else []
@@ -197,18 +176,20 @@ class FeedsApi:
         return web.json_response(await self._decide(self.m.reject, request))
 
     async def _decide(self, decision: Callable[..., Awaitable[Any]], request: web.Request) -> Any:
-        """An admin's decision on a quarantined version: 404 when there is none, 409 when it
-        is not quarantined."""
-        actor = self._admin(request)
+        """An admin's decision on a quarantined version, with an optional reason (JSON
+        ``{"reason": "...", "operator": "..."}`` or a form) for the audit trail: 404 when there
+        is none, 409 when it is not quarantined."""
+        actor = principal(request).name
+        version = _version(request)
+        why = await _why(request)
         try:
-            return await decision(request.match_info["agency"], _version(request), actor=actor)
+            return await decision(request.match_info["agency"], version, actor=actor, **why)
         except NotFound as exc:
             raise web.HTTPNotFound(reason=str(exc)) from None
         except Conflict as exc:
             raise web.HTTPConflict(reason=str(exc)) from None
 
     async def refresh(self, request: web.Request) -> web.Response:
-        self._admin(request)
         agency = request.match_info["agency"]
         if agency not in self.m.agencies:
             raise web.HTTPNotFound(reason=f"no agency {agency!r}")
@@ -216,7 +197,6 @@ class FeedsApi:
         return web.json_response({"agency": agency, "sources": n}, status=202)
 
     async def allowlist(self, request: web.Request) -> web.Response:
-        self._admin(request)
         self.m.require_store()
         admin = await _thread(self.m.store.allowlist)
         return web.json_response(
@@ -224,7 +204,7 @@ class FeedsApi:
         )
 
     async def allow_add(self, request: web.Request) -> web.Response:
-        actor = self._admin(request)
+        actor = principal(request).name
         note = ""
         if request.can_read_body:
             raw = await self._body(request, 1 << 16)
@@ -240,7 +220,7 @@ class FeedsApi:
         return web.json_response(out, status=201 if out["added"] else 200)
 
     async def allow_remove(self, request: web.Request) -> web.Response:
-        actor = self._admin(request)
+        actor = principal(request).name
         try:
             out = await self.m.allow_remove(request.match_info["name"], actor=actor)
         except InvalidName as exc:
@@ -250,26 +230,33 @@ class FeedsApi:
         return web.json_response(out)
 
     async def lookup(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        self.m.require_store()
-        admin = {row["name"] for row in await _thread(self.m.store.allowlist)}
-        info = await _thread(
-            explain,
-            request.match_info["name"],
-            self.settings,
-            self.m.store,
-            snapshot=self.m.snapshot,
-            allow=self.m.allow,
-            admin_allow=admin,
-            now=self.m.clock(),
-        )
-        return web.json_response(info)
+        return web.json_response(await self.lookup_service(request.match_info["name"]))
+
+    async def lookup_query(self, request: web.Request) -> web.Response:
+        """The old ``/v1/lookup?name=`` form: a permanent redirect to the one lookup route."""
+        name = request.query.get("name", "").strip()
+        if not name:
+            raise web.HTTPBadRequest(reason="name: required")
+        raise web.HTTPPermanentRedirect(f"/v1/lookup/{quote(name, safe='')}")
 
     async def audit(self, request: web.Request) -> web.Response:
-        self._admin(request)
         self.m.require_store()
         rows = await _thread(self.m.store.audit_log, request.query.get("agency"), _int(request, "limit", 100))
         return web.json_response({"audit": rows})
+
+
+async def _why(request: web.Request) -> dict[str, str]:
+    """The reason (and the operator's name) that came with a decision; at most 1,000 characters each."""
+    if not request.can_read_body:
+        return {}
+    if request.content_type == "application/json":
+        doc = _json(await request.read())
+    else:
+        doc = dict(await request.post())
+    if not isinstance(doc, dict):
+        raise web.HTTPBadRequest(reason='body must be {"reason": "...", "operator": "..."}')
+    why = {k: str(doc[k]).strip()[:1000] for k in ("reason", "operator") if doc.get(k)}
+    return why
 
 
 def _result(result: UpdateResult) -> web.Response:

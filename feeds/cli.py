@@ -1,22 +1,29 @@
 """The feeds commands of ``betblock``: ``lookup NAME``, ``token-hash``, ``feeds status``,
-``feeds history AGENCY``, ``feeds audit`` and ``feeds recover``.
+``feeds history AGENCY``, ``feeds diff AGENCY VERSION``, ``feeds approve|reject AGENCY VERSION
+--reason ...``, ``feeds audit`` and ``feeds recover``.
 
-Owns their arguments and output. They read the feed store (read-only, so they work beside a
-running server) and the saved snapshot; they change nothing, but for ``feeds recover`` (run
-with the server stopped), the one way to replace a store that is missing, empty or damaged: it
-sets the file aside and starts an empty store, with an audit row saying so. Decisions (approve,
-reject, allowlist) go through the admin API, which the running server applies at once.
-Must not import aiohttp or resolver code.
+Owns their arguments and output. The reports read the feed store (read-only, so they work
+beside a running server) and the saved snapshot. Decisions (approve, reject) go through the
+admin API of the running node (``--server``, default the configured ``http.listen``; the admin
+token from ``BETBLOCK_ADMIN_TOKEN``, ``--token-file`` or ``http.admin_token``), which applies them
+at once and writes the audit row: who (admin, and the operator's login name), when, why.
+``feeds recover`` (run with the server stopped) is the one way to replace a store that is
+missing, empty or damaged: it sets the file aside and starts an empty store, with an audit row
+saying so. Must not import aiohttp or resolver code.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import secrets
 import sqlite3
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -105,20 +112,34 @@ def lookup(argv: list[str], out: TextIO = sys.stdout) -> int:
     return 0 if info.get("blocked") else 1
 
 
+DECISIONS = ("approve", "reject")
+SAMPLE = 20
+
+
 def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
-    """``betblock feeds status|history AGENCY|audit|recover``."""
-    p = argparse.ArgumentParser(prog="betblock feeds", description="feed store reports")
+    """``betblock feeds status|history AGENCY|diff AGENCY VERSION|approve|reject AGENCY VERSION|audit|recover``."""
+    p = argparse.ArgumentParser(prog="betblock feeds", description="feed store reports and quarantine decisions")
     sub = p.add_subparsers(dest="what", required=True)
     for name, helptext in (("status", "every source's version in force and any quarantine"),
-                           ("history", "an agency's versions"), ("audit", "the audit trail"),
+                           ("history", "an agency's versions"),
+                           ("diff", "what a version adds and removes, and why it was quarantined"),
+                           ("approve", "apply a quarantined version (through the running node's admin API)"),
+                           ("reject", "refuse a quarantined version for good (through the running node's admin API)"),
+                           ("audit", "the audit trail"),
                            ("recover", "set a missing, empty or damaged store aside and start an empty one (server stopped)")):
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
         sp.add_argument("--json", action="store_true", help="print JSON")
-        if name == "history":
+        if name in ("history", "diff", *DECISIONS):
             sp.add_argument("agency")
-        if name in ("history", "audit"):
-            sp.add_argument("--limit", type=int, default=50)
+        if name in ("diff", *DECISIONS):
+            sp.add_argument("version", type=int)
+        if name in DECISIONS:
+            sp.add_argument("--reason", required=True, help="why (written into the audit trail)")
+            sp.add_argument("--server", help="the node's admin API, e.g. http://127.0.0.1:8053 (default: http.listen)")
+            sp.add_argument("--token-file", type=Path, help="file holding the admin token (else BETBLOCK_ADMIN_TOKEN or http.admin_token)")
+        if name in ("history", "audit", "diff"):
+            sp.add_argument("--limit", type=int, default=SAMPLE if name == "diff" else 50)
         if name == "audit":
             sp.add_argument("--agency")
     args = p.parse_args(argv)
@@ -127,6 +148,8 @@ def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
         return 2
     if args.what == "recover":
         return recover(settings, out, as_json=args.json)
+    if args.what in DECISIONS:
+        return decide(settings, args, out)
     store = _store(settings)
     if store is None:
         print(f"betblock: no feed store at {settings.data_dir / STORE_FILE}", file=sys.stderr)
@@ -136,6 +159,11 @@ def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
             data: Any = _status(settings, store)
         elif args.what == "history":
             data = store.versions(args.agency, args.limit)
+        elif args.what == "diff":
+            data = _diff(store, args.agency, args.version, args.limit)
+            if data is None:
+                print(f"betblock: agency {args.agency!r} has no version {args.version}", file=sys.stderr)
+                return 1
         else:
             data = store.audit_log(args.agency, args.limit)
     finally:
@@ -154,10 +182,115 @@ def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
             print(f"v{v['version']:<5} {v['status']:<11} {v['received']} {v['source']:<30} {v['entries']:>8} "
                   f"+{v['added']} -{v['removed']} ~{v['changed']} rejects {v['rejects']} by {v['actor']}"
                   + (f" ({v['reason']})" if v["reason"] else ""), file=out)
+    elif args.what == "diff":
+        print(_render_diff(data), file=out)
     else:
         for a in data:
             print(f"{a['time']} {a['actor']:<24} {a['action']:<22} {a['agency'] or '-'} "
                   f"{'v' + str(a['version']) if a['version'] else ''} {json.dumps(a['detail'])}", file=out)
+    return 0
+
+
+def _diff(store: FeedStore, agency: str, version: int, sample: int) -> dict[str, Any] | None:
+    """A version's counts, its guardrail findings and a sample of the names it adds and removes."""
+    row = store.version(agency, version)
+    if row is None:
+        return None
+    d = store.version_diff(agency, version, max(sample, 0))
+    return {
+        "agency": agency,
+        "version": version,
+        "status": row["status"],
+        "source": row["source"],
+        "received": row["received"],
+        "entries": row["entries"],
+        "counts": {"added": row["added"], "removed": row["removed"], "changed": row["changed"], "rejects": row["rejects"]},
+        # The guard's finding: why the update waits for (or waited for) an admin.
+        "findings": [row["reason"]] if row["reason"] else [],
+        "decided": {"by": row["decided_by"], "at": row["decided"]} if row.get("decided_by") else None,
+        "sample": {k: d.get(k, []) for k in ("added", "removed", "changed")},
+        "rejects": d.get("rejects", [])[:sample],
+    }
+
+
+def _render_diff(d: dict[str, Any]) -> str:
+    c = d["counts"]
+    lines = [
+        f"{d['agency']} v{d['version']} ({d['status']}), {d['source']}, received {d['received']}: "
+        f"{d['entries']} entries, +{c['added']} -{c['removed']} ~{c['changed']}, {c['rejects']} lines rejected",
+    ]
+    lines += [f"  guardrail: {f}" for f in d["findings"]] or ["  guardrail: nothing found"]
+    if d["decided"]:
+        lines.append(f"  decided by {d['decided']['by']} at {d['decided']['at']}")
+    for key, total in (("added", c["added"]), ("removed", c["removed"]), ("changed", c["changed"])):
+        names = d["sample"][key]
+        if names:
+            more = f" (and {total - len(names)} more)" if total > len(names) else ""
+            lines.append(f"  {key} {total}: {', '.join(names)}{more}")
+    for r in d["rejects"]:
+        lines.append(f"  rejected line {r['line']}: {r['text']!r}: {r['reason']}")
+    return "\n".join(lines)
+
+
+def _admin_token(settings: Settings, token_file: Path | None) -> str | None:
+    if token_file is not None:
+        return token_file.read_text(encoding="utf-8").strip() or None
+    env = os.environ.get("BETBLOCK_ADMIN_TOKEN")
+    if env:
+        return env.strip()
+    token = settings.http.admin_token
+    return token.get_secret_value() if token is not None else None
+
+
+def _api_base(settings: Settings, server: str | None) -> str:
+    if server:
+        return server.rstrip("/")
+    host, port = settings.http.address()
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def decide(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    """``betblock feeds approve|reject AGENCY VERSION --reason TEXT``: the decision goes to the
+    running node's admin API. Exit 0 when it was taken, 1 when the node refused it (not
+    quarantined, unknown version), 2 when the node cannot be reached or no token is at hand."""
+    try:
+        token = _admin_token(settings, args.token_file)
+    except OSError as exc:
+        print(f"betblock: cannot read the token file: {exc}", file=sys.stderr)
+        return 2
+    if not token:
+        print("betblock: no admin token: set BETBLOCK_ADMIN_TOKEN, pass --token-file, or configure http.admin_token",
+              file=sys.stderr)
+        return 2
+    if any(c.isspace() or not c.isprintable() for c in token):
+        print("betblock: the admin token must be one line without spaces (is --token-file the right file?)", file=sys.stderr)
+        return 2
+    base = _api_base(settings, args.server)
+    body = json.dumps({"reason": args.reason, "operator": getpass.getuser()}).encode()
+    target = f"{base}/v1/feeds/{urllib.request.quote(args.agency, safe='')}/versions/{args.version}/{args.what}"
+    req = urllib.request.Request(
+        target, data=body, method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            result = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("error", "")
+        except ValueError:
+            detail = ""
+        print(f"betblock: {args.what} {args.agency} v{args.version}: {exc.code} {detail or exc.reason}", file=sys.stderr)
+        return 1 if exc.code in (404, 409) else 2
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"betblock: the node's admin API at {base} cannot be reached ({exc}); is 'betblock serve' running?",
+              file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2), file=out)
+    else:
+        print(f"{args.agency} v{args.version}: {result.get('status')} (reason: {args.reason})", file=out)
     return 0
 
 

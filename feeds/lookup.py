@@ -1,4 +1,5 @@
-"""Why a name is or is not blocked: ``betblock lookup NAME`` and ``GET /v1/lookup/{name}``.
+"""Why a name is or is not blocked: the one lookup service behind ``betblock lookup NAME``,
+``GET /v1/lookup/{name}`` and the admin page's lookup.
 
 Owns the explanation: every entry of every agency at the name or above it (since when, until
 when, under which legal reference, from which source and version, with its match scope), which
@@ -13,9 +14,10 @@ Must not import aiohttp or resolver code.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from feeds.formats import scope_of
@@ -23,6 +25,25 @@ from feeds.lists import from_wire, to_wire
 from feeds.normalize import InvalidName, normalize_detail
 from feeds.snapshot import PolicySnapshot, split
 from feeds.store import FeedStore, iso
+
+if TYPE_CHECKING:
+    from feeds.manager import FeedManager
+
+
+class LookupService:
+    """``explain`` bound to a running node: its store, the snapshot in force, the configured and
+    the admin allowlists. Calling it runs the store reads in a thread."""
+
+    def __init__(self, manager: FeedManager) -> None:
+        self.m = manager
+
+    async def __call__(self, raw: str) -> dict[str, Any]:
+        store = self.m.require_store()
+        admin = {row["name"] for row in await asyncio.to_thread(store.allowlist)}
+        return await asyncio.to_thread(
+            explain, raw, self.m.settings, store,
+            snapshot=self.m.snapshot, allow=self.m.allow, admin_allow=admin, now=self.m.clock(),
+        )
 
 
 def covers(scope: str, itself: bool) -> bool:

@@ -1,10 +1,11 @@
 """The admin HTTP interface of the hit log: JSON API, streaming export, the admin page's routes.
 
 Owns the routes under /v1/hits (list with keyset pagination, export as CSV or NDJSON, stats,
-status), /v1/lookup ("why is this name blocked"), the admin page at / with its login, and admin
-authentication: ``Authorization: Bearer <admin token>``, or the session cookie that the page's
-login form sets (HttpOnly, SameSite=Strict, in memory, 8 hours). Everything here is read-only
-except the login itself, so a cookie cannot be used to change anything.
+status) and the admin page at / with its login (its "why is this name blocked" asks the
+lookup service the composition root hands over, the same one as ``/v1/lookup/{name}``). Who may
+call what is declared per route and enforced by the auth layer (``betblock/auth.py``): hits and
+their export take the admin or an agency, and an agency's are narrowed to hits on its own
+names; the rest take the admin.
 
 The composition root calls ``mount`` with the store and two callables (feed status and lookup)
 so that this module needs nothing from the resolver. Must not import the resolver.
@@ -13,61 +14,20 @@ so that this module needs nothing from the resolver. Must not import the resolve
 from __future__ import annotations
 
 import math
-import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
-from pydantic import SecretStr
 
-from config.auth import bearer, matches_secret
+from config.auth import ADMIN, AGENCY, SessionLogin, accepts, principal
 from hits.query import FilterError, Filters, csv_header, csv_rows, ndjson_lines, parse_cursor, parse_limit
 from hits.store import HitStore
 
-COOKIE = "betblock_admin"
-SESSION_SECONDS = 8 * 3600
-
-Lookup = Callable[[str], dict[str, Any]]
+COOKIE = "betblock_session"  # the auth layer's session cookie (betblock/auth.py), for CSRF tokens bound to it
+Lookup = Callable[[str], Awaitable[dict[str, Any]]]  # feeds' lookup service, for the page
 FeedStatus = Callable[[], list[dict[str, Any]]]
-
-
-@dataclass
-class AdminAuth:
-    """Who may read the hit log: the admin token, or a session the login form created with it."""
-
-    token: SecretStr | None
-    clock: Callable[[], float] = time.time
-    sessions: dict[str, float] = field(default_factory=dict)  # session id -> expiry
-
-    def login(self, token: str | None) -> str | None:
-        if not matches_secret(token, self.token):
-            return None
-        now = self.clock()
-        for sid, exp in list(self.sessions.items()):
-            if exp < now:
-                del self.sessions[sid]
-        sid = secrets.token_urlsafe(32)
-        self.sessions[sid] = now + SESSION_SECONDS
-        return sid
-
-    def logout(self, sid: str | None) -> None:
-        if sid:
-            self.sessions.pop(sid, None)
-
-    def allowed(self, request: web.Request) -> bool:
-        if self.token is None:
-            return False  # admin routes are off until a token is configured
-        if matches_secret(bearer(request.headers.get("Authorization")), self.token):
-            return True
-        sid = request.cookies.get(COOKIE)
-        exp = self.sessions.get(sid) if sid else None
-        return exp is not None and exp >= self.clock()
-
-    def require(self, request: web.Request) -> None:
-        if not self.allowed(request):
-            raise web.HTTPUnauthorized(reason="admin token required", headers={"WWW-Authenticate": 'Bearer realm="betblock"'})
 
 
 # Times a filter may name: the years 1 to 9999 (what a datetime holds; nan, inf or 1e300 are not times).
@@ -97,10 +57,27 @@ def parse_page_cursor(value: str | None) -> int | None:
 
 
 def _filters(request: web.Request) -> Filters:
+    """The request's filters, narrowed to the caller's agency when an agency asks (403 when it
+    asks for another agency's hits)."""
     try:
-        return parse_filters(request.query)
+        f = parse_filters(request.query)
     except FilterError as exc:
         raise web.HTTPBadRequest(reason=str(exc)) from None
+    scope = principal(request).scope(f.agency)
+    return f if scope == f.agency else replace(f, agency=scope)
+
+
+def narrow(hits: list[dict[str, Any]], agency: str | None) -> list[dict[str, Any]]:
+    """Hits as ``agency`` may see them: a name other agencies list too names only this one (who
+    else lists a name is their business). ``None`` (the admin): unchanged."""
+    if agency is None:
+        return hits
+    return [{**h, "agency": agency, "agencies": [agency]} for h in hits]
+
+
+def _own(request: web.Request) -> str | None:
+    who = principal(request)
+    return who.agency if who.role == AGENCY else None
 
 
 def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
@@ -119,7 +96,7 @@ def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
 def mount(
     store: HitStore | None,
     *,
-    admin_token: SecretStr | None,
+    auth: SessionLogin,
     lookup: Lookup,
     feed_status: FeedStatus,
     recorder_stats: Callable[[], dict[str, Any]] = dict,
@@ -131,8 +108,6 @@ def mount(
 ) -> Callable[[web.Application], None]:
     """A function that adds the hit log's routes to the application. ``health`` says why the
     store takes no hits (None while it does); reads answer 503 while it could not be opened."""
-    auth = AdminAuth(admin_token, clock)
-
     def unusable() -> str | None:
         failed = health()
         return f"hit store failed: {failed['error']}" if failed is not None and failed["state"] == "failed" else None
@@ -145,8 +120,8 @@ def mount(
             raise web.HTTPServiceUnavailable(reason=f"hit store failed: {failed['error']}")
         return store
 
+    @accepts(ADMIN, AGENCY)
     async def list_hits(request: web.Request) -> web.Response:
-        auth.require(request)
         st = need_store()
         f = _filters(request)
         try:
@@ -155,10 +130,10 @@ def mount(
         except FilterError as exc:
             raise web.HTTPBadRequest(reason=str(exc)) from None
         hits, nxt = await st.page(f, limit, cursor)
-        return web.json_response({"hits": hits, "next": str(nxt) if nxt is not None else None})
+        return web.json_response({"hits": narrow(hits, _own(request)), "next": str(nxt) if nxt is not None else None})
 
+    @accepts(ADMIN, AGENCY)
     async def export(request: web.Request) -> web.StreamResponse:
-        auth.require(request)
         st = need_store()
         f = _filters(request)
         fmt = request.query.get("format", "csv")
@@ -176,20 +151,20 @@ def mount(
         await resp.prepare(request)
         if fmt == "csv":
             await resp.write(csv_header())
-        async for hits in st.iterate(f):
+        own = _own(request)
+        async for chunk in st.iterate(f):
+            hits = narrow(chunk, own)
             await resp.write(csv_rows(hits) if fmt == "csv" else ndjson_lines(hits))
         await resp.write_eof()
         return resp
 
     async def stats(request: web.Request) -> web.Response:
-        auth.require(request)
         st = need_store()
         days = _int(request, "days", 30, 1, 3660)
         top = _int(request, "top", 20, 1, 1000)
         return web.json_response(await st.stats(days, top))
 
     async def status(request: web.Request) -> web.Response:
-        auth.require(request)
         body: dict[str, Any] = {"retention_days": retention_days, "recorder": recorder_stats(), "health": health()}
         failed = health()
         if store is not None and (failed is None or failed["state"] != "failed"):
@@ -198,16 +173,6 @@ def mount(
             body["store"] = None
         return web.json_response(body)
 
-    async def lookup_route(request: web.Request) -> web.Response:
-        auth.require(request)
-        name = request.query.get("name", "").strip()
-        if not name:
-            raise web.HTTPBadRequest(reason="name: required")
-        try:
-            return web.json_response(lookup(name))
-        except ValueError as exc:
-            raise web.HTTPBadRequest(reason=f"name: {exc}") from None
-
     def add(app: web.Application) -> None:
         from hits import dashboard, page
 
@@ -215,7 +180,6 @@ def mount(
         app.router.add_get("/v1/hits/export", export)
         app.router.add_get("/v1/hits/stats", stats)
         app.router.add_get("/v1/hits/status", status)
-        app.router.add_get("/v1/lookup", lookup_route)
         page.add_routes(
             app, auth=auth, store=store, lookup=lookup, feed_status=feed_status,
             recorder_stats=recorder_stats, retention_days=retention_days, usable=unusable,

@@ -2,7 +2,7 @@
 
 Owns the page's routes (/, /login, /logout, /static/hits/*) and its HTML. Works without
 JavaScript; ``static/admin.js`` only shows times in local time and makes names clickable.
-Login: the admin token typed into a form sets a session cookie (see ``hits.api.AdminAuth``).
+Login: the admin token typed into a form sets a session cookie (sessions: ``betblock/auth.py``).
 Every value shown is escaped. Must not import the resolver.
 """
 
@@ -17,16 +17,17 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from config.auth import ADMIN, PUBLIC, accepts, principal
+from config.errors import BetblockError
 from hits.api import parse_filters, parse_page_cursor
 from hits.query import ACTIONS, QTYPES, FilterError, parse_limit
 from hits.store import HitStore
 
 if TYPE_CHECKING:
-    from hits.api import AdminAuth
+    from config.auth import SessionLogin
 
 HERE = Path(__file__).parent
 TEMPLATE = string.Template((HERE / "templates" / "page.html").read_text())
-COOKIE = "betblock_admin"
 PAGE_SIZE = 50
 
 
@@ -131,29 +132,54 @@ def hits_section(
 </section>"""
 
 
+def _rule(result: dict[str, Any]) -> str:
+    decided = (result.get("resolver") or {}).get("decided_by")
+    return f", rule {esc(decided['rule'])}" if decided else ""
+
+
+def _policy(result: dict[str, Any]) -> str:
+    version = (result.get("resolver") or {}).get("policy_version")
+    return f", policy version {esc(version)}" if version is not None else ""
+
+
 def lookup_section(name: str, result: dict[str, Any] | None, error: str) -> str:
+    """The lookup service's answer (``GET /v1/lookup/{name}``), in a sentence and a table."""
     out = ""
     if error:
         out = f'<p class="error">{esc(error)}</p>'
+    elif result is not None and not result.get("valid", True):
+        out = f'<p id="lookup-result" class="error">{esc(result["name"])}: not a name that can be listed ({esc(result.get("reason"))})</p>'
     elif result is not None:
         if result.get("blocked"):
+            w = result["winner"]
+            also = result.get("also_listed_by") or []
             out = (
                 f'<p id="lookup-result"><span class="blocked">{esc(result["name"])} is blocked</span> by the entry '
-                f'<code>{esc(result["listed"])}</code> ({esc(result.get("scope", "subtree"))}, rule {esc(result.get("rule"))}), '
-                f'listed by {esc(", ".join(result["agencies"]))}; '
-                f'answer: {esc(result["action"])} (decided by {esc(result["agencies"][0])}, policy version '
-                f'{esc(result.get("policy_version"))}).</p>'
+                f'<code>{esc(w["listed"])}</code> ({esc(w.get("scope", "subtree"))}{_rule(result)}), '
+                f'listed by {esc(", ".join([w["agency"], *also]))}; '
+                f'answer: {esc(w["action"])} (decided by {esc(w["agency"])}{_policy(result)}).</p>'
             )
-        elif result.get("allowlisted"):
+        elif result.get("overridden_by"):
+            o = result["overridden_by"]
             out = (
                 f'<p id="lookup-result"><span class="ok">{esc(result["name"])} is not blocked</span>: '
-                f'allowlisted by <code>{esc(result["allowlisted"])}</code>.</p>'
+                f'allowlisted by <code>{esc(o["name"])}</code> ({esc(o["by"])}).</p>'
             )
         else:
             out = f'<p id="lookup-result"><span class="ok">{esc(result["name"])} is not blocked</span>: no list has it.</p>'
+        rows = "".join(
+            f"<tr><td>{esc(m['agency'])}</td><td>{esc(m['listed'])}</td><td>{esc(m['state'])}</td>"
+            f"<td>{esc(m['since'])}</td><td>{esc(m['legal_ref'] or '')}</td><td>v{esc(m['version'])}</td></tr>"
+            for m in result.get("matches", [])
+        )
+        if rows:
+            out += (
+                '<table id="lookup-matches"><thead><tr><th>agency</th><th>entry</th><th>state</th><th>since</th>'
+                f"<th>legal ref</th><th>version</th></tr></thead><tbody>{rows}</tbody></table>"
+            )
     return f"""<section id="lookup">
 <h2>Why is this name blocked?</h2>
-<form method="get" action="/"><input name="lookup" value="{esc(name)}" placeholder="www.casino.test" size="30">
+<form method="get" action="/"><label for="lookup-name">name</label> <input id="lookup-name" name="lookup" value="{esc(name)}" placeholder="www.casino.test" size="30">
 <button type="submit" id="lookup-go">Look up</button></form>
 {out}
 </section>"""
@@ -191,9 +217,9 @@ def _utc(ts: float) -> str:
 def add_routes(
     app: web.Application,
     *,
-    auth: AdminAuth,
+    auth: SessionLogin,
     store: HitStore | None,
-    lookup: Callable[[str], dict[str, Any]],
+    lookup: Callable[[str], Awaitable[dict[str, Any]]],
     feed_status: Callable[[], list[dict[str, Any]]],
     recorder_stats: Callable[[], dict[str, Any]],
     retention_days: int,
@@ -203,8 +229,9 @@ def add_routes(
     """``usable`` says why the store cannot be read (None when it can); ``policy_labels`` names
     policy versions for people (``v<n>``)."""
 
+    @accepts(PUBLIC)  # the login form to anyone, the page to the admin
     async def index(request: web.Request) -> web.Response:
-        if not auth.allowed(request):
+        if not principal(request).is_admin:
             return render(login_page(), logged_in=False)
         q = request.query
         error = ""
@@ -229,8 +256,8 @@ def add_routes(
         lerr = ""
         if name:
             try:
-                result = lookup(name)
-            except ValueError as exc:
+                result = await lookup(name)
+            except BetblockError as exc:  # the feed store is unusable: say so, show the rest
                 lerr = f"{name!r}: {exc}"
         status = await store.status() if store is not None and usable() is None else None
         body = (
@@ -243,22 +270,24 @@ def add_routes(
         )
         return render(body, logged_in=True)
 
+    @accepts(PUBLIC)
     async def login(request: web.Request) -> web.Response:
         form = await request.post()
         token = form.get("token")
-        sid = auth.login(token if isinstance(token, str) else None)
+        sid = auth.login(token if isinstance(token, str) else None, ADMIN)
         if sid is None:
-            resp = render(login_page("wrong token" if auth.token is not None else "admin login is off: set http.admin_token"), False)
+            resp = render(login_page("wrong token"), False)
             resp.set_status(401)
             return resp
         resp = web.HTTPSeeOther("/")
-        resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/", max_age=8 * 3600)
+        resp.set_cookie(auth.cookie, sid, httponly=True, samesite="Strict", path="/", max_age=8 * 3600)
         raise resp
 
+    @accepts(PUBLIC)
     async def logout(request: web.Request) -> web.Response:
-        auth.logout(request.cookies.get(COOKIE))
+        auth.logout(request.cookies.get(auth.cookie))
         resp = web.HTTPSeeOther("/")
-        resp.del_cookie(COOKIE, path="/")
+        resp.del_cookie(auth.cookie, path="/")
         raise resp
 
     app.router.add_get("/", index)

@@ -58,13 +58,19 @@ async def test_rpz_actions_and_scopes(app, upstream) -> None:
     assert a_records(await udp(port, query("below.test"))) == ["198.51.100.1"]
     r = await udp(port, query("x.below.test"))
     assert r.rcode() == dns.rcode.NOERROR and r.answer == []
-    why = app.lookup("x.below.test")
-    assert why["blocked"] and why["scope"] == "below" and why["listed"] == "below.test" and why["action"] == "nodata"
-    assert why["rule"] == app.pipeline.policy.snapshot.match(b"\x01x\x05below\x04test\x00").rule.id
+    why = await app.lookup("x.below.test")  # the lookup service (/v1/lookup/{name})
+    assert why["blocked"] and why["winner"]["scope"] == "below" and why["winner"]["listed"] == "below.test"
+    assert why["winner"]["action"] == "nodata"
+    decided = why["resolver"]["decided_by"]
+    assert decided["scope"] == "below" and decided["listed"] == "below.test"
+    assert decided["rule"] == app.pipeline.policy.snapshot.match(b"\x01x\x05below\x04test\x00").rule.id
     # Every RPZ action is a blocked answer with its hit, drop and tcp-only included.
     assert app.pipeline.counters.snapshot()["blocked"] == 7
     await app.recorder.flush()
     assert app.recorder.recorded == 7 and app.recorder.store_errors == 0
-    assert app.lookup("www.exact.test") == {
-        "name": "www.exact.test", "blocked": False, "policy_version": app.pipeline.policy.version, "not_covered_by": "exact.test",
+    why = await app.lookup("www.exact.test")
+    assert not why["blocked"] and why["resolver"]["policy_version"] == app.pipeline.policy.version
+    assert not why["resolver"]["blocked"]
+    assert {k: why["resolver"]["decided_by"][k] for k in ("listed", "position", "scope")} == {
+        "listed": "exact.test", "position": "below", "scope": "exact",  # the closest entry does not cover it
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from config.auth import PUBLIC, accepts
 from tests.conftest import NodeFactory
 
 
@@ -23,6 +24,7 @@ async def test_health_and_ready(node: NodeFactory) -> None:
 
 
 async def test_oversize_body_is_413_and_owner_errors_are_json(node: NodeFactory) -> None:
+    @accepts(PUBLIC)  # an undeclared route would take the admin only
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
         if not body:

@@ -51,11 +51,12 @@ from feeds.guard import Protected
 from feeds.lists import SourceList, to_wire
 
 # Re-exported: callers (the API, the CLI, tests) import the outcome and errors from here.
+from feeds.ondisk import explain, load_saved, open_store
 from feeds.outcomes import Conflict, NotFound, Refused, StoreUnavailable, UpdateResult, reject_json  # noqa: F401
 from feeds.scheduler import SourceScheduler
 from feeds.snapshot import PolicySnapshot, Scope
 from feeds.status import FeedReadModel, source_status
-from feeds.store import FeedStore, StoreProblem, read_marker, write_marker
+from feeds.store import FeedStore, StoreProblem, read_marker
 from feeds.updates import UpdateService
 from feeds.xfr_source import ZoneFollower
 
@@ -185,11 +186,11 @@ class FeedManager:
         await asyncio.to_thread(self._read_policy_files)
         # 2. The snapshot the last run saved, when it still holds (same configuration, no date
         #    passed since, intact).
-        saved = await asyncio.to_thread(self._load_saved)
+        saved = await asyncio.to_thread(load_saved, self.snapshot_path, self.fingerprint, self.clock())
         # 3. The store, made anew only on a first start. Beside a saved snapshot the full check
         #    waits for run() (step 6): DNS need not wait for it.
         try:
-            self.store = await asyncio.to_thread(self._open_store, saved is None)
+            self.store = await asyncio.to_thread(open_store, self.store_path, self.snapshot_path, saved is None)
         except StoreProblem as exc:
             if saved is None:
                 raise  # nothing could enforce the lists: the start stops, naming the way out
@@ -221,40 +222,6 @@ class FeedManager:
         self._flush_task = asyncio.ensure_future(self._write_deferred())
         return self.snapshot
 
-    def _open_store(self, check: bool) -> FeedStore:
-        """The store, made only on a first start (neither its marker nor a saved snapshot says
-        one existed); ``check``: SQLite's quick check of every page first."""
-        marker = read_marker(self.store_path)
-        existed = marker is not None or self.snapshot_path.exists()
-        try:
-            store = FeedStore(self.store_path, create=not existed)
-            problem = store.check() if check else None
-            if problem is not None:
-                store.close()
-                raise StoreProblem(f"damaged ({problem})")
-        except StoreProblem as exc:
-            raise StoreProblem(self._explain(str(exc), marker)) from None
-        if marker is None or marker.get("store_id") != store.store_id:
-            if marker is not None:
-                log.warning("the feed store is not the one its marker names; taking it as the store",
-                            path=str(self.store_path), marker=marker.get("store_id"), store=store.store_id)
-            write_marker(store)
-        return store
-
-    def _explain(self, what: str, marker: dict[str, Any] | None) -> str:
-        if marker is not None and marker.get("store_id"):
-            had = f"store {marker['store_id']}, created {marker.get('created')}"
-        elif marker is not None:
-            had = str(marker.get("problem"))
-        else:
-            had = f"a saved snapshot {self.snapshot_path} exists"
-        return (
-            f"the feed store {self.store_path} is {what}, but this data directory had one ({had}). "
-            "It is not made anew: that would drop every pushed list, the version history and the audit trail, "
-            "and answer pushed names unblocked. Restore the file from a backup, or run "
-            "'betblock feeds recover --config <this config>' to set it aside and start an empty store"
-        )
-
     def _degrade(self, problem: str) -> None:
         """Serve the snapshot in force without a store: updates get ``StoreUnavailable``."""
         self.store_problem = problem
@@ -285,16 +252,6 @@ class FeedManager:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the feed store refused the write ({exc}); nothing was changed") from exc
 
-    def _load_saved(self) -> PolicySnapshot | None:
-        """The saved snapshot when it holds; a damaged one is named in one log line and left
-        for the next save to replace."""
-        try:
-            return persist.load_checked(self.snapshot_path, self.fingerprint, self.clock())
-        except persist.SnapshotDamaged as exc:
-            log.error("saved snapshot rejected as damaged; compiling from the feed store instead",
-                      path=str(self.snapshot_path), reason=str(exc))
-            return None
-
     async def _write_deferred(self) -> None:
         """Record the versions read at start-up in the store; then updates may proceed."""
         assert self.store is not None
@@ -321,7 +278,8 @@ class FeedManager:
                 self._check_store = False
                 problem = await asyncio.to_thread(self.store.check)
                 if problem is not None:
-                    self._degrade(self._explain(f"damaged ({problem})", read_marker(self.store_path)))
+                    self._degrade(explain(self.store_path, self.snapshot_path, f"damaged ({problem})",
+                                          read_marker(self.store_path)))
             if self.store_problem is not None:
                 await asyncio.Future()  # only the snapshot in force: nothing to read, poll or compile
             # 7. The writes queued in step 4b are in the store.

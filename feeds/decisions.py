@@ -1,8 +1,9 @@
 """Admin decisions: approve or reject a quarantined version, the admin allowlist, the audit trail,
 and the records an admin reads to decide (versions, their diffs, what waits in quarantine).
 
-Owns the rule that every decision is written to the store together with its audit row, and is
-the only way the HTTP API reaches the feed store. Decisions take the manager's update lock, so
+Owns the rule that every decision is written to the store together with its audit row, and the
+reads the HTTP API needs of the store (the API's own reads move here once the auth-layer change
+to feeds/api.py has landed). Decisions take the manager's update lock, so
 a decision and an update never interleave; an applied decision recompiles.
 
 Must not import the resolver, hits or betblock.

@@ -1,9 +1,11 @@
 """The feeds control plane: every source of every agency, from bytes to an installed snapshot.
 
-Owns the life of each source (poll a URL, watch a file, accept a push), the path of an update
-(parse -> guard -> diff -> quarantine or apply -> store -> compile -> install), the decisions an
-admin takes (approve or reject a quarantined version, the allowlist), the timer that recompiles
-when a listing or removal date passes, and the start-up order:
+Composes the parts, each with one job (the README's "control plane in code" has the map):
+``SourceScheduler`` (when sources are fetched or read), ``UpdateService`` (parse -> guard -> diff
+-> quarantine or apply), ``AdminDecisions`` (approve, reject, allowlist, audit), ``PolicyBuilder``
+(compile, publish, save, the date timer) and ``FeedReadModel`` (status, metrics, provenance).
+Owns what they share (the sources, the store and the update lock) and the start-up order
+(written step by step in ``start`` and ``run``):
 
 1. the snapshot persisted by the last run is installed at once when it was compiled under the
    same configuration and no date has passed since: the node answers before any source is
@@ -49,11 +51,12 @@ from feeds.guard import Protected
 from feeds.lists import SourceList, to_wire
 
 # Re-exported: callers (the API, the CLI, tests) import the outcome and errors from here.
+from feeds.ondisk import explain, load_saved, open_store
 from feeds.outcomes import Conflict, NotFound, Refused, StoreUnavailable, UpdateResult, reject_json  # noqa: F401
 from feeds.scheduler import SourceScheduler
 from feeds.snapshot import PolicySnapshot, Scope
 from feeds.status import FeedReadModel, source_status
-from feeds.store import FeedStore, StoreProblem, read_marker, write_marker
+from feeds.store import FeedStore, StoreProblem, read_marker
 from feeds.updates import UpdateService
 from feeds.xfr_source import ZoneFollower
 
@@ -174,20 +177,29 @@ class FeedManager:
 
     async def start(self) -> PolicySnapshot:
         """Install the first snapshot (see the module docstring); returns it. ``StoreProblem``
-        when the store is unusable and no intact saved snapshot can stand in for it."""
+        when the store is unusable and no intact saved snapshot can stand in for it.
+
+        The whole start-up, in order: ``start`` (steps 1-5, before the DNS listeners open), then
+        ``run`` (steps 6-9, in the background)."""
         started = time.perf_counter()
+        # 1. The configured allowlist and protected names: every later step reads them.
         await asyncio.to_thread(self._read_policy_files)
-        saved = await asyncio.to_thread(self._load_saved)
+        # 2. The snapshot the last run saved, when it still holds (same configuration, no date
+        #    passed since, intact).
+        saved = await asyncio.to_thread(load_saved, self.snapshot_path, self.fingerprint, self.clock())
+        # 3. The store, made anew only on a first start. Beside a saved snapshot the full check
+        #    waits for run() (step 6): DNS need not wait for it.
         try:
-            # Beside a saved snapshot the full check waits for run(): DNS need not wait for it.
-            self.store = await asyncio.to_thread(self._open_store, saved is None)
+            self.store = await asyncio.to_thread(open_store, self.store_path, self.snapshot_path, saved is None)
         except StoreProblem as exc:
             if saved is None:
-                raise
+                raise  # nothing could enforce the lists: the start stops, naming the way out
+            # No usable store: the saved snapshot keeps enforcing, and every update is refused.
             self.builder.publish(saved, None)
             self._degrade(str(exc))
             return saved
         if saved is not None:
+            # 4a. Serve the saved snapshot at once; the store's lists are read in step 8.
             self._check_store = True
             self.builder.publish(saved, None)
             # No date has passed since it was compiled: its dated decisions hold as of now.
@@ -197,48 +209,18 @@ class FeedManager:
             log.info("policy installed from the saved snapshot", version=saved.version,
                      seconds=round(time.perf_counter() - started, 3), **saved.stats)
             return saved
+        # 4b. No saved snapshot: the store's lists plus the local files, compiled before DNS
+        #     opens, so that no listed name is ever answered unblocked. The files' new versions
+        #     are queued, not written: the resolver need not wait for a million-row insert.
         await self._load_state()
         await self.scheduler.refresh_files(defer=True)
         await self.compile(force=True)
         assert self.snapshot is not None
         log.info("policy installed", version=self.snapshot.version,
                  seconds=round(time.perf_counter() - started, 3), **self.snapshot.stats)
+        # 5. The queued writes, in the background; updates wait for them (``loaded``).
         self._flush_task = asyncio.ensure_future(self._write_deferred())
         return self.snapshot
-
-    def _open_store(self, check: bool) -> FeedStore:
-        """The store, made only on a first start (neither its marker nor a saved snapshot says
-        one existed); ``check``: SQLite's quick check of every page first."""
-        marker = read_marker(self.store_path)
-        existed = marker is not None or self.snapshot_path.exists()
-        try:
-            store = FeedStore(self.store_path, create=not existed)
-            problem = store.check() if check else None
-            if problem is not None:
-                store.close()
-                raise StoreProblem(f"damaged ({problem})")
-        except StoreProblem as exc:
-            raise StoreProblem(self._explain(str(exc), marker)) from None
-        if marker is None or marker.get("store_id") != store.store_id:
-            if marker is not None:
-                log.warning("the feed store is not the one its marker names; taking it as the store",
-                            path=str(self.store_path), marker=marker.get("store_id"), store=store.store_id)
-            write_marker(store)
-        return store
-
-    def _explain(self, what: str, marker: dict[str, Any] | None) -> str:
-        if marker is not None and marker.get("store_id"):
-            had = f"store {marker['store_id']}, created {marker.get('created')}"
-        elif marker is not None:
-            had = str(marker.get("problem"))
-        else:
-            had = f"a saved snapshot {self.snapshot_path} exists"
-        return (
-            f"the feed store {self.store_path} is {what}, but this data directory had one ({had}). "
-            "It is not made anew: that would drop every pushed list, the version history and the audit trail, "
-            "and answer pushed names unblocked. Restore the file from a backup, or run "
-            "'betblock feeds recover --config <this config>' to set it aside and start an empty store"
-        )
 
     def _degrade(self, problem: str) -> None:
         """Serve the snapshot in force without a store: updates get ``StoreUnavailable``."""
@@ -270,16 +252,6 @@ class FeedManager:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the feed store refused the write ({exc}); nothing was changed") from exc
 
-    def _load_saved(self) -> PolicySnapshot | None:
-        """The saved snapshot when it holds; a damaged one is named in one log line and left
-        for the next save to replace."""
-        try:
-            return persist.load_checked(self.snapshot_path, self.fingerprint, self.clock())
-        except persist.SnapshotDamaged as exc:
-            log.error("saved snapshot rejected as damaged; compiling from the feed store instead",
-                      path=str(self.snapshot_path), reason=str(exc))
-            return None
-
     async def _write_deferred(self) -> None:
         """Record the versions read at start-up in the store; then updates may proceed."""
         assert self.store is not None
@@ -301,21 +273,27 @@ class FeedManager:
         if self.snapshot is None:
             await self.start()
         try:
+            # 6. The full check of a store opened beside a saved snapshot (skipped in step 3).
             if self._check_store and self.store is not None:
                 self._check_store = False
                 problem = await asyncio.to_thread(self.store.check)
                 if problem is not None:
-                    self._degrade(self._explain(f"damaged ({problem})", read_marker(self.store_path)))
+                    self._degrade(explain(self.store_path, self.snapshot_path, f"damaged ({problem})",
+                                          read_marker(self.store_path)))
             if self.store_problem is not None:
                 await asyncio.Future()  # only the snapshot in force: nothing to read, poll or compile
+            # 7. The writes queued in step 4b are in the store.
             if self._flush_task is not None:
                 await self._flush_task
+            # 8. After a saved snapshot (4a): the store's lists and the files, compiled anew;
+            #    from here updates may proceed.
             if not self.loaded.is_set():
                 await self._load_state()
                 await self.scheduler.refresh_files()
                 await self.compile(force=True)
                 self.loaded.set()
                 self._settled.set()
+            # 9. Until cancelled: the date timer, and every polled or watched source.
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._timer())
                 self.scheduler.start(tg)

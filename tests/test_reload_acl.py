@@ -47,13 +47,10 @@ async def _rcode(port: int, name: str) -> int | None:
     return r.rcode()
 
 
-LOG: list[Callable[[], str]] = [lambda: ""]
-
-
-async def _until(cond: Callable[[], Awaitable[bool]], what: str, seconds: float = 30.0) -> None:
+async def _until(cond: Callable[[], Awaitable[bool]], what: str, node: Serve, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while not await cond():
-        assert time.monotonic() < deadline, f"waited {seconds} s for {what}{LOG[0]()}"
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}\n{node.log()}"
         await asyncio.sleep(0.05)  # between polls of the condition, not instead of it
 
 
@@ -67,7 +64,6 @@ async def test_sighup_swaps_the_acl_both_ways_and_the_memo_never_leaks(tmp_path:
     node = await Serve.start(cfg)
     try:
         port = node.dns_port
-        LOG[0] = lambda: "\n" + node.log()
         assert await _rcode(port, "allowed.test") == dns.rcode.REFUSED
         assert await _rcode(port, "casino.test") == dns.rcode.REFUSED
 
@@ -77,7 +73,7 @@ async def test_sighup_swaps_the_acl_both_ways_and_the_memo_never_leaks(tmp_path:
         async def served() -> bool:
             return await _rcode(port, "allowed.test") == dns.rcode.NOERROR
 
-        await _until(served, "127.0.0.1 to be served after SIGHUP")
+        await _until(served, "127.0.0.1 to be served after SIGHUP", node)
         # The same blocked question twice: the second comes from the answer memo.
         assert await _rcode(port, "casino.test") == dns.rcode.NXDOMAIN
         assert await _rcode(port, "casino.test") == dns.rcode.NXDOMAIN
@@ -88,7 +84,7 @@ async def test_sighup_swaps_the_acl_both_ways_and_the_memo_never_leaks(tmp_path:
         async def refused() -> bool:
             return await _rcode(port, "allowed.test") == dns.rcode.REFUSED
 
-        await _until(refused, "127.0.0.1 to be refused after the second SIGHUP")
+        await _until(refused, "127.0.0.1 to be refused after the second SIGHUP", node)
         # The memo holds casino.test's answer from when 127.0.0.1 was allowed: it must not
         # be served to a client the new ACL refuses.
         assert await _rcode(port, "casino.test") == dns.rcode.REFUSED

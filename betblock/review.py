@@ -15,6 +15,7 @@ import inspect
 from typing import Any
 
 from feeds.manager import Conflict, FeedManager, NotFound, Refused, StoreUnavailable
+from feeds.scheduler import poll_interval
 from feeds.store import iso
 
 SAMPLE = 20
@@ -23,12 +24,9 @@ SAMPLE = 20
 def next_poll(rt: Any) -> float | None:
     """When a polled source is asked next: its last attempt plus its interval, or the shorter
     retry delay while it fails (the scheduler's rule). Push and file sources are not polled."""
-    if rt.settings.kind not in ("url", "xfr") or rt.last_attempt is None:
+    if rt.settings.kind not in ("url", "xfr") or rt.fetch.last_attempt is None:
         return None
-    interval = rt.follower.interval() if rt.follower is not None else rt.settings.interval
-    if rt.failures:
-        interval = min(interval, 30.0 * 2 ** min(rt.failures - 1, 10))
-    return float(rt.last_attempt + interval)
+    return float(rt.fetch.last_attempt + poll_interval(rt))
 
 
 def takes_reason(decide: Any) -> bool:
@@ -45,26 +43,27 @@ class ManagerView:
     async def health(self) -> list[dict[str, Any]]:
         now = self.m.clock()
         rows = []
-        for a in self.m.settings.agencies:
-            runtimes = [rt for (aid, _k), rt in self.m.sources.items() if aid == a.id]
-            failing = [rt for rt in runtimes if rt.last_error]
-            waiting = [rt for rt in runtimes if rt.pending_version is not None]
+        for a in self.m.sources.agency_list:
+            runtimes = self.m.sources.of(a.id)
+            failing = [rt for rt in runtimes if rt.fetch.last_error]
+            waiting = [rt for rt in runtimes if rt.pending is not None]
             stale = []
             for rt in runtimes:
                 st = rt.status(now)
                 polled = rt.settings.kind in ("url", "xfr")
-                late = polled and rt.last_success is not None and now - rt.last_success > 3 * rt.settings.interval
-                if st["overdue"] or late or (polled and rt.last_success is None):
+                success = rt.fetch.last_success
+                late = polled and success is not None and now - success > 3 * rt.settings.interval
+                if st["overdue"] or late or (polled and success is None):
                     stale.append(rt)
             if failing:
-                state, detail = "failing", "; ".join(f"{rt.key}: {rt.last_error}" for rt in failing)
+                state, detail = "failing", "; ".join(f"{rt.key}: {rt.fetch.last_error}" for rt in failing)
             elif waiting:
-                state, detail = "quarantined", "; ".join(f"v{rt.pending_version}: {rt.pending_reason}" for rt in waiting)
+                state, detail = "quarantined", "; ".join(f"v{rt.pending.version}: {rt.pending.reason}" for rt in waiting)
             elif stale:
                 state, detail = "stale", "not refreshed in time: " + ", ".join(rt.key for rt in stale)
             else:
                 state, detail = "ok", ""
-            successes = [rt.last_success for rt in runtimes]
+            successes = [rt.fetch.last_success for rt in runtimes]
             polls = [t for t in (next_poll(rt) for rt in runtimes) if t is not None]
             rows.append({
                 "id": a.id,
@@ -82,7 +81,7 @@ class ManagerView:
         return rows
 
     async def policy(self) -> dict[str, Any] | None:
-        snap = self.m.snapshot
+        snap = self.m.builder.snapshot
         if snap is None:
             return None
         store = self.m.store

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -521,11 +521,11 @@ def load_from_settings(settings: Settings, version: int | None = None) -> tuple[
             reports[str(full)] = parsed
             names.extend(parsed.names)
         lists.append(AgencyList(agency, names))
-    allow = allow_names(settings.policy, settings, reports)
+    allow = allow_names(settings.policy, settings.resolve_path, reports)
     return compile_snapshot(lists, allow, settings.policy.sinkhole_ttl, version), reports
 
 
-def allow_names(policy: PolicySettings, settings: Settings, reports: dict[str, PlainList]) -> list[AllowItem]:
+def allow_names(policy: PolicySettings, resolve: Callable[[Path], Path], reports: dict[str, PlainList]) -> list[AllowItem]:
     """The configured allowlist (inline and files): wire names (scope subtree) or (wire name,
     scope); bad lines go to ``reports``."""
     text = "\n".join(policy.allowlist).encode()
@@ -534,7 +534,7 @@ def allow_names(policy: PolicySettings, settings: Settings, reports: dict[str, P
         reports["policy.allowlist"] = parsed
     names: list[AllowItem] = list(parsed.names)
     for path in policy.allowlist_files:
-        full = settings.resolve_path(path)
+        full = resolve(path)
         got = _read_allow(Path(full).read_bytes())
         reports[str(full)] = got
         names.extend(got.names)

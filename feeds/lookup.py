@@ -78,6 +78,9 @@ def explain(
     now: float | None = None,
 ) -> dict[str, Any]:
     """The explanation as a JSON-ready dict; ``allow`` is the configured allowlist (wire)."""
+    # One function on purpose (about 150 lines): it follows compile_lists' rules in the same
+    # order (the allowlist zone, then per agency its closest listed name, then precedence) so
+    # that the two can be read side by side; the rows it gathers first feed every step.
     now = time.time() if now is None else now
     text = raw.strip().lower().rstrip(".")
     try:

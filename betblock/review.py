@@ -5,13 +5,12 @@ Owns how a feed's health is judged for people (failing: its last fetch failed; q
 update waits for an admin; stale: not refreshed within its deadline or three poll intervals;
 else ok), the policy version's ``v<n>`` (the n-th install recorded in the feed store), and the
 review's reading of a quarantined version (counts, a sample of its diff, its rejected lines).
-Store reads run in a thread. Part of the composition root: may import feeds and hits.
+Reads go through the feeds parts (builder, decisions, sources), never the store. Part of the
+composition root: may import feeds and hits.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 from typing import Any
 
 from feeds.manager import Conflict, FeedManager, NotFound, Refused, StoreUnavailable
@@ -27,11 +26,6 @@ def next_poll(rt: Any) -> float | None:
     if rt.settings.kind not in ("url", "xfr") or rt.fetch.last_attempt is None:
         return None
     return float(rt.fetch.last_attempt + poll_interval(rt))
-
-
-def takes_reason(decide: Any) -> bool:
-    """Whether the manager's approve/reject records ``reason`` in its own audit row."""
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD or p.name == "reason" for p in inspect.signature(decide).parameters.values())
 
 
 class ManagerView:
@@ -84,8 +78,7 @@ class ManagerView:
         snap = self.m.builder.snapshot
         if snap is None:
             return None
-        store = self.m.store
-        found = await asyncio.to_thread(store.install_of, snap.version) if store is not None else None
+        found = (await self.m.builder.installs({snap.version})).get(snap.version)
         if found is not None:
             return {"version": snap.version, "label": f"v{found[0]}", "installed": iso(found[1])}
         # Not recorded (no store): the version is the compile time in ms, shown as such.
@@ -93,49 +86,23 @@ class ManagerView:
 
     async def labels(self, versions: set[int]) -> dict[int, str]:
         """``v<n>`` of each policy version (snapshot) that has an install recorded."""
-        store = self.m.store
-        if store is None or not versions:
-            return {}
-
-        def read() -> dict[int, str]:
-            found = {v: store.install_of(v) for v in versions}
-            return {v: f"v{f[0]}" for v, f in found.items() if f is not None}
-
-        return await asyncio.to_thread(read)
+        return {v: f"v{seq}" for v, (seq, _at) in (await self.m.builder.installs(versions)).items()}
 
     async def quarantined(self) -> list[dict[str, Any]]:
-        store = self.m.store
-        if store is None:
-            return []
-
-        def read() -> list[dict[str, Any]]:
-            out = []
-            for v in store.quarantined():
-                d = store.version_diff(v["agency"], v["version"], limit=SAMPLE)
-                out.append({**v, "sample": d, "rejects_sample": d.pop("rejects", [])})
-            return out
-
-        return await asyncio.to_thread(read)
+        return await self.m.decisions.quarantined(sample=SAMPLE)
 
     async def decide(self, agency: str, version: int, approve: bool, actor: str, reason: str) -> str:
-        act = self.m.approve if approve else self.m.reject
-        why = {"reason": reason} if takes_reason(act) else {}
+        decisions = self.m.decisions
+        act = decisions.approve if approve else decisions.reject
         try:
-            r = await act(agency, version, actor=actor, **why)
+            r = await act(agency, version, actor=actor, reason=reason)
         except (Conflict, NotFound, Refused, StoreUnavailable) as exc:
             raise ValueError(f"{agency} v{version}: {exc}") from None
-        if not why and self.m.store is not None:
-            # A manager whose decisions take no reason: the reason gets an audit row of its own.
-            store = self.m.store
-            await asyncio.to_thread(store.audit, actor, "decision reason", agency, version, reason=reason)
         if approve:
             return f"{agency} v{version} approved and applied: {r.entries} entries (+{r.added} -{r.removed} ~{r.changed})"
         return f"{agency} v{version} rejected; the list in force stays"
 
     async def audit(self, limit: int = 30) -> list[dict[str, Any]]:
-        store = self.m.store
-        if store is None:
-            return []
-        rows = await asyncio.to_thread(store.audit_log, None, limit)
+        rows = await self.m.decisions.audit_log(None, limit, required=False)
         return [{"ts": r["time"], "actor": r["actor"], "action": r["action"], "agency": r.get("agency"),
                  "version": r.get("version"), "reason": (r.get("detail") or {}).get("reason", "")} for r in rows]

@@ -141,6 +141,19 @@ class PolicyBuilder:
         except Exception:
             log.exception("cannot record a snapshot install in the feed store", version=snapshot)
 
+    async def installs(self, snapshots: set[int]) -> dict[int, tuple[int, float]]:
+        """(seq, installed_at) of the first recorded install of each of ``snapshots`` that has
+        one (its ``v<seq>`` for people); empty without a store."""
+        store = self._store()
+        if store is None or not snapshots:
+            return {}
+
+        def read() -> dict[int, tuple[int, float]]:
+            found = {v: store.install_of(v) for v in snapshots}
+            return {v: f for v, f in found.items() if f is not None}
+
+        return await asyncio.to_thread(read)
+
     def changed(self, d: ListDiff | None = None) -> None:
         """Something a compile reads changed: ``d`` when only one source's plain names did."""
         self._gen += 1

@@ -20,7 +20,7 @@ from feeds.lists import diff, to_wire
 from feeds.normalize import InvalidName, normalize_detail
 from feeds.outcomes import Conflict, NotFound, UpdateResult
 from feeds.sources import SourceWriter
-from feeds.store import Audit, VersionInfo
+from feeds.store import Audit, FeedStore, VersionInfo
 
 
 log = structlog.get_logger("betblock.feeds")
@@ -118,9 +118,20 @@ class AdminDecisions(SourceWriter):
             row["diff"] = await asyncio.to_thread(store.version_diff, agency, version, limit, offset)
         return row
 
-    async def quarantined(self) -> list[dict[str, Any]]:
-        """Every version waiting for an admin; empty without a store (the status says why)."""
-        return await self.gate.read(lambda store: store.quarantined(), [])
+    async def quarantined(self, sample: int = 0) -> list[dict[str, Any]]:
+        """Every version waiting for an admin; empty without a store (the status says why).
+        ``sample``: with the first names of its diff (``sample``) and its rejected lines
+        (``rejects_sample``), for a review."""
+
+        def read(store: FeedStore) -> list[dict[str, Any]]:
+            out = store.quarantined()
+            if sample:
+                for v in out:
+                    d = store.version_diff(v["agency"], v["version"], limit=sample)
+                    v.update(sample=d, rejects_sample=d.pop("rejects", []))
+            return out
+
+        return await self.gate.read(read, [])
 
     async def allowlists(self) -> dict[str, Any]:
         """Both allowlists: the configured names and files (as the policy section in force
@@ -129,7 +140,10 @@ class AdminDecisions(SourceWriter):
         admin = await asyncio.to_thread(self.gate.require().allowlist)
         return {"config": [*policy.allowlist, *map(str, policy.allowlist_files)], "admin": admin}
 
-    async def audit_log(self, agency: str | None, limit: int) -> list[dict[str, Any]]:
+    async def audit_log(self, agency: str | None, limit: int, *, required: bool = True) -> list[dict[str, Any]]:
+        """The latest audit rows; without a store ``StoreUnavailable``, or empty when not ``required``."""
+        if not required:
+            return await self.gate.read(lambda store: store.audit_log(agency, limit), [])
         return await asyncio.to_thread(self.gate.require().audit_log, agency, limit)
 
 

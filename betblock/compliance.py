@@ -174,7 +174,7 @@ def mount(
         fmt = request.query.get("format", "json")
         if fmt not in ("json", "csv"):
             raise web.HTTPBadRequest(reason="format must be json or csv")
-        rep = await asyncio.to_thread(report, feeds.require_store(), agency, feeds.clock())
+        rep = await feeds.read.compliance(agency)
         if fmt == "csv":
             return web.Response(
                 text=to_csv(rep), content_type="text/csv", charset="utf-8",

@@ -112,11 +112,14 @@ class AdminDecisions(SourceWriter):
 
     async def version(self, agency: str, version: int, limit: int, offset: int) -> dict[str, Any] | None:
         """One version with a page of its diff; None when the agency has no such version."""
-        store = self.gate.require()
-        row = await asyncio.to_thread(store.version, agency, version)
+        row = await asyncio.to_thread(self.gate.require().version, agency, version)
         if row is not None:
-            row["diff"] = await asyncio.to_thread(store.version_diff, agency, version, limit, offset)
+            row["diff"] = await self.diff(agency, version, limit, offset)
         return row
+
+    async def diff(self, agency: str, version: int, limit: int, offset: int = 0) -> dict[str, Any]:
+        """A page of one version's diff (names added, removed, changed) and its rejected lines."""
+        return await asyncio.to_thread(self.gate.require().version_diff, agency, version, limit, offset)
 
     async def quarantined(self, sample: int = 0) -> list[dict[str, Any]]:
         """Every version waiting for an admin; empty without a store (the status says why).

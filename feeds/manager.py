@@ -44,7 +44,7 @@ from feeds.outcomes import Conflict, NotFound, Refused, StoreUnavailable, Update
 from feeds.policyfiles import PolicyFiles
 from feeds.scheduler import SourceScheduler
 from feeds.snapshot import PolicySnapshot
-from feeds.sources import SourceRuntime, SourceTable  # noqa: F401  (SourceRuntime: re-exported)
+from feeds.sources import SourceTable
 from feeds.status import FeedReadModel
 from feeds.store import FeedStore, StoreProblem, read_marker
 from feeds.storegate import STORE_FILE, StoreGate  # noqa: F401  (STORE_FILE: re-exported)

@@ -1,7 +1,7 @@
 """The feeds read model: what the control plane shows of itself, read at the moment of asking.
 
 Owns the status JSON (``GET /v1/feeds``, ``betblock feeds status``), the Prometheus families of
-the sources, and the provenance of a listed name for the warning page. It only reads the sources,
+the sources, the provenance of a listed name for the warning page, and the compliance report. It only reads the sources,
 the builder and the store gate, never changes them, so a status request can never disturb an
 update. (The builder and the store gate report their own metrics.)
 
@@ -10,11 +10,14 @@ Must not import the resolver, hits or betblock.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from config.settings import AgencySettings
+from feeds.compliance import report
 from feeds.store import iso
 
 if TYPE_CHECKING:
@@ -98,6 +101,12 @@ class FeedReadModel:
             "loaded": self.gate.loaded.is_set(),
             "store": self.gate.status(),
         }
+
+    async def compliance(self, agency: AgencySettings, now: float | None = None) -> dict[str, Any]:
+        """The agency's compliance report (``feeds.compliance.report``) as of ``now``, read from
+        the store in a thread; ``StoreUnavailable`` without one."""
+        store = self.gate.require()
+        return await asyncio.to_thread(report, store, agency, self.clock() if now is None else now)
 
     def provenance(self, agency: str, name: str) -> dict[str, Any] | None:
         """What the agency's feed said about ``name`` (legal reference, dates), for the

@@ -130,7 +130,7 @@ class App:
         # The agency portal: each agency's own feed, compliance and hits (reads feeds and hits).
         self.http_mounts.append(Portal(self.feeds, self.hitlog.store, self.auth, clock).mount)
         self.http_mounts.append(
-            compliance.mount(self.feeds, settings, lambda: compliance.query_address(*self.server.bound[0]))
+            compliance.mount(self.feeds, lambda: compliance.query_address(*self.server.bound[0]))
         )
         node_metrics = [
             pipeline_metrics(self.pipeline), cache_metrics(self.cache), upstream_metrics(self.upstream),

@@ -29,6 +29,13 @@ OBSERVE = "observe"
 FILTER_ACTIONS = (*ACTIONS, OBSERVE, *(f"{OBSERVE}:{a}" for a in ACTIONS))
 
 
+def action_label(stored: str) -> str:
+    """A stored action as people read it: ``would block (<action>)`` for a hit in observe mode."""
+    if stored.startswith(OBSERVE + ":"):
+        return f"would block ({stored[len(OBSERVE) + 1:]})"
+    return stored
+
+
 def action_matches(wanted: str, stored: str) -> bool:
     """Whether a hit stored with action ``stored`` passes the filter ``action=wanted``."""
     return wanted == stored or (wanted == OBSERVE and stored.startswith(OBSERVE + ":"))

@@ -10,6 +10,7 @@ import dns.rcode
 from tests.conftest import NodeFactory, port_of
 from tests.dnsutil import FakeClock, a_records, query, tcp, udp, wait_until
 from tests.test_dns_blocking import read_hits
+from tests.test_metrics import _scrape
 
 LISTS = {"enf": ["casino.test"], "obs": ["watch.test", "casino.test"]}
 AGENCIES = [
@@ -51,8 +52,12 @@ async def test_observed_name_resolves_and_is_recorded(node: NodeFactory, upstrea
         ("to-watch.test", "watch.test", ["obs"], "observe:redirect"),
         ("www.casino.test", "casino.test", ["enf", "obs"], "nxdomain"),
     ]
-    assert app.pipeline.counters.observed == 5
-    assert app.pipeline.counters.counts[0] == 1  # Kind.BLOCKED: the enforced name only
+    metrics = await _scrape(app)
+    assert metrics[("betblock_observed_total", ())] == 5
+    assert metrics[("betblock_answers_total", (("kind", "blocked"),))] == 1  # the enforced name only
+    assert metrics[("betblock_agency_mode", (("agency", "obs"), ("mode", "observe")))] == 1
+    assert metrics[("betblock_agency_mode", (("agency", "obs"), ("mode", "enforce")))] == 0
+    assert metrics[("betblock_agency_mode", (("agency", "enf"), ("mode", "enforce")))] == 1
 
 
 async def test_same_list_enforced_gets_the_sinkhole(node: NodeFactory, upstream) -> None:
@@ -60,3 +65,40 @@ async def test_same_list_enforced_gets_the_sinkhole(node: NodeFactory, upstream)
     app = await node(lists=LISTS, agencies=[AGENCIES[0], {**AGENCIES[1], "mode": "enforce"}])
     r = await udp(port_of(app), query("watch.test"))
     assert a_records(r) == ["198.51.100.7"]
+
+
+TOKEN = "observe-t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def base(app) -> str:  # type: ignore[no-untyped-def]
+    host, port = app.http.bound
+    return f"http://{host}:{port}"
+
+
+async def test_would_block_in_the_hit_api_page_and_chain(node: NodeFactory, upstream) -> None:
+    import aiohttp
+
+    upstream.add("watch.test", "A", "192.0.2.77")
+    app = await node(lists=LISTS, agencies=AGENCIES, http={"admin_token": TOKEN}, hits={"flush_interval": 3600})
+    port = port_of(app)
+    await udp(port, query("watch.test"))
+    await udp(port, query("casino.test"))
+    await app.recorder.flush()
+    async with aiohttp.ClientSession(headers=AUTH) as s:
+        async with s.get(base(app) + "/v1/hits") as r:
+            hits = (await r.json())["hits"]
+        assert [(h["name"], h["agencies"], h["action"]) for h in hits] == [
+            ("casino.test", ["enf", "obs"], "nxdomain"),
+            ("watch.test", ["obs"], "observe:redirect"),
+        ]
+        async with s.get(base(app) + "/v1/hits", params={"action": "observe"}) as r:
+            assert [h["name"] for h in (await r.json())["hits"]] == ["watch.test"]
+        async with s.get(base(app) + "/v1/hits", params={"action": "nxdomain"}) as r:
+            assert [h["name"] for h in (await r.json())["hits"]] == ["casino.test"]
+        async with s.get(base(app) + "/v1/hits/export", params={"format": "csv"}) as r:
+            assert "observe:redirect" in await r.text()
+        async with s.get(base(app) + "/") as r:
+            page = await r.text()
+        assert '<td class="observed" title="observe mode: answered normally">would block (redirect)</td>' in page
+    assert await app.hitlog.store.verify() == (1, None)  # the chain covers the action text

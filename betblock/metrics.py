@@ -52,6 +52,19 @@ def pipeline_metrics(pipeline: Pipeline) -> ExtraMetrics:
         )
         policy = pipeline.policy.snapshot
         yield GaugeMetricFamily("betblock_policy_version", "Version of the policy snapshot in force", value=policy.version)
+        yield CounterMetricFamily(
+            "betblock_observed",
+            "Queries for names only agencies in observe mode list: hits recorded as would-block, answered as unlisted",
+            value=pipeline.counters.observed,
+        )
+        # The mode each agency has in the policy in force (1), the other 0: what the resolver does
+        # now, whichever way it was set (configuration or an admin's switch).
+        mode = GaugeMetricFamily("betblock_agency_mode", "Agency mode in the policy in force (1) by agency and mode", labels=["agency", "mode"])
+        for agency in app.settings.agencies:
+            observing = agency.id in policy.observing
+            mode.add_metric([agency.id, "enforce"], 0 if observing else 1)
+            mode.add_metric([agency.id, "observe"], 1 if observing else 0)
+        yield mode
         yield GaugeMetricFamily("betblock_policy_entries", "Blocked names in the snapshot", value=policy.stats.get("entries", 0))
         rrl = pipeline.rrl
         if rrl is not None:

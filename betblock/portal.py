@@ -27,7 +27,7 @@ from config.settings import AgencySettings
 from feeds.manager import FeedManager
 from hits.api import narrow
 from hits.page import esc
-from hits.query import Filters
+from hits.query import Filters, action_label
 from hits.store import HitStore
 
 SAMPLE = 20  # names of a diff shown per side
@@ -146,7 +146,7 @@ def render_portal(agency: AgencySettings, data: dict[str, Any], admin: bool) -> 
     )
     hits = _table(
         "hits", ["time (UTC)", "client", "name", "type", "listed entry", "action", "count"],
-        [[h["time"], h["client"], h["name"], h["qtype"], h["listed"], h["action"], h["count"]] for h in data["hits"]],
+        [[h["time"], h["client"], h["name"], h["qtype"], h["listed"], action_label(h["action"]), h["count"]] for h in data["hits"]],
         "no hits on your names yet" if data["hits_error"] is None else data["hits_error"],
     )
     deadline = f"{a.deadline_hours} h" if a.deadline_hours else "none set"

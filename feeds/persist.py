@@ -70,6 +70,7 @@ def fingerprint_of(policy: PolicySettings, agencies: list[AgencySettings], resol
                 "name": a.display_name,
                 "precedence": a.precedence,
                 "action": a.action,
+                "mode": a.mode,
                 "scope": a.scope,
                 "ipv4": [str(ip) for ip in a.redirect_ipv4],
                 "ipv6": [str(ip) for ip in a.redirect_ipv6],
@@ -83,7 +84,10 @@ def fingerprint_of(policy: PolicySettings, agencies: list[AgencySettings], resol
 
 def save(path: Path, snapshot: PolicySnapshot, fp: str, next_change: float | None) -> None:
     """Write ``snapshot`` atomically (temporary file, fsync, rename), digest in the header."""
-    rules = [None if r is None else (r.id, r.agencies, r.agency_name, r.action, r.ipv4, r.ipv6, r.ttl) for r in snapshot.rules]
+    rules = [
+        None if r is None else (r.id, r.agencies, r.agency_name, r.action, r.ipv4, r.ipv6, r.ttl, r.observe)
+        for r in snapshot.rules
+    ]
     table = snapshot.table
     doc = {
         "format": FORMAT,
@@ -91,6 +95,7 @@ def save(path: Path, snapshot: PolicySnapshot, fp: str, next_change: float | Non
         "version": snapshot.version,
         "rules": rules,
         "stats": snapshot.stats,
+        "observing": sorted(snapshot.observing),
         "next_change": next_change,
         "slices": (len(table) + SLICE - 1) // SLICE,
     }
@@ -183,7 +188,11 @@ def _read(f: Any, fp: str, now: float) -> PolicySnapshot | None:
     if f.tell() != size:
         raise SnapshotDamaged("bytes left over after the table")
     rules = tuple(
-        None if r is None else Rule(id=r[0], agencies=r[1], agency_name=r[2], action=r[3], ipv4=r[4], ipv6=r[5], ttl=r[6])
+        # r[7], observe, is absent from files written before observe mode (all enforced)
+        None if r is None else Rule(id=r[0], agencies=r[1], agency_name=r[2], action=r[3], ipv4=r[4], ipv6=r[5], ttl=r[6],
+                                    observe=len(r) > 7 and bool(r[7]))
         for r in doc["rules"]
     )
-    return PolicySnapshot(version=doc["version"], table=table, rules=rules, stats=doc["stats"])
+    return PolicySnapshot(
+        version=doc["version"], table=table, rules=rules, stats=doc["stats"], observing=frozenset(doc.get("observing", ()))
+    )

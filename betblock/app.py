@@ -133,7 +133,7 @@ class App:
             compliance.mount(self.feeds, lambda: compliance.query_address(*self.server.bound[0]))
         )
         node_metrics = [
-            pipeline_metrics(self.pipeline), cache_metrics(self.cache), upstream_metrics(self.upstream),
+            pipeline_metrics(self.pipeline, settings.agencies), cache_metrics(self.cache), upstream_metrics(self.upstream),
             recorder_metrics(self.recorder.stats), tcp_metrics(self.server.tcp), ready_metric(lambda: self.ready.is_set()),
         ]
         self.http_mounts.append(mount_metrics([*node_metrics, *self.extra_metrics]))

@@ -18,6 +18,7 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 from config.auth import PUBLIC, accepts
+from config.settings import AgencySettings
 from resolver.cache import AnswerCache
 from resolver.outcome import Kind
 from resolver.pipeline import LATENCY_BOUNDS, Pipeline
@@ -30,8 +31,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ExtraMetrics = Callable[[], Iterable[Metric]]
 
 
-def pipeline_metrics(pipeline: Pipeline) -> ExtraMetrics:
-    """Answers by kind, questions in flight, the forward latency, the policy in force, RRL."""
+def pipeline_metrics(pipeline: Pipeline, agencies: list[AgencySettings]) -> ExtraMetrics:
+    """Answers by kind, questions in flight, the forward latency, the policy in force (with each
+    of ``agencies``' mode in it), RRL."""
 
     def collect() -> Iterator[Metric]:
         answers = CounterMetricFamily("betblock_answers", "DNS answers by outcome kind", labels=["kind"])
@@ -60,7 +62,7 @@ def pipeline_metrics(pipeline: Pipeline) -> ExtraMetrics:
         # The mode each agency has in the policy in force (1), the other 0: what the resolver does
         # now, whichever way it was set (configuration or an admin's switch).
         mode = GaugeMetricFamily("betblock_agency_mode", "Agency mode in the policy in force (1) by agency and mode", labels=["agency", "mode"])
-        for agency in app.settings.agencies:
+        for agency in agencies:
             observing = agency.id in policy.observing
             mode.add_metric([agency.id, "enforce"], 0 if observing else 1)
             mode.add_metric([agency.id, "observe"], 1 if observing else 0)

@@ -330,7 +330,7 @@ class HitRecorder:
                 _qtype(qtype),
                 _json_str(rule.agency.encode()),
                 json.dumps(list(rule.agencies)).encode(),
-                rule.action.encode(),
+                rule.hit_action.encode(),  # "observe:<action>" for a would-block hit
                 version,
             )
         get = names.__getitem__

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ class Behaviour:
     silent: bool = False  # never answer
     edns_reply: bool = False  # every reply carries an OPT record, as real servers' replies do
     truncate_tcp: bool = False  # TCP replies carry TC and no records too (a broken upstream)
+    gate: asyncio.Event | None = None  # UDP replies wait until it is set (queries pile up in flight)
 
 
 @dataclass
@@ -109,6 +111,9 @@ class FakeDns:
         for attempt in range(20):
             self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, wanted))
             self.port = self._udp.get_extra_info("sockname")[1]
+            # A burst of misses reaches us before this loop (shared with an in-process node) reads
+            # any: the default buffer holds about 256 datagrams, and a lost query would be retried.
+            self._udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
             try:
                 self._tcp = await asyncio.start_server(self._handle_tcp, self.host, self.port)
                 return self
@@ -165,6 +170,8 @@ class _Udp(asyncio.DatagramProtocol):
 
     async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
         b = self.server.behaviour
+        if b.gate is not None:
+            await b.gate.wait()
         if b.delay:
             await asyncio.sleep(b.delay)
         if b.silent:

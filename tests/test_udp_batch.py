@@ -38,7 +38,7 @@ def send_burst(port: int, msgs: list[bytes], host: str = "127.0.0.1") -> socket.
     return sock
 
 
-async def collect(sock: socket.socket, want: int, timeout: float = 10.0) -> dict[int, dns.message.Message]:
+async def collect(sock: socket.socket, want: int, timeout: float = 30.0) -> dict[int, dns.message.Message]:
     """Replies by ID until ``want`` distinct IDs arrived (or the deadline fails the test)."""
     loop = asyncio.get_running_loop()
     got: dict[int, dns.message.Message] = {}

@@ -7,6 +7,7 @@ on the connected socket), not after the attempt timeout.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 
@@ -65,15 +66,21 @@ async def test_many_misses_share_the_pool(node, upstream):
     """A burst of distinct misses all answered, over no more sockets than the pool holds."""
     for i in range(300):
         upstream.add(f"m{i}.test", "A", f"192.0.2.{i % 250 + 1}")
-    app = await node(upstream={"ports": 16, "port_reuse": 1000})
+    # Every reply waits until all 300 queries are in flight at once, so the ID check below is
+    # about concurrent queries; the attempt timeout is far out so no retry adds queries.
+    upstream.behaviour.gate = asyncio.Event()
+    app = await node(upstream={"ports": 16, "port_reuse": 1000, "deadline": 120.0, "attempt_timeout": 100.0})
     sock = send_burst(port_of(app), [wire(f"m{i}.test", qid=i) for i in range(300)])
     try:
+        await wait_until(lambda: upstream.udp_queries >= 300, timeout=60, what="every miss to reach the upstream")
+        upstream.behaviour.gate.set()
         got = await collect(sock, 300)
     finally:
         sock.close()
     for i in range(300):
         assert a_records(got[i]) == [f"192.0.2.{i % 250 + 1}"]
     assert len({p for _, p, _ in upstream.sources}) <= 16
+    assert len(upstream.sources) == 300, "a query was sent twice"
     assert len({(qid, p) for qid, p, _ in upstream.sources}) == 300, "an ID repeated on one port"
 
 

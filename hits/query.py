@@ -14,7 +14,7 @@ import io
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,7 +72,6 @@ class Filters:
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> Filters:
-        known = {f.name for f in fields(cls)}
         out: dict[str, Any] = {}
         for key in ("since", "until"):
             if params.get(key):
@@ -105,18 +104,7 @@ class Filters:
             if action not in ACTIONS:
                 raise FilterError(f"action: one of {', '.join(ACTIONS)}, got {action!r}")
             out["action"] = action
-        del known
         return cls(**out)
-
-    def query_string(self) -> dict[str, str]:
-        """The parameters that parse back into these filters."""
-        out: dict[str, str] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is None or v is False:
-                continue
-            out[f.name] = "1" if v is True else (qtype_text(v) if f.name == "qtype" else str(v))
-        return out
 
 
 def parse_limit(value: str | None, default: int = 100) -> int:

@@ -40,6 +40,8 @@ from hits.record import Counts, HitTuple, RuleLike, count_key
 from hits.store import CAUSES
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from hits.writer import HitWriter
 
 log = structlog.get_logger("betblock.hits")
@@ -360,6 +362,41 @@ class HitRecorder:
         if self._own_stream and self._stream is not None:
             self._stream.close()
             self._stream = None
+
+    def metrics(self) -> list[Metric]:
+        """The recorder's metric families: what it took in, folded, dropped, held and lost, and
+        what the store accepted or refused through it (read at scrape time)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.stats()
+        by_cause = CounterMetricFamily(
+            "betblock_hits_store_write_errors", "Failed writes to the hit store by cause (the hits are held and retried)", labels=["cause"]
+        )
+        for cause in CAUSES:
+            by_cause.add_metric([cause], self.errors_by_cause.get(cause, 0))
+        out = [
+            CounterMetricFamily("betblock_hits_recorded", "Hits written one record each", value=self.recorded),
+            CounterMetricFamily("betblock_hits_aggregated", "Hits folded into per-second counts under overload", value=self.aggregated_count),
+            CounterMetricFamily("betblock_hits_dropped", "Hits lost because even aggregation was full", value=self.dropped),
+            GaugeMetricFamily("betblock_hits_buffered", "Hits waiting for the next flush", value=stats["buffered"]),
+            CounterMetricFamily("betblock_hits_stored_rows", "Rows written to the hit store", value=self.stored_rows),
+            CounterMetricFamily("betblock_hits_store_errors", "Failed writes to the hit store (batches kept and retried)", value=self.store_errors),
+            by_cause,
+            GaugeMetricFamily(
+                "betblock_hits_held", "Hits taken in and not yet in the store (buffer, per-second counts, refused by the store)", value=stats["held"]
+            ),
+            CounterMetricFamily("betblock_hits_lost", "Hits lost: never written to the store (drops, refused too long)", value=stats["lost"]),
+            GaugeMetricFamily(
+                "betblock_hits_store_up", "1 while the hit store takes writes; 0 when it failed or refuses them", value=1 if stats["store_state"] == "ok" else 0
+            ),
+            CounterMetricFamily("betblock_hits_jsonl_errors", "Flushes whose JSON lines could not be written", value=self.jsonl_errors),
+        ]
+        if self.writer is not None:  # a store to be in a state
+            state = GaugeMetricFamily("betblock_hits_store_state", "State of the hit store (1 for the current one)", labels=["state"])
+            for name in ("ok", "failing", "failed"):
+                state.add_metric([name], 1 if stats["store_state"] == name else 0)
+            out.append(state)
+        return out
 
     def stats(self) -> dict[str, int]:
         held = self.held()

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import sys
+from functools import partial
 from pathlib import Path
 
 import dns.asyncquery
@@ -17,17 +16,10 @@ import pytest
 
 from tests.fakedns import FakeDns
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-from tests.procutil import Serve, node_toml
+from tests.procutil import Serve, betblock, node_toml
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "hits", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+_cli = partial(betblock, "hits")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

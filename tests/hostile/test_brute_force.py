@@ -4,10 +4,8 @@ logins and 2,000 wrong bearer tokens went through without delay or log line; che
 
 from __future__ import annotations
 
-import asyncio
 import json
 import stat
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +14,7 @@ import dns.message
 
 from tests.dnsutil import HOST
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, node_toml
+from tests.procutil import Serve, betblock, node_toml
 
 ADMIN = "brute-force-admin-token-0123456789"
 FAILURES = 5
@@ -82,12 +80,8 @@ async def test_wrong_tokens_and_logins_lock_the_client_out(tmp_path: Path) -> No
 
 
 async def _cli(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    rc, out, _ = await betblock(*args, merge_stderr=True)
+    return rc, out
 
 
 async def test_check_config_refuses_a_short_admin_token(tmp_path: Path) -> None:

@@ -10,10 +10,8 @@ records the hits.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +21,7 @@ import dns.rcode
 import pytest
 
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, node_toml
+from tests.procutil import Serve, betblock, node_toml
 
 ADMIN = "admin-token-for-hitstore-tests-0123456789abcdef"
 
@@ -71,13 +69,8 @@ async def _get(node: Serve, path: str) -> tuple[int, str]:
 
 
 async def _cli(cfg: Path, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "hits", "--config", str(cfg), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    rc, out, _ = await betblock("hits", "--config", str(cfg), *args, merge_stderr=True)
+    return rc, out
 
 
 async def _first_run(cfg: Path) -> None:

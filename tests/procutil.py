@@ -39,9 +39,10 @@ def free_port() -> int:
             return port
 
 
-def node_toml(tmp_path: Path, port: int, upstream: FakeDns, rest: str = "", *, warning_page: bool = True) -> str:
-    """A node's config: the shared sections, then ``rest`` (hits, policy, agencies...). Without
-    ``warning_page`` the warning page is off (one listener fewer)."""
+def node_toml(tmp_path: Path, port: int, upstream: FakeDns, rest: str = "", *, http: str = "", warning_page: bool = True) -> str:
+    """A node's config: the shared sections, then ``rest`` (hits, policy, agencies...). ``http``:
+    more lines for the [http] section (a token, a timeout); without ``warning_page`` the warning
+    page is off (one listener fewer)."""
     page = 'listen = "127.0.0.1:0"' if warning_page else "enabled = false"
     return f"""
 data_dir = "{tmp_path / 'var'}"
@@ -49,11 +50,28 @@ data_dir = "{tmp_path / 'var'}"
 listen = ["127.0.0.1:{port}"]
 [http]
 listen = "127.0.0.1:0"
-[warning_page]
+{http}[warning_page]
 {page}
 [upstream]
 servers = ["{upstream.address}"]
 {rest}"""
+
+
+def one_agency(action: str | None = "nxdomain") -> str:
+    """The TOML of the one agency most process tests need: pl-mf, listing ``list.txt`` (beside
+    the config), with ``action`` (None: the default action)."""
+    return '[[agencies]]\nid = "pl-mf"\n' + (f'action = "{action}"\n' if action else "") + 'lists = ["list.txt"]\n'
+
+
+def write_node(
+    tmp_path: Path, upstream: FakeDns, rest: str = "", *, names: str = "bad.test", action: str | None = "nxdomain", http: str = "",
+) -> Path:
+    """Write ``betblock.toml`` for a node whose one agency lists ``names`` (``one_agency``), with
+    ``rest`` (hits, policy...) and ``http`` as in ``node_toml``; its path."""
+    (tmp_path / "list.txt").write_text(names + "\n")
+    cfg = tmp_path / "betblock.toml"
+    cfg.write_text(node_toml(tmp_path, 0, upstream, rest + one_agency(action), http=http))
+    return cfg
 
 
 async def until(

@@ -14,17 +14,11 @@ import dns.rcode
 
 from tests.dnsutil import ask_patiently
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, node_toml, until
+from tests.procutil import Serve, node_toml, one_agency, until
 
 
 def _config(tmp_path: Path, upstream: FakeDns, allow: str) -> str:
-    return node_toml(tmp_path, 0, upstream, f"""[acl]
-allow = [{allow}]
-[[agencies]]
-id = "pl-mf"
-action = "nxdomain"
-lists = ["list.txt"]
-""", warning_page=False)
+    return node_toml(tmp_path, 0, upstream, f"[acl]\nallow = [{allow}]\n" + one_agency(), warning_page=False)
 
 
 async def _rcode(port: int, name: str) -> int | None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.fakedns import FakeDns
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-from tests.procutil import Serve, betblock, node_toml
+from tests.procutil import Serve, betblock, write_node
 
 
 _cli = partial(betblock, "hits")
@@ -31,23 +31,12 @@ async def test_sigterm_flushes_every_hit_to_the_store(tmp_path: Path, kind: str)
     else:
         store_cfg = f'sqlite_path = "{tmp_path / "hits.sqlite"}"'
     upstream = await FakeDns().start()
-    (tmp_path / "list.txt").write_text("bad.test\n")
-    cfg = tmp_path / "betblock.toml"
-    cfg.write_text(
-        node_toml(
-            tmp_path, 0, upstream,
-            f"""[hits]
+    cfg = write_node(tmp_path, upstream, f"""[hits]
 flush_interval = 3600  # only the shutdown flush can write the hits
 privacy = "truncate"
 node = "edge-1"
 {store_cfg}
-[[agencies]]
-id = "pl-mf"
-action = "nxdomain"
-lists = ["list.txt"]
-""",
-        )
-    )
+""")
     node = await Serve.start(cfg)  # every listener on port 0: the node's log says which it got
     port = node.dns_port
     try:

@@ -14,18 +14,14 @@ import dns.message
 
 from tests.dnsutil import HOST
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, betblock, node_toml
+from tests.procutil import Serve, betblock, write_node
 
 ADMIN = "brute-force-admin-token-0123456789"
 FAILURES = 5
 
 
 def _config(tmp_path: Path, upstream: FakeDns, http: str = "") -> Path:
-    (tmp_path / "list.txt").write_text("bad.test\n")
-    cfg = tmp_path / "betblock.toml"
-    rest = '[[agencies]]\nid = "pl-mf"\nlists = ["list.txt"]\n[hits]\nflush_interval = 0.1\n'
-    cfg.write_text(node_toml(tmp_path, 0, upstream, rest).replace("[http]\n", f"[http]\n{http}"))
-    return cfg
+    return write_node(tmp_path, upstream, "[hits]\nflush_interval = 0.1\n", action=None, http=http)
 
 
 def _session(source: str) -> aiohttp.ClientSession:

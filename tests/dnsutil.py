@@ -147,6 +147,18 @@ async def ask_patiently(port: int, name: str, rdtype: str = "A", seconds: float 
                 return None
 
 
+async def address_of(port: int, name: str) -> str | None:
+    """The first A address ``name`` gets from the resolver on ``port`` (None: none, or no answer)."""
+    r = await ask_patiently(port, name)
+    if r is None:
+        return None
+    for rrset in r.answer:
+        for rd in rrset:
+            if hasattr(rd, "address"):
+                return str(rd.address)
+    return None
+
+
 async def wait_until(cond: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
     """Poll ``cond`` until true; fail after ``timeout`` seconds (``procutil.until``, polled often:
     in-process conditions are cheap to ask)."""

@@ -34,14 +34,7 @@ async def enforced(tmp_path: Path) -> FeedNode:
     """A stopped node that enforced ``NAMES`` (pushed): store, marker and snapshot on disk."""
     upstream = await FakeDns().start()
     node = FeedNode(tmp_path, upstream)
-    await node.start()
-    try:
-        await node.ready()
-        status, body = await node.push(NAMES)
-        assert status == 200 and body["status"] == "applied", body
-        await node.until_sinkholed("kasyno.test")
-    finally:
-        await node.stop()
+    await node.enforce(NAMES, "kasyno.test")
     assert node.store.stat().st_size > 100_000 and node.snapshot.exists()
     return node
 

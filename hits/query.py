@@ -127,14 +127,21 @@ class Filters:
         return cls(**out)
 
 
+def _integer(value: str) -> int | None:
+    """``value`` as an integer; None when ``int`` refuses it (not a number, or thousands of digits)."""
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
 def parse_limit(value: str | None, default: int = 100) -> int:
     """A page size, 1 to ``MAX_LIMIT``."""
     if not value:
         return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise FilterError(f"limit: not a number: {value!r}") from None
+    n = _integer(value)
+    if n is None:
+        raise FilterError(f"limit: not a number: {value!r}")
     if not 1 <= n <= MAX_LIMIT:
         raise FilterError(f"limit: between 1 and {MAX_LIMIT}, got {n}")
     return n
@@ -144,11 +151,8 @@ def parse_cursor(value: str | None) -> int | None:
     """The ``next`` of a previous page: an id, no larger than a stored id can be."""
     if not value:
         return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise FilterError(f"cursor: not a cursor from a previous page: {value!r}") from None
-    if not 0 <= n <= INT64_MAX:
+    n = _integer(value)
+    if n is None or not 0 <= n <= INT64_MAX:
         raise FilterError(f"cursor: not a cursor from a previous page: {value!r}")
     return n
 

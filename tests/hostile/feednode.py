@@ -12,6 +12,7 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +89,12 @@ sources = [{{kind = "push", format = "plain"}}]
 
     async def ready(self) -> None:
         """Until the node logs ``ready``; fails when it exits first."""
-        deadline = time.monotonic() + DEADLINE
-        while not any(e.get("event") == "ready" for e in self.events()):
+        def up() -> bool:
             assert self.proc is not None
             assert self.proc.returncode is None, f"the node exited with {self.proc.returncode}:\n{self.text()}"
-            assert time.monotonic() < deadline, f"the node did not get ready:\n{self.text()}"
-            await asyncio.sleep(0.05)
+            return any(e.get("event") == "ready" for e in self.events())
+
+        await until(up, "the node to get ready", DEADLINE, log=self.text)
 
     async def settle(self) -> int | None:
         """None once the node is ready, or the code it exited with before that."""
@@ -144,6 +145,18 @@ sources = [{{kind = "push", format = "plain"}}]
                     return r.status, json.loads(body)
                 except ValueError:
                     return r.status, body
+
+    async def feeds_when(self, holds: Callable[[int, Any], bool], what: str) -> Any:
+        """``GET /v1/feeds`` until ``holds(status, body)``, within the deadline; that body."""
+        got: Any = None
+
+        async def asked() -> bool:
+            nonlocal got
+            status, got = await self.http("GET", "/v1/feeds")
+            return holds(status, got)
+
+        await until(asked, what, DEADLINE, log=self.text)
+        return got
 
     async def push(self, names: list[str]) -> tuple[int, Any]:
         return await self.http("PUT", "/v1/feeds/pl-mf", token=AGENCY_TOKEN, data=("\n".join(names) + "\n").encode())

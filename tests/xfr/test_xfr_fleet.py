@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 from pathlib import Path
 
 import dns.asyncquery
@@ -19,7 +18,7 @@ import pytest
 
 from tests.dnsutil import address_of
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-from tests.procutil import first_answer, free_port, node_toml, start_serve
+from tests.procutil import betblock, first_answer, free_port, node_toml, start_serve
 from tests.xfr import followers
 from tests.xfr.primary import KEY_NAME, KEY_SECRET, ZONE, primary, until
 
@@ -123,12 +122,8 @@ poll_interval = 3600  # changes arrive by NOTIFY
     assert plain.count("kind=ixfr") >= 3, plain[-3000:]  # both nodes and Unbound
 
     # One hit store for the fleet: both nodes' hits are there.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "hits", "--config", str(nodes[0][1]), "list", "--json", "--limit", "1000",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    rc, out, err = await betblock("hits", "--config", str(nodes[0][1]), "list", "--json", "--limit", "1000")
+    assert rc == 0, err
     hits = json.loads(out)["hits"]
     assert {h["node"] for h in hits} == {"edge-1", "edge-2"}
     assert {h["name"] for h in hits} >= {"casino.test", "www.poker.test"}

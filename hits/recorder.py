@@ -168,7 +168,7 @@ class HitRecorder:
         else:
             self.dropped += 1
 
-    def take(self) -> tuple[FlatHits, Counts]:
+    def take(self) -> tuple[FlatHits, dict[tuple[Any, ...], int]]:
         """Everything buffered, leaving the buffers empty (called on the event loop)."""
         batch, self.buffer = self.buffer, FlatHits()
         agg, self.aggregated = self.aggregated, {}

@@ -1,9 +1,8 @@
 """Prometheus metrics at /metrics, read from the components' own counters at scrape time.
 
 Owns the metric names and the collector. Nothing here runs per packet: the pipeline counts
-answers by kind in a list, the cache and upstream client keep plain integers, and a scrape
-turns them into metric families; other owners (the hit log, feeds, HTTP, zone transfers) hand
-in their own collectors as ``extra``. Each App has its own registry (tests run several).
+answers by kind in a list, the cache, upstream client and recorder keep plain integers, and a
+scrape turns them into metric families. Each App has its own registry (tests run several).
 """
 
 from __future__ import annotations
@@ -80,7 +79,11 @@ class AppCollector(Collector):
         yield GaugeMetricFamily("betblock_policy_version", "Version of the policy snapshot in force", value=policy.version)
         yield GaugeMetricFamily("betblock_policy_entries", "Blocked names in the snapshot", value=policy.stats.get("entries", 0))
 
-        # The hit recorder's families come from the hit log's own collector (HitLog.metrics, in extra).
+        rec = app.recorder.stats()
+        yield CounterMetricFamily("betblock_hits_recorded", "Hits written one record each", value=rec["recorded"])
+        yield CounterMetricFamily("betblock_hits_aggregated", "Hits folded into per-second counts under overload", value=rec["aggregated"])
+        yield CounterMetricFamily("betblock_hits_dropped", "Hits lost because even aggregation was full", value=rec["dropped"])
+        yield GaugeMetricFamily("betblock_hits_buffered", "Hits waiting for the next flush", value=rec["buffered"])
 
         rrl = pipeline.rrl
         if rrl is not None:

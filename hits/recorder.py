@@ -364,8 +364,8 @@ class HitRecorder:
             self._stream = None
 
     def metrics(self) -> list[Metric]:
-        """The recorder's metric families: what it took in, folded, dropped, held and lost, and
-        what the store accepted or refused through it (read at scrape time)."""
+        """The recorder's metric families: what it holds and lost, and what the store accepted or
+        refused through it (read at scrape time)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         stats = self.stats()
@@ -374,11 +374,9 @@ class HitRecorder:
         )
         for cause in CAUSES:
             by_cause.add_metric([cause], self.errors_by_cause.get(cause, 0))
+        # betblock_hits_recorded, _aggregated, _dropped and _buffered are still made by the
+        # composition root's collector from ``stats()``.
         out = [
-            CounterMetricFamily("betblock_hits_recorded", "Hits written one record each", value=self.recorded),
-            CounterMetricFamily("betblock_hits_aggregated", "Hits folded into per-second counts under overload", value=self.aggregated_count),
-            CounterMetricFamily("betblock_hits_dropped", "Hits lost because even aggregation was full", value=self.dropped),
-            GaugeMetricFamily("betblock_hits_buffered", "Hits waiting for the next flush", value=stats["buffered"]),
             CounterMetricFamily("betblock_hits_stored_rows", "Rows written to the hit store", value=self.stored_rows),
             CounterMetricFamily("betblock_hits_store_errors", "Failed writes to the hit store (batches kept and retried)", value=self.store_errors),
             by_cause,

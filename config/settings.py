@@ -286,6 +286,9 @@ class RrlSettings(_Section):
 Action = Literal["redirect", "nxdomain", "nodata", "refused"]
 # What a listed name covers: itself only, itself and every name below it, or only the names below.
 Scope = Literal["exact", "subtree", "below"]
+# enforce: listed names get the sinkhole; observe (RPZ's "log only"): they resolve normally and
+# every hit on them is recorded as "would block", so an admin can look before enforcing.
+Mode = Literal["enforce", "observe"]
 SourceKind = Literal["url", "file", "push", "xfr"]
 # The names of feeds.formats.FORMATS (tests/feeds_plane checks they agree): config may not
 # import feeds, and a typo in a format must fail at start-up naming the key.
@@ -411,6 +414,11 @@ class AgencySettings(_Section):
     action: Action = Field(
         default="nxdomain",
         description="redirect (A/AAAA to the warning page, NODATA otherwise), nxdomain, nodata or refused.",
+    )
+    mode: Mode = Field(
+        default="enforce",
+        description="enforce (listed names get the sinkhole) or observe (RPZ's log only: they resolve normally, hits are "
+        "recorded as would-block). An admin's switch (`betblock feeds mode`, the admin page) is stored and wins over this.",
     )
     scope: Scope = Field(
         default="subtree",

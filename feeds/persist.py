@@ -28,11 +28,12 @@ import marshal
 import os
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from config.errors import BetblockError
-from config.settings import Settings
+from config.settings import AgencySettings, PolicySettings, Settings
 from feeds.snapshot import PolicySnapshot, Rule
 
 FORMAT = 4  # 4: table values may be (self, below) pairs (feeds.snapshot)
@@ -50,26 +51,32 @@ class SnapshotDamaged(BetblockError):
 def fingerprint(settings: Settings) -> str:
     """What the snapshot's rules depend on in the configuration. A file compiled under another
     configuration (an agency's action changed, an allowlist entry added) is not loaded."""
+    return fingerprint_of(settings.policy, settings.agencies, settings.resolve_path)
+
+
+def fingerprint_of(policy: PolicySettings, agencies: list[AgencySettings], resolve: Callable[[Path], Path]) -> str:
+    """``fingerprint`` from the sections it reads (the feeds plane holds these, not ``Settings``)."""
     doc = {
         "format": FORMAT,
         "python": sys.version_info[:2],
-        "ttl": settings.policy.sinkhole_ttl,
-        "allow": settings.policy.allowlist,
-        "allow_files": [str(settings.resolve_path(p)) for p in settings.policy.allowlist_files],
-        "protected": settings.policy.protected,
-        "protected_files": [str(settings.resolve_path(p)) for p in settings.policy.protected_files],
+        "ttl": policy.sinkhole_ttl,
+        "allow": policy.allowlist,
+        "allow_files": [str(resolve(p)) for p in policy.allowlist_files],
+        "protected": policy.protected,
+        "protected_files": [str(resolve(p)) for p in policy.protected_files],
         "agencies": [
             {
                 "id": a.id,
                 "name": a.display_name,
                 "precedence": a.precedence,
                 "action": a.action,
+                "mode": a.mode,
                 "scope": a.scope,
                 "ipv4": [str(ip) for ip in a.redirect_ipv4],
                 "ipv6": [str(ip) for ip in a.redirect_ipv6],
                 "sources": sorted(s.key for s in a.all_sources()),
             }
-            for a in settings.agencies
+            for a in agencies
         ],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
@@ -77,7 +84,10 @@ def fingerprint(settings: Settings) -> str:
 
 def save(path: Path, snapshot: PolicySnapshot, fp: str, next_change: float | None) -> None:
     """Write ``snapshot`` atomically (temporary file, fsync, rename), digest in the header."""
-    rules = [None if r is None else (r.id, r.agencies, r.agency_name, r.action, r.ipv4, r.ipv6, r.ttl) for r in snapshot.rules]
+    rules = [
+        None if r is None else (r.id, r.agencies, r.agency_name, r.action, r.ipv4, r.ipv6, r.ttl, r.observe)
+        for r in snapshot.rules
+    ]
     table = snapshot.table
     doc = {
         "format": FORMAT,
@@ -85,6 +95,7 @@ def save(path: Path, snapshot: PolicySnapshot, fp: str, next_change: float | Non
         "version": snapshot.version,
         "rules": rules,
         "stats": snapshot.stats,
+        "observing": sorted(snapshot.observing),
         "next_change": next_change,
         "slices": (len(table) + SLICE - 1) // SLICE,
     }
@@ -177,7 +188,11 @@ def _read(f: Any, fp: str, now: float) -> PolicySnapshot | None:
     if f.tell() != size:
         raise SnapshotDamaged("bytes left over after the table")
     rules = tuple(
-        None if r is None else Rule(id=r[0], agencies=r[1], agency_name=r[2], action=r[3], ipv4=r[4], ipv6=r[5], ttl=r[6])
+        # r[7], observe, is absent from files written before observe mode (all enforced)
+        None if r is None else Rule(id=r[0], agencies=r[1], agency_name=r[2], action=r[3], ipv4=r[4], ipv6=r[5], ttl=r[6],
+                                    observe=len(r) > 7 and bool(r[7]))
         for r in doc["rules"]
     )
-    return PolicySnapshot(version=doc["version"], table=table, rules=rules, stats=doc["stats"])
+    return PolicySnapshot(
+        version=doc["version"], table=table, rules=rules, stats=doc["stats"], observing=frozenset(doc.get("observing", ()))
+    )

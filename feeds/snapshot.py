@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+OBSERVE_PREFIX = "observe:"  # of a hit's stored action when its rule only observes (Rule.hit_action)
 ALLOW = 0  # rule id of allowlist entries: the name and its subdomains are never blocked
 
 # redirect/nxdomain/nodata/refused: an agency's action or an RPZ rule's; drop (rpz-drop.: no
@@ -59,10 +60,23 @@ class Rule:
     ipv4: tuple[str, ...] = ()
     ipv6: tuple[str, ...] = ()
     ttl: int = 300
+    # Observe mode (RPZ's "log only"): the name resolves as if unlisted and each hit is recorded
+    # as "would block". A flag beside the action rather than an action of its own: ``action``
+    # stays what enforcing would answer (lookup shows it, the sinkhole is built from it, and a
+    # switch to enforce changes nothing else), and the resolver tests the flag only on its
+    # no-answer branch (``resolver.sinkhole``), never for an enforced or an unlisted name.
+    observe: bool = False
 
     @property
     def agency(self) -> str:
         return self.agencies[0]
+
+    @property
+    def hit_action(self) -> str:
+        """The action as the hit log stores it: ``observe:<action>`` for an observed rule, so
+        that the mode travels with every stored hit (and its hash chain) without a schema
+        change."""
+        return OBSERVE_PREFIX + self.action if self.observe else self.action
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,7 @@ class PolicySnapshot:
     table: dict[bytes, int]
     rules: tuple[Rule | None, ...]  # index = rule id; index 0 (ALLOW) is None
     stats: dict[str, int] = field(default_factory=dict)
+    observing: frozenset[str] = frozenset()  # agencies compiled in observe mode (their rules observe)
 
     def match(self, name: bytes) -> Match | None:
         """The entry that blocks ``name`` (lower-case wire format), or None when it is not blocked.

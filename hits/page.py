@@ -1,7 +1,8 @@
 """The admin page: server-rendered HTML at / for the hit log, feed status and name lookup.
 
 Owns the page's routes (/, /login, /logout, /static/hits/*) and its HTML. Works without
-JavaScript; ``static/admin.js`` only shows times in local time and makes names clickable.
+JavaScript; ``static/admin.js`` only makes names clickable. Every time is shown in UTC, as the
+server writes it and as the filters take it. A hit in observe mode reads "would block".
 Login: the admin token typed into a form sets a session cookie (sessions: ``betblock/auth.py``).
 Every value shown is escaped. Must not import the resolver.
 """
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from config.auth import ADMIN, PUBLIC, accepts, principal
 from config.errors import BetblockError
-from hits.query import ACTIONS, QTYPES, FilterError, Filters, parse_cursor, parse_limit
+from hits.query import FILTER_ACTIONS, QTYPES, FilterError, Filters, action_label, parse_cursor, parse_limit
 from hits.store import HitStore
 
 if TYPE_CHECKING:
@@ -71,6 +72,13 @@ def _input(name: str, label: str, value: str, placeholder: str = "", size: int =
     )
 
 
+def _action_cell(action: str) -> str:
+    # A hit in observe mode is no block: marked apart (class observed) so it never reads as one.
+    if action.startswith("observe:"):
+        return f'<td class="observed" title="observe mode: answered normally">{esc(action_label(action))}</td>'
+    return f"<td>{esc(action)}</td>"
+
+
 def _select(name: str, label: str, value: str, options: list[tuple[str, str]]) -> str:
     opts = "".join(
         f'<option value="{esc(v)}"{" selected" if v == value else ""}>{esc(t)}</option>' for v, t in [("", "any")] + options
@@ -91,7 +99,7 @@ def hits_section(
             _select("agency", "agency", q.get("agency", ""), [(a, a) for a in agencies]),
             _input("client", "client or network", q.get("client", ""), "192.0.2.0/24", 16),
             _select("qtype", "type", q.get("qtype", "").upper(), [(t, t) for t in QTYPES]),
-            _select("action", "action", q.get("action", ""), [(a, a) for a in ACTIONS]),
+            _select("action", "action", q.get("action", ""), [(a, action_label(a) if a != "observe" else "would block (observe mode)") for a in FILTER_ACTIONS]),
             '<button type="submit" id="apply">Filter</button> <a href="/">clear</a>',
         ]
     )
@@ -102,7 +110,7 @@ def hits_section(
         f'<td>{esc(h["node"])}</td><td>{esc(h["client"])}</td>'
         f'<td class="name" data-name="{esc(h["name"])}">{esc(h["name"])}</td>'
         f'<td>{esc(h["qtype"])}</td><td class="name">{esc(h["listed"])}</td>'
-        f'<td>{esc(", ".join(h["agencies"]))}</td><td>{esc(h["action"])}</td>'
+        f'<td>{esc(", ".join(h["agencies"]))}</td>{_action_cell(h["action"])}'
         f'<td title="snapshot {esc(h["policy_version"])}">{esc(labels.get(h["policy_version"], h["policy_version"]))}</td><td>{esc(h["count"])}</td>'
         "</tr>"
         for h in hits

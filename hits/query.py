@@ -26,6 +26,22 @@ from config.errors import BetblockError
 QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33, "SVCB": 64, "HTTPS": 65, "ANY": 255}
 QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
 ACTIONS = ("redirect", "nxdomain", "nodata", "refused")
+# A hit in observe mode is stored with action "observe:<action>" (feeds.snapshot.Rule.hit_action):
+# the filter "observe" takes every would-block hit, "observe:<action>" one kind of them.
+OBSERVE = "observe"
+FILTER_ACTIONS = (*ACTIONS, OBSERVE, *(f"{OBSERVE}:{a}" for a in ACTIONS))
+
+
+def action_label(stored: str) -> str:
+    """A stored action as people read it: ``would block (<action>)`` for a hit in observe mode."""
+    if stored.startswith(OBSERVE + ":"):
+        return f"would block ({stored[len(OBSERVE) + 1:]})"
+    return stored
+
+
+def action_matches(wanted: str, stored: str) -> bool:
+    """Whether a hit stored with action ``stored`` passes the filter ``action=wanted``."""
+    return wanted == stored or (wanted == OBSERVE and stored.startswith(OBSERVE + ":"))
 MAX_LIMIT = 1000
 DRIVE_MAX = 64  # up to this many dictionary ids, a filter drives the query through its index
 INLINE_MAX = 500  # more ids than this are matched through a subquery instead of a list
@@ -121,8 +137,8 @@ class Filters:
             out["qtype"] = _qtype(raw)
         if params.get("action"):
             action = params["action"].strip().lower()
-            if action not in ACTIONS:
-                raise FilterError(f"action: one of {', '.join(ACTIONS)}, got {action!r}")
+            if action not in FILTER_ACTIONS:
+                raise FilterError(f"action: one of {', '.join(FILTER_ACTIONS)}, got {action!r}")
             out["action"] = action
         return cls(**out)
 

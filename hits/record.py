@@ -29,7 +29,12 @@ class RuleLike(Protocol):
 
     @property
     def action(self) -> str:
-        """How the name was answered (``redirect``, ``nxdomain``, ...)."""
+        """How the name is answered when its agency enforces (``redirect``, ``nxdomain``, ...)."""
+
+    @property
+    def hit_action(self) -> str:
+        """The action as the hit log stores it: ``action``, or ``observe:<action>`` for a hit of
+        an agency in observe mode (answered as unlisted, recorded as would-block)."""
 
 
 class Hit(NamedTuple):

@@ -93,7 +93,9 @@ def dotted(wire: bytes) -> bytes:
 def _tail(rule: RuleLike, qtype: int, version: int) -> bytes:
     """The part of a JSON line after the client: type, agencies, action, policy version, then the time."""
     return b'"qtype":"%s","agency":%s,"agencies":%s,"action":"%s","policy_version":%d,"ts":' % (
-        _qtype(qtype), _json_str(rule.agency.encode()), json.dumps(list(rule.agencies)).encode(), rule.action.encode(), version,
+        _qtype(qtype), _json_str(rule.agency.encode()), json.dumps(list(rule.agencies)).encode(),
+        rule.hit_action.encode(),  # "observe:<action>" for a would-block hit
+        version,
     )
 
 

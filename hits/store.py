@@ -22,7 +22,7 @@ from typing import Any
 from config.errors import BetblockError
 from hits.checkpoint import ChainHead
 from hits.chain import GENESIS, REFS, Row, digest, digest_v2, referenced, referenced_v2, text_block
-from hits.query import DRIVE_MAX, INLINE_MAX, Filters, Resolved, hit_dict, name_rev, page_sql
+from hits.query import DRIVE_MAX, INLINE_MAX, Filters, Resolved, action_matches, hit_dict, name_rev, page_sql
 
 SCHEMA_VERSION = 3
 DAY_MS = 86_400_000
@@ -215,7 +215,7 @@ class HitStore(abc.ABC):
             ids = [
                 rid
                 for rid, agencies, action in rules
-                if (f.agency is None or f.agency in agencies.split(",")) and (f.action is None or f.action == action)
+                if (f.agency is None or f.agency in agencies.split(",")) and (f.action is None or action_matches(f.action, action))
             ]
             if not ids:
                 return None

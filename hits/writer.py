@@ -181,8 +181,9 @@ class HitWriter:
         rule_of: dict[str, list[RuleLike]] = {}
         for key_id, rule in dict(zip(map(id, rule_col), rule_col)).items():
             if key_id not in rules:
-                key = ",".join(rule.agencies) + "|" + rule.action
-                new_rules[key] = (",".join(rule.agencies), rule.action)
+                # hit_action: "observe:<action>" for a would-block hit (feeds.snapshot.Rule)
+                key = ",".join(rule.agencies) + "|" + rule.hit_action
+                new_rules[key] = (",".join(rule.agencies), rule.hit_action)
                 rule_of.setdefault(key, []).append(rule)
         new_policies = {str(v): (v,) for v in set(ver_col) - policies.keys()}
         if new_clients:

@@ -24,12 +24,15 @@ class Kind(IntEnum):
 
 
 class Counters:
-    """Answers by kind; ``counts`` is indexed by ``Kind``."""
+    """Answers by kind; ``counts`` is indexed by ``Kind``. ``observed`` counts queries for names
+    that only observing agencies list (a hit "would block"): not a kind, since each of them is
+    also answered, and counted, as an unlisted name would be (cached, forwarded, ...)."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "observed")
 
     def __init__(self) -> None:
         self.counts = [0] * len(Kind)
+        self.observed = 0
 
     def snapshot(self) -> dict[str, int]:
         return {k.name.lower(): self.counts[k] for k in Kind}

@@ -76,6 +76,8 @@ _BLOCKED, _CACHED, _FORWARDED, _REFUSED = int(Kind.BLOCKED), int(Kind.CACHED), i
 _FORMERR, _NOTIMP, _SERVFAIL, _DROPPED = int(Kind.FORMERR), int(Kind.NOTIMP), int(Kind.SERVFAIL), int(Kind.DROPPED)
 _MINIMAL_ANY, _STALE = int(Kind.MINIMAL_ANY), int(Kind.STALE)
 _SLIP_FLAGS = QR | RA  # of a slipped answer: NOERROR, no records, TC added by ``truncated``
+# What CNAME inspection answers when the chain reaches only observed names: answer normally.
+OBSERVED = object()
 
 
 # Upper bounds (seconds) of the forwarded-latency buckets; the last bucket is +Inf.
@@ -249,6 +251,10 @@ class Pipeline:
         self.acl = acl
         self._acl_memo = acl.memo
 
+    def set_cname_inspection(self, enabled: bool) -> None:
+        """Check (or stop checking) CNAME targets against the policy (SIGHUP: ``policy.cname_inspection``)."""
+        self.cname_inspection = enabled
+
     # -- the pipeline ---------------------------------------------------------------------
 
     def answer(self, data: bytes, client: str, udp: bool, then: bool = False) -> Answer:
@@ -314,8 +320,15 @@ class Pipeline:
                     if rid:  # 0: not blocked here (allowlist, exception, scope), stop looking
                         sink = pol.sinks[rid]
                         resp = sink.render(data, q, off, udp)  # type: ignore[union-attr]
-                        if resp is None:  # rpz-drop, or rpz-tcp-only over TCP: resolve it
+                        if resp is None:  # rpz-drop; rpz-tcp-only over TCP or observe mode: resolve it
                             if not sink.drop:  # type: ignore[union-attr]
+                                if sink.observe:  # type: ignore[union-attr]
+                                    # Observe mode (RPZ's "log only"): the hit "would block", the
+                                    # answer is the upstream's. off = -1 keeps that answer out of
+                                    # the hot memo below, which is read before the policy: every
+                                    # repeat must come back here to be recorded.
+                                    self._observed(client, name, q.qtype, sink.rule, listed, pol.version)  # type: ignore[union-attr]
+                                    off = -1
                                 break
                             counts[_BLOCKED] += 1
                             self.recorder.record((self.wallclock(), client, name, q.qtype, sink.rule, listed, pol.version))  # type: ignore[union-attr]
@@ -352,10 +365,12 @@ class Pipeline:
                 if entry.cnames and self.cname_inspection:
                     blocked = self._cname_block(data, q, name, client, entry, self._limit(q, udp))
                     if blocked is not None:
-                        return blocked or None  # b"": dropped
+                        if blocked is not OBSERVED:
+                            return blocked or None  # b"": dropped
+                        off = -1  # a CNAME target is observed: recorded, and not memoised (above)
                 counts[_CACHED] += 1
                 resp = entry.render(data, q, now, self.udp_size, self._limit(q, udp))
-                if udp:
+                if udp and off >= 0:  # off < 0: observed (see the policy stage)
                     cache.remember(data, resp, now, key)
                 return resp
         except Exception:
@@ -407,17 +422,31 @@ class Pipeline:
             return truncated(data, q, U16.unpack_from(resp, 2)[0], self.udp_size)
         return resp
 
+    def _observed(self, client: str, name: bytes, qtype: int, rule: Rule, listed: bytes, version: int) -> None:
+        """A query for a name only observing agencies list: one hit ("would block"), counted
+        apart from blocked answers; the caller answers it as an unlisted name."""
+        self.counters.observed += 1
+        self.recorder.record((self.wallclock(), client, name, qtype, rule, listed, version))
+
     def _cname_block(
         self, data: bytes, q: Query, name: bytes, client: str, entry: CacheEntry, limit: int
-    ) -> bytes | None:
-        """Sinkhole the query when the answer's CNAME chain reaches a listed name."""
+    ) -> bytes | object | None:
+        """Sinkhole the query when the answer's CNAME chain reaches a listed name; ``OBSERVED``
+        when it reaches only observed names (their hit is recorded, the answer goes out)."""
         pol = self.policy
+        seen = None
         for target in entry.cnames:
             match = pol.snapshot.match(target)
             if match is not None and not (match.rule.action == "tcp-only" and limit == 65535):
+                if match.rule.observe:
+                    seen = seen or match
+                    continue
                 # The SOA of a negative answer is owned by the question name (offset 0): the
                 # listed name is not in this message.
                 return self._blocked(data, q, name, client, pol, match.rule.id, 0, match.listed, limit)
+        if seen is not None:
+            self._observed(client, name, q.qtype, seen.rule, seen.listed, pol.version)
+            return OBSERVED
         return None
 
     def _start(self, m: Miss) -> None:
@@ -501,8 +530,8 @@ class Pipeline:
         try:
             if entry.cnames and self.cname_inspection:
                 blocked = self._cname_block(m.data, m.q, m.name, m.client, entry, m.limit)
-                if blocked is not None:
-                    self._deliver(m, blocked or None)  # b"": dropped
+                if blocked is not None and blocked is not OBSERVED:
+                    self._deliver(m, blocked or None)  # type: ignore[arg-type]  # b"": dropped
                     return
             self._counts[_FORWARDED] += 1
             resp = entry.render(m.data, m.q, self.cache.now(), self.udp_size, m.limit)
@@ -553,8 +582,8 @@ class Pipeline:
     def _serve_stale(self, data: bytes, q: Query, name: bytes, client: str, entry: CacheEntry, limit: int) -> bytes | None:
         if entry.cnames and self.cname_inspection:
             blocked = self._cname_block(data, q, name, client, entry, limit)
-            if blocked is not None:
-                return blocked or None  # b"": dropped
+            if blocked is not None and blocked is not OBSERVED:
+                return blocked or None  # type: ignore[return-value]  # b"": dropped
         self._counts[_STALE] += 1
         return entry.render_stale(data, q, self.udp_size, limit, self.cache.settings.stale_ttl)
 

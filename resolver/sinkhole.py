@@ -5,7 +5,10 @@ with its Extended DNS Error) done once when a snapshot is installed, and ``Sinkh
 which the hot path calls to build an answer with a few concatenations. The RPZ actions
 without an answer of their own are here too: ``drop`` renders nothing (``drop`` is set) and
 ``tcp-only`` renders a truncated answer over UDP and nothing over TCP (the query is then
-answered as if the name were not listed, as Unbound and BIND do).
+answered as if the name were not listed, as Unbound and BIND do). A rule in observe mode gets an
+``Observer``: it renders nothing, so the query takes that same no-answer branch and resolves as
+an unlisted name would, and only there does the pipeline read ``observe`` to record the hit
+("would block"); enforced names pay nothing for the mode.
 
 Must not import the server, the cache or the upstream client.
 """
@@ -48,12 +51,13 @@ _SOA_RDLEN = 2 + len(_HOSTMASTER) + 2 + 20
 class Sinkhole:
     """Precomputed answer parts for one rule; ``render`` assembles an answer for one query."""
 
-    __slots__ = ("rule", "drop", "tcp_only", "_by_type", "_other", "_soa_head", "_soa_tail", "_opt", "_opt_do")
+    __slots__ = ("rule", "drop", "tcp_only", "observe", "_by_type", "_other", "_soa_head", "_soa_tail", "_opt", "_opt_do")
 
     def __init__(self, rule: Rule, serial: int, udp_size: int) -> None:
         self.rule = rule
         self.drop = rule.action == "drop"
         self.tcp_only = rule.action == "tcp-only"
+        self.observe = False
         ttl = rule.ttl
         nodata = (NOERROR, 0, b"", True)
         if rule.action == "redirect":
@@ -118,8 +122,24 @@ class Sinkhole:
         return head + data[12 : name_end + 4] + answers + auth
 
 
+class Observer(Sinkhole):
+    """A rule in observe mode: never an answer of its own (the name is resolved normally and
+    the hit recorded as "would block"); ``rule`` keeps what enforcing would answer."""
+
+    __slots__ = ()
+
+    def __init__(self, rule: Rule, serial: int, udp_size: int) -> None:
+        super().__init__(rule, serial, udp_size)
+        self.drop = self.tcp_only = False
+        self.observe = True
+
+    def render(self, data: bytes, q: Query, offset: int, udp: bool = True) -> bytes | None:
+        return None
+
+
 def build_sinkholes(snapshot: PolicySnapshot, udp_size: int) -> tuple[Sinkhole | None, ...]:
     """One Sinkhole per rule id of the snapshot (index 0, the allowlist, has none)."""
     return tuple(
-        None if rule is None else Sinkhole(rule, snapshot.version // 1000, udp_size) for rule in snapshot.rules
+        None if rule is None else (Observer if rule.observe else Sinkhole)(rule, snapshot.version // 1000, udp_size)
+        for rule in snapshot.rules
     )

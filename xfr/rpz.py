@@ -117,10 +117,11 @@ class View:
 
 
 def combined_view(snapshot: PolicySnapshot) -> View:
-    """Every entry in force, with the winner's answer; allowlisted names as passthru."""
+    """Every entry in force, with the winner's answer; allowlisted names as passthru. Names
+    only observing agencies list are left out: a follower would enforce whatever it is sent."""
     answers: dict[int, Answer] = {ALLOW: ("passthru", (), (), _ttl(snapshot))}
     for rule in snapshot.rules:
-        if rule is not None:
+        if rule is not None and not rule.observe:
             answers[rule.id] = (rule.action, rule.ipv4, rule.ipv6, rule.ttl)
     return View(snapshot, answers)
 
@@ -139,7 +140,8 @@ def agency_view(snapshot: PolicySnapshot, agency: AgencySettings) -> View:
     for rule in snapshot.rules:
         if rule is None:
             continue
-        if agency.id not in rule.agencies:
+        if agency.id not in rule.agencies or agency.id in snapshot.observing:
+            # an agency in observe mode serves an empty zone: followers would enforce it
             answers[rule.id] = None
         elif rule.agencies[0] == agency.id:
             answers[rule.id] = (rule.action, rule.ipv4, rule.ipv6, rule.ttl)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from config.auth import sha256_hex
 from tests import browser
+from tests.browser import ARGS, CHROMIUM  # noqa: F401 - the observe-mode page test imports them from here
 from tests.conftest import NodeFactory, port_of
 from tests.dnsutil import query, udp
 

@@ -2,6 +2,7 @@
 
 Owns ``FlatHits`` (the recorder's buffer) and ``hit_columns`` (seven column lists, with the
 aggregated rows after the plain hits), shared by the store writer and the JSON-lines formatter.
+A hit's fields are ``hits.record.Hit``'s, in that order.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from collections.abc import Iterable
 from operator import itemgetter
 from typing import Any
 
-HIT_FIELDS = 7  # ts, client, qname wire, qtype, rule, listed wire, policy version
+from hits.record import FIELDS, Counts, HitTuple
+
+HIT_FIELDS = FIELDS  # ts, client, qname wire, qtype, rule, listed wire, policy version (``Hit``)
 _COLUMNS = [itemgetter(i) for i in range(HIT_FIELDS)]
 
 
@@ -28,13 +31,18 @@ class FlatHits(list):  # type: ignore[type-arg]
         return len(self) // HIT_FIELDS
 
 
-def batch_size(batch: Iterable[Any]) -> int:
+# What a flush hands to the writers: the flat buffer, or hit tuples (tests, retries).
+HitBatch = FlatHits | list[HitTuple]
+
+
+def batch_size(batch: HitBatch) -> int:
     """Hits in a batch: a FlatHits buffer, or a list of hit tuples (tests, retries)."""
-    return batch.hits() if isinstance(batch, FlatHits) else len(batch)  # type: ignore[arg-type]
+    return batch.hits() if isinstance(batch, FlatHits) else len(batch)
 
 
-def hit_columns(batch: Iterable[Any], agg: dict[tuple[Any, ...], int]) -> tuple[list[list[Any]], int]:
-    """The seven columns of a batch plus its aggregated rows, and how many plain hits lead them."""
+def hit_columns(batch: HitBatch | Iterable[HitTuple], agg: Counts) -> tuple[list[list[Any]], int]:
+    """The seven columns of a batch (in ``Hit``'s order) plus its aggregated rows, and how many
+    plain hits lead them."""
     if isinstance(batch, FlatHits):
         cols = [batch[i::HIT_FIELDS] for i in range(HIT_FIELDS)]
         plain = batch.hits()

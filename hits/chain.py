@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from itertools import chain
 
 GENESIS = b"\x00" * 32  # prev of the first batch ever written
-ROW_FIELDS = ("ts", "node", "client", "name", "qtype", "listed", "rule", "policy", "count")
 # dictionary kind of each row column that refers to one (listed shares the names dictionary)
 REFS = {1: "node", 2: "client", 3: "name", 5: "name", 6: "rule", 7: "policy"}
 
+# A format-1 row: ts (ms), node, client, name, qtype, listed (names id), rule, policy, count.
 Row = tuple[int, int, int, int, int, int, int, int, int]
 
 

@@ -11,7 +11,7 @@ created once beside the checkpoints). The same head goes to the log and to /metr
 copies live elsewhere too (``betblock hits verify --expect`` checks against such a copy).
 
 Owns the line format, its MAC, appending (0600 files, compacted when large) and reading the
-latest valid line. Must not import the resolver.
+latest valid line, and the head's metric families. Must not import the resolver.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import structlog
 from config.errors import BetblockError
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from hits.store import HitStore
 
 log = structlog.get_logger("betblock.hits")
@@ -245,6 +247,21 @@ class Checkpointer:
         self.checkpoints = checkpoints
         self.errors = 0
         self._logged_at = 0.0
+
+    def metrics(self) -> list[Metric]:
+        """The chain head as recorded (a copy outside the store and its checkpoint file) and the
+        checkpoints that could not be written (read at scrape time)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        out: list[Metric] = []
+        head = self.store.head
+        if head is not None:
+            out.append(GaugeMetricFamily("betblock_hits_chain_batches", "Batches the hit chain has had (checkpointed)", value=head.batches))
+            info = GaugeMetricFamily("betblock_hits_chain_head", "The hit chain's newest batch hash (prefix) and length", labels=["head", "batches"])
+            info.add_metric([head.head[:16], str(head.batches)], 1)
+            out.append(info)
+        out.append(CounterMetricFamily("betblock_hits_checkpoint_errors", "Checkpoints that could not be written", value=self.errors))
+        return out
 
     def record(self, force_log: bool = False) -> None:
         head = self.store.head

@@ -20,8 +20,7 @@ from aiohttp import web
 
 from config.auth import ADMIN, PUBLIC, accepts, principal
 from config.errors import BetblockError
-from hits.api import parse_filters, parse_page_cursor
-from hits.query import FILTER_ACTIONS, QTYPES, FilterError, action_label, parse_limit
+from hits.query import FILTER_ACTIONS, QTYPES, FilterError, Filters, action_label, parse_cursor, parse_limit
 from hits.store import HitStore
 
 if TYPE_CHECKING:
@@ -246,8 +245,8 @@ def add_routes(
         hits: list[dict[str, Any]] = []
         nxt = None
         try:
-            f = parse_filters(q)
-            cursor = parse_page_cursor(q.get("cursor"))
+            f = Filters.parse(q)
+            cursor = parse_cursor(q.get("cursor"))
             limit = parse_limit(q.get("limit"), PAGE_SIZE)
         except FilterError as exc:
             error = str(exc)

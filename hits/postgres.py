@@ -13,14 +13,14 @@ import asyncio
 import re
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 
 from hits.chain import GENESIS
 from hits.checkpoint import ChainHead
-from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError, anchor_text
+from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, Entries, HitStore, StoreError, anchor_text
 
 
 def pg_cause(exc: BaseException) -> str:
@@ -291,10 +291,10 @@ class PostgresStore(HitStore):
             self._wconn = await asyncpg.connect(self.dsn, timeout=10, server_settings=self._settings())
         return self._wconn
 
-    def ids(self, kind: str, values: Mapping[str, tuple[Any, ...]]) -> dict[str, int]:
+    def ids(self, kind: str, values: Entries) -> dict[str, int]:
         return self._run(self._ids(kind, values))  # type: ignore[no-any-return]
 
-    async def _ids(self, kind: str, values: Mapping[str, tuple[Any, ...]]) -> dict[str, int]:
+    async def _ids(self, kind: str, values: Entries) -> dict[str, int]:
         table, cols, uniq = DICT[kind]
         conn = await self._conn()
         keys = list(values)

@@ -1,7 +1,9 @@
 """Filters over the hit log and the SQL that serves them, shared by both stores.
 
 Owns ``Filters`` (time range, name or suffix, agency, client, type, action), parsing them from
-request or command-line parameters with a message naming the bad one, keyset pagination (newest
+request or command-line parameters with a message naming the bad one (the API, the page and the
+CLI parse through ``Filters.parse``, ``parse_limit`` and ``parse_cursor``, so one bad value gets one
+message everywhere, checked before any work), keyset pagination (newest
 first, the cursor is the last id seen, so pages are stable while hits arrive) and the text form
 of a hit (JSON object, CSV row). SQL is written with ``?`` placeholders; the PostgreSQL store
 renumbers them. Must not import the resolver.
@@ -12,9 +14,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +46,10 @@ MAX_LIMIT = 1000
 DRIVE_MAX = 64  # up to this many dictionary ids, a filter drives the query through its index
 INLINE_MAX = 500  # more ids than this are matched through a subquery instead of a list
 
+# Times a filter may name: the years 1 to 9999 (what a datetime holds; nan, inf or 1e300 are not times).
+TIME_MIN, TIME_MAX = -62135596800.0, 253402300799.0
+INT64_MAX = (1 << 63) - 1  # the stores' integer columns: no cursor can be larger
+
 HIT_FIELDS = ("id", "time", "node", "client", "name", "qtype", "listed", "agency", "agencies", "action", "policy_version", "count")
 
 
@@ -55,19 +62,36 @@ def qtype_text(code: int) -> str:
 
 
 def parse_time(value: str, key: str) -> float:
-    """Epoch seconds, or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    """Epoch seconds, or an ISO 8601 date/time (UTC unless it says otherwise), within the years
+    1-9999: a finite instant the stores can turn into milliseconds."""
     v = value.strip()
     try:
-        return float(v)
+        t = float(v)
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise FilterError(f"{key}: not a time (epoch seconds or ISO 8601): {value!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise FilterError(f"{key}: not a time (epoch seconds or ISO 8601): {value!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        t = dt.timestamp()
+    if not (math.isfinite(t) and TIME_MIN <= t <= TIME_MAX):
+        raise FilterError(f"{key}: not a time between the years 1 and 9999: {value!r}")
+    return t
+
+
+def _qtype(raw: str) -> int:
+    """A type by mnemonic (``AAAA``), number (``28``) or RFC 3597 form (``TYPE28``), 0-65535."""
+    if raw in QTYPES:
+        return QTYPES[raw]
+    digits = raw[4:] if raw.startswith("TYPE") else raw
+    # ASCII only: str.isdigit() also takes digits int() refuses ("²"), and a very long number
+    # is refused by int() itself; neither may escape as anything but a FilterError.
+    if not (digits.isascii() and digits.isdigit()):
+        raise FilterError(f"qtype: unknown type {raw!r}")
+    if len(digits) > 5 or int(digits) > 0xFFFF:
+        raise FilterError(f"qtype: a type number is 0 to 65535, got {digits[:40]}")
+    return int(digits)
 
 
 _NAME = re.compile(r"^[a-z0-9_*](?:[a-z0-9_.-]*[a-z0-9_])?$")
@@ -88,7 +112,9 @@ class Filters:
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> Filters:
-        known = {f.name for f in fields(cls)}
+        """Filters from request or command-line parameters; FilterError names the bad one. Every
+        value is checked before any work: a time is a finite instant within the years 1-9999, a
+        type fits in 16 bits."""
         out: dict[str, Any] = {}
         for key in ("since", "until"):
             if params.get(key):
@@ -108,53 +134,41 @@ class Filters:
             out["client"] = params["client"].strip()
         if params.get("qtype") or params.get("type"):
             raw = (params.get("qtype") or params.get("type") or "").strip().upper()
-            if raw.isdigit():
-                out["qtype"] = int(raw)
-            elif raw in QTYPES:
-                out["qtype"] = QTYPES[raw]
-            elif raw.startswith("TYPE") and raw[4:].isdigit():
-                out["qtype"] = int(raw[4:])
-            else:
-                raise FilterError(f"qtype: unknown type {raw!r}")
+            out["qtype"] = _qtype(raw)
         if params.get("action"):
             action = params["action"].strip().lower()
             if action not in FILTER_ACTIONS:
                 raise FilterError(f"action: one of {', '.join(FILTER_ACTIONS)}, got {action!r}")
             out["action"] = action
-        del known
         return cls(**out)
 
-    def query_string(self) -> dict[str, str]:
-        """The parameters that parse back into these filters."""
-        out: dict[str, str] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is None or v is False:
-                continue
-            out[f.name] = "1" if v is True else (qtype_text(v) if f.name == "qtype" else str(v))
-        return out
+
+def _integer(value: str) -> int | None:
+    """``value`` as an integer; None when ``int`` refuses it (not a number, or thousands of digits)."""
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def parse_limit(value: str | None, default: int = 100) -> int:
+    """A page size, 1 to ``MAX_LIMIT``."""
     if not value:
         return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise FilterError(f"limit: not a number: {value!r}") from None
+    n = _integer(value)
+    if n is None:
+        raise FilterError(f"limit: not a number: {value!r}")
     if not 1 <= n <= MAX_LIMIT:
         raise FilterError(f"limit: between 1 and {MAX_LIMIT}, got {n}")
     return n
 
 
 def parse_cursor(value: str | None) -> int | None:
+    """The ``next`` of a previous page: an id, no larger than a stored id can be."""
     if not value:
         return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise FilterError(f"cursor: not a cursor from a previous page: {value!r}") from None
-    if n < 0:
+    n = _integer(value)
+    if n is None or not 0 <= n <= INT64_MAX:
         raise FilterError(f"cursor: not a cursor from a previous page: {value!r}")
     return n
 

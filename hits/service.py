@@ -153,40 +153,10 @@ class HitLog:
             await self.store.close()
 
     def metrics(self) -> list[Any]:
-        """Metric families of the hit store (read at scrape time by the composition root)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        rec = self.recorder
-        stats = rec.stats()
-        by_cause = CounterMetricFamily(
-            "betblock_hits_store_write_errors", "Failed writes to the hit store by cause (the hits are held and retried)", labels=["cause"]
-        )
-        for cause in CAUSES:
-            by_cause.add_metric([cause], rec.errors_by_cause.get(cause, 0))
-        out = [
-            CounterMetricFamily("betblock_hits_stored_rows", "Rows written to the hit store", value=rec.stored_rows),
-            CounterMetricFamily("betblock_hits_store_errors", "Failed writes to the hit store (batches kept and retried)", value=rec.store_errors),
-            by_cause,
-            GaugeMetricFamily(
-                "betblock_hits_held", "Hits taken in and not yet in the store (buffer, per-second counts, refused by the store)", value=stats["held"]
-            ),
-            CounterMetricFamily("betblock_hits_lost", "Hits lost: never written to the store (drops, refused too long)", value=stats["lost"]),
-            GaugeMetricFamily(
-                "betblock_hits_store_up", "1 while the hit store takes writes; 0 when it failed or refuses them", value=1 if stats["store_state"] == "ok" else 0
-            ),
-            CounterMetricFamily("betblock_hits_jsonl_errors", "Flushes whose JSON lines could not be written", value=rec.jsonl_errors),
-        ]
-        if self.store is not None:
-            state = GaugeMetricFamily("betblock_hits_store_state", "State of the hit store (1 for the current one)", labels=["state"])
-            for name in ("ok", "failing", "failed"):
-                state.add_metric([name], 1 if stats["store_state"] == name else 0)
-            out.append(state)
-        head = self.store.head if self.store is not None else None
-        if head is not None:
-            out.append(GaugeMetricFamily("betblock_hits_chain_batches", "Batches the hit chain has had (checkpointed)", value=head.batches))
-            info = GaugeMetricFamily("betblock_hits_chain_head", "The hit chain's newest batch hash (prefix) and length", labels=["head", "batches"])
-            info.add_metric([head.head[:16], str(head.batches)], 1)
-            out.append(info)
+        """Metric families of the hit log (read at scrape time by the composition root): each
+        part reports its own, the recorder (and the store writes it makes) and the checkpointer
+        (the chain head)."""
+        out = self.recorder.metrics()
         if self.checkpointer is not None:
-            out.append(CounterMetricFamily("betblock_hits_checkpoint_errors", "Checkpoints that could not be written", value=self.checkpointer.errors))
+            out += self.checkpointer.metrics()
         return out

@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 
 from hits.chain import GENESIS
 from hits.checkpoint import ChainHead, create_private
-from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, HitStore, StoreError, anchor_text
+from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, Entries, HitStore, StoreError, anchor_text
 
 # SQLite's primary result codes (``sqlite3.Error.sqlite_errorcode & 0xff``) -> cause.
 _CAUSES = {13: "disk_full", 8: "read_only", 11: "corrupt", 26: "corrupt", 10: "io", 14: "io", 5: "unavailable", 6: "unavailable"}
@@ -338,7 +338,7 @@ class SqliteStore(HitStore):
 
     # -- write (writer thread) -------------------------------------------------------------
 
-    def ids(self, kind: str, values: Mapping[str, tuple[Any, ...]]) -> dict[str, int]:
+    def ids(self, kind: str, values: Entries) -> dict[str, int]:
         table, cols = DICT[kind]
         uniq = UNIQUE[kind]
         conn = self._w

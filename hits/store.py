@@ -58,6 +58,10 @@ CAUSES = {
     "other": "error",
 }
 
+# New dictionary entries for ``HitStore.ids``: key text -> the values of the table's other columns
+# (a client's network, a rule's action, ...; see ``DICT_TABLES``).
+Entries = Mapping[str, tuple[str | int, ...]]
+
 
 @dataclass
 class Batch:
@@ -162,7 +166,7 @@ class HitStore(abc.ABC):
         """Run a read query (``?`` placeholders) and return its rows."""
 
     @abc.abstractmethod
-    def ids(self, kind: str, values: Mapping[str, tuple[Any, ...]]) -> dict[str, int]:
+    def ids(self, kind: str, values: Entries) -> dict[str, int]:
         """Writer thread: the dictionary ids of ``values`` (key -> extra columns), inserting new ones."""
 
     @abc.abstractmethod
@@ -527,13 +531,4 @@ def _ms_text(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{int(ms) % 1000:03d}Z"
 
 
-def dictionary_text(kind: str, key: str, extra: tuple[Any, ...]) -> str:
-    """The text of a dictionary entry as the chain hashes it (the same as ``DICT_TABLES`` exprs)."""
-    if kind == "client":
-        return f"{key}\x1f{extra[0]}"
-    if kind == "rule":
-        return f"{key}|{extra[0]}"
-    return key
-
-
-__all__ = ["Batch", "Broken", "HitStore", "StoreError", "DAY_MS", "KINDS", "REFS", "SCHEMA_VERSION", "DICT_TABLES"]
+__all__ = ["Batch", "Broken", "Entries", "HitStore", "StoreError", "DAY_MS", "KINDS", "REFS", "SCHEMA_VERSION", "DICT_TABLES"]

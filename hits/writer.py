@@ -9,16 +9,15 @@ store. Must not import the resolver.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from itertools import repeat
+from collections.abc import Callable, Sequence
 from operator import add, sub
-from typing import Any
 
-from hits.batch import hit_columns
+from hits.batch import HitBatch, hit_columns
 from hits.chain import text_line
 from config.names import to_text as name_text  # the one name codec (\\DDD escapes)
 from hits.privacy import ClientPrivacy
 from hits.query import name_rev
+from hits.record import Counts, RuleLike
 from hits.store import DAY_MS, KINDS, Batch, HitStore
 
 _MEMO_CAP = 1 << 18  # bounded: memory over a long run
@@ -34,7 +33,7 @@ class HitWriter:
     without a function call or an object of ours per hit. Memos are bounded and kept across
     batches: a flood repeats few clients and rules and cycles through its names."""
 
-    def __init__(self, store: HitStore, privacy: ClientPrivacy, node: str, after_write: Any = None) -> None:
+    def __init__(self, store: HitStore, privacy: ClientPrivacy, node: str, after_write: Callable[[], object] | None = None) -> None:
         self.store = store
         self.after_write = after_write  # called once a batch is committed (the chain's checkpoint)
         self.privacy = privacy
@@ -45,7 +44,7 @@ class HitWriter:
         self._net_ids: dict[str, int] = {}  # network -> nets id
         self._names: dict[bytes, int] = {}  # wire -> id
         self._rules: dict[int, int] = {}  # id(rule) -> id
-        self._rule_refs: dict[int, Any] = {}  # id(rule) -> rule, so that an id() is never reused while memoised
+        self._rule_refs: dict[int, RuleLike] = {}  # id(rule) -> rule, so that an id() is never reused while memoised
         self._policies: dict[int, int] = {}
         # The chain's line for every memoised dictionary entry (``chain.text_line``).
         self._lines: dict[str, dict[int, bytes]] = {kind: {} for kind in KINDS}
@@ -63,7 +62,7 @@ class HitWriter:
             for kind in ("client", "name"):
                 self._lines[kind].clear()
 
-    def encode(self, batch: Iterable[tuple[Any, ...]], agg: dict[tuple[Any, ...], int]) -> Batch | None:
+    def encode(self, batch: HitBatch, agg: Counts) -> Batch | None:
         """Rows for the store; dictionary entries missing from the memo are looked up or inserted."""
         self._trim()
         cols_in, nb = hit_columns(batch, agg)
@@ -148,7 +147,7 @@ class HitWriter:
         out.text_block = b"".join(b"".join(map(lines[kind].__getitem__, sorted(ids))) for kind, ids in refs)
         return out
 
-    def _columns(self, client_col: Sequence[str], qname_col: Sequence[bytes], rule_col: Sequence[Any],
+    def _columns(self, client_col: Sequence[str], qname_col: Sequence[bytes], rule_col: Sequence[RuleLike],
                  listed_col: Sequence[bytes], ver_col: Sequence[int]) -> tuple[list[int], ...]:
         if self._node_id is None:
             raise KeyError("node")
@@ -161,7 +160,7 @@ class HitWriter:
             list(map(self._policies.__getitem__, ver_col)),
         )
 
-    def _resolve_missing(self, client_col: Sequence[str], qname_col: Sequence[bytes], rule_col: Sequence[Any],
+    def _resolve_missing(self, client_col: Sequence[str], qname_col: Sequence[bytes], rule_col: Sequence[RuleLike],
                          listed_col: Sequence[bytes], ver_col: Sequence[int]) -> None:
         store = self.store
         lines = self._lines
@@ -179,7 +178,7 @@ class HitWriter:
                 wire_of[text] = []
             wire_of[text].append(wire)
         new_rules: dict[str, tuple[str, str]] = {}
-        rule_of: dict[str, list[Any]] = {}
+        rule_of: dict[str, list[RuleLike]] = {}
         for key_id, rule in dict(zip(map(id, rule_col), rule_col)).items():
             if key_id not in rules:
                 # hit_action: "observe:<action>" for a would-block hit (feeds.snapshot.Rule)
@@ -218,7 +217,7 @@ class HitWriter:
                 policies[int(key)] = pid
                 lines["policy"][pid] = text_line("policy", pid, key)
 
-    def write(self, batch: Iterable[tuple[Any, ...]], agg: dict[tuple[Any, ...], int]) -> int:
+    def write(self, batch: HitBatch, agg: Counts) -> int:
         """Encode and store one flush; the number of rows written."""
         encoded = self.encode(batch, agg)
         if encoded is None:

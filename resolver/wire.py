@@ -32,7 +32,6 @@ AA = 0x0400
 TC = 0x0200
 RD = 0x0100
 RA = 0x0080
-AD = 0x0020
 CD = 0x0010
 
 # Response codes.
@@ -46,7 +45,6 @@ BADVERS = 16  # extended: upper 8 bits go in the OPT record
 
 # Types and classes.
 T_A = 1
-T_NS = 2
 T_CNAME = 5
 T_SOA = 6
 T_HINFO = 13
@@ -60,11 +58,9 @@ EDNS_DO = 0x8000
 # Extended DNS Error info codes (RFC 8914).
 EDE_OTHER = 0
 EDE_STALE = 3
-EDE_BLOCKED = 15
 EDE_CENSORED = 16
 EDE_PROHIBITED = 18
 EDE_STALE_NXDOMAIN = 19
-EDE_NETWORK_ERROR = 23
 EDE_NO_REACHABLE_AUTHORITY = 22
 OPT_CODE_EDE = 15
 

@@ -15,6 +15,8 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
+from tests.procutil import until
+
 HOST = "127.0.0.1"
 TIMEOUT = 3.0
 
@@ -145,13 +147,22 @@ async def ask_patiently(port: int, name: str, rdtype: str = "A", seconds: float 
                 return None
 
 
+async def address_of(port: int, name: str) -> str | None:
+    """The first A address ``name`` gets from the resolver on ``port`` (None: none, or no answer)."""
+    r = await ask_patiently(port, name)
+    if r is None:
+        return None
+    for rrset in r.answer:
+        for rd in rrset:
+            if hasattr(rd, "address"):
+                return str(rd.address)
+    return None
+
+
 async def wait_until(cond: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
-    """Poll ``cond`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+    """Poll ``cond`` until true; fail after ``timeout`` seconds (``procutil.until``, polled often:
+    in-process conditions are cheap to ask)."""
+    await until(cond, what, timeout, every=0.01)
 
 
 class FakeClock:

@@ -1,19 +1,21 @@
 """Helpers for tests that run `betblock serve` as a real process on 127.0.0.1.
 
 Owns the common part of such a node's TOML (state in tmp, DNS on a chosen port, HTTP and the
-warning page on free ports, the fake upstream), starting the process, and waiting for its first
-answer with a deadline (polling a condition, not sleeping for one).
+warning page on free ports, the fake upstream), starting the process, running a `betblock`
+command, and waiting with a deadline: for a node's first answer, or for any condition (``until``:
+polling a condition, not sleeping for one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import dns.asyncquery
@@ -37,19 +39,69 @@ def free_port() -> int:
             return port
 
 
-def node_toml(tmp_path: Path, port: int, upstream: FakeDns, rest: str) -> str:
-    """A node's config: the shared sections, then ``rest`` (hits, policy, agencies...)."""
+def node_toml(tmp_path: Path, port: int, upstream: FakeDns, rest: str = "", *, http: str = "", warning_page: bool = True) -> str:
+    """A node's config: the shared sections, then ``rest`` (hits, policy, agencies...). ``http``:
+    more lines for the [http] section (a token, a timeout); without ``warning_page`` the warning
+    page is off (one listener fewer)."""
+    page = 'listen = "127.0.0.1:0"' if warning_page else "enabled = false"
     return f"""
 data_dir = "{tmp_path / 'var'}"
 [dns]
 listen = ["127.0.0.1:{port}"]
 [http]
 listen = "127.0.0.1:0"
-[warning_page]
-listen = "127.0.0.1:0"
+{http}[warning_page]
+{page}
 [upstream]
 servers = ["{upstream.address}"]
 {rest}"""
+
+
+def one_agency(action: str | None = "nxdomain") -> str:
+    """The TOML of the one agency most process tests need: pl-mf, listing ``list.txt`` (beside
+    the config), with ``action`` (None: the default action)."""
+    return '[[agencies]]\nid = "pl-mf"\n' + (f'action = "{action}"\n' if action else "") + 'lists = ["list.txt"]\n'
+
+
+def write_node(
+    tmp_path: Path, upstream: FakeDns, rest: str = "", *, names: str = "bad.test", action: str | None = "nxdomain", http: str = "",
+) -> Path:
+    """Write ``betblock.toml`` for a node whose one agency lists ``names`` (``one_agency``), with
+    ``rest`` (hits, policy...) and ``http`` as in ``node_toml``; its path."""
+    (tmp_path / "list.txt").write_text(names + "\n")
+    cfg = tmp_path / "betblock.toml"
+    cfg.write_text(node_toml(tmp_path, 0, upstream, rest + one_agency(action), http=http))
+    return cfg
+
+
+async def until(
+    cond: Callable[[], bool | Awaitable[bool]], what: str, seconds: float = 30.0, *,
+    log: Callable[[], str] | None = None, every: float = 0.05,
+) -> None:
+    """Poll ``cond`` (a plain or an async function) until it holds; fail after ``seconds`` naming
+    ``what``, with ``log()`` (a node's log) when given."""
+    deadline = time.monotonic() + seconds
+    while True:
+        held = cond()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {seconds} s for {what}" + (f"\n{log()}" if log is not None else ""))
+        await asyncio.sleep(every)  # between polls of the condition, not instead of it
+
+
+async def betblock(*args: str, seconds: float = 60.0, merge_stderr: bool = False) -> tuple[int, str, str]:
+    """Run ``betblock ARGS...`` (this interpreter, ``-m betblock.cli``): exit code, stdout and
+    stderr (with ``merge_stderr``, both in the one text and stderr empty)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "betblock.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), seconds)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), (err or b"").decode()
 
 
 async def start_serve(cfg: Path, *extra: str) -> asyncio.subprocess.Process:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procutil import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
@@ -33,19 +35,6 @@ def _free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _free_port_udp_and_tcp() -> int:
-    """A port free for both UDP and TCP (DNS binds both); picked by the kernel for TCP."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def test_hadolint_is_clean() -> None:
@@ -95,7 +84,7 @@ def test_wheel_install_serves_with_the_image_cmd_and_passes_its_healthcheck(tmp_
     assert json.loads(_instruction("ENTRYPOINT")) == ["betblock"]
     args = [str(etc) if a == "/etc/betblock/betblock.toml" else a for a in cmd]
 
-    dns_port, http_port = _free_port_udp_and_tcp(), _free_port(socket.SOCK_STREAM)
+    dns_port, http_port = free_port(), _free_port(socket.SOCK_STREAM)  # free_port: free for UDP and TCP
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("BETBLOCK_")},
         "PYTHONPATH": str(target),

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,8 +21,9 @@ import pytest
 
 from tests.conftest import port_of
 from tests.dnsutil import a_records, ede, query, tcp, udp
+from tests.nodes import NSD, nsd_conf, stop
+from tests.procutil import free_port
 
-NSD = shutil.which("nsd") or ("/usr/sbin/nsd" if os.access("/usr/sbin/nsd", os.X_OK) else None)
 
 ZONE = """$ORIGIN nsd.test.
 $TTL 3600
@@ -40,61 +38,11 @@ clean   IN CNAME www
 """
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (at the time of asking)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no free port")
-
-
 def write_config(run: Path, port: int) -> Path:
     (run / "nsd.test.zone").write_text(ZONE)
     conf = run / "nsd.conf"
-    conf.write_text(
-        f"""server:
-  ip-address: 127.0.0.1
-  port: {port}
-  do-ip4: yes
-  do-ip6: no
-  server-count: 1
-  username: ""
-  chroot: ""
-  database: ""
-  zonesdir: "{run}"
-  zonelistfile: "{run}/zone.list"
-  xfrdfile: "{run}/xfrd.state"
-  xfrdir: "{run}"
-  pidfile: "{run}/nsd.pid"
-  logfile: "{run}/nsd.log"
-  verbosity: 0
-remote-control:
-  control-enable: no
-zone:
-  name: "nsd.test"
-  zonefile: "{run}/nsd.test.zone"
-"""
-    )
+    conf.write_text(nsd_conf(run, port, f'zone:\n  name: "nsd.test"\n  zonefile: "{run}/nsd.test.zone"\n'))
     return conf
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within 5 s; by PID, never by name."""
-    if proc.returncode is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), 5)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
 
 
 async def answers(port: int, proc: asyncio.subprocess.Process, log: Path, timeout: float = 15) -> None:

@@ -6,16 +6,14 @@ all. The portal itself in Chromium through Playwright, with a screenshot (tmp_pa
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from betblock.app import App
+from tests import browser
 from tests.conftest import NodeFactory, port_of
 from tests.dnsutil import query, udp
 from tests.feeds_plane.helpers import ADMIN, TOKENS, push_agency
@@ -26,11 +24,6 @@ A_NAMES = [f"a{i}.test" for i in range(10)]
 B_NAMES = [f"b{i}.test" for i in range(40)]
 # What only B's data holds: its names (listed, quarantined away, hit), its rejected line, its id.
 B_MARKERS = ("b1.test", "b30.test", "b reject line", B)
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
 
 
 def url(app: App) -> str:
@@ -166,39 +159,28 @@ async def test_portal_sign_in_is_an_agency_token_and_csrf_safe(node: NodeFactory
         assert 'action="/agency/login"' in page
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="Debian's chromium is not installed")
+@browser.needs_chromium
 async def test_portal_in_chromium(node: NodeFactory, tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright
-
     app, _q = await two_agencies_with_data(node)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(10_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.goto(url(app) + "/agency")
-            await page.get_by_label("Push token").fill("wrong-token-0123456789")
-            await page.keyboard.press("Enter")  # the form works from the keyboard
-            assert "not an agency" in (await page.text_content("#login-error") or "")
-            await page.get_by_label("Push token").fill(A_TOKEN)
-            await page.keyboard.press("Enter")
-            await page.wait_for_selector("#agency-name")
-            text = await page.text_content("main") or ""
-            assert "www.a1.test" in text and "a reject line" in text
-            assert not [m for m in B_MARKERS if m in text]
-            shot = tmp_path / "agency-portal.png"
-            await page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 0
-            if os.environ.get("BETBLOCK_SCREENSHOT_DIR"):
-                shutil.copy(shot, Path(os.environ["BETBLOCK_SCREENSHOT_DIR"]) / shot.name)
-            async with page.expect_download() as dl:
-                await page.click("#hits-csv")
-            csv_text = Path(await (await dl.value).path()).read_text()
-            assert "www.a1.test" in csv_text and "b1.test" not in csv_text
-            await page.click("#logout")
-            await page.wait_for_selector("#token")
-            assert errors == []
-        finally:
-            await browser.close()
+    async with browser.page() as (page, errors):
+        await page.goto(url(app) + "/agency")
+        await page.get_by_label("Push token").fill("wrong-token-0123456789")
+        await page.keyboard.press("Enter")  # the form works from the keyboard
+        assert "not an agency" in (await page.text_content("#login-error") or "")
+        await page.get_by_label("Push token").fill(A_TOKEN)
+        await page.keyboard.press("Enter")
+        await page.wait_for_selector("#agency-name")
+        text = await page.text_content("main") or ""
+        assert "www.a1.test" in text and "a reject line" in text
+        assert not [m for m in B_MARKERS if m in text]
+        shot = tmp_path / "agency-portal.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 0
+        browser.keep(shot)
+        async with page.expect_download() as dl:
+            await page.click("#hits-csv")
+        csv_text = Path(await (await dl.value).path()).read_text()
+        assert "www.a1.test" in csv_text and "b1.test" not in csv_text
+        await page.click("#logout")
+        await page.wait_for_selector("#token")
+        assert errors == []

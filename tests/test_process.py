@@ -12,28 +12,17 @@ import dns.message
 import dns.rcode
 
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, node_toml
+from tests.procutil import Serve, write_node
 
 
 async def test_serve_answers_and_sigterm_flushes_hits(tmp_path: Path) -> None:
     upstream = await FakeDns().start()
     upstream.add("ok.test", "A", "192.0.2.7")
-    (tmp_path / "list.txt").write_text("bad.test\n")
     hits = tmp_path / "hits.jsonl"
-    cfg = tmp_path / "betblock.toml"
-    cfg.write_text(
-        node_toml(
-            tmp_path, 0, upstream,
-            f"""[hits]
+    cfg = write_node(tmp_path, upstream, f"""[hits]
 jsonl_path = "{hits}"
 flush_interval = 3600  # only the shutdown flush can write the hits
-[[agencies]]
-id = "pl-mf"
-action = "nxdomain"
-lists = ["list.txt"]
-""",
-        )
-    )
+""")
     node = await Serve.start(cfg)  # every listener on port 0: the node's log says which it got
     port = node.dns_port
     try:

@@ -4,10 +4,7 @@ reload goes through the same path an operator's `kill -HUP` takes."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import dns.asyncquery
@@ -17,27 +14,11 @@ import dns.rcode
 
 from tests.dnsutil import ask_patiently
 from tests.fakedns import FakeDns
-from tests.procutil import Serve
+from tests.procutil import Serve, node_toml, one_agency, until
 
 
 def _config(tmp_path: Path, upstream: FakeDns, allow: str) -> str:
-    return f"""
-data_dir = "{tmp_path / 'var'}"
-[dns]
-listen = ["127.0.0.1:0"]
-[http]
-listen = "127.0.0.1:0"
-[warning_page]
-enabled = false
-[upstream]
-servers = ["{upstream.address}"]
-[acl]
-allow = [{allow}]
-[[agencies]]
-id = "pl-mf"
-action = "nxdomain"
-lists = ["list.txt"]
-"""
+    return node_toml(tmp_path, 0, upstream, f"[acl]\nallow = [{allow}]\n" + one_agency(), warning_page=False)
 
 
 async def _rcode(port: int, name: str) -> int | None:
@@ -45,13 +26,6 @@ async def _rcode(port: int, name: str) -> int | None:
     if r is None:
         return None
     return r.rcode()
-
-
-async def _until(cond: Callable[[], Awaitable[bool]], what: str, node: Serve, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not await cond():
-        assert time.monotonic() < deadline, f"waited {seconds} s for {what}\n{node.log()}"
-        await asyncio.sleep(0.05)  # between polls of the condition, not instead of it
 
 
 async def test_sighup_swaps_the_acl_both_ways_and_the_memo_never_leaks(tmp_path: Path) -> None:
@@ -73,7 +47,7 @@ async def test_sighup_swaps_the_acl_both_ways_and_the_memo_never_leaks(tmp_path:
         async def served() -> bool:
             return await _rcode(port, "allowed.test") == dns.rcode.NOERROR
 
-        await _until(served, "127.0.0.1 to be served after SIGHUP", node)
+        await until(served, "127.0.0.1 to be served after SIGHUP", log=node.log)
         # The same blocked question twice: the second comes from the answer memo.
         assert await _rcode(port, "casino.test") == dns.rcode.NXDOMAIN
         assert await _rcode(port, "casino.test") == dns.rcode.NXDOMAIN
@@ -84,7 +58,7 @@ async def test_sighup_swaps_the_acl_both_ways_and_the_memo_never_leaks(tmp_path:
         async def refused() -> bool:
             return await _rcode(port, "allowed.test") == dns.rcode.REFUSED
 
-        await _until(refused, "127.0.0.1 to be refused after the second SIGHUP", node)
+        await until(refused, "127.0.0.1 to be refused after the second SIGHUP", log=node.log)
         # The memo holds casino.test's answer from when 127.0.0.1 was allowed: it must not
         # be served to a client the new ACL refuses.
         assert await _rcode(port, "casino.test") == dns.rcode.REFUSED

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +40,9 @@ from betblock.app import App
 from config.settings import Settings
 from tests.conftest import port_of
 from tests.dnsutil import ede
-from tests.test_nsd_upstream import free_port, stop
+from tests.nodes import NSD, UNBOUND, nsd_conf, stop
+from tests.procutil import free_port
 
-NSD = shutil.which("nsd") or ("/usr/sbin/nsd" if os.access("/usr/sbin/nsd", os.X_OK) else None)
-UNBOUND = shutil.which("unbound") or ("/usr/sbin/unbound" if os.access("/usr/sbin/unbound", os.X_OK) else None)
 
 SEED = 20261202
 TLDS = ("test", "example")
@@ -230,26 +228,7 @@ async def start_nsd(run: Path, policy: Policy) -> tuple[int, asyncio.subprocess.
     conf = run / "nsd.conf"
 
     def write(port: int) -> list[str]:
-        conf.write_text(
-            f"""server:
-  ip-address: 127.0.0.1
-  port: {port}
-  do-ip6: no
-  server-count: 1
-  username: ""
-  chroot: ""
-  database: ""
-  zonesdir: "{run}"
-  zonelistfile: "{run}/zone.list"
-  xfrdfile: "{run}/xfrd.state"
-  xfrdir: "{run}"
-  pidfile: "{run}/nsd.pid"
-  logfile: "{run}/nsd.log"
-  verbosity: 0
-remote-control:
-  control-enable: no
-{zones}"""
-        )
+        conf.write_text(nsd_conf(run, port, zones))
         return [NSD, "-d", "-c", str(conf)]  # type: ignore[list-item]
 
     return await _start_on_free_port(write, run, "ns.test")

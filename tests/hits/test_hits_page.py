@@ -6,31 +6,20 @@ blocked, and saves a screenshot (tmp_path, and ``BETBLOCK_SCREENSHOT_DIR`` when 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
-import pytest
 
+from tests import browser
 from tests.conftest import NodeFactory, port_of
 from tests.dnsutil import query, udp
 
-CHROMIUM = "/usr/bin/chromium"
 TOKEN = "page-t0ken-0123456789"
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="Debian's chromium is not installed"
-)
+pytestmark = browser.needs_chromium
 
 
 async def test_admin_page_in_chromium(node: NodeFactory, tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright
-
     app = await node(
         lists={"pl-mf": ["casino.test"], "cz-mf": ["sazka-x.test"]},
         http={"admin_token": TOKEN},
@@ -44,63 +33,54 @@ async def test_admin_page_in_chromium(node: NodeFactory, tmp_path: Path) -> None
     assert app.http is not None and app.http.bound is not None
     url = "http://%s:%d/" % app.http.bound
 
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-            page.set_default_timeout(10_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.goto(url)
-            await page.fill("#token", "wrong")
-            await page.click("#login")
-            assert await page.text_content("#login-error") == "wrong token"
-            await page.fill("#token", TOKEN)
-            await page.click("#login")
-            await page.wait_for_selector("#hits-table")
-            rows = page.locator("#hits-table tbody tr")
-            assert await rows.count() == 50  # one page
-            assert "www.sazka-x.test" in (await rows.nth(0).inner_text())
-            # Times are shown in UTC, as the filters take them (not in the browser's locale).
-            assert "time (UTC)" in (await page.text_content("#hits-table thead") or "")
-            shown = await page.text_content("#hits-table tbody time") or ""
-            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", shown), shown
+    async with browser.page(accept_downloads=True) as (page, errors):
+        await page.goto(url)
+        await page.fill("#token", "wrong")
+        await page.click("#login")
+        assert await page.text_content("#login-error") == "wrong token"
+        await page.fill("#token", TOKEN)
+        await page.click("#login")
+        await page.wait_for_selector("#hits-table")
+        rows = page.locator("#hits-table tbody tr")
+        assert await rows.count() == 50  # one page
+        assert "www.sazka-x.test" in (await rows.nth(0).inner_text())
+        # Times are shown in UTC, as the filters take them (not in the browser's locale).
+        assert "time (UTC)" in (await page.text_content("#hits-table thead") or "")
+        shown = await page.text_content("#hits-table tbody time") or ""
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", shown), shown
 
-            await page.click("#older")
-            await page.wait_for_selector("#newest")
-            assert await rows.count() == 11
-            assert "p0.casino.test" in await rows.nth(10).inner_text()
+        await page.click("#older")
+        await page.wait_for_selector("#newest")
+        assert await rows.count() == 11
+        assert "p0.casino.test" in await rows.nth(10).inner_text()
 
-            await page.goto(url)
-            await page.select_option("select[name=agency]", "cz-mf")
-            await page.click("#apply")
-            await page.wait_for_url("**agency=cz-mf**")
-            assert await rows.count() == 1
+        await page.goto(url)
+        await page.select_option("select[name=agency]", "cz-mf")
+        await page.click("#apply")
+        await page.wait_for_url("**agency=cz-mf**")
+        assert await rows.count() == 1
 
-            await page.goto(url)
-            await page.click("td.name[data-name='p30.casino.test']")  # a click on a name filters by it
-            await page.wait_for_url("**name=p30.casino.test**")
-            assert await rows.count() == 1
-            async with page.expect_download() as dl:
-                await page.click("#export-csv")
-            download = await dl.value
-            saved = tmp_path / "export.csv"
-            await download.save_as(saved)
-            assert saved.read_text().splitlines()[1].split(",")[4] == "p30.casino.test"
+        await page.goto(url)
+        await page.click("td.name[data-name='p30.casino.test']")  # a click on a name filters by it
+        await page.wait_for_url("**name=p30.casino.test**")
+        assert await rows.count() == 1
+        async with page.expect_download() as dl:
+            await page.click("#export-csv")
+        download = await dl.value
+        saved = tmp_path / "export.csv"
+        await download.save_as(saved)
+        assert saved.read_text().splitlines()[1].split(",")[4] == "p30.casino.test"
 
-            await page.fill("input[name=lookup]", "deep.www.sazka-x.test")
-            await page.click("#lookup-go")
-            result = await page.text_content("#lookup-result")
-            assert result is not None and "is blocked" in result and "sazka-x.test" in result and "cz-mf" in result
-            assert "pl-mf" in (await page.text_content("#feeds") or "")
-            shot = tmp_path / "hits-page.png"
-            await page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            if os.environ.get("BETBLOCK_SCREENSHOT_DIR"):
-                shutil.copy(shot, Path(os.environ["BETBLOCK_SCREENSHOT_DIR"]) / shot.name)
+        await page.fill("input[name=lookup]", "deep.www.sazka-x.test")
+        await page.click("#lookup-go")
+        result = await page.text_content("#lookup-result")
+        assert result is not None and "is blocked" in result and "sazka-x.test" in result and "cz-mf" in result
+        assert "pl-mf" in (await page.text_content("#feeds") or "")
+        shot = tmp_path / "hits-page.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        browser.keep(shot)
 
-            await page.click("text=Log out")
-            await page.wait_for_selector("#token")
-            assert errors == []
-        finally:
-            await browser.close()
+        await page.click("text=Log out")
+        await page.wait_for_selector("#token")
+        assert errors == []

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import sys
+from functools import partial
 from pathlib import Path
 
 import dns.asyncquery
@@ -17,17 +16,10 @@ import pytest
 
 from tests.fakedns import FakeDns
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-from tests.procutil import Serve, node_toml
+from tests.procutil import Serve, betblock, write_node
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "hits", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+_cli = partial(betblock, "hits")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -39,23 +31,12 @@ async def test_sigterm_flushes_every_hit_to_the_store(tmp_path: Path, kind: str)
     else:
         store_cfg = f'sqlite_path = "{tmp_path / "hits.sqlite"}"'
     upstream = await FakeDns().start()
-    (tmp_path / "list.txt").write_text("bad.test\n")
-    cfg = tmp_path / "betblock.toml"
-    cfg.write_text(
-        node_toml(
-            tmp_path, 0, upstream,
-            f"""[hits]
+    cfg = write_node(tmp_path, upstream, f"""[hits]
 flush_interval = 3600  # only the shutdown flush can write the hits
 privacy = "truncate"
 node = "edge-1"
 {store_cfg}
-[[agencies]]
-id = "pl-mf"
-action = "nxdomain"
-lists = ["list.txt"]
-""",
-        )
-    )
+""")
     node = await Serve.start(cfg)  # every listener on port 0: the node's log says which it got
     port = node.dns_port
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from hits.service import HitLog
 from hits.sqlite import SqliteStore
 from hits.writer import HitWriter, name_text
 from tests.hits.conftest import T0, hit
+from tests.procutil import until
 
 
 @pytest.mark.parametrize(
@@ -116,12 +116,12 @@ async def test_what_even_aggregation_cannot_hold_is_counted_and_logged(tmp_path:
         await rec.flush()
 
         task = asyncio.create_task(rec.run())
-        deadline = time.monotonic() + 15  # a count of polls is no deadline on a loaded machine
-        while not any(e["event"] == "hits dropped" for e in logs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        try:
+            await until(lambda: any(e["event"] == "hits dropped" for e in logs), "the 'hits dropped' line", 15, every=0.01)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
     assert any(e["event"] == "hits dropped" and e["dropped"] == 37 for e in logs)
     rec.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from hits.privacy import ClientPrivacy
 from hits.store import DAY_MS, HitStore
 from hits.writer import HitWriter
 from tests.hits.conftest import CZ, PG_DSN, PL, T0, Clock, hit, write
+from tests.procutil import betblock
 
 BATCHES = 30
 
@@ -196,13 +197,7 @@ def test_an_edited_checkpoint_line_is_refused(tmp_path: Path) -> None:
 # -- the command line --------------------------------------------------------------------
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "hits", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+_cli = partial(betblock, "hits")
 
 
 async def test_verify_on_a_mistyped_path_is_an_error_and_creates_nothing(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import dns.message
 
 from config.auth import sha256_hex
 from tests.fakedns import FakeDns
-from tests.procutil import node_toml, start_serve
+from tests.procutil import node_toml, start_serve, until
 
 SINKHOLE = "198.51.100.77"
 ADMIN = "admin-token-for-hostile-tests-0123456789abcdef"
@@ -46,10 +47,8 @@ redirect_ipv4 = ["{SINKHOLE}"]
 token_sha256 = "{sha256_hex(AGENCY_TOKEN)}"
 churn_limit = 1000.0  # every push is applied: these tests are about the files, not the guardrails
 sources = [{{kind = "push", format = "plain"}}]
-""")
-        http = '[http]\nlisten = "127.0.0.1:0"\n'
-        assert http in toml
-        self.cfg.write_text(toml.replace(http, f'{http}admin_token = "{ADMIN}"\n', 1))
+""", http=f'admin_token = "{ADMIN}"\n')
+        self.cfg.write_text(toml)
         self.data = tmp_path / "var"
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
@@ -90,12 +89,12 @@ sources = [{{kind = "push", format = "plain"}}]
 
     async def ready(self) -> None:
         """Until the node logs ``ready``; fails when it exits first."""
-        deadline = time.monotonic() + DEADLINE
-        while not any(e.get("event") == "ready" for e in self.events()):
+        def up() -> bool:
             assert self.proc is not None
             assert self.proc.returncode is None, f"the node exited with {self.proc.returncode}:\n{self.text()}"
-            assert time.monotonic() < deadline, f"the node did not get ready:\n{self.text()}"
-            await asyncio.sleep(0.05)
+            return any(e.get("event") == "ready" for e in self.events())
+
+        await until(up, "the node to get ready", DEADLINE, log=self.text)
 
     async def settle(self) -> int | None:
         """None once the node is ready, or the code it exited with before that."""
@@ -147,19 +146,41 @@ sources = [{{kind = "push", format = "plain"}}]
                 except ValueError:
                     return r.status, body
 
+    async def feeds_when(self, holds: Callable[[int, Any], bool], what: str) -> Any:
+        """``GET /v1/feeds`` until ``holds(status, body)``, within the deadline; that body."""
+        got: Any = None
+
+        async def asked() -> bool:
+            nonlocal got
+            status, got = await self.http("GET", "/v1/feeds")
+            return holds(status, got)
+
+        await until(asked, what, DEADLINE, log=self.text)
+        return got
+
     async def push(self, names: list[str]) -> tuple[int, Any]:
         return await self.http("PUT", "/v1/feeds/pl-mf", token=AGENCY_TOKEN, data=("\n".join(names) + "\n").encode())
 
     async def until_sinkholed(self, name: str) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while True:
+        async def sinkholed() -> bool:
             try:
-                if await self.sinkholed(name):
-                    return
+                return await self.sinkholed(name)
             except dns.exception.Timeout:
-                pass
-            assert time.monotonic() < deadline, f"{name} never sinkholed:\n{self.text()}"
-            await asyncio.sleep(0.05)
+                return False
+
+        await until(sinkholed, f"{name} to be sinkholed", DEADLINE, log=self.text)
+
+    async def enforce(self, names: list[str], probe: str) -> None:
+        """Run the node until it enforces ``names`` (pushed, applied, ``probe`` sinkholed), then
+        stop it: its data dir holds the store, the store's marker and the saved snapshot."""
+        await self.start()
+        try:
+            await self.ready()
+            status, body = await self.push(names)
+            assert status == 200 and body["status"] == "applied", body
+            await self.until_sinkholed(probe)
+        finally:
+            await self.stop()
 
 
 def _json(line: str) -> dict[str, Any]:

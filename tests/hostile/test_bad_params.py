@@ -76,7 +76,7 @@ lists = ["list.txt"]
 kind = "push"
 """
     cfg = tmp_path / "betblock.toml"
-    cfg.write_text(node_toml(tmp_path, 0, upstream, rest).replace("[http]\n", f'[http]\nadmin_token = "{ADMIN}"\n'))
+    cfg.write_text(node_toml(tmp_path, 0, upstream, rest, http=f'admin_token = "{ADMIN}"\n'))
     serve = await Serve.start(cfg)
     yield serve
     code = await serve.stop()

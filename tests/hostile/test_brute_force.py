@@ -4,10 +4,8 @@ logins and 2,000 wrong bearer tokens went through without delay or log line; che
 
 from __future__ import annotations
 
-import asyncio
 import json
 import stat
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,18 +14,14 @@ import dns.message
 
 from tests.dnsutil import HOST
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, node_toml
+from tests.procutil import Serve, betblock, write_node
 
 ADMIN = "brute-force-admin-token-0123456789"
 FAILURES = 5
 
 
 def _config(tmp_path: Path, upstream: FakeDns, http: str = "") -> Path:
-    (tmp_path / "list.txt").write_text("bad.test\n")
-    cfg = tmp_path / "betblock.toml"
-    rest = '[[agencies]]\nid = "pl-mf"\nlists = ["list.txt"]\n[hits]\nflush_interval = 0.1\n'
-    cfg.write_text(node_toml(tmp_path, 0, upstream, rest).replace("[http]\n", f"[http]\n{http}"))
-    return cfg
+    return write_node(tmp_path, upstream, "[hits]\nflush_interval = 0.1\n", action=None, http=http)
 
 
 def _session(source: str) -> aiohttp.ClientSession:
@@ -82,12 +76,8 @@ async def test_wrong_tokens_and_logins_lock_the_client_out(tmp_path: Path) -> No
 
 
 async def _cli(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    rc, out, _ = await betblock(*args, merge_stderr=True)
+    return rc, out
 
 
 async def test_check_config_refuses_a_short_admin_token(tmp_path: Path) -> None:

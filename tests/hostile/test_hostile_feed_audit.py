@@ -9,9 +9,7 @@ each kind of change, once through a real ``betblock serve`` process and its HTTP
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from feeds.manager import FeedManager, StoreUnavailable
 from feeds.snapshot import PolicySnapshot
 from tests.fakedns import FakeDns
 from tests.feeds_plane.helpers import Clock, push_agency, settings
-from tests.hostile.feednode import DEADLINE, FeedNode
+from tests.hostile.feednode import FeedNode
 
 FAIL_AUDIT = "CREATE TRIGGER fail_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END"
 FAIL_INSTALL = (
@@ -114,13 +112,7 @@ async def test_an_install_is_recorded_whole_or_not_at_all(tmp_path: Path) -> Non
 
 
 async def _loaded(node: FeedNode) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        status, body = await node.http("GET", "/v1/feeds")
-        if status == 200 and body["policy"]["loaded"]:
-            return
-        assert time.monotonic() < deadline, node.text()
-        await asyncio.sleep(0.05)
+    await node.feeds_when(lambda status, body: status == 200 and body["policy"]["loaded"], "a policy to be loaded")
 
 
 async def test_a_push_whose_audit_row_fails_is_not_enforced_after_a_restart(tmp_path: Path) -> None:

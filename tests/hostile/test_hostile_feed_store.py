@@ -13,18 +13,17 @@ or with its header overwritten, with and without an intact saved snapshot beside
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import sqlite3
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.fakedns import FakeDns
 from tests.hostile.feednode import DEADLINE, FeedNode
+from tests.procutil import betblock
 
 NAMES = [f"casino{i}.test" for i in range(3000)] + ["kasyno.test"]
 
@@ -34,14 +33,7 @@ async def enforced(tmp_path: Path) -> FeedNode:
     """A stopped node that enforced ``NAMES`` (pushed): store, marker and snapshot on disk."""
     upstream = await FakeDns().start()
     node = FeedNode(tmp_path, upstream)
-    await node.start()
-    try:
-        await node.ready()
-        status, body = await node.push(NAMES)
-        assert status == 200 and body["status"] == "applied", body
-        await node.until_sinkholed("kasyno.test")
-    finally:
-        await node.stop()
+    await node.enforce(NAMES, "kasyno.test")
     assert node.store.stat().st_size > 100_000 and node.snapshot.exists()
     return node
 
@@ -69,25 +61,17 @@ def _no_traceback(node: FeedNode) -> None:
 
 
 async def _recover(node: FeedNode) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "feeds", "recover", "--config", str(node.cfg),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), DEADLINE)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    rc, out, err = await betblock("feeds", "recover", "--config", str(node.cfg), seconds=DEADLINE)
+    assert rc == 0, err
+    return out
 
 
 async def _store_status(node: FeedNode, ok: bool) -> dict[str, object]:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        status, body = await node.http("GET", "/v1/feeds")
+    def holds(status: int, body: Any) -> bool:
         assert status == 200, body
-        store = body["policy"]["store"]
-        if store["ok"] is ok:
-            return store
-        assert time.monotonic() < deadline, node.text()
-        await asyncio.sleep(0.05)
+        return body["policy"]["store"]["ok"] is ok
+
+    return (await node.feeds_when(holds, f"the feed store's ok to be {ok}"))["policy"]["store"]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("how", ["empty", "half", "header", "missing"])

@@ -10,10 +10,8 @@ records the hits.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -23,26 +21,17 @@ import dns.rcode
 import pytest
 
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, node_toml
+from tests.procutil import Serve, betblock, write_node
 
 ADMIN = "admin-token-for-hitstore-tests-0123456789abcdef"
 
 
 def _config(tmp_path: Path, upstream: FakeDns, on_damaged: str = "keep") -> Path:
-    (tmp_path / "list.txt").write_text("bad.test\n")
-    cfg = tmp_path / "betblock.toml"
-    cfg.write_text(
-        node_toml(tmp_path, 0, upstream, f"""[hits]
+    return write_node(tmp_path, upstream, f"""[hits]
 flush_interval = 0.2
 node = "edge-1"
 on_damaged = "{on_damaged}"
-[[agencies]]
-id = "pl-mf"
-action = "nxdomain"
-lists = ["list.txt"]
-""").replace('[http]\nlisten = "127.0.0.1:0"', f'[http]\nlisten = "127.0.0.1:0"\nadmin_token = "{ADMIN}"')
-    )
-    return cfg
+""", http=f'admin_token = "{ADMIN}"\n')
 
 
 async def _blocked(node: Serve, n: int, tag: str) -> None:
@@ -71,13 +60,8 @@ async def _get(node: Serve, path: str) -> tuple[int, str]:
 
 
 async def _cli(cfg: Path, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "hits", "--config", str(cfg), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    rc, out, _ = await betblock("hits", "--config", str(cfg), *args, merge_stderr=True)
+    return rc, out
 
 
 async def _first_run(cfg: Path) -> None:

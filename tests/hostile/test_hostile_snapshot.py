@@ -31,14 +31,7 @@ async def saved(tmp_path: Path) -> tuple[FeedNode, bytes]:
     """A node that enforced ``NAMES`` and stopped: its data dir holds a good snapshot."""
     upstream = await FakeDns().start()
     node = FeedNode(tmp_path, upstream)
-    await node.start()
-    try:
-        await node.ready()
-        status, body = await node.push(NAMES)
-        assert status == 200 and body["status"] == "applied", body
-        await node.until_sinkholed("kasyno.test")
-    finally:
-        await node.stop()
+    await node.enforce(NAMES, "kasyno.test")
     good = node.snapshot.read_bytes()
     assert _wire("kasyno.test") in good
     return node, good

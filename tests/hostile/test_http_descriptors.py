@@ -19,7 +19,7 @@ import pytest
 
 from tests.dnsutil import HOST
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, node_toml
+from tests.procutil import Serve, node_toml, write_node
 
 LIMIT = 1024
 CONNECTIONS = 1100
@@ -58,13 +58,7 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> None:
 async def test_idle_http_connections_leave_descriptors_for_dns(tmp_path: Path, many_descriptors: None) -> None:
     upstream = await FakeDns().start()
     upstream.add("ok.test", "A", "192.0.2.7")
-    (tmp_path / "list.txt").write_text("bad.test\n")
-    cfg = tmp_path / "betblock.toml"
-    cfg.write_text(
-        node_toml(tmp_path, 0, upstream, '[[agencies]]\nid = "pl-mf"\nlists = ["list.txt"]\n').replace(
-            "[http]\n", "[http]\nidle_timeout = 2.0\n"
-        )
-    )
+    cfg = write_node(tmp_path, upstream, action=None, http="idle_timeout = 2.0\n")
     node = await Serve.start(cfg, preexec_fn=_low_nofile)
     conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
@@ -106,11 +100,7 @@ async def test_a_client_that_stops_sending_its_body_is_closed(tmp_path: Path) ->
     """An authenticated push whose body stalls is closed after http.body_timeout."""
     upstream = await FakeDns().start()
     cfg = tmp_path / "betblock.toml"
-    cfg.write_text(
-        node_toml(tmp_path, 0, upstream, "").replace(
-            "[http]\n", '[http]\nbody_timeout = 1.0\nidle_timeout = 30.0\nadmin_token = "a-long-admin-token-for-tests"\n'
-        )
-    )
+    cfg.write_text(node_toml(tmp_path, 0, upstream, http='body_timeout = 1.0\nidle_timeout = 30.0\nadmin_token = "a-long-admin-token-for-tests"\n'))
     node = await Serve.start(cfg)
     try:
         reader, writer = await _open(

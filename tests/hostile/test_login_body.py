@@ -35,7 +35,7 @@ churn_limit = 1.0
 [[agencies.sources]]
 kind = "push"
 """
-    cfg.write_text(node_toml(tmp_path, 0, upstream, rest).replace("[http]\n", f'[http]\nadmin_token = "{ADMIN}"\n'))
+    cfg.write_text(node_toml(tmp_path, 0, upstream, rest, http=f'admin_token = "{ADMIN}"\n'))
     node = await Serve.start(cfg)
     try:
         # Announces 64 MiB, sends 64 KiB: answered 413 at once, without waiting for the rest.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from betblock.app import App
 from config.settings import Settings
 from tests.dnsutil import ask_patiently
 from tests.fakedns import FakeDns
-from tests.procutil import Serve, node_toml
+from tests.procutil import Serve, node_toml, until
 
 
 SINKHOLE = "198.51.100.99"
@@ -28,14 +27,6 @@ SINKHOLE = "198.51.100.99"
 
 async def _ask(port: int, name: str, timeout: float = 2.0) -> dns.message.Message:
     return await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=timeout)
-
-
-async def _until(cond: Any, what: str, seconds: float = 15.0) -> None:
-    """Poll an asynchronous condition until it holds, or fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not await cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def _config(tmp_path: Path, port: int, upstream: FakeDns, policy: str = "") -> str:
@@ -75,7 +66,7 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
             except dns.exception.Timeout:
                 return False
 
-        await _until(up, "the server to answer")
+        await until(up, "the server to answer")
 
         sent = answered = 0
         bad: list[str] = []
@@ -111,15 +102,15 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
             async def blocked(n: str = name) -> bool:
                 return await sinkholed(n)
 
-            await _until(blocked, f"{name} to be blocked after SIGHUP")
-            await _until(lambda b=before: _true(sent > b + 20), "queries during the reload")
+            await until(blocked, f"{name} to be blocked after SIGHUP")
+            await until(lambda b=before: sent > b + 20, "queries during the reload")
 
         # A configuration the node cannot read is refused; the node goes on answering.
         cfg.write_text("this is = not toml [")
         proc.send_signal(signal.SIGHUP)
         assert await sinkholed("casino.test")
         # Before the file changes again: the reload must have read this one.
-        await _until(lambda: _true("configuration refused" in node.log()), "the bad configuration to be refused")
+        await until(lambda: "configuration refused" in node.log(), "the bad configuration to be refused")
         # The policy section is re-read: an operator's allowlist entry unblocks a listed name.
         cfg.write_text(_config(tmp_path, 0, upstream, policy='allowlist = ["casino.test"]'))
         proc.send_signal(signal.SIGHUP)
@@ -129,7 +120,7 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
             assert r is not None, "no answer for casino.test"
             return r.rcode() == dns.rcode.NOERROR and r.answer[0][0].address == "192.0.2.66"
 
-        await _until(allowed, "casino.test to be allowlisted after SIGHUP")
+        await until(allowed, "casino.test to be allowlisted after SIGHUP")
         assert await sinkholed("new2.test")  # the rest stays blocked
 
         stop.set()
@@ -141,10 +132,6 @@ async def test_sighup_reloads_lists_and_policy_under_continuous_queries_and_sigt
     finally:
         await node.stop()
         await upstream.stop()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_readyz_is_503_until_the_first_snapshot_is_installed(tmp_path: Path) -> None:
@@ -170,7 +157,7 @@ async def test_readyz_is_503_until_the_first_snapshot_is_installed(tmp_path: Pat
     app.feeds.start = held_start  # type: ignore[method-assign]
     task = asyncio.create_task(app.run())
     try:
-        await _until(lambda: _true(app.http is not None and app.http.bound is not None), "the HTTP listener")
+        await until(lambda: app.http is not None and app.http.bound is not None, "the HTTP listener")
         assert app.http is not None and app.http.bound is not None
         base = "http://%s:%d" % app.http.bound
         auth = {"Authorization": "Bearer ready-admin-token-0123456789"}

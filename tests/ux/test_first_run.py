@@ -4,37 +4,17 @@ token opens the admin API, a restart reuses it and `betblock admin-token` prints
 
 from __future__ import annotations
 
-import asyncio
 import stat
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from tests.fakedns import FakeDns
-from tests.procutil import Serve
+from tests.procutil import Serve, betblock, node_toml
 
 
 def _config(tmp_path: Path, upstream: FakeDns) -> str:
-    return f"""
-data_dir = "{tmp_path / 'var'}"
-[dns]
-listen = ["127.0.0.1:0"]
-[http]
-listen = "127.0.0.1:0"
-[warning_page]
-enabled = false
-[upstream]
-servers = ["{upstream.address}"]
-"""
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
+    return node_toml(tmp_path, 0, upstream, warning_page=False)
 
 
 async def _status(port: int, token: str) -> int:
@@ -68,7 +48,7 @@ async def test_first_start_makes_a_private_token_that_opens_the_admin_api_and_is
     finally:
         await node.stop()
         await upstream.stop()
-    rc, out, _ = await _cli("admin-token", "--config", str(cfg))
+    rc, out, _ = await betblock("admin-token", "--config", str(cfg))
     assert rc == 0 and out.strip() == token
 
 
@@ -76,7 +56,7 @@ async def test_a_configured_token_wins_and_no_file_is_made(tmp_path: Path) -> No
     upstream = await FakeDns().start()
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(_config(tmp_path, upstream).replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"\nadmin_token = "configured-token-0123456789"'))
-    rc, out, _ = await _cli("admin-token", "--config", str(cfg))
+    rc, out, _ = await betblock("admin-token", "--config", str(cfg))
     await upstream.stop()
     assert rc == 0 and out.strip() == "configured-token-0123456789"
     assert not (tmp_path / "var" / "admin-token").exists()
@@ -88,6 +68,6 @@ async def test_a_too_short_token_file_is_refused_with_a_clear_message(tmp_path: 
     cfg.write_text(_config(tmp_path, upstream))
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "admin-token").write_text("short\n")
-    rc, _, err = await _cli("serve", "--config", str(cfg))
+    rc, _, err = await betblock("serve", "--config", str(cfg))
     await upstream.stop()
     assert rc == 2 and "shorter than 16 characters" in err

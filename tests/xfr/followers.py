@@ -78,10 +78,11 @@ rpz:
     return Follower("unbound", ["unbound", "-d", "-c", str(conf)], port)
 
 
-def bind(tmp: Path, port: int, upstream: str, xfr_port: int) -> Follower:
-    host, up_port = upstream.split(":")
-    conf = tmp / "named.conf"
-    conf.write_text(f"""key "{KEY_NAME}" {{
+def bind_conf(tmp: Path, port: int, options: str, zone: str) -> str:
+    """A named.conf for BIND 9 running from ``tmp``: the tests' TSIG key, the options every test
+    needs (files in ``tmp``, 127.0.0.1:``port`` only, no DNSSEC validation, no control channel)
+    and ``options`` (lines of the options block), then ``zone`` (its zone statement)."""
+    return f"""key "{KEY_NAME}" {{
     algorithm hmac-sha256;
     secret "{KEY_SECRET}";
 }};
@@ -92,22 +93,28 @@ options {{
     managed-keys-directory "{tmp}";
     listen-on port {port} {{ 127.0.0.1; }};
     listen-on-v6 {{ none; }};
-    recursion yes;
+    dnssec-validation no;
+{options}}};
+controls {{ }};
+{zone}"""
+
+
+def bind(tmp: Path, port: int, upstream: str, xfr_port: int) -> Follower:
+    host, up_port = upstream.split(":")
+    conf = tmp / "named.conf"
+    conf.write_text(bind_conf(tmp, port, f"""    recursion yes;
     allow-query {{ 127.0.0.1; }};
     forwarders {{ {host} port {up_port}; }};
     forward only;
-    dnssec-validation no;
     notify no;
     # min-update-interval 0: apply each transfer at once (the default waits up to 60 s).
     response-policy {{ zone "{ZONE}"; }} min-update-interval 0;
-}};
-controls {{ }};
-zone "{ZONE}" {{
+""", f"""zone "{ZONE}" {{
     type secondary;
     primaries {{ 127.0.0.1 port {xfr_port} key "{KEY_NAME}"; }};
     file "{tmp}/{ZONE}.db";
 }};
-""")
+"""))
     return Follower("bind", ["named", "-g", "-n", "1", "-c", str(conf)], port)
 
 

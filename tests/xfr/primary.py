@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,20 +16,12 @@ import aiohttp
 
 from config.auth import sha256_hex
 from tests.fakedns import FakeDns
-from tests.procutil import first_answer, free_port, node_toml, start_serve
+from tests.procutil import first_answer, free_port, node_toml, start_serve, until  # until: for the xfr tests too
 
 TOKEN = "pl-token-0123456789abcdef"
 KEY_NAME = "fleet-key"
 KEY_SECRET = base64.b64encode(b"betblock fleet test key 32 bytes").decode()
 ZONE = "betblock.rpz"
-
-
-async def until(cond: Callable[[], Awaitable[bool]], what: str, seconds: float = 30.0) -> None:
-    """Poll ``cond`` until it holds, or fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not await cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 @dataclass

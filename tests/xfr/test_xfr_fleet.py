@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 from pathlib import Path
 
 import dns.asyncquery
@@ -17,26 +16,15 @@ import dns.exception
 import dns.message
 import pytest
 
-from tests.dnsutil import ask_patiently
+from tests.dnsutil import address_of
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-from tests.procutil import first_answer, free_port, node_toml, start_serve
+from tests.procutil import betblock, first_answer, free_port, node_toml, start_serve
 from tests.xfr import followers
 from tests.xfr.primary import KEY_NAME, KEY_SECRET, ZONE, primary, until
 
 pytestmark = pytest.mark.slow
 
 SINKHOLE = "198.51.100.99"
-
-
-async def _address(port: int, name: str) -> str | None:
-    r = await ask_patiently(port, name)
-    if r is None:
-        return None
-    for rrset in r.answer:
-        for rd in rrset:
-            if hasattr(rd, "address"):
-                return str(rd.address)
-    return None
 
 
 def _plain(text: str) -> str:
@@ -98,13 +86,13 @@ poll_interval = 3600  # changes arrive by NOTIFY
             await first_answer(port, "ok.test", 30)
 
         async def everyone(name: str, want: bool) -> bool:
-            got = [await _address(port, name) == SINKHOLE for port in ports]
+            got = [await address_of(port, name) == SINKHOLE for port in ports]
             return all(g == want for g in got)
 
         await until(lambda: everyone("www.poker.test", True), "every follower to block a listed name", 60)
         for port in ports[:2]:
             for _ in range(5):
-                assert await _address(port, "casino.test") == SINKHOLE
+                assert await address_of(port, "casino.test") == SINKHOLE
 
         # The primary dies: the followers keep the last policy.
         primary_log += await p.stop()
@@ -134,12 +122,8 @@ poll_interval = 3600  # changes arrive by NOTIFY
     assert plain.count("kind=ixfr") >= 3, plain[-3000:]  # both nodes and Unbound
 
     # One hit store for the fleet: both nodes' hits are there.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "betblock.cli", "hits", "--config", str(nodes[0][1]), "list", "--json", "--limit", "1000",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    rc, out, err = await betblock("hits", "--config", str(nodes[0][1]), "list", "--json", "--limit", "1000")
+    assert rc == 0, err
     hits = json.loads(out)["hits"]
     assert {h["node"] for h in hits} == {"edge-1", "edge-2"}
     assert {h["name"] for h in hits} >= {"casino.test", "www.poker.test"}

@@ -16,7 +16,7 @@ import dns.message
 import dns.rcode
 import pytest
 
-from tests.dnsutil import ask_patiently
+from tests.dnsutil import address_of
 from tests.procutil import free_port
 from tests.xfr import followers
 from tests.xfr.primary import Primary, primary, until
@@ -24,18 +24,6 @@ from tests.xfr.primary import Primary, primary, until
 SINKHOLE = "198.51.100.99"
 
 pytestmark = pytest.mark.slow
-
-
-async def _address(port: int, name: str) -> str | None:
-    """The first A address ``name`` gets from the resolver on ``port`` (None: none, or no answer)."""
-    r = await ask_patiently(port, name)
-    if r is None:
-        return None
-    for rrset in r.answer:
-        for rd in rrset:
-            if hasattr(rd, "address"):
-                return str(rd.address)
-    return None
 
 
 @pytest.mark.parametrize("kind", ["unbound", "bind", "pdns"])
@@ -61,23 +49,23 @@ async def test_resolver_follows_betblock(tmp_path: Path, kind: str) -> None:
         await f.start()
 
         async def blocked(name: str) -> bool:
-            return await _address(port, name) == SINKHOLE
+            return await address_of(port, name) == SINKHOLE
 
         await until(lambda: blocked("www.poker.test"), f"{kind} to block a listed name", 60)
         assert await blocked("casino.test")
-        assert await _address(port, "roulette.test") == "192.0.2.7"
+        assert await address_of(port, "roulette.test") == "192.0.2.7"
 
         started = time.monotonic()
         await p.put(["casino.test", "roulette.test"])
 
         async def followed() -> bool:
-            return await blocked("roulette.test") and await _address(port, "poker.test") == "192.0.2.8"
+            return await blocked("roulette.test") and await address_of(port, "poker.test") == "192.0.2.8"
 
         await until(followed, f"{kind} to follow the change", 60)
         print(f"{kind}: PUT -> enforced in {time.monotonic() - started:.2f} s")
         assert await blocked("sub.roulette.test")
         # The allowlist travels as passthru.
-        assert await _address(port, "ok.casino.test") != SINKHOLE
+        assert await address_of(port, "ok.casino.test") != SINKHOLE
     finally:
         log = await f.stop()
         node = await p.stop()

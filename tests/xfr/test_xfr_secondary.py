@@ -20,6 +20,7 @@ import pytest
 from tests.dnsutil import ask_patiently
 from tests.fakedns import FakeDns
 from tests.procutil import first_answer, free_port, node_toml, start_serve
+from tests.xfr.followers import bind_conf
 from tests.xfr.primary import KEY_NAME, KEY_SECRET, until
 
 pytestmark = pytest.mark.slow
@@ -41,22 +42,7 @@ def zone_text(serial: int, names: list[str]) -> str:
 
 def named_conf(tmp: Path, port: int, notify_port: int) -> Path:
     conf = tmp / "named.conf"
-    conf.write_text(f"""key "{KEY_NAME}" {{
-    algorithm hmac-sha256;
-    secret "{KEY_SECRET}";
-}};
-options {{
-    directory "{tmp}";
-    pid-file "{tmp}/named.pid";
-    session-keyfile "{tmp}/session.key";
-    managed-keys-directory "{tmp}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    dnssec-validation no;
-}};
-controls {{ }};
-zone "{ZONE}" {{
+    conf.write_text(bind_conf(tmp, port, "    recursion no;\n", f"""zone "{ZONE}" {{
     type primary;
     file "{tmp}/{ZONE}.db";
     allow-transfer {{ key "{KEY_NAME}"; }};
@@ -66,7 +52,7 @@ zone "{ZONE}" {{
     notify explicit;
     also-notify {{ 127.0.0.1 port {notify_port} key "{KEY_NAME}"; }};
 }};
-""")
+"""))
     return conf
 
 

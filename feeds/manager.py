@@ -49,6 +49,7 @@ from feeds.decisions import AdminDecisions
 from feeds.formats import scope_of
 from feeds.guard import Protected
 from feeds.lists import SourceList, to_wire
+from feeds.modes import AgencyModes
 
 # Re-exported: callers (the API, the CLI, tests) import the outcome and errors from here.
 from feeds.ondisk import explain, load_saved, open_store
@@ -162,6 +163,7 @@ class FeedManager:
         self.updates = UpdateService(self)
         self.read = FeedReadModel(self)
         self.decisions = AdminDecisions(self)
+        self.modes = AgencyModes(self)  # enforce/observe per agency: configuration, then the admin's switch
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -331,6 +333,7 @@ class FeedManager:
                 rt.last_success, rt.last_change = st.get("last_success"), st.get("last_change")
                 rt.last_error, rt.failures = st.get("last_error"), st.get("failures") or 0
             self.admin_allow = [to_wire(row["name"].encode("ascii")) for row in store.allowlist()]
+            self.modes.load(store)
 
         await asyncio.to_thread(load)
         self.builder.changed()
@@ -431,7 +434,7 @@ class FeedManager:
 
     def _compile_inputs(self) -> CompileInputs:
         return CompileInputs(
-            lists=[AgencyList(rt.agency, rt.current.plain, rt.timed, rt.scope) for rt in self.sources.values()],
+            lists=[AgencyList(self.modes.effective(rt.agency), rt.current.plain, rt.timed, rt.scope) for rt in self.sources.values()],
             allow=self.allow + self.admin_allow,
             versions=[(aid, key, rt.version) for (aid, key), rt in self.sources.items() if rt.version is not None],
         )

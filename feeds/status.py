@@ -69,6 +69,7 @@ class FeedReadModel:
                     "jurisdiction": a.jurisdiction,
                     "precedence": a.precedence,
                     "action": a.action,
+                    **self.m.modes.status(a.id),  # mode (enforce/observe) and who set it
                     "push": a.push_source() is not None,
                     "entries": sum(s["entries"] for s in srcs),
                     "quarantined": [s["quarantined"] for s in srcs if "quarantined" in s],

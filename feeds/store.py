@@ -130,6 +130,14 @@ CREATE TABLE IF NOT EXISTS allowlist (
     added_by TEXT NOT NULL,
     note TEXT NOT NULL DEFAULT ''
 );
+-- An admin's switch of an agency between enforce and observe: wins over the configured mode.
+CREATE TABLE IF NOT EXISTS agency_modes (
+    agency TEXT PRIMARY KEY,
+    mode TEXT NOT NULL CHECK (mode IN ('enforce', 'observe')),
+    set_at REAL NOT NULL,
+    set_by TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
 -- The store's identity (store_id, created_at), also kept in a marker file beside it, so that a
 -- store that existed is never taken for a first start when it goes missing or empty.
 CREATE TABLE IF NOT EXISTS meta (
@@ -684,6 +692,25 @@ class FeedStore:
             if removed and audit is not None:
                 self._insert_audit(audit)
             return removed
+
+    def modes(self) -> dict[str, dict[str, Any]]:
+        """The admins' mode decisions per agency (mode, set_at, set_by, reason); empty in a
+        store written before there were any (the table is made on the next writable open)."""
+        try:
+            with self.lock:
+                rows = self.db.execute("SELECT * FROM agency_modes ORDER BY agency").fetchall()
+        except sqlite3.OperationalError:  # read-only open of an older store: no such table
+            return {}
+        return {r["agency"]: {k: r[k] for k in ("mode", "set_at", "set_by", "reason")} for r in rows}
+
+    def set_mode(self, agency: str, mode: str, actor: str, ts: float, reason: str, audit: Audit) -> None:
+        """Record an admin's mode for ``agency`` (replacing any earlier one) with its audit row."""
+        with self._tx():
+            self.db.execute(
+                "INSERT OR REPLACE INTO agency_modes (agency, mode, set_at, set_by, reason) VALUES (?,?,?,?,?)",
+                (agency, mode, ts, actor, reason),
+            )
+            self._insert_audit(audit)
 
     def audit(self, actor: str, action: str, agency: str | None = None, version: int | None = None, ts: float | None = None, **detail: Any) -> None:
         """An audit row that records no change of its own (a refused update)."""

@@ -1,0 +1,103 @@
+"""Switching an agency between observe and enforce at runtime: ``betblock feeds mode`` and
+``POST /v1/feeds/{agency}/mode`` against a running node (real sockets, real upstream), the
+decision stored with its audit row and winning over the configuration after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from feeds import cli
+from tests.conftest import NodeFactory, port_of
+from tests.dnsutil import a_records, query, udp
+from tests.feeds_plane.helpers import ADMIN, TOKENS, Clock, push_agency
+from tests.feeds_plane.test_feeds_manager import Node, blocked
+
+AGENCIES = [
+    {"id": "obs", "action": "redirect", "redirect_ipv4": ["198.51.100.7"], "mode": "observe"},
+    push_agency("pl-mf"),
+]
+
+
+async def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = await asyncio.to_thread(cli.feeds, list(argv), out)  # the CLI blocks; the node runs on
+    return code, out.getvalue()
+
+
+async def test_cli_switches_an_observed_agency_to_enforce(
+    node: NodeFactory, upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream.add("watch.test", "A", "192.0.2.77")
+    app = await node(lists={"obs": ["watch.test"], "pl-mf": []}, agencies=AGENCIES, http={"admin_token": ADMIN})
+    port = port_of(app)
+    assert a_records(await udp(port, query("watch.test"))) == ["192.0.2.77"]  # observed: resolved
+    assert app.http is not None and app.http.bound is not None
+    base = "http://%s:%d" % app.http.bound
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "var"}"\n[http]\nlisten = "{base.removeprefix("http://")}"\n'
+        f'[[agencies]]\nid = "obs"\nmode = "observe"\n'
+    )
+    monkeypatch.setenv("BETBLOCK_ADMIN_TOKEN", ADMIN)
+    code, text = await run("mode", "obs", "enforce", "--reason", "the would-block hits look right", "--config", str(cfg))
+    assert code == 0, text
+    assert text.startswith("obs: enforce (was observe; policy ")
+    assert a_records(await udp(port, query("watch.test"))) == ["198.51.100.7"]  # the very next query
+    assert (await run("mode", "nope", "enforce", "--reason", "x", "--config", str(cfg)))[0] == 1  # 404
+
+    code, raw = await run("audit", "--config", str(cfg), "--json")
+    top = json.loads(raw)[0]
+    assert (top["action"], top["agency"], top["actor"]) == ("mode enforce", "obs", "admin")
+    assert top["detail"]["reason"] == "the would-block hits look right" and top["detail"]["was"] == "observe"
+    assert top["detail"]["operator"]
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN}"}) as s:
+        async with s.get(base + "/v1/feeds") as r:
+            obs = next(a for a in (await r.json())["agencies"] if a["id"] == "obs")
+        assert (obs["mode"], obs["set_by"], obs["config"], obs["reason"]) == ("enforce", "admin", "observe", "the would-block hits look right")
+        async with s.post(base + "/v1/feeds/obs/mode", json={"mode": "log-only"}) as r:
+            assert r.status == 400
+        async with s.post(base + "/v1/feeds/obs/mode", json={"mode": "observe", "reason": "back to watching"}) as r:
+            assert r.status == 200
+            assert (await r.json())["mode"] == "observe"
+    assert a_records(await udp(port, query("watch.test"))) == ["192.0.2.77"]
+    # An agency may not switch itself (or anyone).
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKENS['pl-mf']}"}) as s:
+        async with s.post(base + "/v1/feeds/pl-mf/mode", json={"mode": "observe"}) as r:
+            assert r.status == 403
+
+
+async def test_stored_decision_wins_over_the_config_after_a_restart(tmp_path: Path) -> None:
+    agencies = [push_agency("pl-mf", mode="observe")]
+    first = Node(tmp_path, agencies, clock=Clock())
+    await first.m.start()
+    await first.m.push("pl-mf", b"kasyno.test\n", actor="t")
+    m = first.snap.match(b"\x06kasyno\x04test\x00")
+    assert m is not None and m.rule.observe
+    out = await first.m.modes.switch("pl-mf", "enforce", actor="admin", reason="checked")
+    assert out["mode"] == "enforce" and out["was"] == "observe"
+    m = first.snap.match(b"\x06kasyno\x04test\x00")
+    assert m is not None and not m.rule.observe and first.snap.observing == frozenset()
+    await first.m.flush()
+    first.m.close()
+
+    second = Node(tmp_path, agencies, clock=Clock())
+    await second.m.start()  # the saved snapshot (enforcing) at once
+    assert blocked(second.snap, "kasyno.test") == ("pl-mf",) and not second.snap.match(b"\x06kasyno\x04test\x00").rule.observe  # type: ignore[union-attr]
+    run_task = asyncio.ensure_future(second.m.run())
+    try:
+        await asyncio.wait_for(second.m.loaded.wait(), 10)
+        # compiled from the store: the stored decision, not the configuration's observe
+        assert second.m.modes.mode("pl-mf") == "enforce"
+        assert not second.snap.match(b"\x06kasyno\x04test\x00").rule.observe  # type: ignore[union-attr]
+        assert second.m.status("pl-mf")["agencies"][0]["set_by"] == "admin"
+    finally:
+        run_task.cancel()
+        await asyncio.gather(run_task, return_exceptions=True)
+        second.m.close()

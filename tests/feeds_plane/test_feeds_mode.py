@@ -101,3 +101,47 @@ async def test_stored_decision_wins_over_the_config_after_a_restart(tmp_path: Pa
         run_task.cancel()
         await asyncio.gather(run_task, return_exceptions=True)
         second.m.close()
+
+
+async def test_lookup_shows_the_mode_api_cli_and_page(node: NodeFactory, tmp_path: Path) -> None:
+    app = await node(
+        lists={"obs": ["watch.test", "both.test"], "pl-mf": ["both.test"]},
+        agencies=[{**AGENCIES[0], "precedence": 99}, {**AGENCIES[1], "churn_floor": 0}],
+        http={"admin_token": ADMIN},
+    )
+    assert app.http is not None and app.http.bound is not None
+    base = "http://%s:%d" % app.http.bound
+    # an update of pl-mf waits in quarantine: its new name is pending
+    assert (await app.feeds.push("pl-mf", b"both.test\n", actor="t")).status in ("applied", "unchanged")
+    held = await app.feeds.push("pl-mf", b"both.test\nsoon.test\nsoon2.test\n", actor="t")
+    assert held.status == "quarantined"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN}"}) as s:
+        async with s.get(base + "/v1/lookup/www.watch.test") as r:
+            info = await r.json()
+        assert (info["blocked"], info["observed"], info["winner"]["agency"], info["winner"]["mode"]) == (False, True, "obs", "observe")
+        assert (info["resolver"]["blocked"], info["resolver"]["observed"]) == (False, True)
+        assert [m["mode"] for m in info["matches"]] == ["observe"]
+        async with s.get(base + "/v1/lookup/both.test") as r:
+            info = await r.json()
+        # enforced by pl-mf although the observer has the higher precedence; the observer named too
+        assert (info["blocked"], info["winner"]["agency"], info["also_listed_by"]) == (True, "pl-mf", ["obs"])
+        assert "observed" not in info and info["resolver"]["blocked"] is True
+        async with s.get(base + "/", params={"lookup": "watch.test"}) as r:
+            page = await r.text()
+        assert "watch.test would be blocked</span> (observe mode" in page and "enforcing would answer redirect" in page
+        async with s.get(base + "/", params={"lookup": "soon.test"}) as r:
+            page = await r.text()
+        assert "soon.test is not blocked yet</span>: listed in an update waiting in quarantine (pl-mf)" in page
+        assert "pending: quarantined" in page and f"v{held.version}" in page
+
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "var"}"\n[[agencies]]\nid = "obs"\nname = "OBS"\nmode = "observe"\naction = "nodata"\n'
+        f'lists = ["{tmp_path / "obs.txt"}"]\n'
+    )
+    out = io.StringIO()
+    code = await asyncio.to_thread(cli.lookup, ["www.watch.test", "--config", str(cfg)], out)
+    assert code == 1  # not blocked
+    text = out.getvalue()
+    assert text.startswith("www.watch.test: OBSERVED, not blocked: OBS (obs) is in observe mode; it would answer nodata"), text
+    assert "[active, observe mode]" in text

@@ -207,7 +207,7 @@ class FeedManager:
             # No date has passed since it was compiled: its dated decisions hold as of now.
             self.builder.dates_at = self.clock()
             # Already recorded by the run that compiled it, unless that run died first.
-            await self.builder.record_install(saved.version, self.builder.dates_at, self.clock(), [])
+            await self.builder.record_install(saved.version, self.builder.dates_at, self.clock(), [], saved.observing)
             log.info("policy installed from the saved snapshot", version=saved.version,
                      seconds=round(time.perf_counter() - started, 3), **saved.stats)
             return saved

@@ -130,6 +130,13 @@ CREATE TABLE IF NOT EXISTS allowlist (
     added_by TEXT NOT NULL,
     note TEXT NOT NULL DEFAULT ''
 );
+-- Agencies an install only observed (observe mode): their listings in it blocked nothing, so
+-- the compliance report does not count that install as enforcing them.
+CREATE TABLE IF NOT EXISTS install_observing (
+    seq INTEGER NOT NULL,
+    agency TEXT NOT NULL,
+    PRIMARY KEY (agency, seq)
+);
 -- An admin's switch of an agency between enforce and observe: wins over the configured mode.
 CREATE TABLE IF NOT EXISTS agency_modes (
     agency TEXT PRIMARY KEY,
@@ -603,10 +610,12 @@ class FeedStore:
     # -- installs -----------------------------------------------------------------------
 
     def record_install(
-        self, snapshot: int, dates_at: float, installed_at: float, versions: Iterable[tuple[str, str, int]]
+        self, snapshot: int, dates_at: float, installed_at: float, versions: Iterable[tuple[str, str, int]],
+        observing: Iterable[str] = (),
     ) -> None:
         """A snapshot went live; each (agency, source, version) it holds is recorded unless an
-        earlier snapshot already enforced it (the first one is the one that counts)."""
+        earlier snapshot already enforced it (the first one is the one that counts), and so is
+        each agency it only observed."""
         with self._tx():
             seq = self.db.execute(
                 "INSERT INTO installs (snapshot, dates_at, installed_at) VALUES (?,?,?)", (snapshot, dates_at, installed_at)
@@ -615,6 +624,15 @@ class FeedStore:
                 "INSERT OR IGNORE INTO installed_versions (agency, source, version, seq, installed_at) VALUES (?,?,?,?,?)",
                 ((a, s, v, seq, installed_at) for a, s, v in versions),
             )
+            self.db.executemany("INSERT INTO install_observing (seq, agency) VALUES (?,?)", ((seq, a) for a in observing))
+
+    def observing_installs(self, agency: str) -> set[int]:
+        """Seqs of the installs that only observed ``agency`` (observe mode)."""
+        with self.lock:
+            try:
+                return {r[0] for r in self.db.execute("SELECT seq FROM install_observing WHERE agency = ?", (agency,))}
+            except sqlite3.OperationalError:  # a read-only store written before observe mode
+                return set()
 
     def installs(self) -> list[tuple[int, float, float]]:
         """(seq, dates_at, installed_at) of every install, in the order they happened."""

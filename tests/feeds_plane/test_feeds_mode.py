@@ -133,6 +133,15 @@ async def test_lookup_shows_the_mode_api_cli_and_page(node: NodeFactory, tmp_pat
             page = await r.text()
         assert "soon.test is not blocked yet</span>: listed in an update waiting in quarantine (pl-mf)" in page
         assert "pending: quarantined" in page and f"v{held.version}" in page
+        # The agency portal and the compliance report say the feed is only observed.
+        async with s.get(base + "/agency", params={"agency": "obs"}) as r:
+            portal = await r.text()
+        assert '<p id="agency-mode" class="observed">Mode: observe.' in portal
+        async with s.get(base + "/agency", params={"agency": "pl-mf"}) as r:
+            assert '<p id="agency-mode">Mode: enforce' in await r.text()
+        async with s.get(base + "/v1/compliance/obs") as r:
+            rep = await r.json()
+        assert rep["mode"] == "observe" and {e["status"] for e in rep["entries"]} == {"observed"}
 
     cfg = tmp_path / "cli.toml"
     cfg.write_text(
@@ -145,3 +154,28 @@ async def test_lookup_shows_the_mode_api_cli_and_page(node: NodeFactory, tmp_pat
     text = out.getvalue()
     assert text.startswith("www.watch.test: OBSERVED, not blocked: OBS (obs) is in observe mode; it would answer nodata"), text
     assert "[active, observe mode]" in text
+
+
+async def test_compliance_counts_enforcement_from_the_switch(tmp_path: Path) -> None:
+    from feeds.compliance import report
+
+    clock = Clock()
+    agencies = [push_agency("pl-mf", mode="observe", deadline_hours=48)]
+    n = Node(tmp_path, agencies, clock=clock)
+    await n.m.start()
+    await n.m.push("pl-mf", b"kasyno.test\n", actor="t")
+    received = clock.now
+    clock.advance(3600 * 50)  # past the deadline, still only observed
+    agency = n.m.agencies["pl-mf"]
+    assert n.m.store is not None
+    rep = report(n.m.store, agency, clock.now)
+    assert (rep["mode"], rep["mode_set"]) == ("observe", {"by": "config"})
+    [item] = rep["entries"]
+    assert (item["status"], item["enforced_at"], item["late"]) == ("observed", None, True)
+    await n.m.modes.switch("pl-mf", "enforce", actor="admin", reason="deadline")
+    rep = report(n.m.store, agency, clock.now)
+    [item] = rep["entries"]
+    assert rep["mode"] == "enforce" and rep["mode_set"]["by"] == "admin"
+    assert item["status"] == "enforced" and item["enforce_hours"] == round((clock.now - received) / 3600, 3)
+    assert item["late"] and rep["summary"]["enforced"] == 1
+    n.m.close()

@@ -179,8 +179,9 @@ def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
         for row in data:
             q = f"  QUARANTINED v{row['quarantined']['version']}: {row['quarantined']['reason']}" if row["quarantined"] else ""
             err = f"  error: {row['last_error']}" if row["last_error"] else ""
+            obs = "  OBSERVE MODE (would block only)" if row["mode"] == "observe" else ""
             print(f"{row['agency']:<12} {row['source']:<40} v{row['version'] or '-':<5} {row['entries'] or 0:>8} entries"
-                  f"  ok {row['last_success'] or 'never'}{err}{q}", file=out)
+                  f"  ok {row['last_success'] or 'never'}{err}{q}{obs}", file=out)
     elif args.what == "history":
         for v in data:
             print(f"v{v['version']:<5} {v['status']:<11} {v['received']} {v['source']:<30} {v['entries']:>8} "
@@ -351,7 +352,9 @@ def recover(settings: Settings, out: TextIO = sys.stdout, *, as_json: bool = Fal
 
 def _status(settings: Settings, store: FeedStore) -> list[dict[str, Any]]:
     rows = []
+    decided = store.modes()  # an admin's switch wins over the configured mode
     for agency in settings.agencies:
+        mode = decided[agency.id]["mode"] if agency.id in decided else agency.mode
         for src in agency.all_sources():
             active = store.active(agency.id, src.key) or {}
             latest = store.latest(agency.id, src.key) or {}
@@ -359,6 +362,7 @@ def _status(settings: Settings, store: FeedStore) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "agency": agency.id,
+                    "mode": mode,
                     "source": src.key,
                     "version": active.get("version"),
                     "entries": active.get("entries"),

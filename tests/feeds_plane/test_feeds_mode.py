@@ -42,7 +42,7 @@ async def test_cli_switches_an_observed_agency_to_enforce(
     cfg = tmp_path / "cli.toml"
     cfg.write_text(
         f'data_dir = "{tmp_path / "var"}"\n[http]\nlisten = "{base.removeprefix("http://")}"\n'
-        f'[[agencies]]\nid = "obs"\nmode = "observe"\n'
+        f'[[agencies]]\nid = "obs"\nmode = "observe"\nlists = ["{tmp_path / "obs.txt"}"]\n'
     )
     monkeypatch.setenv("BETBLOCK_ADMIN_TOKEN", ADMIN)
     code, text = await run("mode", "obs", "enforce", "--reason", "the would-block hits look right", "--config", str(cfg))
@@ -51,6 +51,8 @@ async def test_cli_switches_an_observed_agency_to_enforce(
     assert a_records(await udp(port, query("watch.test"))) == ["198.51.100.7"]  # the very next query
     assert (await run("mode", "nope", "enforce", "--reason", "x", "--config", str(cfg)))[0] == 1  # 404
 
+    code, text = await run("status", "--config", str(cfg))
+    assert code == 0 and "OBSERVE MODE" not in text  # the stored switch, not the config's observe
     code, raw = await run("audit", "--config", str(cfg), "--json")
     top = json.loads(raw)[0]
     assert (top["action"], top["agency"], top["actor"]) == ("mode enforce", "obs", "admin")
@@ -67,6 +69,8 @@ async def test_cli_switches_an_observed_agency_to_enforce(
             assert r.status == 200
             assert (await r.json())["mode"] == "observe"
     assert a_records(await udp(port, query("watch.test"))) == ["192.0.2.77"]
+    code, text = await run("status", "--config", str(cfg))
+    assert "OBSERVE MODE (would block only)" in text
     # An agency may not switch itself (or anyone).
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKENS['pl-mf']}"}) as s:
         async with s.post(base + "/v1/feeds/pl-mf/mode", json={"mode": "observe"}) as r:

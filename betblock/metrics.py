@@ -82,14 +82,6 @@ class AppCollector(Collector):
             "Queries for names only agencies in observe mode list: hits recorded as would-block, answered as unlisted",
             value=pipeline.counters.observed,
         )
-        # The mode each agency has in the policy in force (1), the other 0: what the resolver does
-        # now, whichever way it was set (configuration or an admin's switch).
-        mode = GaugeMetricFamily("betblock_agency_mode", "Agency mode in the policy in force (1) by agency and mode", labels=["agency", "mode"])
-        for agency in app.settings.agencies:
-            observing = agency.id in policy.observing
-            mode.add_metric([agency.id, "enforce"], 0 if observing else 1)
-            mode.add_metric([agency.id, "observe"], 1 if observing else 0)
-        yield mode
         yield GaugeMetricFamily("betblock_policy_entries", "Blocked names in the snapshot", value=policy.stats.get("entries", 0))
 
         rec = app.recorder.stats()

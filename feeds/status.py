@@ -150,6 +150,15 @@ class FeedReadModel:
             for result, n in rt.fetches.items():
                 fetches.add_metric([*lv, result], n)
         yield from (entries, version, success, failures, quarantined, overdue, fetches, age, error)
+        # The mode each agency has in the policy in force (1; the other mode 0): what the
+        # resolver does now, whichever way it was set (configuration or an admin's switch).
+        mode = GaugeMetricFamily("betblock_agency_mode", "Agency mode in the policy in force (1) by agency and mode", labels=["agency", "mode"])
+        snap = self.m.snapshot
+        for a in self.m.settings.agencies:
+            observing = a.id in snap.observing if snap is not None else self.m.modes.mode(a.id) == "observe"
+            mode.add_metric([a.id, "enforce"], 0 if observing else 1)
+            mode.add_metric([a.id, "observe"], 1 if observing else 0)
+        yield mode
         yield GaugeMetricFamily(
             "betblock_policy_compile_seconds", "Duration of the last compile", value=self.m.compile_seconds or 0.0
         )

@@ -125,7 +125,7 @@ class PolicyBuilder:
 
     async def record_install(
         self, snapshot: int, dates_at: float, installed: float, versions: list[tuple[str, str, int]],
-        observing: frozenset[str] = frozenset(),
+        observing: tuple[str, ...] = (),
     ) -> None:
         """Record for the compliance report that ``snapshot`` went live (after the swap: the
         resolver never waits for it)."""

@@ -87,7 +87,7 @@ async def test_stored_decision_wins_over_the_config_after_a_restart(tmp_path: Pa
     out = await first.m.modes.switch("pl-mf", "enforce", actor="admin", reason="checked")
     assert out["mode"] == "enforce" and out["was"] == "observe"
     m = first.snap.match(b"\x06kasyno\x04test\x00")
-    assert m is not None and not m.rule.observe and first.snap.observing == frozenset()
+    assert m is not None and not m.rule.observe and first.snap.observing == ()
     await first.m.flush()
     first.m.close()
 

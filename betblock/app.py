@@ -22,13 +22,13 @@ from betblock.authlimit import FailureLimiter
 from betblock.auth import Authenticator
 from betblock.portal import Portal
 from betblock.http import HttpMount, HttpServer, build_app, connection_limit, http_metrics, raise_nofile_limit
-from betblock.metrics import ExtraMetrics, mount_metrics
+from betblock.metrics import (
+    ExtraMetrics, cache_metrics, mount_metrics, pipeline_metrics, ready_metric, recorder_metrics, tcp_metrics, upstream_metrics,
+)
 from betblock.review import ManagerView
 from betblock.warning import Provenance, WarningPage
 from config.settings import ConfigError, Settings, load_settings
 from feeds import api as feeds_api
-from feeds import persist
-from feeds.lookup import LookupService
 from feeds.manager import FeedManager
 from feeds.store import StoreProblem
 from feeds.snapshot import PolicySnapshot
@@ -100,20 +100,20 @@ class App:
         # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
         self.http_mounts: list[HttpMount] = list(http_mounts)
         # Owners add metric families here (feed status, hit store); read at scrape time.
-        self.extra_metrics: list[ExtraMetrics] = [self.hitlog.metrics, self.feeds.metrics]
+        self.extra_metrics: list[ExtraMetrics] = [self.hitlog.metrics, *self.feeds.collectors]
         # Failed authentications per client address, shared by every API route.
         self.auth_limiter = FailureLimiter(settings.http.auth_max_failures, settings.http.auth_lockout_max)
         self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}, self.auth_limiter))
         if self.xfr is not None:
             self.extra_metrics.append(self.xfr.metrics)
         # "Why is this name blocked?": one service for the API, the page and the tests.
-        self.lookup = LookupService(self.feeds)
+        self.lookup = self.feeds.lookup
         # One auth layer for every route: admin and agency tokens, page sessions, declared roles.
         self.auth = Authenticator(
             settings.http.admin_token, [(a.id, a.token_sha256) for a in settings.agencies if a.token_sha256], clock
         )
         self.http_mounts.append(self.auth.mount)
-        self.http_mounts.append(feeds_api.mount(self.feeds, settings))
+        self.http_mounts.append(feeds_api.mount(self.feeds, max_body_bytes=settings.http.max_body_bytes))
         self.http_mounts.append(
             hits_api.mount(
                 self.hitlog.store,
@@ -130,9 +130,13 @@ class App:
         # The agency portal: each agency's own feed, compliance and hits (reads feeds and hits).
         self.http_mounts.append(Portal(self.feeds, self.hitlog.store, self.auth, clock).mount)
         self.http_mounts.append(
-            compliance.mount(self.feeds, settings, lambda: compliance.query_address(*self.server.bound[0]))
+            compliance.mount(self.feeds, lambda: compliance.query_address(*self.server.bound[0]))
         )
-        self.http_mounts.append(mount_metrics(self))
+        node_metrics = [
+            pipeline_metrics(self.pipeline, settings.agencies), cache_metrics(self.cache), upstream_metrics(self.upstream),
+            recorder_metrics(self.recorder.stats), tcp_metrics(self.server.tcp), ready_metric(lambda: self.ready.is_set()),
+        ]
+        self.http_mounts.append(mount_metrics([*node_metrics, *self.extra_metrics]))
         self.http: HttpServer | None = None
         self.warning: HttpServer | None = None
         # (agency id, listed name) -> legal reference and dates, for the warning page; set by feeds.
@@ -222,9 +226,8 @@ class App:
         if new.policy == self.settings.policy:
             return
         self.settings = self.settings.model_copy(update={"policy": new.policy})
-        self.feeds.settings = self.feeds.settings.model_copy(update={"policy": new.policy})
-        self.feeds.fingerprint = persist.fingerprint(self.feeds.settings)
-        self.pipeline.cname_inspection = new.policy.cname_inspection
+        self.feeds.apply_policy(new.policy)
+        self.pipeline.set_cname_inspection(new.policy.cname_inspection)
         log.info("reload: policy settings applied")
 
     async def run(self) -> None:

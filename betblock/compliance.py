@@ -29,7 +29,7 @@ import dnslib
 from aiohttp import web
 
 from config.auth import ADMIN, AGENCY, accepts
-from config.settings import DEFAULT_CONFIG, AgencySettings, ConfigError, Settings, load_settings
+from config.settings import DEFAULT_CONFIG, AgencySettings, ConfigError, load_settings
 from feeds.compliance import report, to_csv
 from feeds.entry import Entry
 from feeds.formats import scope_of
@@ -156,11 +156,10 @@ def query_address(host: str, port: int) -> tuple[str, int]:
 # -- HTTP --------------------------------------------------------------------------------
 
 
-def mount(
-    feeds: FeedManager, settings: Settings, dns_address: Callable[[], tuple[str, int]]
-) -> Callable[[web.Application], None]:
-    """The compliance routes of a running node."""
-    agencies = {a.id: a for a in settings.agencies}
+def mount(feeds: FeedManager, dns_address: Callable[[], tuple[str, int]]) -> Callable[[web.Application], None]:
+    """The compliance routes of a running node: its feeds (agencies, lists, the report) and
+    where its DNS listener answers (for the self-test)."""
+    agencies = feeds.agencies
 
     def agency_of(request: web.Request) -> AgencySettings:
         agency = agencies.get(request.match_info["agency"])
@@ -174,7 +173,7 @@ def mount(
         fmt = request.query.get("format", "json")
         if fmt not in ("json", "csv"):
             raise web.HTTPBadRequest(reason="format must be json or csv")
-        rep = await asyncio.to_thread(report, feeds.require_store(), agency, feeds.clock())
+        rep = await feeds.read.compliance(agency)
         if fmt == "csv":
             return web.Response(
                 text=to_csv(rep), content_type="text/csv", charset="utf-8",
@@ -191,7 +190,7 @@ def mount(
         if not 1 <= sample <= 10_000:
             raise web.HTTPBadRequest(reason="sample must be between 1 and 10000")
         now = feeds.clock()
-        runtimes = [rt for (aid, _k), rt in feeds.sources.items() if aid == agency.id]
+        runtimes = feeds.sources.of(agency.id)
         scopes = [(rt.settings.format, agency.scope) for rt in runtimes]
         names = await asyncio.to_thread(active_names, [rt.current for rt in runtimes], now, scopes)
         return web.json_response(await self_test(agency, names, dns_address(), sample=sample, now=now))

@@ -1,14 +1,15 @@
 """Prometheus metrics at /metrics, read from the components' own counters at scrape time.
 
-Owns the metric names and the collector. Nothing here runs per packet: the pipeline counts
-answers by kind in a list, the cache, upstream client and recorder keep plain integers, and a
-scrape turns them into metric families. Each App has its own registry (tests run several).
+Owns the resolver side's metric names (one collector per component: the resolver must not import
+prometheus_client) and the /metrics route, which serves the collectors it is handed (the feeds
+and hits parts bring their own). Nothing here runs per packet: the pipeline counts answers by kind
+in a list, the cache, upstream client and recorder keep plain integers, and a scrape turns them
+into metric families. Each App has its own registry (tests run several).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -17,11 +18,12 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 from config.auth import PUBLIC, accepts
+from config.settings import AgencySettings
+from resolver.cache import AnswerCache
 from resolver.outcome import Kind
-from resolver.pipeline import LATENCY_BOUNDS
-
-if TYPE_CHECKING:
-    from betblock.app import App
+from resolver.pipeline import LATENCY_BOUNDS, Pipeline
+from resolver.server import TcpServer
+from resolver.upstream import UpstreamClient
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -29,39 +31,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ExtraMetrics = Callable[[], Iterable[Metric]]
 
 
-class AppCollector(Collector):
-    """Everything one node knows about itself, as metric families."""
+def pipeline_metrics(pipeline: Pipeline, agencies: list[AgencySettings]) -> ExtraMetrics:
+    """Answers by kind, questions in flight, the forward latency, the policy in force (with each
+    of ``agencies``' mode in it), RRL."""
 
-    def __init__(self, app: App, extra: Iterable[ExtraMetrics] = ()) -> None:
-        self.app = app
-        self.extra = list(extra)
-
-    def collect(self) -> Iterator[Metric]:
-        app = self.app
-        pipeline = app.pipeline
+    def collect() -> Iterator[Metric]:
         answers = CounterMetricFamily("betblock_answers", "DNS answers by outcome kind", labels=["kind"])
         for kind in Kind:
             answers.add_metric([kind.name.lower()], pipeline.counters.counts[kind])
         yield answers
-
-        cache = app.cache
-        yield GaugeMetricFamily("betblock_cache_entries", "Answers held in the cache", value=len(cache))
-        yield CounterMetricFamily("betblock_cache_hits", "Cache lookups that found a live answer", value=cache.hits)
-        yield CounterMetricFamily("betblock_cache_misses", "Cache lookups that went upstream", value=cache.misses)
-        looked = cache.hits + cache.misses
-        yield GaugeMetricFamily(
-            "betblock_cache_hit_ratio", "Cache hits / lookups since start", value=cache.hits / looked if looked else 0.0
-        )
-
-        failures = CounterMetricFamily("betblock_upstream_failures", "Failed upstream attempts", labels=["server"])
-        for server, count in app.upstream.failures.items():
-            failures.add_metric([server], count)
-        yield failures
-        yield CounterMetricFamily(
-            "betblock_upstream_ignored_replies",
-            "Upstream replies ignored for a wrong address, ID or question (spoofing defence)",
-            value=app.upstream.ignored_replies,
-        )
         yield GaugeMetricFamily("betblock_upstream_inflight", "Distinct questions waiting on upstreams", value=len(pipeline.inflight))
         latency = pipeline.latency
         buckets, total = [], 0
@@ -74,7 +52,6 @@ class AppCollector(Collector):
             buckets=buckets,
             sum_value=latency.sum,
         )
-
         policy = pipeline.policy.snapshot
         yield GaugeMetricFamily("betblock_policy_version", "Version of the policy snapshot in force", value=policy.version)
         yield CounterMetricFamily(
@@ -82,14 +59,15 @@ class AppCollector(Collector):
             "Queries for names only agencies in observe mode list: hits recorded as would-block, answered as unlisted",
             value=pipeline.counters.observed,
         )
+        # The mode each agency has in the policy in force (1), the other 0: what the resolver does
+        # now, whichever way it was set (configuration or an admin's switch).
+        mode = GaugeMetricFamily("betblock_agency_mode", "Agency mode in the policy in force (1) by agency and mode", labels=["agency", "mode"])
+        for agency in agencies:
+            observing = agency.id in policy.observing
+            mode.add_metric([agency.id, "enforce"], 0 if observing else 1)
+            mode.add_metric([agency.id, "observe"], 1 if observing else 0)
+        yield mode
         yield GaugeMetricFamily("betblock_policy_entries", "Blocked names in the snapshot", value=policy.stats.get("entries", 0))
-
-        rec = app.recorder.stats()
-        yield CounterMetricFamily("betblock_hits_recorded", "Hits written one record each", value=rec["recorded"])
-        yield CounterMetricFamily("betblock_hits_aggregated", "Hits folded into per-second counts under overload", value=rec["aggregated"])
-        yield CounterMetricFamily("betblock_hits_dropped", "Hits lost because even aggregation was full", value=rec["dropped"])
-        yield GaugeMetricFamily("betblock_hits_buffered", "Hits waiting for the next flush", value=rec["buffered"])
-
         rrl = pipeline.rrl
         if rrl is not None:
             yield CounterMetricFamily("betblock_rrl_limited", "UDP answers over a prefix's rate limit (slipped + dropped)", value=rrl.limited)
@@ -98,7 +76,52 @@ class AppCollector(Collector):
             yield GaugeMetricFamily("betblock_rrl_prefixes", "Client prefixes with a rate-limit account", value=len(rrl.table))
             yield CounterMetricFamily("betblock_rrl_evicted", "Rate-limit accounts evicted from a full table", value=rrl.evicted)
 
-        tcp = app.server.tcp
+    return collect
+
+
+def cache_metrics(cache: AnswerCache) -> ExtraMetrics:
+    def collect() -> Iterator[Metric]:
+        yield GaugeMetricFamily("betblock_cache_entries", "Answers held in the cache", value=len(cache))
+        yield CounterMetricFamily("betblock_cache_hits", "Cache lookups that found a live answer", value=cache.hits)
+        yield CounterMetricFamily("betblock_cache_misses", "Cache lookups that went upstream", value=cache.misses)
+        looked = cache.hits + cache.misses
+        yield GaugeMetricFamily(
+            "betblock_cache_hit_ratio", "Cache hits / lookups since start", value=cache.hits / looked if looked else 0.0
+        )
+
+    return collect
+
+
+def upstream_metrics(upstream: UpstreamClient) -> ExtraMetrics:
+    def collect() -> Iterator[Metric]:
+        failures = CounterMetricFamily("betblock_upstream_failures", "Failed upstream attempts", labels=["server"])
+        for server, count in upstream.failures.items():
+            failures.add_metric([server], count)
+        yield failures
+        yield CounterMetricFamily(
+            "betblock_upstream_ignored_replies",
+            "Upstream replies ignored for a wrong address, ID or question (spoofing defence)",
+            value=upstream.ignored_replies,
+        )
+
+    return collect
+
+
+def recorder_metrics(stats: Callable[[], dict[str, int]]) -> ExtraMetrics:
+    """The hit recorder's counters (``HitRecorder.stats``)."""
+
+    def collect() -> Iterator[Metric]:
+        rec = stats()
+        yield CounterMetricFamily("betblock_hits_recorded", "Hits written one record each", value=rec["recorded"])
+        yield CounterMetricFamily("betblock_hits_aggregated", "Hits folded into per-second counts under overload", value=rec["aggregated"])
+        yield CounterMetricFamily("betblock_hits_dropped", "Hits lost because even aggregation was full", value=rec["dropped"])
+        yield GaugeMetricFamily("betblock_hits_buffered", "Hits waiting for the next flush", value=rec["buffered"])
+
+    return collect
+
+
+def tcp_metrics(tcp: TcpServer) -> ExtraMetrics:
+    def collect() -> Iterator[Metric]:
         yield GaugeMetricFamily("betblock_tcp_connections", "Open client TCP connections", value=len(tcp.connections))
         yield CounterMetricFamily("betblock_tcp_rejected", "TCP connections closed at once over a cap, none idle to close", value=tcp.rejected)
         yield GaugeMetricFamily(
@@ -108,16 +131,32 @@ class AppCollector(Collector):
         )
         yield CounterMetricFamily("betblock_tcp_evicted", "Idle TCP connections closed to make room at a cap", value=tcp.evicted)
         yield CounterMetricFamily("betblock_tcp_unread", "TCP connections closed because the client did not read its answers", value=tcp.unread)
-        yield GaugeMetricFamily("betblock_ready", "1 once a snapshot is loaded and DNS listeners are up", value=1 if app.ready.is_set() else 0)
-        for extra in self.extra:
-            yield from extra()
+
+    return collect
 
 
-def mount_metrics(app: App) -> Callable[[web.Application], None]:
-    """An HTTP mount that serves the node's metrics at /metrics."""
+def ready_metric(ready: Callable[[], bool]) -> ExtraMetrics:
+    def collect() -> Iterator[Metric]:
+        yield GaugeMetricFamily("betblock_ready", "1 once a snapshot is loaded and DNS listeners are up", value=1 if ready() else 0)
+
+    return collect
+
+
+class _Collectors(Collector):
+    """The families of every collector handed in, in order, read at scrape time."""
+
+    def __init__(self, collectors: Iterable[ExtraMetrics]) -> None:
+        self.collectors = list(collectors)
+
+    def collect(self) -> Iterator[Metric]:
+        for collect in self.collectors:
+            yield from collect()
+
+
+def mount_metrics(collectors: Iterable[ExtraMetrics]) -> Callable[[web.Application], None]:
+    """An HTTP mount that serves the families of ``collectors`` (one per component) at /metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    collector = AppCollector(app, app.extra_metrics)
-    registry.register(collector)
+    registry.register(_Collectors(collectors))
 
     @accepts(PUBLIC)  # scraped by Prometheus without a token, as before the auth layer
     async def metrics(_request: web.Request) -> web.Response:

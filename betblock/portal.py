@@ -14,7 +14,6 @@ composition root, because feeds and hits are peers that do not import each other
 
 from __future__ import annotations
 
-import asyncio
 import string
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,6 @@ from aiohttp import web
 from config.auth import ADMIN, AGENCY, PUBLIC, Forbidden, SessionLogin, accepts, principal
 from config.errors import BetblockError
 from config.settings import AgencySettings
-from feeds.compliance import report
 from feeds.manager import FeedManager
 from hits.api import narrow
 from hits.page import esc
@@ -189,21 +187,22 @@ class Portal:
 
     async def gather(self, agency: AgencySettings) -> dict[str, Any]:
         """Everything the portal shows of ``agency``, read from the stores (in threads)."""
-        store = self.feeds.require_store()
+        decisions = self.feeds.decisions
+        self.feeds.require_store()  # 503 before any read when there is none
         status = self.feeds.status(agency.id)["agencies"][0]
-        versions = await asyncio.to_thread(store.versions, agency.id, 20)
+        versions = await decisions.versions(agency.id, 20)
         quarantined = []
         for v in versions:
             if v["status"] == "quarantined":
                 v = dict(v)
-                v["diff"] = await asyncio.to_thread(store.version_diff, agency.id, v["version"], SAMPLE)
+                v["diff"] = await decisions.diff(agency.id, v["version"], SAMPLE)
                 quarantined.append(v)
         rejects = None
         with_rejects = next((v for v in versions if v["rejects"]), None)
         if with_rejects is not None:
-            d = await asyncio.to_thread(store.version_diff, agency.id, with_rejects["version"], 100)
+            d = await decisions.diff(agency.id, with_rejects["version"], 100)
             rejects = {"version": with_rejects["version"], "total": with_rejects["rejects"], "rows": d.get("rejects", [])}
-        rep = await asyncio.to_thread(report, store, agency, self.clock())
+        rep = await self.feeds.read.compliance(agency, self.clock())
         late = [e for e in rep["entries"] if e["late"] or e["enforced_at"] is None][:LATE_SHOWN]
         hits: list[dict[str, Any]] = []
         hits_error = "no hit store configured" if self.hits is None else None

@@ -11,8 +11,10 @@ Owns the routes, their authentication and their error answers:
   signature); 202 when an update is quarantined for an admin; 503 with the reason while the
   feed store is unusable (damaged, missing) or refuses a write: nothing was changed.
 
-``mount(manager, settings)`` returns the function the composition root hands to the HTTP app.
-Must not import resolver, hits or betblock code.
+Every read and write goes through the feeds parts (``UpdateService`` for updates,
+``AdminDecisions`` for decisions and what an admin reads, ``FeedReadModel`` for status,
+``LookupService``); the API holds no store. ``mount(manager, max_body_bytes=...)`` returns the
+function the composition root hands to the HTTP app. Must not import resolver, hits or betblock code.
 """
 
 from __future__ import annotations
@@ -25,18 +27,17 @@ from urllib.parse import quote
 from aiohttp import web
 
 from config.auth import ADMIN, AGENCY, accepts, principal
-from config.settings import Settings
 from feeds.entry import FeedError
-from feeds.lookup import LookupService
 from feeds.manager import Conflict, FeedManager, NotFound, Refused, StoreUnavailable, UpdateResult, reject_json
 from feeds.normalize import InvalidName
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def mount(manager: FeedManager, settings: Settings) -> Callable[[web.Application], None]:
-    """The routes, bound to ``manager``; call the result with the aiohttp application."""
-    api = FeedsApi(manager, settings)
+def mount(manager: FeedManager, *, max_body_bytes: int) -> Callable[[web.Application], None]:
+    """The routes, bound to ``manager``'s parts; call the result with the aiohttp application.
+    ``max_body_bytes`` (``http.max_body_bytes``) caps every body below a source's own cap."""
+    api = FeedsApi(manager, max_body_bytes)
 
     def add(app: web.Application) -> None:
         app.middlewares.append(_store_unavailable)
@@ -69,17 +70,22 @@ async def _store_unavailable(request: web.Request, handler: Handler) -> web.Stre
 
 
 class FeedsApi:
-    def __init__(self, manager: FeedManager, settings: Settings) -> None:
-        self.m = manager
-        self.settings = settings
-        self.lookup_service = LookupService(manager)
+    def __init__(self, manager: FeedManager, max_body_bytes: int) -> None:
+        self.sources = manager.sources
+        self.updates = manager.updates
+        self.decisions = manager.decisions
+        self.read = manager.read
+        self.scheduler = manager.scheduler
+        self.lookup_service = manager.lookup
+        self.modes = manager.modes  # enforce/observe per agency, and the switch
+        self.max_body_bytes = max_body_bytes
 
     def _agency(self, request: web.Request) -> tuple[str, str]:
         """(agency id, actor) of a route on ``{agency}``. The auth layer has admitted only the
         admin and that agency; the admin learns that an agency does not exist (404)."""
         agency = request.match_info["agency"]
         who = principal(request)
-        if who.is_admin and agency not in self.m.agencies:
+        if who.is_admin and agency not in self.sources.agencies:
             raise web.HTTPNotFound(reason=f"no agency {agency!r}")
         return agency, who.name
 
@@ -97,7 +103,7 @@ class FeedsApi:
                 raise web.HTTPBadRequest(reason=f"unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
         body = await self._body(request, rt.settings.max_bytes)
         try:
-            result = await self.m.push(agency, body, fmt=fmt, actor=actor)
+            result = await self.updates.push(agency, body, fmt=fmt, actor=actor)
         except Refused as exc:
             return _refused(str(exc), exc.rejects)
         except FeedError as exc:
@@ -118,7 +124,7 @@ class FeedsApi:
         if not add and not remove:
             raise web.HTTPBadRequest(reason="nothing to add or remove")
         try:
-            result = await self.m.patch(agency, add, [str(x) for x in remove], actor=actor)
+            result = await self.updates.patch(agency, add, [str(x) for x in remove], actor=actor)
         except Refused as exc:
             return _refused(str(exc), exc.rejects)
         return _result(result)
@@ -126,32 +132,27 @@ class FeedsApi:
     @accepts(ADMIN, AGENCY)
     async def get(self, request: web.Request) -> web.Response:
         agency, _actor = self._agency(request)
-        status = self.m.status(agency)["agencies"][0]
-        self.m.require_store()
-        status["versions"] = await _thread(self.m.store.versions, agency, _int(request, "limit", 50))
+        status = self.read.status(agency)["agencies"][0]
+        status["versions"] = await self.decisions.versions(agency, _int(request, "limit", 50))
         return web.json_response(status)
 
     @accepts(ADMIN, AGENCY)
     async def version(self, request: web.Request) -> web.Response:
         agency, _actor = self._agency(request)
         v = _version(request)
-        self.m.require_store()
-        row = await _thread(self.m.store.version, agency, v)
+        row = await self.decisions.version(agency, v, _int(request, "limit", 1000), _int(request, "offset", 0))
         if row is None:
             raise web.HTTPNotFound(reason=f"agency {agency!r} has no version {v}")
-        row["diff"] = await _thread(
-            self.m.store.version_diff, agency, v, _int(request, "limit", 1000), _int(request, "offset", 0)
-        )
         return web.json_response(row)
 
     def _push_runtime(self, agency: str) -> Any:
         try:
-            return self.m.runtime(agency)
+            return self.sources.runtime(agency)
         except NotFound as exc:
             raise web.HTTPConflict(reason=str(exc)) from None
 
     async def _body(self, request: web.Request, cap: int) -> bytes:
-        cap = min(cap, self.settings.http.max_body_bytes)
+        cap = min(cap, self.max_body_bytes)
         if request.content_length is not None and request.content_length > cap:
             raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=request.content_length)
         buf = bytearray()
@@ -164,17 +165,17 @@ class FeedsApi:
     # -- admin routes ---------------------------------------------------------------------
 
     async def list_feeds(self, request: web.Request) -> web.Response:
-        out = self.m.status()
+        out = self.read.status()
         # Readable without a store: the status then says why there is none.
-        out["quarantined"] = await _thread(self.m.store.quarantined) if self.m.store is not None else []
+        out["quarantined"] = await self.decisions.quarantined()
         return web.json_response(out)
 
     async def approve(self, request: web.Request) -> web.Response:
-        result = await self._decide(self.m.approve, request)
+        result = await self._decide(self.decisions.approve, request)
         return web.json_response(result.json())
 
     async def reject(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._decide(self.m.reject, request))
+        return web.json_response(await self._decide(self.decisions.reject, request))
 
     async def _decide(self, decision: Callable[..., Awaitable[Any]], request: web.Request) -> Any:
         """An admin's decision on a quarantined version, with an optional reason (JSON
@@ -197,7 +198,7 @@ class FeedsApi:
         body = await _body_doc(request)
         why = {k: str(body[k]).strip()[:1000] for k in ("reason", "operator") if body.get(k)}
         try:
-            out = await self.m.modes.switch(request.match_info["agency"], str(body.get("mode", "")), actor=principal(request).name, **why)
+            out = await self.modes.switch(request.match_info["agency"], str(body.get("mode", "")), actor=principal(request).name, **why)
         except NotFound as exc:
             raise web.HTTPNotFound(reason=str(exc)) from None
         except ValueError as exc:
@@ -210,17 +211,13 @@ class FeedsApi:
 
     async def refresh(self, request: web.Request) -> web.Response:
         agency = request.match_info["agency"]
-        if agency not in self.m.agencies:
+        if agency not in self.sources.agencies:
             raise web.HTTPNotFound(reason=f"no agency {agency!r}")
-        n = self.m.poke(agency, request.query.get("source"))
+        n = self.scheduler.poke(agency, request.query.get("source"))
         return web.json_response({"agency": agency, "sources": n}, status=202)
 
     async def allowlist(self, request: web.Request) -> web.Response:
-        self.m.require_store()
-        admin = await _thread(self.m.store.allowlist)
-        return web.json_response(
-            {"config": [*self.settings.policy.allowlist, *map(str, self.settings.policy.allowlist_files)], "admin": admin}
-        )
+        return web.json_response(await self.decisions.allowlists())
 
     async def allow_add(self, request: web.Request) -> web.Response:
         actor = principal(request).name
@@ -233,7 +230,7 @@ class FeedsApi:
                     raise web.HTTPBadRequest(reason='body must be {"note": "..."}')
                 note = str(doc.get("note", ""))
         try:
-            out = await self.m.allow_add(request.match_info["name"], actor=actor, note=note)
+            out = await self.decisions.allow_add(request.match_info["name"], actor=actor, note=note)
         except InvalidName as exc:
             return web.json_response({"error": "invalid name", "detail": exc.reason}, status=422)
         return web.json_response(out, status=201 if out["added"] else 200)
@@ -241,7 +238,7 @@ class FeedsApi:
     async def allow_remove(self, request: web.Request) -> web.Response:
         actor = principal(request).name
         try:
-            out = await self.m.allow_remove(request.match_info["name"], actor=actor)
+            out = await self.decisions.allow_remove(request.match_info["name"], actor=actor)
         except InvalidName as exc:
             return web.json_response({"error": "invalid name", "detail": exc.reason}, status=422)
         if not out["removed"]:
@@ -259,8 +256,7 @@ class FeedsApi:
         raise web.HTTPPermanentRedirect(f"/v1/lookup/{quote(name, safe='')}")
 
     async def audit(self, request: web.Request) -> web.Response:
-        self.m.require_store()
-        rows = await _thread(self.m.store.audit_log, request.query.get("agency"), _int(request, "limit", 100))
+        rows = await self.decisions.audit_log(request.query.get("agency"), _int(request, "limit", 100))
         return web.json_response({"audit": rows})
 
 
@@ -337,8 +333,3 @@ def _int(request: web.Request, key: str, default: int) -> int:
         raise web.HTTPBadRequest(reason=f"{key} must not be negative")
     return min(value, 100_000)
 
-
-async def _thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args, **kwargs)

@@ -4,7 +4,8 @@ Owns compiling (off the event loop, coalesced: callers arriving during a compile
 one), the choice between patching the last snapshot (only plain names of one source changed, up
 to ``PATCH_LIMIT``) and a full compile, publishing (one call of ``install``), saving the snapshot
 in the background (only the latest; a superseded one is never written), recording each install
-for the compliance report, and the timer that recompiles when a listing or removal date passes.
+for the compliance report, the timer that recompiles when a listing or removal date passes, and
+its own metrics (compiles and patches, their durations, the last publish, the saved file's size).
 
 What it compiles comes from ``inputs`` (the caller's sources and allowlists at the moment of the
 compile), so it knows nothing of sources, updates or the store's schema.
@@ -17,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from feeds import persist
 from feeds.compile import AgencyList, Compiled, compile_lists, patch_snapshot
@@ -57,18 +59,19 @@ class PolicyBuilder:
         snapshot_path: Path,
         fingerprint: str,
     ) -> None:
-        self._install = install
-        self._inputs = inputs
-        self._store = store
-        self.clock = clock
-        self.ttl = ttl
-        self.snapshot_path = snapshot_path
-        self.fingerprint = fingerprint
+        # What a compile reads, where its snapshot goes and where the install is recorded.
+        self._inputs, self._install, self._store, self.clock = inputs, install, store, clock
+        self.ttl = ttl  # of sinkhole answers (policy.sinkhole_ttl; ``apply`` on reload)
+        # Where the snapshot is saved, and the configuration it was compiled under.
+        self.snapshot_path, self.fingerprint = snapshot_path, fingerprint
         self.snapshot: PolicySnapshot | None = None
         self.next_change: float | None = None
         self.compile_seconds: float | None = None
         self.compiles = 0
         self.patches = 0
+        self.seconds_total = 0.0  # every compile's and patch's duration, summed
+        self.published_at: float | None = None
+        self.saved_bytes: int | None = None  # the size of the snapshot file last saved
         self._compile_lock = asyncio.Lock()
         self._gen = 0  # bumped by every change of what a compile reads
         # Names whose listing changed since the last compile, when nothing else did (then the
@@ -113,6 +116,7 @@ class PolicyBuilder:
                 self._dirty = None  # what changed is no longer known: compile everything next time
                 raise
             self.compile_seconds = time.perf_counter() - started
+            self.seconds_total += self.compile_seconds
             self.compiles += 1
             self._compiled_gen = gen
             self.publish(compiled.snapshot, compiled.next_change)
@@ -139,6 +143,19 @@ class PolicyBuilder:
         except Exception:
             log.exception("cannot record a snapshot install in the feed store", version=snapshot)
 
+    async def installs(self, snapshots: set[int]) -> dict[int, tuple[int, float]]:
+        """(seq, installed_at) of the first recorded install of each of ``snapshots`` that has
+        one (its ``v<seq>`` for people); empty without a store."""
+        store = self._store()
+        if store is None or not snapshots:
+            return {}
+
+        def read() -> dict[int, tuple[int, float]]:
+            found = {v: store.install_of(v) for v in snapshots}
+            return {v: f for v, f in found.items() if f is not None}
+
+        return await asyncio.to_thread(read)
+
     def changed(self, d: ListDiff | None = None) -> None:
         """Something a compile reads changed: ``d`` when only one source's plain names did."""
         self._gen += 1
@@ -150,8 +167,15 @@ class PolicyBuilder:
         if len(self._dirty) > PATCH_LIMIT:
             self._dirty = None
 
+    def apply(self, *, ttl: int, fingerprint: str) -> None:
+        """A reloaded ``policy`` section: the next compile uses its TTL, the next save its fingerprint."""
+        if (ttl, fingerprint) != (self.ttl, self.fingerprint):
+            self.ttl, self.fingerprint = ttl, fingerprint
+            self.changed()
+
     def publish(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
         self._install(snapshot)
+        self.published_at = self.clock()
         self.snapshot = snapshot
         self._last_version = max(self._last_version, snapshot.version)
         self.next_change = next_change
@@ -170,6 +194,7 @@ class PolicyBuilder:
             self._to_save = None
             try:
                 await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change)
+                self.saved_bytes = self.snapshot_path.stat().st_size
             except Exception as exc:  # a restart then compiles from the store instead
                 log.error("cannot save the compiled snapshot", path=str(self.snapshot_path), error=str(exc))
             del snapshot
@@ -199,3 +224,24 @@ class PolicyBuilder:
                     await self._timer_wake.wait()
             except TimeoutError:
                 pass
+
+    def metrics(self) -> Iterator[Metric]:
+        """The builder's Prometheus families, read at scrape time."""
+        yield GaugeMetricFamily("betblock_policy_compile_seconds", "Duration of the last compile", value=self.compile_seconds or 0.0)
+        yield CounterMetricFamily("betblock_policy_compiles", "Compiles since start (patches included)", value=self.compiles)
+        yield CounterMetricFamily("betblock_policy_patches", "Compiles that patched the last snapshot", value=self.patches)
+        yield CounterMetricFamily(
+            "betblock_policy_compile_time_seconds", "Time spent compiling and patching since start", value=self.seconds_total
+        )
+        yield GaugeMetricFamily(
+            "betblock_policy_next_change_timestamp", "Next listing or removal date (Unix time; 0 = none)",
+            value=self.next_change or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "betblock_policy_published_timestamp", "When the snapshot in force was published (Unix time; 0 = none yet)",
+            value=self.published_at or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "betblock_policy_saved_bytes", "Size of the snapshot file last saved (0 = none saved by this run)",
+            value=self.saved_bytes or 0,
+        )

@@ -95,11 +95,11 @@ def lookup(argv: list[str], out: TextIO = sys.stdout) -> int:
     now = time.time()
     snapshot = persist.load(settings.data_dir / persist.FILENAME, persist.fingerprint(settings), now)
     try:
-        allow = allow_names(settings.policy, settings, {})
+        allow = allow_names(settings.policy, settings.resolve_path, {})
     except OSError:
         allow = []
     admin = {row["name"] for row in store.allowlist()} if store is not None else set()
-    info = explain(args.name, settings, store, snapshot=snapshot, allow=allow, admin_allow=admin, now=now)
+    info = explain(args.name, settings.agencies, store, snapshot=snapshot, allow=allow, admin_allow=admin, now=now)
     if store is None:
         info["note"] = f"no feed store at {settings.data_dir / STORE_FILE}: has the server run?"
     if args.json:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from config.settings import Settings
+from config.settings import AgencySettings
 from feeds.formats import scope_of
 from feeds.lists import from_wire, to_wire
 from feeds.normalize import InvalidName, normalize_detail
@@ -28,22 +28,32 @@ from feeds.snapshot import PolicySnapshot, split
 from feeds.store import FeedStore, iso
 
 if TYPE_CHECKING:
-    from feeds.manager import FeedManager
+    from feeds.policyfiles import PolicyFiles
+    from feeds.storegate import StoreGate
 
 
 class LookupService:
     """``explain`` bound to a running node: its store, the snapshot in force, the configured and
     the admin allowlists. Calling it runs the store reads in a thread."""
 
-    def __init__(self, manager: FeedManager) -> None:
-        self.m = manager
+    def __init__(
+        self,
+        agencies: list[AgencySettings],
+        gate: StoreGate,
+        files: PolicyFiles,
+        snapshot: Callable[[], PolicySnapshot | None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.agencies, self.gate, self.clock = agencies, gate, clock
+        self.files = files  # the configured allowlist (the admin's is read from the store)
+        self.snapshot = snapshot  # the one in force, when there is one
 
     async def __call__(self, raw: str) -> dict[str, Any]:
-        store = self.m.require_store()
+        store = self.gate.require()
         admin = {row["name"] for row in await asyncio.to_thread(store.allowlist)}
         return await asyncio.to_thread(
-            explain, raw, self.m.settings, store,
-            snapshot=self.m.snapshot, allow=self.m.allow, admin_allow=admin, now=self.m.clock(),
+            explain, raw, self.agencies, store,
+            snapshot=self.snapshot(), allow=self.files.allow, admin_allow=admin, now=self.clock(),
         )
 
 
@@ -60,7 +70,7 @@ def candidates(name: str) -> list[str]:
 
 def explain(
     raw: str,
-    settings: Settings,
+    agencies: list[AgencySettings],
     store: FeedStore | None,
     *,
     snapshot: PolicySnapshot | None = None,
@@ -69,6 +79,9 @@ def explain(
     now: float | None = None,
 ) -> dict[str, Any]:
     """The explanation as a JSON-ready dict; ``allow`` is the configured allowlist (wire)."""
+    # One function on purpose (about 150 lines): it follows compile_lists' rules in the same
+    # order (the allowlist zone, then per agency its closest listed name, then precedence) so
+    # that the two can be read side by side; the rows it gathers first feed every step.
     now = time.time() if now is None else now
     text = raw.strip().lower().rstrip(".")
     try:
@@ -78,13 +91,13 @@ def explain(
             return {"name": raw, "valid": False, "reason": exc.reason, "blocked": False}
         name = text  # a public suffix: explain it anyway (nothing may list it)
     names = candidates(name)
-    formats = {(a.id, s.key): s.format for a in settings.agencies for s in a.all_sources()}
+    formats = {(a.id, s.key): s.format for a in agencies for s in a.all_sources()}
     configured = set(formats)
-    agency_scope = {a.id: a.scope for a in settings.agencies}
-    precedence = {a.id: (a.precedence, -i) for i, a in enumerate(settings.agencies)}
+    agency_scope = {a.id: a.scope for a in agencies}
+    precedence = {a.id: (a.precedence, -i) for i, a in enumerate(agencies)}
     # The mode each agency is compiled in: the configuration's, unless an admin switched it
     # (feeds.modes; the decision is in the store).
-    modes = {a.id: a.mode for a in settings.agencies}
+    modes = {a.id: a.mode for a in agencies}
     if store is not None:
         modes.update({a: d["mode"] for a, d in store.modes().items() if a in modes})
     rows = store.entries_named(names) if store is not None else []
@@ -176,7 +189,7 @@ def explain(
         decision["observed"] = True
     if deciding:
         win = deciding[0]
-        agency = next(a for a in settings.agencies if a.id == win["agency"])
+        agency = next(a for a in agencies if a.id == win["agency"])
         per_entry = win["action"] not in (None, "passthru") and not (win["action"] == "redirect" and not win["redirect"])
         decision["winner"] = {
             "agency": agency.id,

@@ -28,11 +28,12 @@ import marshal
 import os
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from config.errors import BetblockError
-from config.settings import Settings
+from config.settings import AgencySettings, PolicySettings, Settings
 from feeds.snapshot import PolicySnapshot, Rule
 
 FORMAT = 4  # 4: table values may be (self, below) pairs (feeds.snapshot)
@@ -50,14 +51,19 @@ class SnapshotDamaged(BetblockError):
 def fingerprint(settings: Settings) -> str:
     """What the snapshot's rules depend on in the configuration. A file compiled under another
     configuration (an agency's action changed, an allowlist entry added) is not loaded."""
+    return fingerprint_of(settings.policy, settings.agencies, settings.resolve_path)
+
+
+def fingerprint_of(policy: PolicySettings, agencies: list[AgencySettings], resolve: Callable[[Path], Path]) -> str:
+    """``fingerprint`` from the sections it reads (the feeds plane holds these, not ``Settings``)."""
     doc = {
         "format": FORMAT,
         "python": sys.version_info[:2],
-        "ttl": settings.policy.sinkhole_ttl,
-        "allow": settings.policy.allowlist,
-        "allow_files": [str(settings.resolve_path(p)) for p in settings.policy.allowlist_files],
-        "protected": settings.policy.protected,
-        "protected_files": [str(settings.resolve_path(p)) for p in settings.policy.protected_files],
+        "ttl": policy.sinkhole_ttl,
+        "allow": policy.allowlist,
+        "allow_files": [str(resolve(p)) for p in policy.allowlist_files],
+        "protected": policy.protected,
+        "protected_files": [str(resolve(p)) for p in policy.protected_files],
         "agencies": [
             {
                 "id": a.id,
@@ -70,7 +76,7 @@ def fingerprint(settings: Settings) -> str:
                 "ipv6": [str(ip) for ip in a.redirect_ipv6],
                 "sources": sorted(s.key for s in a.all_sources()),
             }
-            for a in settings.agencies
+            for a in agencies
         ],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

@@ -15,19 +15,19 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
 
-from config.settings import Settings
 from feeds.entry import FeedError
 from feeds.fetch import FetchError, fetch
 from feeds.outcomes import Refused, UpdateResult
-from feeds.store import FeedStore
+from feeds.storegate import StoreGate
 
 if TYPE_CHECKING:
-    from feeds.manager import SourceRuntime
+    from feeds.sources import SourceRuntime, SourceTable
 
 log = structlog.get_logger("betblock.feeds")
 
@@ -35,26 +35,43 @@ log = structlog.get_logger("betblock.feeds")
 Ingest = Callable[..., Awaitable[UpdateResult]]
 
 
+async def record_success(gate: StoreGate, rt: SourceRuntime, now: float) -> None:
+    """A fetch, read or push of ``rt`` went through: its failures are over (kept in the store too)."""
+    f = rt.fetch
+    f.succeeded(now)
+    await gate.save_source(
+        rt.agency.id, rt.key, etag=f.etag, last_modified=f.last_modified, last_attempt=now, last_success=now,
+        last_change=rt.in_force.changed_at, last_error=None, failures=0,
+    )
+
+
+def poll_interval(rt: SourceRuntime) -> float:
+    """Seconds until a polled source is asked again: its interval (a followed zone's refresh),
+    shorter while it fails, doubling from 30 s: legal deadlines run."""
+    interval = rt.follower.interval() if rt.follower is not None else rt.settings.interval
+    if rt.fetch.failures:
+        interval = min(interval, 30.0 * 2 ** min(rt.fetch.failures - 1, 10))
+    return float(interval)
+
+
 class SourceScheduler:
     """Fetches, reads and watches the configured sources; hands each new body to ``ingest``."""
 
     def __init__(
         self,
-        sources: dict[tuple[str, str], SourceRuntime],
-        settings: Settings,
+        sources: SourceTable,
         *,
+        resolve: Callable[[Path], Path],
         ingest: Ingest,
-        store: Callable[[], FeedStore | None],
+        gate: StoreGate,
         clock: Callable[[], float],
         session_factory: Callable[[], aiohttp.ClientSession],
     ) -> None:
-        self.sources = sources
-        self.settings = settings
-        self._ingest = ingest
-        self._store = store
-        self.clock = clock
+        self.sources, self.gate, self.clock = sources, gate, clock
+        self.resolve = resolve  # control files
+        self._ingest = ingest  # what becomes of a body: the update service's business
         self._session_factory = session_factory
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # made at the first URL fetch
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         """One task per source that is polled or watched (push sources wait for the API)."""
@@ -78,15 +95,16 @@ class SourceScheduler:
         """Fetch or read one source once and ingest what changed; failures are recorded on the
         source, never raised. Returns the update's result, or None when nothing new came."""
         now = self.clock()
-        rt.last_attempt = now
+        f = rt.fetch
+        f.last_attempt = now
         try:
             if rt.settings.kind == "url":
                 if self._session is None:
                     self._session = self._session_factory()
-                got = await fetch(self._session, rt.settings, etag=rt.etag, last_modified=rt.last_modified)
+                got = await fetch(self._session, rt.settings, etag=f.etag, last_modified=f.last_modified)
                 if got.body is None:
-                    rt.count("not_modified")
-                    await self.source_ok(rt, now)
+                    f.count("not_modified")
+                    await record_success(self.gate, rt, now)
                     return None
                 data, control, etag, lm = got.body, got.control, got.etag, got.last_modified
             elif rt.settings.kind == "file":
@@ -95,28 +113,26 @@ class SourceScheduler:
             elif rt.follower is not None:
                 body = await rt.follower.fetch()  # the zone as text when its serial moved
                 if body is None:
-                    rt.count("not_modified")
-                    await self.source_ok(rt, now)
+                    f.count("not_modified")
+                    await record_success(self.gate, rt, now)
                     return None
                 data, control, etag, lm = body, None, None, None
             else:
                 return None
             result = await self._ingest(rt, data, control=control, actor=f"source:{rt.key}", compile=compile, defer=defer)
         except Exception as exc:  # never CancelledError: that is not an Exception
-            rt.count("failed")
-            rt.failures += 1
-            rt.last_error = str(exc) if isinstance(exc, (FetchError, FeedError, Refused)) else f"{type(exc).__name__}: {exc}"
+            f.failed(str(exc) if isinstance(exc, (FetchError, FeedError, Refused)) else f"{type(exc).__name__}: {exc}")
             if isinstance(exc, (FetchError, FeedError, Refused, OSError)):
-                log.warning("source failed; keeping its last good list", agency=rt.agency.id, source=rt.key, error=rt.last_error)
+                log.warning("source failed; keeping its last good list", agency=rt.agency.id, source=rt.key, error=f.last_error)
             else:  # our own bug: one log line with the traceback, and the node keeps serving
                 log.exception("source update failed; keeping its last good list", agency=rt.agency.id, source=rt.key)
-            await self.save_source(rt, last_attempt=now, last_error=rt.last_error, failures=rt.failures)
+            await self.gate.save_source(rt.agency.id, rt.key, last_attempt=now, last_error=f.last_error, failures=f.failures)
             return None
-        rt.count(result.status)
+        f.count(result.status)
         if rt.settings.kind == "url":
             # Only after the body was dealt with: a failed check must fetch the body again.
-            rt.etag, rt.last_modified = etag, lm
-        await self.source_ok(rt, now)
+            f.etag, f.last_modified = etag, lm
+        await record_success(self.gate, rt, now)
         return result
 
     def _read_file(self, rt: SourceRuntime) -> tuple[bytes, bytes | None]:
@@ -124,44 +140,22 @@ class SourceScheduler:
         try:
             st = os.stat(rt.path)
         except OSError:
-            rt.stat = None  # the watcher re-reads when the file comes back
+            rt.fetch.stat = None  # the watcher re-reads when the file comes back
             raise
         if st.st_size > rt.settings.max_bytes:
             raise FeedError(f"{rt.path}: {st.st_size} bytes is over max_bytes {rt.settings.max_bytes}")
-        rt.stat = (st.st_mtime_ns, st.st_size, st.st_ino)
+        rt.fetch.stat = (st.st_mtime_ns, st.st_size, st.st_ino)
         data = rt.path.read_bytes()
         control = None
         if rt.settings.control_file is not None:
-            control = self.settings.resolve_path(rt.settings.control_file).read_bytes()
+            control = self.resolve(rt.settings.control_file).read_bytes()
         return data, control
-
-    async def source_ok(self, rt: SourceRuntime, now: float) -> None:
-        rt.last_success = now
-        rt.last_error = None
-        rt.failures = 0
-        await self.save_source(
-            rt, etag=rt.etag, last_modified=rt.last_modified, last_attempt=now, last_success=now,
-            last_change=rt.last_change, last_error=None, failures=0,
-        )
-
-    async def save_source(self, rt: SourceRuntime, **fields: Any) -> None:
-        store = self._store()
-        if store is None:
-            return
-        try:
-            await asyncio.to_thread(store.save_source_state, rt.agency.id, rt.key, **fields)
-        except Exception as exc:  # fetch bookkeeping only; the lists are not at stake
-            log.error("cannot record a source's fetch state", agency=rt.agency.id, source=rt.key, error=str(exc))
 
     async def poll(self, rt: SourceRuntime) -> None:
         while True:
             await self.refresh(rt)
-            interval = rt.follower.interval() if rt.follower is not None else rt.settings.interval
-            if rt.failures:
-                # Retry a failing source sooner than its interval: legal deadlines run.
-                interval = min(interval, 30.0 * 2 ** min(rt.failures - 1, 10))
             try:
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(poll_interval(rt)):
                     await rt.wake.wait()
             except TimeoutError:
                 pass
@@ -182,11 +176,11 @@ class SourceScheduler:
                 seen: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
             except OSError:
                 seen = None
-            if forced or seen != rt.stat:
+            if forced or seen != rt.fetch.stat:
                 await self.refresh(rt)
-            elif seen is not None and rt.failures == 0:
+            elif seen is not None and rt.fetch.failures == 0:
                 # Unchanged and readable: the list in force is the file's list, still fresh.
-                rt.last_success = self.clock()
+                rt.fetch.last_success = self.clock()
 
     def poke(self, agency: str, source: str | None = None) -> int:
         """Poll (url) or re-read (file) an agency's sources now; returns how many."""

@@ -1,67 +1,82 @@
 """The feeds read model: what the control plane shows of itself, read at the moment of asking.
 
 Owns the status JSON (``GET /v1/feeds``, ``betblock feeds status``), the Prometheus families of
-the feeds and the compiles, and the provenance of a listed name for the warning page. It only
-reads the manager's state, never changes it, so a status request can never disturb an update.
+the sources, the provenance of a listed name for the warning page, and the compliance report. It only reads the sources,
+the builder and the store gate, never changes them, so a status request can never disturb an
+update. (The builder and the store gate report their own metrics.)
 
 Must not import the resolver, hits or betblock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from config.settings import AgencySettings
+from feeds.compliance import report
 from feeds.store import iso
 
 if TYPE_CHECKING:
-    from feeds.manager import FeedManager, SourceRuntime
+    from feeds.builder import PolicyBuilder
+    from feeds.modes import AgencyModes
+    from feeds.sources import SourceRuntime, SourceTable
+    from feeds.storegate import StoreGate
 
 
 def source_status(rt: SourceRuntime, now: float) -> dict[str, Any]:
     """One source's state as the status JSON shows it."""
     s = rt.settings
     deadline = rt.agency.deadline_hours * 3600
-    overdue = bool(deadline) and s.kind != "push" and (rt.last_success is None or now - rt.last_success > deadline)
+    f = rt.fetch
+    overdue = bool(deadline) and s.kind != "push" and (f.last_success is None or now - f.last_success > deadline)
     out: dict[str, Any] = {
         "id": rt.key,
         "kind": s.kind,
         "format": s.format,
         "version": rt.version,
         "entries": len(rt.current),
-        "last_attempt": iso(rt.last_attempt),
-        "last_success": iso(rt.last_success),
-        "last_change": iso(rt.last_change),
-        "last_error": rt.last_error,
-        "failures": rt.failures,
+        "last_attempt": iso(f.last_attempt),
+        "last_success": iso(f.last_success),
+        "last_change": iso(rt.in_force.changed_at),
+        "last_error": f.last_error,
+        "failures": f.failures,
         "overdue": overdue,
     }
     if s.kind == "url":
         out["url"] = s.url
-        out["etag"] = rt.etag
+        out["etag"] = f.etag
     elif s.kind == "file":
         out["path"] = str(rt.path)
-    if rt.pending_version is not None:
-        out["quarantined"] = {"version": rt.pending_version, "reason": rt.pending_reason}
+    if rt.pending is not None:
+        out["quarantined"] = {"version": rt.pending.version, "reason": rt.pending.reason}
     return out
 
 
 class FeedReadModel:
-    """Status, metrics and provenance over a manager's live state (read-only)."""
+    """Status, metrics and provenance over the sources, the builder and the store (read-only)."""
 
-    def __init__(self, manager: FeedManager) -> None:
-        self.m = manager
+    def __init__(
+        self, sources: SourceTable, builder: PolicyBuilder, gate: StoreGate, clock: Callable[[], float],
+        modes: AgencyModes | None = None,
+    ) -> None:
+        self.sources = sources
+        self.builder = builder
+        self.gate = gate
+        self.clock = clock
+        self.modes = modes  # enforce/observe per agency (None: every agency as configured)
 
     def status(self, agency: str | None = None) -> dict[str, Any]:
         """Each agency with its sources' state (or one agency)."""
-        now = self.m.clock()
+        now = self.clock()
         out = []
-        for a in self.m.settings.agencies:
+        for a in self.sources.agency_list:
             if agency is not None and a.id != agency:
                 continue
-            srcs = [source_status(rt, now) for (aid, _k), rt in self.m.sources.items() if aid == a.id]
+            srcs = [source_status(rt, now) for rt in self.sources.of(a.id)]
             out.append(
                 {
                     "id": a.id,
@@ -69,7 +84,8 @@ class FeedReadModel:
                     "jurisdiction": a.jurisdiction,
                     "precedence": a.precedence,
                     "action": a.action,
-                    **self.m.modes.status(a.id),  # mode (enforce/observe) and who set it
+                    # mode (enforce/observe) and who set it
+                    **(self.modes.status(a.id) if self.modes is not None else {"mode": a.mode, "set_by": "config"}),
                     "push": a.push_source() is not None,
                     "entries": sum(s["entries"] for s in srcs),
                     "quarantined": [s["quarantined"] for s in srcs if "quarantined" in s],
@@ -83,27 +99,26 @@ class FeedReadModel:
         }
 
     def policy_status(self) -> dict[str, Any]:
-        snap = self.m.snapshot
+        snap, b = self.builder.snapshot, self.builder
         return {
             "version": snap.version if snap else None,
             "stats": dict(snap.stats) if snap else {},
-            "next_change": iso(self.m.next_change),
-            "compile_seconds": None if self.m.compile_seconds is None else round(self.m.compile_seconds, 3),
-            "loaded": self.m.loaded.is_set(),
-            "store": {
-                "path": str(self.m.store_path),
-                "ok": self.m.store_problem is None,
-                "id": self.m.store.store_id if self.m.store is not None else None,
-                "problem": self.m.store_problem,
-            },
+            "next_change": iso(b.next_change),
+            "compile_seconds": None if b.compile_seconds is None else round(b.compile_seconds, 3),
+            "loaded": self.gate.loaded.is_set(),
+            "store": self.gate.status(),
         }
+
+    async def compliance(self, agency: AgencySettings, now: float | None = None) -> dict[str, Any]:
+        """The agency's compliance report (``feeds.compliance.report``) as of ``now``, read from
+        the store in a thread; ``StoreUnavailable`` without one."""
+        store = self.gate.require()
+        return await asyncio.to_thread(report, store, agency, self.clock() if now is None else now)
 
     def provenance(self, agency: str, name: str) -> dict[str, Any] | None:
         """What the agency's feed said about ``name`` (legal reference, dates), for the
         warning page; None when it said nothing but the name."""
-        for (aid, _k), rt in self.m.sources.items():
-            if aid != agency:
-                continue
+        for rt in self.sources.of(agency):
             for e in rt.current.get(name):
                 if e.allow:
                     continue
@@ -118,7 +133,7 @@ class FeedReadModel:
         return None
 
     def metrics(self) -> Iterator[Metric]:
-        """Prometheus families for the feeds, read at scrape time."""
+        """Prometheus families of the sources, read at scrape time."""
         labels = ["agency", "source"]
         entries = GaugeMetricFamily("betblock_feed_entries", "Entries in force per source", labels=labels)
         version = GaugeMetricFamily("betblock_feed_version", "Version in force per source", labels=labels)
@@ -133,42 +148,20 @@ class FeedReadModel:
         error = GaugeMetricFamily(
             "betblock_feed_last_error_info", "1 per failing source, its last error in the label", labels=[*labels, "error"]
         )
-        now = self.m.clock()
-        for (aid, key), rt in self.m.sources.items():
-            lv = [aid, key]
+        now = self.clock()
+        for (aid, key), rt in self.sources.items():
+            lv, f = [aid, key], rt.fetch
             st = source_status(rt, now)
             entries.add_metric(lv, len(rt.current))
             version.add_metric(lv, rt.version or 0)
-            success.add_metric(lv, rt.last_success or 0)
-            failures.add_metric(lv, rt.failures)
-            quarantined.add_metric(lv, 1 if rt.pending_version is not None else 0)
+            success.add_metric(lv, f.last_success or 0)
+            failures.add_metric(lv, f.failures)
+            quarantined.add_metric(lv, 1 if rt.pending is not None else 0)
             overdue.add_metric(lv, 1 if st["overdue"] else 0)
-            if rt.last_success is not None:
-                age.add_metric(lv, max(0.0, now - rt.last_success))
-            if rt.last_error:
-                error.add_metric([*lv, rt.last_error[:200]], 1)
-            for result, n in rt.fetches.items():
+            if f.last_success is not None:
+                age.add_metric(lv, max(0.0, now - f.last_success))
+            if f.last_error:
+                error.add_metric([*lv, f.last_error[:200]], 1)
+            for result, n in f.results.items():
                 fetches.add_metric([*lv, result], n)
         yield from (entries, version, success, failures, quarantined, overdue, fetches, age, error)
-        # The mode each agency has in the policy in force (1; the other mode 0): what the
-        # resolver does now, whichever way it was set (configuration or an admin's switch).
-        mode = GaugeMetricFamily("betblock_agency_mode", "Agency mode in the policy in force (1) by agency and mode", labels=["agency", "mode"])
-        snap = self.m.snapshot
-        for a in self.m.settings.agencies:
-            observing = a.id in snap.observing if snap is not None else self.m.modes.mode(a.id) == "observe"
-            mode.add_metric([a.id, "enforce"], 0 if observing else 1)
-            mode.add_metric([a.id, "observe"], 1 if observing else 0)
-        yield mode
-        yield GaugeMetricFamily(
-            "betblock_policy_compile_seconds", "Duration of the last compile", value=self.m.compile_seconds or 0.0
-        )
-        yield CounterMetricFamily("betblock_policy_compiles", "Compiles since start", value=self.m.compiles)
-        yield GaugeMetricFamily(
-            "betblock_feed_store_ok",
-            "0 when the feed store is missing, empty or damaged: the saved snapshot is served and updates are refused",
-            value=0 if self.m.store_problem is not None else 1,
-        )
-        yield GaugeMetricFamily(
-            "betblock_policy_next_change_timestamp", "Next listing or removal date (Unix time; 0 = none)",
-            value=self.m.next_change or 0.0,
-        )

@@ -4,8 +4,10 @@ Owns the path parse -> guard (protected names, then the agency's churn limits) -
 decide (quarantine for an admin, or apply), each decision written to the store with its audit
 row and answered as a typed ``UpdateResult`` (applied, unchanged, quarantined); ``Refused`` when
 nothing valid remains. Idempotent: the list in force, the one in quarantine or one an admin
-rejected, sent again, changes nothing. Updates are serialised by the manager's update lock; an
-applied update asks the builder for a compile.
+rejected, sent again, changes nothing. Updates and admin decisions share one lock (handed to
+both by the manager), so they never interleave; an applied update asks the builder for a compile.
+At start-up the store writes of the lists read before DNS opens are queued here (``defer``) and
+written by ``write_deferred`` once the first snapshot is installed.
 
 Must not import the resolver, hits or betblock.
 """
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -27,30 +31,55 @@ from feeds.guard import Change, Protected, entry_refusal, quarantine_reason
 from feeds.lists import Key, SourceList, diff
 from feeds.normalize import InvalidName, normalize_detail
 from feeds.outcomes import Refused, UpdateResult
+from feeds.scheduler import record_success
+from feeds.sources import Pending, SourceRuntime, SourceWriter
 from feeds.store import VersionInfo
 
 if TYPE_CHECKING:
-    from feeds.manager import FeedManager, SourceRuntime
+    from feeds.decisions import AdminDecisions
 
 log = structlog.get_logger("betblock.feeds")
 
 
-class UpdateService:
-    """Ingests, pushes and patches lists into a manager's sources and store."""
+class UpdateService(SourceWriter):
+    """Ingests, pushes and patches lists into the sources and the store."""
 
-    def __init__(self, manager: FeedManager) -> None:
-        self.m = manager
+    def __init__(self, *args: Any, decisions: AdminDecisions, resolve: Callable[[Path], Path], **kw: Any) -> None:
+        super().__init__(*args, **kw)  # the sources, the store, the shared lock, ... (SourceWriter)
+        self.decisions = decisions  # audit rows
+        self.resolve = resolve  # a source's key and control files
+        # Store writes of the lists read at start-up, done after the first snapshot is
+        # installed (a million-row first version costs seconds the resolver need not wait).
+        self._deferred: list[Callable[[], object]] = []
+        self._reserved: dict[str, int] = {}  # the next version number per agency, while deferring
 
     async def push(self, agency: str, data: bytes, *, fmt: str | None = None, actor: str) -> UpdateResult:
         """PUT: the agency's whole list through its push source."""
-        rt = self.m.runtime(agency)
-        await self.m._writable()
+        rt = self.sources.runtime(agency)
+        await self.gate.writable()
         result = await self.ingest(rt, data, control=None, actor=actor, fmt=fmt)
-        now = self.m.clock()
-        rt.last_attempt = now
-        rt.count(result.status)
-        await self.m.scheduler.source_ok(rt, now)
+        await self._pushed(rt, result)
         return result
+
+    async def _pushed(self, rt: SourceRuntime, result: UpdateResult) -> None:
+        """A push or patch is a successful fetch of the push source, for its status."""
+        now = self.clock()
+        rt.fetch.last_attempt = now
+        rt.fetch.count(result.status)
+        await record_success(self.gate, rt, now)
+
+    async def write_deferred(self) -> None:
+        """Record the versions read at start-up in the store (errors are logged: the lists are in
+        force, and a restart reads the files again)."""
+        async with self.lock:
+            jobs, self._deferred = self._deferred, []
+            try:
+                await asyncio.to_thread(lambda: [job() for job in jobs])
+            except sqlite3.Error as exc:
+                log.error("cannot record the lists read at start-up in the feed store", error=str(exc))
+            except Exception:  # our own bug: the same, with the traceback
+                log.exception("cannot record the lists read at start-up in the feed store")
+            self._reserved.clear()
 
     async def ingest(
         self,
@@ -65,15 +94,15 @@ class UpdateService:
     ) -> UpdateResult:
         fmt = fmt or rt.settings.format
         sha = hashlib.sha256(data).hexdigest()
-        async with self.m._lock:
+        async with self.lock:
             same = self._same(rt, sha, fmt)
             if same is not None:
                 return same
-            received = self.m.clock()
+            received = self.clock()
             new, rejects, meta = await asyncio.to_thread(self._parse, rt, data, control, fmt)
             if not len(new) and rejects:
-                await self.m._store_call(
-                    self.m.decisions.audit, actor, "update refused", rt.agency.id, None, source=rt.key, sha256=sha, rejects=len(rejects)
+                await self.gate.call(
+                    self.decisions.audit, actor, "update refused", rt.agency.id, None, source=rt.key, sha256=sha, rejects=len(rejects)
                 )
                 raise Refused("nothing valid remains: every line was rejected", rejects)
             info = VersionInfo(
@@ -84,7 +113,7 @@ class UpdateService:
             )
             result = await self._decide(rt, new, info, rejects, defer=defer)
         if compile and result.status == "applied":
-            await self.m.compile()
+            await self.builder.compile()
         return result
 
     def _same(self, rt: SourceRuntime, sha: str, fmt: str) -> UpdateResult | None:
@@ -92,8 +121,8 @@ class UpdateService:
         rejected, sent again, changes nothing."""
         if sha == rt.sha256:
             return UpdateResult("unchanged", rt.agency.id, rt.key, rt.version, len(rt.current))
-        if sha == rt.pending_sha:
-            return UpdateResult("quarantined", rt.agency.id, rt.key, rt.pending_version, len(rt.current), reason=rt.pending_reason)
+        if rt.pending is not None and sha == rt.pending.sha256:
+            return UpdateResult("quarantined", rt.agency.id, rt.key, rt.pending.version, len(rt.current), reason=rt.pending.reason)
         if sha == rt.rejected_sha:
             return UpdateResult("unchanged", rt.agency.id, rt.key, rt.version, len(rt.current), reason="this list was rejected by an admin")
         return None
@@ -103,20 +132,19 @@ class UpdateService:
     ) -> UpdateResult:
         """Quarantine or apply ``new`` (the caller holds the update lock). ``defer``: queue the
         store writes for ``_write_deferred`` (start-up only)."""
-        assert self.m.store is not None
-        store = self.m.store
+        store = self.gate.require()
         d = await asyncio.to_thread(diff, rt.current, new)
         version: int | None = None
         if defer:
             agency = rt.agency.id
-            version = self.m._reserved.get(agency) or await asyncio.to_thread(store.next_version, agency)
-            self.m._reserved[agency] = version + 1
+            version = self._reserved.get(agency) or await asyncio.to_thread(store.next_version, agency)
+            self._reserved[agency] = version + 1
 
         async def write(job: Callable[[], Any]) -> Any:
             if defer:
-                self.m._deferred.append(job)
+                self._deferred.append(job)
                 return None
-            return await self.m._store_call(job)
+            return await self.gate.call(job)
 
         change = Change(len(rt.current), len(new), d.n_added, d.n_removed, d.changed)
         reason = quarantine_reason(rt.agency, change)
@@ -124,21 +152,19 @@ class UpdateService:
                     changed=d.changed, rejects=rejects)
         counts = dict(added=d.n_added, removed=d.n_removed, changed=d.changed)
         if reason is not None:
-            audit = self.m.decisions.audit_row(info.actor, "update quarantined", rt.agency.id, source=rt.key, sha256=info.sha256,
+            audit = self.decisions.audit_row(info.actor, "update quarantined", rt.agency.id, source=rt.key, sha256=info.sha256,
                                     reason=reason, **counts)
             v = await write(lambda: store.quarantine(info, new, d, rejects, reason, version=version, audit=audit))
             v = version if v is None else v
-            rt.set_pending(v, info.sha256, reason)
+            rt.pending = Pending(v, info.sha256, reason)
             log.warning("update quarantined", agency=rt.agency.id, source=rt.key, version=v, reason=reason)
             return UpdateResult("quarantined", version=v, reason=reason, **base)  # type: ignore[arg-type]
-        audit = self.m.decisions.audit_row(info.actor, "update applied", rt.agency.id, source=rt.key, sha256=info.sha256,
+        audit = self.decisions.audit_row(info.actor, "update applied", rt.agency.id, source=rt.key, sha256=info.sha256,
                                 entries=len(new), **counts)
         v = await write(lambda: store.apply(info, d, rejects, version=version, audit=audit))
         v = version if v is None else v
-        rt.set_list(new)
-        rt.version, rt.sha256, rt.last_change = v, info.sha256, info.received_at
-        rt.set_pending(None)
-        self.m.builder.changed(d)
+        rt.enforce(new, v, info.sha256, info.received_at)
+        self.builder.changed(d)
         log.info("update applied", agency=rt.agency.id, source=rt.key, version=v, entries=len(new),
                  added=d.n_added, removed=d.n_removed, changed=d.changed, rejected=len(rejects))
         return UpdateResult("applied", version=v, **base)  # type: ignore[arg-type]
@@ -150,7 +176,7 @@ class UpdateService:
         if len(data) > rt.settings.max_bytes:
             raise FeedError(f"{len(data)} bytes is over max_bytes {rt.settings.max_bytes}")
         if fmt == "plain" and not rt.settings.options:
-            plain = read_plain(data, self.m.protected)
+            plain = read_plain(data, self.files.protected)
             rejects = [Reject(line, clip(text), reason) for line, text, reason in plain.rejects]
             if not plain.wild:
                 return SourceList.build(plain.names, ()), rejects, {"lines": plain.lines}
@@ -169,7 +195,7 @@ class UpdateService:
         if control is not None and fmt in INTEGRITY_OPTION:
             options[INTEGRITY_OPTION[fmt]] = control
         if rt.settings.public_key is not None:
-            options["public_key_pem"] = self.m.settings.resolve_path(rt.settings.public_key).read_bytes()
+            options["public_key_pem"] = self.resolve(rt.settings.public_key).read_bytes()
         try:
             result = parser(data, **options)
         except TypeError as exc:
@@ -177,7 +203,7 @@ class UpdateService:
         kept: list[Entry] = []
         rejects = list(result.rejects)
         for e in result.entries:
-            refusal = None if e.allow else entry_refusal(e.name, self.m.protected)
+            refusal = None if e.allow else entry_refusal(e.name, self.files.protected)
             if refusal is not None:
                 rejects.append(Reject(e.line, e.name, refusal))
             else:
@@ -187,9 +213,9 @@ class UpdateService:
 
     async def patch(self, agency: str, add: list[dict[str, Any]], remove: list[str], *, actor: str) -> UpdateResult:
         """PATCH: add and remove entries of the agency's pushed list."""
-        rt = self.m.runtime(agency)
-        await self.m._writable()
-        entries, rejects = patch_entries(add, self.m.protected)
+        rt = self.sources.runtime(agency)
+        await self.gate.writable()
+        entries, rejects = patch_entries(add, self.files.protected)
         keys: list[Key] = []
         for i, raw in enumerate(remove, len(add) + 1):
             try:
@@ -203,14 +229,14 @@ class UpdateService:
                 continue
             keys.append(key)
         if not entries and not keys and rejects:
-            await self.m._store_call(self.m.decisions.audit, actor, "patch refused", agency, None, rejects=len(rejects))
+            await self.gate.call(self.decisions.audit, actor, "patch refused", agency, None, rejects=len(rejects))
             raise Refused("nothing valid remains: every item was rejected", rejects)
         body = repr((sorted((e.name, e.wildcard, repr(e)) for e in entries), sorted(keys))).encode()
         sha = hashlib.sha256(body).hexdigest()
-        async with self.m._lock:
+        async with self.lock:
             new = rt.current.patched(entries, keys)
             info = VersionInfo(
-                agency=agency, source=rt.key, kind="push", format="patch", sha256=sha, received_at=self.m.clock(),
+                agency=agency, source=rt.key, kind="push", format="patch", sha256=sha, received_at=self.clock(),
                 actor=actor, entries=len(new), rejects=len(rejects),
             )
             d = await asyncio.to_thread(diff, rt.current, new)
@@ -219,11 +245,8 @@ class UpdateService:
             else:
                 result = await self._decide(rt, new, info, rejects)
         if result.status == "applied":
-            await self.m.compile()
-        now = self.m.clock()
-        rt.last_attempt = now
-        rt.count(result.status)
-        await self.m.scheduler.source_ok(rt, now)
+            await self.builder.compile()
+        await self._pushed(rt, result)
         return result
 
 

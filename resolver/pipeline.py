@@ -251,6 +251,10 @@ class Pipeline:
         self.acl = acl
         self._acl_memo = acl.memo
 
+    def set_cname_inspection(self, enabled: bool) -> None:
+        """Check (or stop checking) CNAME targets against the policy (SIGHUP: ``policy.cname_inspection``)."""
+        self.cname_inspection = enabled
+
     # -- the pipeline ---------------------------------------------------------------------
 
     def answer(self, data: bytes, client: str, udp: bool, then: bool = False) -> Answer:

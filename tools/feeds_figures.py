@@ -130,7 +130,7 @@ def cmd_ingest(total: int) -> None:
         t2 = time.perf_counter()
         m.close()
         print(f"ingest: 3 file sources, empty store -> first snapshot installed in {t1 - t0:.2f} s "
-              f"({len(snap.table)} names, compile {m.compile_seconds:.2f} s); store and snapshot file written "
+              f"({len(snap.table)} names, compile {m.builder.compile_seconds:.2f} s); store and snapshot file written "
               f"in the background in {t2 - t1:.2f} s more; "
               f"peak RSS {peak_rss_mb():.0f} MB; store {(tmp / 'var' / 'feeds.sqlite').stat().st_size >> 20} MB")
 

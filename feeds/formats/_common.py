@@ -11,7 +11,7 @@ import codecs
 import csv
 import gc
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone, tzinfo
 from functools import lru_cache
@@ -253,3 +253,28 @@ def cell_date(raw: str | None, tz: tzinfo) -> datetime | None:
     if raw is None or not raw.strip():
         return None
     return parse_date(raw, tz)
+
+
+def csv_records(
+    lines: list[str], delimiter: str, out: Collector, meta: dict[str, object], header: Callable[[list[str]], dict[str, int]]
+) -> Iterator[tuple[int, str, dict[str, str]]]:
+    """``(first line, text, cells by field)`` per data record of a CSV whose first non-blank
+    record is its header; ``header(row)`` maps each field to its column (and raises FeedError
+    for a header it cannot read) and the row goes to ``meta["header"]``. Blank records are
+    skipped; malformed, undecodable and short ones are rejected into ``out``."""
+    index: dict[str, int] | None = None
+    for first, last, row, error in csv_rows(lines, delimiter):
+        text = "\n".join(lines[first - 1 : last])
+        if row is None:
+            out.reject(first, text, error or "malformed CSV")
+        elif not any(cell.strip() for cell in row):
+            continue
+        elif index is None:
+            index = header(row)
+            meta["header"] = row
+        elif has_undecodable(text):
+            out.reject(first, text, out.undecodable)
+        elif len(row) <= max(index.values()):
+            out.reject(first, text, f"row has {len(row)} fields, fewer than the header")
+        else:
+            yield first, text, {key: row[position] for key, position in index.items()}

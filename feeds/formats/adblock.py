@@ -43,10 +43,6 @@ def parse(data: bytes) -> ParseResult:
             continue
         try:
             host, allow = _rule_host(text)
-        except InvalidName as exc:
-            out.reject(number, line, exc.reason)
-            continue
-        try:
             name, wildcard, had_path = normalize_detail(host)
         except InvalidName as exc:
             out.reject(number, line, exc.reason)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 
 from feeds.entry import ParseResult
-from feeds.formats._common import Collector, decode_lines, parse_date, zone
-from feeds.formats.ch_gespa import check_version, read_header
+from feeds.formats._common import Collector, parse_date, zone
+from feeds.formats.ch_gespa import read_list
 
 VERSIONS = frozenset({"1", "1.0", "1.1"})
 TIMEZONE = "Europe/Zurich"
@@ -26,26 +26,19 @@ def parse(data: bytes) -> ParseResult:
     ``serial`` (None for PDF lines), ``stripped_bytes``. An unknown ``#Version`` is a
     FeedError."""
     tz = zone(TIMEZONE)
-    stripped = data.count(b"\xff")
-    lines, _ = decode_lines(data.replace(b"\xff", b""))
-    out = Collector()
-    meta: dict[str, object] = {"version": None, "serial": None, "stripped_bytes": stripped}
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text:
-            continue
-        if text[0] == "#":
-            read_header(text, meta)
-            continue
+
+    def entry(out: Collector, number: int, text: str, line: str) -> None:
         dated = _DATED(text)
         if dated is None:
             out.add(text, number, text=line)
-            continue
+            return
         try:
             listed = parse_date(dated.group(2), tz)
         except ValueError:
             out.reject(number, line, "invalid date")
-            continue
+            return
         out.add(dated.group(1), number, text=line, listed_at=listed)
-    check_version(meta, VERSIONS, require_version=False)
-    return out.result(meta)
+
+    result = read_list(data.replace(b"\xff", b""), VERSIONS, require_version=False, entry=entry)
+    result.meta["stripped_bytes"] = data.count(b"\xff")
+    return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -38,9 +39,17 @@ def parse(
     return result
 
 
-def read_list(data: bytes, versions: frozenset[str], *, require_version: bool) -> ParseResult:
+# (collector, line number, stripped text, line as read): records one line of a list.
+LineReader = Callable[[Collector, int, str, str], None]
+
+
+def _name(out: Collector, number: int, text: str, line: str) -> None:
+    out.add(text, number, text=line)
+
+
+def read_list(data: bytes, versions: frozenset[str], *, require_version: bool, entry: LineReader = _name) -> ParseResult:
     """The Swiss list layout shared with ESBK: ``#Key: value`` header lines, other ``#``
-    lines as comments, one name per line."""
+    lines as comments, one entry per line (a name, unless ``entry`` reads more of it)."""
     lines, _ = decode_lines(data)
     out = Collector()
     meta: dict[str, object] = {"version": None, "serial": None}
@@ -51,7 +60,7 @@ def read_list(data: bytes, versions: frozenset[str], *, require_version: bool) -
         if text[0] == "#":
             read_header(text, meta)
             continue
-        out.add(text, number, text=line)
+        entry(out, number, text, line)
     check_version(meta, versions, require_version=require_version)
     return out.result(meta)
 

@@ -8,16 +8,7 @@ resolver code.
 from __future__ import annotations
 
 from feeds.entry import ParseResult
-from feeds.formats._common import (
-    Collector,
-    csv_rows,
-    decode_lines,
-    cell_date,
-    has_undecodable,
-    header_index,
-    undecodable_reason,
-    zone,
-)
+from feeds.formats._common import Collector, cell_date, csv_records, decode_lines, header_index, zone
 
 
 def parse(
@@ -26,10 +17,8 @@ def parse(
     column: str = "domain",
     delimiter: str = ",",
     encoding: str = "utf-8",
-    listed_column: str | None = None,
-    removed_column: str | None = None,
-    legal_column: str | None = None,
-    id_column: str | None = None,
+    listed_column: str | None = None, removed_column: str | None = None,  # dates
+    legal_column: str | None = None, id_column: str | None = None,
     timezone: str = "UTC",
 ) -> ParseResult:
     """Entries from the ``column`` of every row after the header. Optional columns fill
@@ -39,46 +28,23 @@ def parse(
     tz = zone(timezone)
     lines, _ = decode_lines(data, encoding)
     out = Collector(encoding)
-    bad_bytes = undecodable_reason(encoding)
     meta: dict[str, object] = {"lines": len(lines)}
-    rows = csv_rows(lines, delimiter)
-    index: dict[str, int] | None = None
-    for first, last, row, error in rows:
-        text = "\n".join(lines[first - 1 : last])
-        if row is None:
-            out.reject(first, text, error or "malformed CSV")
+    columns = {"name": column, "listed": listed_column, "removed": removed_column, "legal": legal_column, "id": id_column}
+
+    def header(row: list[str]) -> dict[str, int]:
+        return {key: header_index(row, name) for key, name in columns.items() if name is not None}
+
+    for first, text, cells in csv_records(lines, delimiter, out, meta, header):
+        dates = []
+        for key in ("listed", "removed"):
+            try:
+                dates.append(cell_date(cells.get(key), tz))
+            except ValueError:
+                out.reject(first, text, f"invalid date in column {columns[key]!r}")
+                break
+        if len(dates) < 2:
             continue
-        if not any(cell.strip() for cell in row):
-            continue
-        if index is None:
-            meta["header"] = row
-            index = {"name": header_index(row, column)}
-            for key, name in (
-                ("listed", listed_column),
-                ("removed", removed_column),
-                ("legal", legal_column),
-                ("id", id_column),
-            ):
-                if name is not None:
-                    index[key] = header_index(row, name)
-            continue
-        if has_undecodable(text):
-            out.reject(first, text, bad_bytes)
-            continue
-        if len(row) <= max(index.values()):
-            out.reject(first, text, f"row has {len(row)} fields, fewer than the header")
-            continue
-        cells = {key: row[position] for key, position in index.items()}
-        try:
-            listed = cell_date(cells.get("listed"), tz)
-        except ValueError:
-            out.reject(first, text, f"invalid date in column {listed_column!r}")
-            continue
-        try:
-            removed = cell_date(cells.get("removed"), tz)
-        except ValueError:
-            out.reject(first, text, f"invalid date in column {removed_column!r}")
-            continue
+        listed, removed = dates
         out.add(
             cells["name"],
             first,

@@ -15,15 +15,7 @@ import codecs
 import unicodedata
 
 from feeds.entry import FeedError, ParseResult
-from feeds.formats._common import (
-    Collector,
-    cell_date,
-    csv_rows,
-    decode_lines,
-    has_undecodable,
-    undecodable_reason,
-    zone,
-)
+from feeds.formats._common import Collector, cell_date, csv_records, decode_lines, zone
 
 ENCODING = "cp1250"
 TIMEZONE = "Europe/Prague"
@@ -58,27 +50,9 @@ def parse(data: bytes) -> ParseResult:
     tz = zone(TIMEZONE)
     lines, _ = decode_lines(data, encoding)
     out = Collector(encoding)
-    bad_bytes = undecodable_reason(encoding)
     meta: dict[str, object] = {"lines": len(lines), "encoding": encoding}
-    index: dict[str, int] | None = None
-    for first, last, row, error in csv_rows(lines, ";"):
-        text = "\n".join(lines[first - 1 : last])
-        if row is None:
-            out.reject(first, text, error or "malformed CSV")
-            continue
-        if not any(cell.strip() for cell in row):
-            continue
-        if index is None:
-            index = _header(row)
-            meta["header"] = row
-            continue
-        if has_undecodable(text):
-            out.reject(first, text, bad_bytes)
-            continue
-        if len(row) <= max(index.values()):
-            out.reject(first, text, f"row has {len(row)} fields, fewer than the header")
-            continue
-        kind = row[index["kind"]].strip()
+    for first, text, cells in csv_records(lines, ";", out, meta, _header):
+        kind = cells["kind"].strip()
         folded = _fold(kind)
         if folded not in KINDS:
             out.reject(first, text, f"unknown row type {kind!r}")
@@ -87,26 +61,26 @@ def parse(data: bytes) -> ParseResult:
             out.reject(first, text, KINDS[folded])
             continue
         try:
-            listed = cell_date(row[index["listed"]], tz)
+            listed = cell_date(cells["listed"], tz)
         except ValueError:
-            out.reject(first, text, f"invalid listing date {row[index['listed']].strip()!r}")
+            out.reject(first, text, f"invalid listing date {cells['listed'].strip()!r}")
             continue
         try:
-            removed = cell_date(row[index["removed"]], tz)
+            removed = cell_date(cells["removed"], tz)
         except ValueError:
-            out.reject(first, text, f"invalid removal date {row[index['removed']].strip()!r}")
+            out.reject(first, text, f"invalid removal date {cells['removed'].strip()!r}")
             continue
         # Several grounds come quoted in one cell; only the spacing is tidied.
-        legal = " ".join(row[index["legal"]].split()) if "legal" in index else ""
+        legal = " ".join(cells.get("legal", "").split())
         out.add(
-            row[index["address"]],
+            cells["address"],
             first,
             text=text,
             listed_at=listed,
             removed_at=removed,
             legal_ref=legal or None,
         )
-    if index is None:
+    if "header" not in meta:
         raise FeedError("no header row: not the MF CSV")
     return out.result(meta)
 

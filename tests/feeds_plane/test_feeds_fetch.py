@@ -172,10 +172,10 @@ async def test_etag_and_last_modified_make_polls_cheap(tmp_path: Path, agency: A
         assert r is not None and r.status == "applied" and n.blocks("a.test")
         assert await n.m.refresh(n.rt) is None  # 304
         assert agency.hits("/list")[-1]["If-None-Match"] == '"v1"'
-        assert n.rt.fetches == {"applied": 1, "not_modified": 1}
+        assert n.rt.fetch.results == {"applied": 1, "not_modified": 1}
         agency.serve("/list", b"a.test\nc.test\n", etag='"v2"')  # the agency publishes a new list
         r = await n.m.refresh(n.rt)
-        assert r is not None and r.status == "applied" and n.blocks("c.test") and n.rt.etag == '"v2"'
+        assert r is not None and r.status == "applied" and n.blocks("c.test") and n.rt.fetch.etag == '"v2"'
 
         lm = PollNode(tmp_path / "lm", {"url": agency.base + "/lm"})
         await lm.m.start()
@@ -207,12 +207,12 @@ async def test_bad_signature_keeps_the_last_good_list_and_refetches(tmp_path: Pa
         tampered = good + b"innocent-bank.test\n"  # a line added without a new signature
         agency.serve("/gespa.txt", tampered, etag='"g2"')
         assert await n.m.refresh(n.rt) is None
-        assert n.rt.failures == 1 and "signature" in (n.rt.last_error or "")
+        assert n.rt.fetch.failures == 1 and "signature" in (n.rt.fetch.last_error or "")
         assert not n.blocks("innocent-bank.test") and n.blocks("spin-win-777.test")
-        assert n.rt.etag == '"g1"'  # not the failed body's: the next poll fetches it again
+        assert n.rt.fetch.etag == '"g1"'  # not the failed body's: the next poll fetches it again
         status = n.m.status("ch-gespa")["agencies"][0]
         assert status["failing"] == [n.rt.key] and status["sources"][0]["last_error"]
-        metrics = {m.name: m for m in n.m.metrics()}
+        metrics = {m.name: m for collect in n.m.collectors for m in collect()}
         assert metrics["betblock_feed_failures"].samples[0].value == 1
         await n.m.refresh(n.rt)
         assert agency.hits("/gespa.txt")[-1].get("If-None-Match") == '"g1"'
@@ -231,7 +231,7 @@ async def test_checksum_mismatch_is_refused(tmp_path: Path, agency: Agency) -> N
         assert r is not None and r.status == "applied" and n.blocks("spin-win-777.test")
         assert n.m.store.version("ch-gespa", 1)["checksum"] == "ok"  # type: ignore[union-attr, index]
         agency.serve("/adm.txt", data.replace(b"spin-win-777.test", b"spin-win-778.test"))
-        assert await n.m.refresh(n.rt) is None and "SHA-256 mismatch" in (n.rt.last_error or "")
+        assert await n.m.refresh(n.rt) is None and "SHA-256 mismatch" in (n.rt.fetch.last_error or "")
         assert n.blocks("spin-win-777.test") and not n.blocks("spin-win-778.test")
     finally:
         await n.m.aclose()
@@ -241,14 +241,14 @@ async def test_unreachable_source_is_visible_and_retried_sooner(tmp_path: Path, 
     agency.routes["/list"] = lambda _r: _resp(status=502)
     n = PollNode(tmp_path, {"url": agency.base + "/list", "poll_interval": 3600}, deadline_hours=48)
     await n.m.start()
-    poller = asyncio.create_task(n.m._poll(n.rt))
+    poller = asyncio.create_task(n.m.scheduler.poll(n.rt))
     try:
-        await asyncio.wait_for(_until(lambda: n.rt.failures >= 1), 5)
-        assert n.rt.last_error and "HTTP 502" in n.rt.last_error
+        await asyncio.wait_for(_until(lambda: n.rt.fetch.failures >= 1), 5)
+        assert n.rt.fetch.last_error and "HTTP 502" in n.rt.fetch.last_error
         assert n.m.status()["agencies"][0]["sources"][0]["overdue"] is True  # never fetched, deadline set
         agency.serve("/list", b"a.test\n")
         n.m.poke("ch-gespa")  # what POST /v1/feeds/{agency}/refresh does
-        await asyncio.wait_for(_until(lambda: n.rt.failures == 0 and n.rt.version == 1), 5)
+        await asyncio.wait_for(_until(lambda: n.rt.fetch.failures == 0 and n.rt.version == 1), 5)
         assert n.blocks("a.test") and n.m.status()["agencies"][0]["sources"][0]["overdue"] is False
     finally:
         poller.cancel()

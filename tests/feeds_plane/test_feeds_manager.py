@@ -151,14 +151,14 @@ async def test_listing_and_removal_dates_follow_the_injected_clock(tmp_path: Pat
     assert [blocked(n.snap, x) for x in ("now.test", "later.test", "ending.test", "gone.test")] == [
         ("pl-mf",), None, ("pl-mf",), None,
     ]
-    assert n.m.next_change == t0 + 600
+    assert n.m.builder.next_change == t0 + 600
     assert await n.m.tick() is False  # nothing has passed yet
     clock.advance(600)
     assert await n.m.tick() is True
-    assert blocked(n.snap, "ending.test") is None and n.m.next_change == t0 + 3600
+    assert blocked(n.snap, "ending.test") is None and n.m.builder.next_change == t0 + 3600
     clock.advance(3000)
     assert await n.m.tick() is True
-    assert blocked(n.snap, "later.test") == ("pl-mf",) and n.m.next_change is None
+    assert blocked(n.snap, "later.test") == ("pl-mf",) and n.m.builder.next_change is None
     assert n.m.provenance("pl-mf", "later.test")["legal_ref"] == "MF/2025/7"  # type: ignore[index]
     assert n.m.provenance("pl-mf", "now.test") is None
 
@@ -169,7 +169,7 @@ async def test_the_timer_recompiles_when_a_date_passes(tmp_path: Path) -> None:
     await n.m.start()
     await n.m.patch("pl-mf", ["stay.test", {"name": "ending.test", "removed_at": iso(clock.now + 0.2)}], [], actor="t")
     assert blocked(n.snap, "ending.test") == ("pl-mf",)
-    timer = asyncio.create_task(n.m._timer())
+    timer = asyncio.create_task(n.m.builder.timer())
     try:
         await asyncio.sleep(0)  # let the timer compute its delay (0.2 s) and wait
         assert blocked(n.snap, "ending.test") == ("pl-mf",)
@@ -198,12 +198,12 @@ async def test_restart_installs_the_saved_snapshot_before_reading_anything(tmp_p
     second = Node(tmp_path, agencies)
     snap = await second.m.start()
     assert blocked(snap, "kasyno.test") == ("pl-mf",) and blocked(snap, "pushed.test") == ("pl-mf",)
-    assert not second.m.loaded.is_set() and second.m.compiles == 0  # the store was not even read
+    assert not second.m.loaded.is_set() and second.m.builder.compiles == 0  # the store was not even read
     # A changed configuration (another action) never trusts the saved file.
     third = Node(tmp_path, [push_agency("pl-mf", lists=["pl.txt"], action="nodata")])
     (tmp_path / "pl.txt").write_text("kasyno.test\n")
     snap3 = await third.m.start()
-    assert third.m.compiles == 1
+    assert third.m.builder.compiles == 1
     m = snap3.match(to_wire(b"pushed.test"))
     assert m is not None and m.rule.action == "nodata"  # compiled from the store
 
@@ -219,7 +219,7 @@ async def test_saved_snapshot_is_not_used_after_a_removal_date(tmp_path: Path) -
     clock.advance(120)
     second = Node(tmp_path, agencies, clock=clock)
     snap = await second.m.start()
-    assert second.m.compiles == 1 and blocked(snap, "b.test") is None and blocked(snap, "a.test") == ("pl-mf",)
+    assert second.m.builder.compiles == 1 and blocked(snap, "b.test") is None and blocked(snap, "a.test") == ("pl-mf",)
 
 
 async def test_file_source_failure_keeps_the_last_good_list(tmp_path: Path) -> None:
@@ -231,11 +231,11 @@ async def test_file_source_failure_keeps_the_last_good_list(tmp_path: Path) -> N
     rt = next(iter(n.m.sources.values()))
     path.write_text("192.0.2.1\n")  # nothing valid
     assert await n.m.refresh(rt) is None
-    assert rt.failures == 1 and "nothing valid" in (rt.last_error or "")
+    assert rt.fetch.failures == 1 and "nothing valid" in (rt.fetch.last_error or "")
     assert blocked(n.snap, "sazka.test") == ("cz-mf",)
     path.write_text("sazka.test\nnew.test\n")
     r = await n.m.refresh(rt)
-    assert r is not None and r.status == "applied" and rt.failures == 0 and rt.last_error is None
+    assert r is not None and r.status == "applied" and rt.fetch.failures == 0 and rt.fetch.last_error is None
     assert blocked(n.snap, "new.test") == ("cz-mf",)
 
 
@@ -251,7 +251,7 @@ async def test_file_watch_and_reload(tmp_path: Path) -> None:
     )
     await n.m.start()
     rt = next(iter(n.m.sources.values()))
-    watcher = asyncio.create_task(n.m._watch(rt))
+    watcher = asyncio.create_task(n.m.scheduler.watch(rt))
     try:
         path.write_text("a.test\nb.test\n")
         await asyncio.wait_for(_until(lambda: blocked(n.snap, "b.test") is not None), 5)
@@ -261,6 +261,21 @@ async def test_file_watch_and_reload(tmp_path: Path) -> None:
     allow.write_text("a.test\n")
     await n.m.reload()  # SIGHUP
     assert blocked(n.snap, "a.test") is None and blocked(n.snap, "b.test") == ("it-adm",)
+
+
+async def test_a_reloaded_policy_section_reaches_the_compile_and_the_saved_file(tmp_path: Path) -> None:
+    n = Node(tmp_path, [push_agency("pl-mf")], policy={"sinkhole_ttl": 300})
+    await n.m.start()
+    await n.m.push("pl-mf", b"a.test\n", actor="t")
+    old = n.m.builder.fingerprint
+    policy = n.settings.policy.model_copy(update={"sinkhole_ttl": 42, "allowlist": ["a.test"]})
+    n.m.apply_policy(policy)  # SIGHUP with a changed [policy]
+    await n.m.push("pl-mf", b"a.test\nb.test\n", actor="t")
+    rule = n.snap.match(to_wire(b"b.test"))
+    assert rule is not None and rule.rule.ttl == 42  # the new TTL, without waiting for the files
+    assert n.m.builder.fingerprint != old  # the next save is read back by a start under the new config
+    await n.m.reload()
+    assert blocked(n.snap, "a.test") is None  # the new allowlist, read by reload
 
 
 async def test_sources_of_one_agency_merge_and_precedence_decides(tmp_path: Path) -> None:
@@ -288,7 +303,7 @@ async def test_store_keeps_history_per_entry(tmp_path: Path) -> None:
     await n.m.push("pl-mf", b"a.test\nb.test\n", actor="agency:pl-mf")
     clock.advance(100)
     await n.m.push("pl-mf", b"a.test\nc.test\n", actor="agency:pl-mf")
-    store = FeedStore(n.m.store_path, readonly=True)
+    store = FeedStore(n.m.gate.path, readonly=True)
     rows = {(r["name"], r["added_version"], r["dropped_version"]) for r in store.entries_named(["a.test", "b.test", "c.test"])}
     assert rows == {("a.test", 1, None), ("b.test", 1, 2), ("c.test", 2, None)}
     assert store.version_diff("pl-mf", 2) == {"added": ["c.test"], "removed": ["b.test"], "changed": [], "rejects": []}
@@ -311,4 +326,4 @@ async def test_a_parser_bug_is_a_source_failure_not_a_dead_node(tmp_path: Path, 
     monkeypatch.setitem(formats.FORMATS, "hosts", broken)
     path.write_text("0.0.0.0 a.test\n0.0.0.0 b.test\n")
     assert await n.m.refresh(rt) is None
-    assert rt.last_error == "IndexError: parser bug" and blocked(n.snap, "a.test") == ("it-adm",)
+    assert rt.fetch.last_error == "IndexError: parser bug" and blocked(n.snap, "a.test") == ("it-adm",)

@@ -89,4 +89,4 @@ async def test_no_query_lost_and_no_stale_block_across_swaps(node: NodeFactory, 
         if not any((a[0] in listed(j)) == a[2] for j in range(a[1] - 1, a[3]))
     ]
     assert wrong == []
-    assert app.feeds.patches >= SWAPS  # each swap patched the last snapshot: the fast path is what was tested
+    assert app.feeds.builder.patches >= SWAPS  # each swap patched the last snapshot: the fast path is what was tested

@@ -145,8 +145,7 @@ async def test_a_changed_entry_is_one_item_and_a_superseded_one_was_never_enforc
         new = SourceList.build([to_wire(s.encode()) for s in names], ())
         info = VersionInfo("pl-mf", rt.key, "push", "plain", f"sha{version}", n.clock(), "t", len(new), 0)
         store.apply(info, diff(rt.current, new), [], version=version)
-        rt.set_list(new)
-        rt.version = version
+        rt.enforce(new, version, f"sha{version}", n.clock())
     await n.m.compile(force=True)
     e = n.entries()
     assert (e["brief.test"]["status"], e["brief.test"]["late"]) == ("never enforced", False)

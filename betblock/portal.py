@@ -153,6 +153,7 @@ def render_portal(agency: AgencySettings, data: dict[str, Any], admin: bool) -> 
     return f"""<section id="agency">
 <h2 id="agency-name">{esc(a.display_name)} <span class="muted">({esc(a.id)}{', ' + esc(a.jurisdiction) if a.jurisdiction else ''})</span></h2>
 <p>Answer for listed names: {esc(a.action)}; {data['entries']} entries in force; enforcement deadline: {esc(deadline)}.</p>
+{_mode_line(comp)}
 <p class="exports">Exports: {exports}</p>
 </section>
 <section id="feed"><h2>Feed</h2>{sources}</section>
@@ -164,6 +165,15 @@ def render_portal(agency: AgencySettings, data: dict[str, Any], admin: bool) -> 
 <h3>Late or not yet enforced</h3>{late}</section>
 <section id="hits-section"><h2>Latest hits on your names</h2>{hits}
 <p class="muted">Clients as the resolver's privacy mode stored them. <a href="/agency{q}">refresh</a></p></section>"""
+
+
+def _mode_line(comp: dict[str, Any]) -> str:
+    """The agency's mode (from the compliance report): observe mode enforces nothing."""
+    if comp.get("mode") != "observe":
+        return '<p id="agency-mode">Mode: enforce (listed names get the answer above).</p>'
+    return ('<p id="agency-mode" class="observed">Mode: observe. Listed names are not blocked yet: they resolve normally and '
+            'each query is recorded as a hit that "would block"; entries count as enforced only once an administrator '
+            "switches the feed to enforce.</p>")
 
 
 class Portal:
@@ -205,7 +215,7 @@ class Portal:
         return {
             "sources": status["sources"], "entries": status["entries"], "versions": versions,
             "quarantined": quarantined, "rejects": rejects, "hits": hits, "hits_error": hits_error,
-            "compliance": {"summary": rep["summary"], "tracking_since": rep["tracking_since"], "late": late},
+            "compliance": {"summary": rep["summary"], "tracking_since": rep["tracking_since"], "late": late, "mode": rep["mode"]},
         }
 
     @accepts(PUBLIC)  # the sign-in form to anyone; the portal to an agency or the admin

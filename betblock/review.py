@@ -70,7 +70,7 @@ class ManagerView:
                 "next_poll": iso(min(polls)) if polls else None,
                 "next_poll_note": "on push" if all(rt.settings.kind == "push" for rt in runtimes)
                 else "file watched" if all(rt.settings.kind in ("push", "file") for rt in runtimes) else "",
-                "mode": getattr(a, "mode", "enforce"),
+                "mode": self.m.modes.mode(a.id),
             })
         return rows
 
@@ -101,6 +101,16 @@ class ManagerView:
         if approve:
             return f"{agency} v{version} approved and applied: {r.entries} entries (+{r.added} -{r.removed} ~{r.changed})"
         return f"{agency} v{version} rejected; the list in force stays"
+
+    async def modes(self) -> list[dict[str, Any]]:
+        return [{"id": a.id, "name": a.display_name, **self.m.modes.status(a.id)} for a in self.m.sources.agency_list]
+
+    async def set_mode(self, agency: str, mode: str, actor: str, reason: str) -> str:
+        try:
+            r = await self.m.modes.switch(agency, mode, actor=actor, reason=reason)
+        except (NotFound, StoreUnavailable, ValueError) as exc:
+            raise ValueError(f"{agency}: {exc}") from None
+        return f"{agency} now {r['mode']} (was {r['was']}); applied at once"
 
     async def audit(self, limit: int = 30) -> list[dict[str, Any]]:
         rows = await self.m.decisions.audit_log(None, limit, required=False)

@@ -50,6 +50,7 @@ def mount(manager: FeedManager, *, max_body_bytes: int) -> Callable[[web.Applica
         r.add_post("/v1/feeds/{agency}/versions/{version:\\d+}/approve", api.approve)
         r.add_post("/v1/feeds/{agency}/versions/{version:\\d+}/reject", api.reject)
         r.add_post("/v1/feeds/{agency}/refresh", api.refresh)
+        r.add_post("/v1/feeds/{agency}/mode", api.mode)
         r.add_get("/v1/allowlist", api.allowlist)
         r.add_put("/v1/allowlist/{name}", api.allow_add)
         r.add_delete("/v1/allowlist/{name}", api.allow_remove)
@@ -76,6 +77,7 @@ class FeedsApi:
         self.read = manager.read
         self.scheduler = manager.scheduler
         self.lookup_service = manager.lookup
+        self.modes = manager.modes  # enforce/observe per agency, and the switch
         self.max_body_bytes = max_body_bytes
 
     def _agency(self, request: web.Request) -> tuple[str, str]:
@@ -189,6 +191,24 @@ class FeedsApi:
         except Conflict as exc:
             raise web.HTTPConflict(reason=str(exc)) from None
 
+    async def mode(self, request: web.Request) -> web.Response:
+        """Switch an agency between enforce and observe (admin): ``{"mode": "enforce",
+        "reason": "...", "operator": "..."}`` or the same as a form; stored with its audit row,
+        applied at once. 400 for another mode, 404 for an unknown agency."""
+        body = await _body_doc(request)
+        why = {k: str(body[k]).strip()[:1000] for k in ("reason", "operator") if body.get(k)}
+        try:
+            out = await self.modes.switch(request.match_info["agency"], str(body.get("mode", "")), actor=principal(request).name, **why)
+        except NotFound as exc:
+            raise web.HTTPNotFound(reason=str(exc)) from None
+        except ValueError as exc:
+            raise web.HTTPBadRequest(reason=str(exc)) from None
+        if request.content_type != "application/json" and request.query.get("back"):
+            # the admin page's form: back to the page it came from (a local path only)
+            back = request.query["back"]
+            raise web.HTTPSeeOther(back if back.startswith("/") and not back.startswith("//") else "/")
+        return web.json_response(out)
+
     async def refresh(self, request: web.Request) -> web.Response:
         agency = request.match_info["agency"]
         if agency not in self.sources.agencies:
@@ -238,6 +258,18 @@ class FeedsApi:
     async def audit(self, request: web.Request) -> web.Response:
         rows = await self.decisions.audit_log(request.query.get("agency"), _int(request, "limit", 100))
         return web.json_response({"audit": rows})
+
+
+async def _body_doc(request: web.Request) -> dict[str, Any]:
+    """A small JSON object or form body (at most 64 KiB); 400 for anything else."""
+    if not request.can_read_body:
+        return {}
+    if request.content_length is not None and request.content_length > 1 << 16:
+        raise web.HTTPRequestEntityTooLarge(max_size=1 << 16, actual_size=request.content_length)
+    doc = _json(await request.read()) if request.content_type == "application/json" else dict(await request.post())
+    if not isinstance(doc, dict):
+        raise web.HTTPBadRequest(reason="body must be a JSON object or a form")
+    return doc
 
 
 async def _why(request: web.Request) -> dict[str, str]:

@@ -123,11 +123,13 @@ class PolicyBuilder:
             installed = self.clock()
             self.dates_at = dates_at
             self._save_later(compiled.snapshot, compiled.next_change)
-            await self.record_install(compiled.snapshot.version, dates_at, installed, inputs.versions)
+            await self.record_install(compiled.snapshot.version, dates_at, installed, inputs.versions,
+                                      compiled.snapshot.observing)
             return compiled.snapshot
 
     async def record_install(
-        self, snapshot: int, dates_at: float, installed: float, versions: list[tuple[str, str, int]]
+        self, snapshot: int, dates_at: float, installed: float, versions: list[tuple[str, str, int]],
+        observing: tuple[str, ...] = (),
     ) -> None:
         """Record for the compliance report that ``snapshot`` went live (after the swap: the
         resolver never waits for it)."""
@@ -135,7 +137,7 @@ class PolicyBuilder:
         if store is None:
             return
         try:
-            await asyncio.to_thread(store.record_install, snapshot, dates_at, installed, versions)
+            await asyncio.to_thread(store.record_install, snapshot, dates_at, installed, versions, observing)
         except sqlite3.Error as exc:  # the snapshot is in force; only the evidence of it is missing
             log.error("cannot record a snapshot install in the feed store", version=snapshot, error=str(exc))
         except Exception:

@@ -1,10 +1,11 @@
 """The feeds commands of ``betblock``: ``lookup NAME``, ``token-hash``, ``feeds status``,
 ``feeds history AGENCY``, ``feeds diff AGENCY VERSION``, ``feeds approve|reject AGENCY VERSION
---reason ...``, ``feeds audit`` and ``feeds recover``.
+--reason ...``, ``feeds mode AGENCY enforce|observe --reason ...``, ``feeds audit`` and
+``feeds recover``.
 
 Owns their arguments and output. The reports read the feed store (read-only, so they work
 beside a running server) and the saved snapshot. Decisions (approve, reject) go through the
-admin API of the running node (``--server``, default the configured ``http.listen``; the admin
+admin API of the running node, as does a switch of an agency's mode (``--server``, default the configured ``http.listen``; the admin
 token from ``BETBLOCK_ADMIN_TOKEN``, ``--token-file`` or ``http.admin_token``), which applies them
 at once and writes the audit row: who (admin, and the operator's login name), when, why.
 ``feeds recover`` (run with the server stopped) is the one way to replace a store that is
@@ -125,16 +126,19 @@ def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
                            ("diff", "what a version adds and removes, and why it was quarantined"),
                            ("approve", "apply a quarantined version (through the running node's admin API)"),
                            ("reject", "refuse a quarantined version for good (through the running node's admin API)"),
+                           ("mode", "switch an agency to enforce or observe (through the running node's admin API)"),
                            ("audit", "the audit trail"),
                            ("recover", "set a missing, empty or damaged store aside and start an empty one (server stopped)")):
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
         sp.add_argument("--json", action="store_true", help="print JSON")
-        if name in ("history", "diff", *DECISIONS):
+        if name in ("history", "diff", "mode", *DECISIONS):
             sp.add_argument("agency")
         if name in ("diff", *DECISIONS):
             sp.add_argument("version", type=int)
-        if name in DECISIONS:
+        if name == "mode":
+            sp.add_argument("mode", choices=("enforce", "observe"))
+        if name in (*DECISIONS, "mode"):
             sp.add_argument("--reason", required=True, help="why (written into the audit trail)")
             sp.add_argument("--server", help="the node's admin API, e.g. http://127.0.0.1:8053 (default: http.listen)")
             sp.add_argument("--token-file", type=Path, help="file holding the admin token (else BETBLOCK_ADMIN_TOKEN or http.admin_token)")
@@ -148,7 +152,7 @@ def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
         return 2
     if args.what == "recover":
         return recover(settings, out, as_json=args.json)
-    if args.what in DECISIONS:
+    if args.what in (*DECISIONS, "mode"):
         return decide(settings, args, out)
     store = _store(settings)
     if store is None:
@@ -175,8 +179,9 @@ def feeds(argv: list[str], out: TextIO = sys.stdout) -> int:
         for row in data:
             q = f"  QUARANTINED v{row['quarantined']['version']}: {row['quarantined']['reason']}" if row["quarantined"] else ""
             err = f"  error: {row['last_error']}" if row["last_error"] else ""
+            obs = "  OBSERVE MODE (would block only)" if row["mode"] == "observe" else ""
             print(f"{row['agency']:<12} {row['source']:<40} v{row['version'] or '-':<5} {row['entries'] or 0:>8} entries"
-                  f"  ok {row['last_success'] or 'never'}{err}{q}", file=out)
+                  f"  ok {row['last_success'] or 'never'}{err}{q}{obs}", file=out)
     elif args.what == "history":
         for v in data:
             print(f"v{v['version']:<5} {v['status']:<11} {v['received']} {v['source']:<30} {v['entries']:>8} "
@@ -267,8 +272,14 @@ def decide(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         print("betblock: the admin token must be one line without spaces (is --token-file the right file?)", file=sys.stderr)
         return 2
     base = _api_base(settings, args.server)
-    body = json.dumps({"reason": args.reason, "operator": getpass.getuser()}).encode()
-    target = f"{base}/v1/feeds/{urllib.request.quote(args.agency, safe='')}/versions/{args.version}/{args.what}"
+    doc = {"reason": args.reason, "operator": getpass.getuser()}
+    agency = urllib.request.quote(args.agency, safe="")
+    if args.what == "mode":
+        doc["mode"] = args.mode
+        target, label = f"{base}/v1/feeds/{agency}/mode", f"{args.what} {args.agency} {args.mode}"
+    else:
+        target, label = f"{base}/v1/feeds/{agency}/versions/{args.version}/{args.what}", f"{args.what} {args.agency} v{args.version}"
+    body = json.dumps(doc).encode()
     req = urllib.request.Request(
         target, data=body, method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
@@ -281,7 +292,7 @@ def decide(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
             detail = json.loads(exc.read()).get("error", "")
         except ValueError:
             detail = ""
-        print(f"betblock: {args.what} {args.agency} v{args.version}: {exc.code} {detail or exc.reason}", file=sys.stderr)
+        print(f"betblock: {label}: {exc.code} {detail or exc.reason}", file=sys.stderr)
         return 1 if exc.code in (404, 409) else 2
     except (urllib.error.URLError, OSError) as exc:
         print(f"betblock: the node's admin API at {base} cannot be reached ({exc}); is 'betblock serve' running?",
@@ -289,6 +300,9 @@ def decide(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         return 2
     if args.json:
         print(json.dumps(result, indent=2), file=out)
+    elif args.what == "mode":
+        print(f"{args.agency}: {result.get('mode')} (was {result.get('was')}; policy {result.get('policy_version')}; "
+              f"reason: {args.reason})", file=out)
     else:
         print(f"{args.agency} v{args.version}: {result.get('status')} (reason: {args.reason})", file=out)
     return 0
@@ -338,7 +352,9 @@ def recover(settings: Settings, out: TextIO = sys.stdout, *, as_json: bool = Fal
 
 def _status(settings: Settings, store: FeedStore) -> list[dict[str, Any]]:
     rows = []
+    decided = store.modes()  # an admin's switch wins over the configured mode
     for agency in settings.agencies:
+        mode = decided[agency.id]["mode"] if agency.id in decided else agency.mode
         for src in agency.all_sources():
             active = store.active(agency.id, src.key) or {}
             latest = store.latest(agency.id, src.key) or {}
@@ -346,6 +362,7 @@ def _status(settings: Settings, store: FeedStore) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "agency": agency.id,
+                    "mode": mode,
                     "source": src.key,
                     "version": active.get("version"),
                     "entries": active.get("entries"),

@@ -418,7 +418,7 @@ def compile_lists(
             "unblocked": len(doomed),
             "rules": len(rules) - 1,
         },
-        observing=frozenset(a.id for a in agencies if a.mode == "observe"),
+        observing=tuple(sorted(a.id for a in agencies if a.mode == "observe")),
     )
     return Compiled(snapshot, next_change)
 

@@ -11,6 +11,9 @@ Owns the definitions (also in the README):
 - **enforced_at** / **lifted_at**: when the first snapshot that blocks it (or no longer blocks
   it) went live in the resolver, from the install records of the feed store. A listing date in
   the future is enforced by the first snapshot compiled at or after it; a removal date likewise.
+- An install that held the entry while its agency was in **observe mode** blocked nothing: the
+  entry counts as enforced from the first install that enforced the agency; until then its
+  status is ``observed`` (and late once its deadline passes, as any entry not enforced).
 - The legal clock of a listing starts at ``listed_at`` when the feed carries one, else at
   ``received_at``; of a removal at the earlier of ``removal_at`` (once passed) and the receipt of
   the version that dropped the entry. An entry is **late** when enforcement (or lifting) came
@@ -52,6 +55,7 @@ class Timeline:
     dates_at: list[float]  # when each install's listing and removal dates were evaluated
     installed_at: list[float]
     versions: dict[str, tuple[list[int], list[int]]]  # source -> (versions, index of first install)
+    observing: list[bool]  # per install: it only observed the agency (observe mode)
 
     @classmethod
     def load(cls, store: FeedStore, agency: str) -> Timeline:
@@ -64,7 +68,16 @@ class Timeline:
             vs, idx = versions.setdefault(source, ([], []))
             vs.append(version)
             idx.append(index[seq])
-        return cls([s for s, _d, _t in installs], [d for _s, d, _t in installs], [t for _s, _d, t in installs], versions)
+        observed = store.observing_installs(agency)
+        return cls([s for s, _d, _t in installs], [d for _s, d, _t in installs], [t for _s, _d, t in installs], versions,
+                   [s in observed for s, _d, _t in installs])
+
+    def first_enforcing(self, start: int) -> int | None:
+        """The first install from ``start`` that enforced the agency (not in observe mode)."""
+        for i in range(start, len(self.observing)):
+            if not self.observing[i]:
+                return i
+        return None
 
     def first_with(self, source: str, version: int) -> tuple[int, int] | None:
         """(install index, version) of the first install holding ``version`` or a later one."""
@@ -114,10 +127,14 @@ def report(store: FeedStore, agency: AgencySettings, now: float) -> dict[str, An
     summary: dict[str, int] = {"entries": len(items), "late": sum(1 for it in items if it["late"])}
     for it in items:
         summary[it["status"]] = summary.get(it["status"], 0) + 1
+    decided = store.modes().get(agency.id)
     return {
         "agency": agency.id,
         "agency_name": agency.display_name,
         "jurisdiction": agency.jurisdiction,
+        # the mode in force: an admin's switch (feeds.modes) wins over the configuration
+        "mode": decided["mode"] if decided else agency.mode,
+        "mode_set": {"by": decided["set_by"], "at": iso(decided["set_at"]), "reason": decided["reason"]} if decided else {"by": "config"},
         "deadline_hours": agency.deadline_hours or None,
         "generated_at": iso(now),
         "tracking_since": iso(timeline.installed_at[0]) if timeline.installed_at else None,
@@ -211,8 +228,18 @@ def _item(
         if listed is not None and tl.dates_at[i] < listed:
             j = tl.first_dated(listed, i)
             i, version = (j, tl.version_at(source, j) or version) if j is not None else (-1, version)
+        observed = False
+        if i >= 0 and tl.observing[i]:
+            # Observe mode: that install blocked nothing; the first that enforced the agency counts.
+            j = tl.first_enforcing(i)
+            if j is None:
+                observed, i = True, -1
+            else:
+                i, version = j, tl.version_at(source, j) or version
         if i >= 0 and (dropped is None or version < dropped) and (removal is None or tl.dates_at[i] < removal):
             enforced_i = i
+        elif observed and dropped is None and not (removal is not None and removal <= now):
+            status = "observed"  # in force in observe mode only: would block, blocks nothing
         elif i >= 0 or dropped is not None or (removal is not None and removal <= now):
             status = "never enforced"  # superseded or removed before a snapshot enforced it
     if enforced_i is not None:

@@ -5,7 +5,8 @@ Owns the explanation: every entry of every agency at the name or above it (since
 when, under which legal reference, from which source and version, with its match scope), which
 of them decides by the compile's rules (per agency its closest listed name, which must cover
 the name itself or the names below it; then the most specific, then the highest precedence),
-which agencies a closer entry shields, which exception or allowlist entry overrides them, and,
+which agencies a closer entry shields, which exception or allowlist entry overrides them, the
+mode of each agency (an observing one only "would block", and an enforcing one wins over it), and,
 when a snapshot is at hand, the rule the resolver applies now and the table name that decides;
 and entries of updates waiting in quarantine. Reads the store and the configuration only; works with the server stopped.
 
@@ -94,6 +95,11 @@ def explain(
     configured = set(formats)
     agency_scope = {a.id: a.scope for a in agencies}
     precedence = {a.id: (a.precedence, -i) for i, a in enumerate(agencies)}
+    # The mode each agency is compiled in: the configuration's, unless an admin switched it
+    # (feeds.modes; the decision is in the store).
+    modes = {a.id: a.mode for a in agencies}
+    if store is not None:
+        modes.update({a: d["mode"] for a, d in store.modes().items() if a in modes})
     rows = store.entries_named(names) if store is not None else []
 
     matches: list[dict[str, Any]] = []
@@ -127,6 +133,7 @@ def explain(
         else:
             item["state"] = "exception" if r["allow"] else "active"
         item["precedence"] = precedence.get(r["agency"], (0, 0))[0]
+        item["mode"] = modes.get(r["agency"], "enforce")
         matches.append(item)
 
     # The operator's allowlist is a zone read first: its closest name at or above decides.
@@ -165,12 +172,21 @@ def explain(
             deciding_by[agency_id] = blocking[0]
         elif any(m["state"] == "active" and rank[m["listed"]] > closest for m in own):
             shielded.append({"agency": agency_id, "by": names[closest], "scope": here[0]["scope"]})
-    deciding: list[dict[str, Any]] = sorted(
-        deciding_by.values(), key=lambda m: (rank[m["listed"]], [-x for x in precedence.get(m["agency"], (0, 0))])
-    )
+    # An enforcing agency that blocks the name wins over observing ones, wherever it lists it
+    # (the compile's rule: observing never weakens enforcement); the observers are still named.
+    enforcing = [m for m in deciding_by.values() if modes.get(m["agency"]) != "observe"]
+    observing = [m for m in deciding_by.values() if modes.get(m["agency"]) == "observe"]
+    order = lambda m: (rank[m["listed"]], [-x for x in precedence.get(m["agency"], (0, 0))])  # noqa: E731
+    deciding: list[dict[str, Any]] = sorted(enforcing or observing, key=order)
     if deciding:
         deciding = [m for m in deciding if m["listed"] == deciding[0]["listed"]]
-    decision: dict[str, Any] = {"blocked": bool(deciding) and not allowlisted}
+        if enforcing:
+            deciding += sorted(observing, key=order)
+    observed = bool(deciding) and not enforcing
+    decision: dict[str, Any] = {"blocked": bool(deciding) and not allowlisted and not observed}
+    if observed and not allowlisted:
+        # observe mode: resolved as if unlisted, every hit recorded as "would block"
+        decision["observed"] = True
     if deciding:
         win = deciding[0]
         agency = next(a for a in agencies if a.id == win["agency"])
@@ -186,6 +202,7 @@ def explain(
             ),
             "rule": "the entry's own (RPZ)" if per_entry else "the agency's",
             "precedence": agency.precedence,
+            "mode": modes.get(agency.id, "enforce"),
         }
         decision["also_listed_by"] = [m["agency"] for m in deciding[1:]]
         if allowlisted:
@@ -208,7 +225,8 @@ def explain(
         m = snapshot.match(wire)
         resolver: dict[str, Any] = {
             "policy_version": snapshot.version,
-            "blocked": m is not None,
+            "blocked": m is not None and not m.rule.observe,
+            "observed": m is not None and m.rule.observe,  # would block: resolved, hit recorded
             "agencies": list(m.rule.agencies) if m else [],
             "action": m.rule.action if m else None,
         }
@@ -235,6 +253,12 @@ def render(info: dict[str, Any]) -> str:
         how = w["action"] + (f" to {', '.join(w['redirect'])}" if w["action"] == "redirect" else "")
         lines.append(f"{name}: BLOCKED by {w['name']} ({w['agency']}, precedence {w['precedence']}): {how} ({w['rule']} rule)")
         lines.append(f"  because {w['listed']} is listed ({w['scope']})" + (f"; also listed by {', '.join(info['also_listed_by'])}" if info["also_listed_by"] else ""))
+    elif info.get("observed"):
+        w = info["winner"]
+        how = w["action"] + (f" to {', '.join(w['redirect'])}" if w["action"] == "redirect" else "")
+        lines.append(f"{name}: OBSERVED, not blocked: {w['name']} ({w['agency']}) is in observe mode; it would answer {how}. "
+                     "The name resolves normally and each query is recorded as a would-block hit")
+        lines.append(f"  because {w['listed']} is listed ({w['scope']})" + (f"; also listed by {', '.join(info['also_listed_by'])}" if info["also_listed_by"] else ""))
     elif info.get("winner"):
         o = info["overridden_by"]
         lines.append(f"{name}: not blocked: allowlisted ({o['name']}, {o['by']}) over {info['winner']['agency']}'s listing")
@@ -253,7 +277,8 @@ def render(info: dict[str, Any]) -> str:
             extra.append(f"removal {m['removed_at']}")
         if m["legal_ref"]:
             extra.append(f"ref {m['legal_ref']}")
-        lines.append(f"  - {m['agency']} lists {m['listed']} [{m['state']}] ({', '.join(extra)}; source {m['source']} v{m['version']})")
+        mode = ", observe mode" if m.get("mode") == "observe" else ""
+        lines.append(f"  - {m['agency']} lists {m['listed']} [{m['state']}{mode}] ({', '.join(extra)}; source {m['source']} v{m['version']})")
     for p in info.get("pending", []):
         kind = "an exception for" if p["exception"] else "lists"
         lines.append(f"  - pending: {p['agency']} v{p['version']} {kind} {p['listed']} (source {p['source']}, "
@@ -262,7 +287,8 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"  - history: {h['agency']} listed {h['listed']} from {h['since']} to {h['dropped']}")
     if "resolver" in info:
         r = info["resolver"]
-        state = f"blocked ({', '.join(r['agencies'])}, {r['action']})" if r["blocked"] else "not blocked"
+        state = (f"blocked ({', '.join(r['agencies'])}, {r['action']})" if r["blocked"]
+                 else f"observed, would block ({', '.join(r['agencies'])}, {r['action']})" if r.get("observed") else "not blocked")
         d = r.get("decided_by")
         how = f"; decided by {d['listed']} ({d['scope']}, rule {d['rule']} for {d['position']})" if d else ""
         lines.append(f"  resolver (policy {r['policy_version']}): {state}{how}")

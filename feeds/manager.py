@@ -5,7 +5,8 @@ in code" has the map): ``SourceTable`` (the sources and their state), ``StoreGat
 or why there is none), ``PolicyFiles`` (allowlist and protected names), ``PolicyBuilder``
 (compile, publish, save, the date timer), ``AdminDecisions`` and ``UpdateService`` (which share
 the one update lock made here), ``SourceScheduler`` (when sources are fetched or read),
-``FeedReadModel`` (status, metrics, provenance) and ``LookupService``. Owns only the start-up
+``FeedReadModel`` (status, metrics, provenance), ``LookupService`` and ``AgencyModes`` (enforce or
+observe per agency, and the admin's switch). Owns only the start-up
 order, written once as numbered steps in ``start`` (before DNS opens) and ``run`` (after):
 
 1. the snapshot persisted by the last run is installed at once when it was compiled under the
@@ -36,6 +37,7 @@ from config.settings import PolicySettings, Settings
 from feeds import persist
 from feeds.builder import CompileInputs, PolicyBuilder
 from feeds.decisions import AdminDecisions
+from feeds.modes import AgencyModes
 from feeds.lookup import LookupService
 from feeds.ondisk import explain, load_saved, open_store
 
@@ -86,7 +88,9 @@ class FeedManager:
             self.sources, resolve=resolve, ingest=self.updates.ingest, gate=self.gate, clock=clock,
             session_factory=session_factory or (lambda: aiohttp.ClientSession(trust_env=False)),
         )
-        self.read = FeedReadModel(self.sources, self.builder, self.gate, clock)
+        # enforce/observe per agency: the configuration's, then an admin's switch (stored)
+        self.modes = AgencyModes(self.sources.agencies, self.gate, lock=shared["lock"], builder=self.builder, clock=clock)
+        self.read = FeedReadModel(self.sources, self.builder, self.gate, clock, modes=self.modes)
         self.lookup = LookupService(settings.agencies, self.gate, self.files, lambda: self.builder.snapshot, clock)
         # Each part reports its own metrics; the composition root registers them.
         self.collectors = [self.read.metrics, self.builder.metrics, self.gate.metrics]
@@ -107,7 +111,7 @@ class FeedManager:
         return self.gate.store
 
     def _compile_inputs(self) -> CompileInputs:
-        return CompileInputs(self.sources.compile_lists(), self.files.compile_allow(), self.sources.versions())
+        return CompileInputs(self.modes.apply(self.sources.compile_lists()), self.files.compile_allow(), self.sources.versions())
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -141,7 +145,7 @@ class FeedManager:
             # No date has passed since it was compiled: its dated decisions hold as of now.
             self.builder.dates_at = self.clock()
             # Already recorded by the run that compiled it, unless that run died first.
-            await self.builder.record_install(saved.version, self.builder.dates_at, self.clock(), [])
+            await self.builder.record_install(saved.version, self.builder.dates_at, self.clock(), [], saved.observing)
             log.info("policy installed from the saved snapshot", version=saved.version,
                      seconds=round(time.perf_counter() - started, 3), **saved.stats)
             return saved
@@ -197,7 +201,7 @@ class FeedManager:
         """Every source's list in force, pending version and fetch state, and the admin
         allowlist, as the store holds them."""
         store = self.gate.require()
-        await asyncio.to_thread(lambda: (self.sources.load(store), self.files.load_admin(store)))
+        await asyncio.to_thread(lambda: (self.sources.load(store), self.files.load_admin(store), self.modes.load(store)))
         self.builder.changed()
 
     # -- reload and shutdown --------------------------------------------------------------

@@ -194,5 +194,5 @@ def _read(f: Any, fp: str, now: float) -> PolicySnapshot | None:
         for r in doc["rules"]
     )
     return PolicySnapshot(
-        version=doc["version"], table=table, rules=rules, stats=doc["stats"], observing=frozenset(doc.get("observing", ()))
+        version=doc["version"], table=table, rules=rules, stats=doc["stats"], observing=tuple(doc.get("observing", ()))
     )

@@ -118,7 +118,13 @@ class PolicySnapshot:
     table: dict[bytes, int]
     rules: tuple[Rule | None, ...]  # index = rule id; index 0 (ALLOW) is None
     stats: dict[str, int] = field(default_factory=dict)
-    observing: frozenset[str] = frozenset()  # agencies compiled in observe mode (their rules observe)
+    # Agencies compiled in observe mode (their rules observe), sorted. A tuple, not a set: every
+    # writer of a snapshot (persist, the mmap table's JSON) stores it as it stores the rules.
+    observing: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if type(self.observing) is not tuple:  # read back from JSON as a list
+            object.__setattr__(self, "observing", tuple(self.observing))
 
     def match(self, name: bytes) -> Match | None:
         """The entry that blocks ``name`` (lower-case wire format), or None when it is not blocked.

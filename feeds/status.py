@@ -22,6 +22,7 @@ from feeds.store import iso
 
 if TYPE_CHECKING:
     from feeds.builder import PolicyBuilder
+    from feeds.modes import AgencyModes
     from feeds.sources import SourceRuntime, SourceTable
     from feeds.storegate import StoreGate
 
@@ -58,11 +59,15 @@ def source_status(rt: SourceRuntime, now: float) -> dict[str, Any]:
 class FeedReadModel:
     """Status, metrics and provenance over the sources, the builder and the store (read-only)."""
 
-    def __init__(self, sources: SourceTable, builder: PolicyBuilder, gate: StoreGate, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, sources: SourceTable, builder: PolicyBuilder, gate: StoreGate, clock: Callable[[], float],
+        modes: AgencyModes | None = None,
+    ) -> None:
         self.sources = sources
         self.builder = builder
         self.gate = gate
         self.clock = clock
+        self.modes = modes  # enforce/observe per agency (None: every agency as configured)
 
     def status(self, agency: str | None = None) -> dict[str, Any]:
         """Each agency with its sources' state (or one agency)."""
@@ -79,6 +84,8 @@ class FeedReadModel:
                     "jurisdiction": a.jurisdiction,
                     "precedence": a.precedence,
                     "action": a.action,
+                    # mode (enforce/observe) and who set it
+                    **(self.modes.status(a.id) if self.modes is not None else {"mode": a.mode, "set_by": "config"}),
                     "push": a.push_source() is not None,
                     "entries": sum(s["entries"] for s in srcs),
                     "quarantined": [s["quarantined"] for s in srcs if "quarantined" in s],

@@ -130,6 +130,21 @@ CREATE TABLE IF NOT EXISTS allowlist (
     added_by TEXT NOT NULL,
     note TEXT NOT NULL DEFAULT ''
 );
+-- Agencies an install only observed (observe mode): their listings in it blocked nothing, so
+-- the compliance report does not count that install as enforcing them.
+CREATE TABLE IF NOT EXISTS install_observing (
+    seq INTEGER NOT NULL,
+    agency TEXT NOT NULL,
+    PRIMARY KEY (agency, seq)
+);
+-- An admin's switch of an agency between enforce and observe: wins over the configured mode.
+CREATE TABLE IF NOT EXISTS agency_modes (
+    agency TEXT PRIMARY KEY,
+    mode TEXT NOT NULL CHECK (mode IN ('enforce', 'observe')),
+    set_at REAL NOT NULL,
+    set_by TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
 -- The store's identity (store_id, created_at), also kept in a marker file beside it, so that a
 -- store that existed is never taken for a first start when it goes missing or empty.
 CREATE TABLE IF NOT EXISTS meta (
@@ -595,10 +610,12 @@ class FeedStore:
     # -- installs -----------------------------------------------------------------------
 
     def record_install(
-        self, snapshot: int, dates_at: float, installed_at: float, versions: Iterable[tuple[str, str, int]]
+        self, snapshot: int, dates_at: float, installed_at: float, versions: Iterable[tuple[str, str, int]],
+        observing: Iterable[str] = (),
     ) -> None:
         """A snapshot went live; each (agency, source, version) it holds is recorded unless an
-        earlier snapshot already enforced it (the first one is the one that counts)."""
+        earlier snapshot already enforced it (the first one is the one that counts), and so is
+        each agency it only observed."""
         with self._tx():
             seq = self.db.execute(
                 "INSERT INTO installs (snapshot, dates_at, installed_at) VALUES (?,?,?)", (snapshot, dates_at, installed_at)
@@ -607,6 +624,15 @@ class FeedStore:
                 "INSERT OR IGNORE INTO installed_versions (agency, source, version, seq, installed_at) VALUES (?,?,?,?,?)",
                 ((a, s, v, seq, installed_at) for a, s, v in versions),
             )
+            self.db.executemany("INSERT INTO install_observing (seq, agency) VALUES (?,?)", ((seq, a) for a in observing))
+
+    def observing_installs(self, agency: str) -> set[int]:
+        """Seqs of the installs that only observed ``agency`` (observe mode)."""
+        with self.lock:
+            try:
+                return {r[0] for r in self.db.execute("SELECT seq FROM install_observing WHERE agency = ?", (agency,))}
+            except sqlite3.OperationalError:  # a read-only store written before observe mode
+                return set()
 
     def installs(self) -> list[tuple[int, float, float]]:
         """(seq, dates_at, installed_at) of every install, in the order they happened."""
@@ -684,6 +710,25 @@ class FeedStore:
             if removed and audit is not None:
                 self._insert_audit(audit)
             return removed
+
+    def modes(self) -> dict[str, dict[str, Any]]:
+        """The admins' mode decisions per agency (mode, set_at, set_by, reason); empty in a
+        store written before there were any (the table is made on the next writable open)."""
+        try:
+            with self.lock:
+                rows = self.db.execute("SELECT * FROM agency_modes ORDER BY agency").fetchall()
+        except sqlite3.OperationalError:  # read-only open of an older store: no such table
+            return {}
+        return {r["agency"]: {k: r[k] for k in ("mode", "set_at", "set_by", "reason")} for r in rows}
+
+    def set_mode(self, agency: str, mode: str, actor: str, ts: float, reason: str, audit: Audit) -> None:
+        """Record an admin's mode for ``agency`` (replacing any earlier one) with its audit row."""
+        with self._tx():
+            self.db.execute(
+                "INSERT OR REPLACE INTO agency_modes (agency, mode, set_at, set_by, reason) VALUES (?,?,?,?,?)",
+                (agency, mode, ts, actor, reason),
+            )
+            self._insert_audit(audit)
 
     def audit(self, actor: str, action: str, agency: str | None = None, version: int | None = None, ts: float | None = None, **detail: Any) -> None:
         """An audit row that records no change of its own (a refused update)."""

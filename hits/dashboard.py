@@ -5,7 +5,8 @@ top names, top client networks (as stored, so the privacy mode is already applie
 the last day, feed health (state ok / stale / failing / quarantined, entries, last success, next
 poll) and the policy version in force; the quarantined versions with their diff (counts and a
 sample of names added, removed and changed, the guardrail's finding and the rejected lines), and
-the approve / reject form. The form is CSRF-safe: its token is an HMAC of the session id under a
+the approve / reject form, and each agency's mode (enforce / observe) with the form that
+switches it. The forms are CSRF-safe: its token is an HMAC of the session id under a
 key made at start, so a page of another origin cannot forge it. All times UTC.
 
 The feeds side comes in through ``FeedsView`` (the composition root adapts the feed manager), so
@@ -53,6 +54,12 @@ class FeedsView(Protocol):
 
     async def labels(self, versions: set[int]) -> dict[int, str]:
         """``v<n>`` for each policy version (snapshot) known."""
+
+    async def modes(self) -> list[dict[str, Any]]:
+        """Per agency: id, name, mode (enforce/observe), set_by, set_at, reason."""
+
+    async def set_mode(self, agency: str, mode: str, actor: str, reason: str) -> str:
+        """Switch an agency's mode; the outcome in a sentence. ValueError when refused."""
 
 
 def utc(text: str | None) -> str:
@@ -188,6 +195,30 @@ def review_item(q: dict[str, Any], csrf: str) -> str:
 </article>"""
 
 
+def modes_section(rows: list[dict[str, Any]], csrf: str) -> str:
+    """Each agency's mode, a link to the hits it would have blocked while observed, and the
+    CSRF-safe form that switches it (observe mode: README, Behaviour)."""
+    body = []
+    for r in rows:
+        aid, mode = r["id"], r.get("mode", "enforce")
+        other = "observe" if mode == "enforce" else "enforce"
+        since = f'<div class="muted">{esc(r.get("set_by"))}, {esc(utc(r.get("set_at")))}: {esc(r.get("reason") or "")}</div>' if r.get("set_at") else '<div class="muted">configuration</div>'
+        form = (
+            f'<form method="post" action="/modes/{esc(aid)}" class="mode-switch">'
+            f'<input type="hidden" name="csrf" value="{esc(csrf)}"><input type="hidden" name="mode" value="{esc(other)}">'
+            f'<label for="mode-reason-{esc(aid)}">Reason</label> '
+            f'<input type="text" id="mode-reason-{esc(aid)}" name="reason" required maxlength="500" size="30">'
+            f' <button type="submit" id="mode-{esc(aid)}">Switch to {esc(other)}</button></form>'
+        )
+        hits = f'<a href="/?{esc(urlencode({"agency": aid, "action": "observe"}))}">would-block hits</a>'
+        body.append([f'{esc(aid)}<div class="muted">{esc(r.get("name") or "")}</div>',
+                     f'<span class="mode mode-{esc(mode)}" id="mode-state-{esc(aid)}">{esc(mode)}</span>{since}', hits, form])
+    table = _table("modes-table", ["agency", "mode", "", "switch"], body, "no agencies configured")
+    return ('<section id="modes"><h2>Agency modes</h2><p class="muted">An agency in observe mode blocks nothing: its '
+            'names resolve and each hit is recorded as "would block". Read those hits, then switch it to enforce; '
+            f"the switch applies at once and is recorded in the audit.</p>{table}</section>")
+
+
 def audit_section(rows: list[dict[str, Any]]) -> str:
     body = [
         [
@@ -270,9 +301,28 @@ def add_routes(
             f'<section id="quarantine"><h2>Quarantined updates</h2>{notice}'
             '<p class="muted">An update the guardrails held back blocks nothing until approved. '
             "Approving applies it at once; rejecting keeps the list in force and refuses this list if it is sent again.</p>"
-            f"{items}</section>{audit_section(await feeds.audit())}"
+            f"{items}</section>{modes_section(await feeds.modes(), csrf) if hasattr(feeds, 'modes') else ''}"
+            f"{audit_section(await feeds.audit())}"
         )
         return render(body, logged_in=True)
+
+    async def switch_mode(request: web.Request) -> web.StreamResponse:
+        if feeds is None:
+            raise web.HTTPNotFound()
+        form = await request.post()
+        token = form.get("csrf")
+        if not isinstance(token, str) or not hmac.compare_digest(token, csrf_for(request)):
+            raise web.HTTPForbidden(reason="the form is stale or not ours: reload the page")
+        mode, reason = form.get("mode"), form.get("reason")
+        reason = reason.strip() if isinstance(reason, str) else ""
+        agency = request.match_info["agency"]
+        if not reason:
+            raise web.HTTPSeeOther("/quarantine?" + urlencode({"error": f"{agency}: give a reason for the audit"}) + "#modes")
+        try:
+            said = await feeds.set_mode(agency, str(mode), "admin (page)", reason)
+        except ValueError as exc:
+            raise web.HTTPSeeOther("/quarantine?" + urlencode({"error": str(exc)}) + "#modes") from None
+        raise web.HTTPSeeOther("/quarantine?" + urlencode({"done": said}) + "#modes")
 
     async def decide(request: web.Request) -> web.StreamResponse:
         if feeds is None:
@@ -301,3 +351,4 @@ def add_routes(
     app.router.add_get("/dashboard", public(gate(dashboard)))
     app.router.add_get("/quarantine", public(gate(review)))
     app.router.add_post("/quarantine/{agency}/{version}", gate(decide))
+    app.router.add_post("/modes/{agency}", gate(switch_mode))

@@ -166,18 +166,40 @@ def lookup_section(name: str, result: dict[str, Any] | None, error: str) -> str:
                 f'listed by {esc(", ".join([w["agency"], *also]))}; '
                 f'answer: {esc(w["action"])} (decided by {esc(w["agency"])}{_policy(result)}).</p>'
             )
+        elif result.get("observed"):
+            w = result["winner"]
+            also = result.get("also_listed_by") or []
+            out = (
+                f'<p id="lookup-result"><span class="observed">{esc(result["name"])} would be blocked</span> (observe mode: '
+                f'it resolves normally and each query is recorded as a would-block hit) by the entry '
+                f'<code>{esc(w["listed"])}</code> ({esc(w.get("scope", "subtree"))}), listed by {esc(", ".join([w["agency"], *also]))}; '
+                f'enforcing would answer {esc(w["action"])}{_policy(result)}.</p>'
+            )
         elif result.get("overridden_by"):
             o = result["overridden_by"]
             out = (
                 f'<p id="lookup-result"><span class="ok">{esc(result["name"])} is not blocked</span>: '
                 f'allowlisted by <code>{esc(o["name"])}</code> ({esc(o["by"])}).</p>'
             )
+        elif result.get("pending"):
+            who = ", ".join(sorted({p["agency"] for p in result["pending"]}))
+            out = (
+                f'<p id="lookup-result"><span class="ok">{esc(result["name"])} is not blocked yet</span>: listed in an update '
+                f'waiting in quarantine ({esc(who)}); it applies once an admin approves it (<a href="/quarantine">review</a>).</p>'
+            )
         else:
             out = f'<p id="lookup-result"><span class="ok">{esc(result["name"])} is not blocked</span>: no list has it.</p>'
         rows = "".join(
-            f"<tr><td>{esc(m['agency'])}</td><td>{esc(m['listed'])}</td><td>{esc(m['state'])}</td>"
+            f"<tr><td>{esc(m['agency'])}</td><td>{esc(m['listed'])}</td><td>{esc(m['state'])}"
+            f"{' (observe mode)' if m.get('mode') == 'observe' else ''}</td>"
             f"<td>{esc(m['since'])}</td><td>{esc(m['legal_ref'] or '')}</td><td>v{esc(m['version'])}</td></tr>"
             for m in result.get("matches", [])
+        )
+        rows += "".join(
+            f"<tr class=\"pending\"><td>{esc(p['agency'])}</td><td>{esc(p['listed'])}</td>"
+            f"<td>pending: quarantined ({esc(p.get('reason') or '')})</td><td>{esc(p.get('received') or '')}</td><td></td>"
+            f"<td>v{esc(p['version'])}</td></tr>"
+            for p in result.get("pending", [])
         )
         if rows:
             out += (

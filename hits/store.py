@@ -22,7 +22,7 @@ from typing import Any
 from config.errors import BetblockError
 from hits.checkpoint import ChainHead
 from hits.chain import GENESIS, REFS, Row, digest, digest_v2, referenced, referenced_v2, text_block
-from hits.query import DRIVE_MAX, INLINE_MAX, Filters, Resolved, action_matches, hit_dict, name_rev, page_sql
+from hits.query import DRIVE_MAX, INLINE_MAX, OBSERVE, Filters, Resolved, action_matches, hit_dict, name_rev, page_sql
 
 SCHEMA_VERSION = 3
 DAY_MS = 86_400_000
@@ -364,11 +364,21 @@ class HitStore(abc.ABC):
             if before is None:
                 return
 
+    async def _series(self) -> dict[int, list[str]]:
+        """Per stored rule, the series its hits count in: each agency whose entry matched, and
+        ``<agency> (would block)`` for a rule in observe mode, so that charts and statistics
+        never add what was only observed to what was blocked."""
+        out: dict[int, list[str]] = {}
+        for rid, agencies, action in await self.fetch("SELECT id, agencies, action FROM rules"):
+            names = agencies.split(",")
+            out[rid] = [f"{a} (would block)" for a in names] if action.startswith(OBSERVE + ":") else names
+        return out
+
     async def stats(self, days: int = 30, top: int = 20, now: float | None = None) -> dict[str, Any]:
         """Hits per agency per day, top names and client networks, names first seen in the last day."""
         now = self.clock() if now is None else now
         first_day = int(now * 1000) // DAY_MS - days + 1
-        rules = {rid: agencies.split(",") for rid, agencies in await self.fetch("SELECT id, agencies FROM rules")}
+        rules = await self._series()
         per: dict[tuple[int, str], int] = {}
         for day, rule, hits in await self.fetch(
             "SELECT day, rule, SUM(hits) FROM daily_rule WHERE day >= ? GROUP BY day, rule", (first_day,)
@@ -414,7 +424,7 @@ class HitStore(abc.ABC):
         if lo is not None:
             if hi - lo + 1 > max_rows:
                 lo, partial = hi - max_rows + 1, True
-            rules = {rid: agencies.split(",") for rid, agencies in await self.fetch("SELECT id, agencies FROM rules")}
+            rules = await self._series()
             # Each row's time is relative to its batch: the batches of the window, joined by id range.
             rows = await self.fetch(
                 "SELECT (b.min_ts + h.ts) / 3600000 AS hr, h.rule, SUM(h.cnt) FROM batches b "

@@ -100,7 +100,7 @@ def test_observed_names_stay_out_of_rpz_exports() -> None:
     from xfr.rpz import agency_view, combined_view
 
     snap = compile_snapshot([AgencyList(ENF, [w("a.test"), w("both.test")]), AgencyList(OBS, [w("b.test"), w("both.test")])], [], 300)
-    assert snap.observing == {"obs"}
+    assert snap.observing == ("obs",)
     assert combined_view(snap).count() == 2  # a.test and both.test: enforced
     assert agency_view(snap, ENF).count() == 2
     assert agency_view(snap, OBS).count() == 0  # followers would enforce what they are sent
@@ -113,6 +113,6 @@ def test_saved_snapshot_keeps_the_mode(tmp_path) -> None:
     path = tmp_path / "snapshot.marshal"
     persist.save(path, snap, "fp", None)
     back = persist.load(path, "fp", 0.0)
-    assert back is not None and back.observing == {"obs"}
+    assert back is not None and back.observing == ("obs",)
     assert outcome(back, "b.test") == (("obs",), "redirect", True)
     assert outcome(back, "a.test") == (("enf",), "nxdomain", False)

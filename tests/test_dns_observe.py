@@ -98,6 +98,11 @@ async def test_would_block_in_the_hit_api_page_and_chain(node: NodeFactory, upst
             assert [h["name"] for h in (await r.json())["hits"]] == ["casino.test"]
         async with s.get(base(app) + "/v1/hits/export", params={"format": "csv"}) as r:
             assert "observe:redirect" in await r.text()
+        async with s.get(base(app) + "/v1/hits/stats") as r:
+            per = {d["agency"]: d["hits"] for d in (await r.json())["per_agency_day"]}
+        assert per == {"enf": 1, "obs": 1, "obs (would block)": 1}  # observed never counted as blocked
+        async with s.get(base(app) + "/dashboard") as r:
+            assert "obs (would block)" in await r.text()
         async with s.get(base(app) + "/") as r:
             page = await r.text()
         assert '<td class="observed" title="observe mode: answered normally">would block (redirect)</td>' in page

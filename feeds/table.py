@@ -13,16 +13,18 @@ Layout (little-endian, every section 8-byte aligned, in this order)::
     header   HEADER: magic, format, version, counts, section lengths, CRC-32 of the body,
              CRC-32 of the header itself
     doc      JSON: the snapshot's other fields (stats, ...), the rules, the distinct values
+    filter   2**fbits bytes: filter[hash & (2**fbits - 1)] is 0 when no name has such a hash
     buckets  nbuckets + 1 u32: entries of bucket b are [buckets[b], buckets[b + 1])
     hashes   count u32: CRC-32 of each name, grouped by bucket (bucket = hash >> shift)
-    entries  count (u32 offset in the heap, u32 length << 24 | index into the values)
+    entries  count + 1 (u32 offset of the name in the heap, u32 index into the values); the
+             name of entry i ends where the name of entry i + 1 starts (the last is a sentinel)
     heap     the names, lower-case wire format, back to back
 
 The hash is ``zlib.crc32`` of the wire name, the same in every process (``hash()`` of bytes
 is salted per process). Buckets, not open addressing, because a lookup is a few Python
-operations and most lookups are misses: an empty bucket (about half of them at the load
-factor written here) answers with one ``unpack_from``, a full one with one more and a tuple
-``in``. A hash match is confirmed by comparing the name bytes, so a collision never blocks
+operations and most lookups are misses: the filter (about 6 bytes a name) answers most
+misses with one subscript of the mapping, and a bucket is read with two ``unpack_from`` and a
+tuple ``in``. A hash match is confirmed by comparing the name bytes, so a collision never blocks
 another name. Values (rule ids, or ``(self, below)`` pairs as negative ints, see
 ``feeds.snapshot``) are few and distinct ones are stored once in the doc.
 
@@ -41,10 +43,10 @@ import json
 import mmap
 import os
 import struct
-from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
-from itertools import accumulate, islice, repeat
-from operator import lshift, or_, sub
+from collections import Counter, deque
+from itertools import accumulate, chain, repeat
+from operator import and_, rshift
 from array import array
 from pathlib import Path
 from typing import Any
@@ -55,14 +57,16 @@ from feeds.snapshot import PolicySnapshot, Rule
 
 MAGIC = b"BBPTABLE"
 FORMAT = 1
-# magic, format, header size, version, count, nbuckets, max bucket size, flags (0), doc
-# length, heap length, body CRC-32, header CRC-32 (of every byte before it); 72 bytes
+# magic, format, header size, version, count, nbuckets, max bucket size, log2 of the filter's
+# size, doc length, heap length, body CRC-32, header CRC-32 (of every byte before it); 72 bytes
 HEADER = struct.Struct("<8sIIqQQIIQQII")
-_LEN_BITS = 24  # entries pack the name length (<= 255) above a 24-bit value index
-_VALUE_MASK = (1 << _LEN_BITS) - 1
 _U32 = struct.Struct("<I")
 _U32X2 = struct.Struct("<II")
+_U32X3 = struct.Struct("<III")
 _CHUNK = 1 << 20
+# filter bytes per name, rounded up to a power of two: 4 to 8, so that 12 to 22 % of the
+# misses get past it (1 - exp(-names / size)); measured in tools/table_bench.py
+_FILTER_BYTES = 4
 
 
 class TableDamaged(BetblockError):
@@ -102,37 +106,35 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     count = len(table)
     nbuckets = _buckets_for(count)
     shift = 32 - nbuckets.bit_length() + 1
+    fbits = max(_buckets_for(count * _FILTER_BYTES).bit_length() - 1, 3)
     # Sorted by hash, the names are grouped by bucket (the top bits of the hash). Everything
-    # below is one C-level pass (sort, map, accumulate, bisect): no Python loop per name.
+    # below is C-level (sort, map, accumulate, Counter): no Python loop per name.
     names = sorted(table, key=crc32)
     hashes = list(map(crc32, names))
-    lengths = list(map(len, names))
-    if lengths and max(lengths) > 255:
-        raise ValueError("a wire name longer than 255 bytes")
     value_ids = {v: i for i, v in enumerate(set(table.values()))}
-    if len(value_ids) > _VALUE_MASK:
-        raise ValueError(f"{len(value_ids)} distinct table values, more than the format holds")
-    entries = array("I", bytes(8 * count))
-    entries[0::2] = array("I", islice(accumulate(lengths, initial=0), count))
-    entries[1::2] = array("I", map(or_, map(lshift, lengths, repeat(_LEN_BITS)), map(value_ids.__getitem__, map(table.__getitem__, names))))
+    entries = array("I", bytes(8 * (count + 1)))
+    entries[0::2] = array("I", accumulate(map(len, names), initial=0))
+    entries[1::2] = array("I", chain(map(value_ids.__getitem__, map(table.__getitem__, names)), (0,)))
     heap = b"".join(names)
     if len(heap) >= 1 << 32:
         raise ValueError("names too long for 32-bit heap offsets")
-    # bucket b starts at the first hash >= b << shift
-    buckets = array("I", map(bisect_left, repeat(hashes), range(0, (nbuckets << shift) + 1, 1 << shift)))
-    longest = max(map(sub, buckets[1:], buckets[:-1]), default=0)
     del names
+    filt = bytearray(1 << fbits)
+    deque(map(filt.__setitem__, map(and_, hashes, repeat((1 << fbits) - 1)), repeat(1)), maxlen=0)
+    per_bucket = Counter(map(rshift, hashes, repeat(shift)))
+    buckets = array("I", accumulate(map(per_bucket.get, range(nbuckets), repeat(0)), initial=0))
+    longest = max(per_bucket.values(), default=0)
     others = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name not in ("table", "rules")}
     doc = json.dumps(
         {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids)},
         separators=(",", ":"),
     ).encode()
-    sections = [doc, buckets.tobytes(), array("I", hashes).tobytes(), entries.tobytes(), heap]
+    sections = [doc, filt, buckets.tobytes(), array("I", hashes).tobytes(), entries.tobytes(), heap]
     pads = [b"\0" * (_align(len(s)) - len(s)) for s in sections]
     body_crc = 0
     for s, pad in zip(sections, pads):
         body_crc = crc32(pad, crc32(s, body_crc))
-    head = HEADER.pack(MAGIC, FORMAT, HEADER.size, snapshot.version, count, nbuckets, longest, 0,
+    head = HEADER.pack(MAGIC, FORMAT, HEADER.size, snapshot.version, count, nbuckets, longest, fbits,
                        len(doc), len(heap), body_crc, 0)
     head = head[:-4] + _U32.pack(crc32(head[:-4]))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,16 +160,16 @@ def open_table(path: Path) -> PolicySnapshot:
         head = f.read(HEADER.size)
         if len(head) < HEADER.size:
             raise TableDamaged(f"{path}: {len(head)} bytes, shorter than the {HEADER.size}-byte header")
-        magic, fmt, hsize, version, count, nbuckets, maxb, flags, doc_len, heap_len, body_crc, head_crc = HEADER.unpack(head)
+        magic, fmt, hsize, version, count, nbuckets, maxb, fbits, doc_len, heap_len, body_crc, head_crc = HEADER.unpack(head)
         if magic != MAGIC:
             raise TableDamaged(f"{path}: not a policy table (bad magic)")
         if fmt != FORMAT or hsize != HEADER.size:
             raise TableDamaged(f"{path}: format {fmt} (header {hsize} bytes), this reader reads format {FORMAT}")
         if crc32(head[:-4]) != head_crc:
             raise TableDamaged(f"{path}: header CRC-32 does not match (changed bytes)")
-        if flags or nbuckets < 1 or nbuckets & (nbuckets - 1) or nbuckets > 1 << 32 or count >= 1 << 32 or maxb > count:
+        if not 3 <= fbits <= 32 or nbuckets < 1 or nbuckets & (nbuckets - 1) or nbuckets > 1 << 32 or count >= 1 << 32 or maxb > count:
             raise TableDamaged(f"{path}: impossible counts ({count} names, {nbuckets} buckets)")
-        lengths = (doc_len, 4 * (nbuckets + 1), 4 * count, 8 * count, heap_len)
+        lengths = (doc_len, 1 << fbits, 4 * (nbuckets + 1), 4 * count, 8 * (count + 1), heap_len)
         offsets = list(accumulate((_align(n) for n in lengths), initial=HEADER.size))
         if size != offsets[-1]:
             raise TableDamaged(f"{path}: {size} bytes where the header says {offsets[-1]} (truncated or extended)")
@@ -187,8 +189,8 @@ def open_table(path: Path) -> PolicySnapshot:
             raise TableDamaged(f"{path}: unreadable rules ({type(exc).__name__}: {exc})") from None
         mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     others["version"] = version
-    table = PolicyTable(mm, count, nbuckets, maxb, offsets, values)
-    if _U32.unpack_from(mm, offsets[1])[0] != 0 or _U32.unpack_from(mm, offsets[1] + 4 * nbuckets)[0] != count:
+    table = PolicyTable(mm, count, nbuckets, maxb, fbits, offsets, values)
+    if _U32.unpack_from(mm, offsets[2])[0] != 0 or _U32.unpack_from(mm, offsets[2] + 4 * nbuckets)[0] != count:
         raise TableDamaged(f"{path}: bucket index does not cover the {count} names")
     return PolicySnapshot(table=table, rules=rules, **others)  # type: ignore[arg-type]
 
@@ -199,13 +201,13 @@ class PolicyTable(Mapping[bytes, int]):
     locals (no attribute lookups on the hot path); iteration (exporters, tests) is slow and
     meant for the control plane."""
 
-    def __init__(self, mm: mmap.mmap | None, count: int, nbuckets: int, maxb: int, offsets: list[int],
+    def __init__(self, mm: mmap.mmap | None, count: int, nbuckets: int, maxb: int, fbits: int, offsets: list[int],
                  values: tuple[int, ...]) -> None:
         self._mm = mm
         self._count = count
         self._offsets = offsets
         self._values = values
-        self.get: Callable[..., int | None] = _lookup(mm, nbuckets, maxb, offsets, values) if count else _empty
+        self.get: Callable[..., int | None] = _lookup(mm, nbuckets, maxb, fbits, offsets, values) if count else _empty
 
     def __len__(self) -> int:
         return self._count
@@ -226,14 +228,12 @@ class PolicyTable(Mapping[bytes, int]):
         mm = self._mm
         if mm is None or not self._count:
             return
-        entries, heap = self._offsets[3], self._offsets[4]
+        entries, heap = self._offsets[4], self._offsets[5]
         values = self._values
         ents = array("I")
-        ents.frombytes(mm[entries : entries + 8 * self._count])
-        for i in range(0, len(ents), 2):
-            off, packed = ents[i], ents[i + 1]
-            start = heap + off
-            yield mm[start : start + (packed >> _LEN_BITS)], values[packed & _VALUE_MASK]
+        ents.frombytes(mm[entries : entries + 8 * (self._count + 1)])
+        for i in range(0, len(ents) - 2, 2):
+            yield mm[heap + ents[i] : heap + ents[i + 2]], values[ents[i + 1]]
 
     def values(self) -> Iterator[int]:  # type: ignore[override]
         return (value for _, value in self.items())
@@ -246,20 +246,24 @@ def _empty(name: bytes, default: int | None = None) -> int | None:
     return default
 
 
-def _lookup(mm: Any, nbuckets: int, maxb: int, offsets: list[int], values: tuple[int, ...]) -> Callable[..., int | None]:
+def _lookup(mm: Any, nbuckets: int, maxb: int, fbits: int, offsets: list[int], values: tuple[int, ...]) -> Callable[..., int | None]:
     """``get(name, default=None)`` over the mapped sections. Kept to the fewest Python steps:
-    CRC, one unpack of the bucket's bounds (an empty bucket ends here), one unpack of its
-    hashes, and only on a hash match an unpack of the entry and a slice of the name."""
+    CRC and one byte of the filter (most misses end here); then one unpack of the bucket's
+    bounds, one of its hashes, and only on a hash match an unpack of the entry and a slice of
+    the name."""
     shift = 32 - nbuckets.bit_length() + 1
-    buckets, hashes, entries, heap = offsets[1], offsets[2], offsets[3], offsets[4]
+    filt, buckets, hashes, entries, heap = offsets[1:6]
+    fmask = (1 << fbits) - 1
     runs = [struct.Struct(f"<{n}I").unpack_from for n in range(maxb + 1)]
 
     def get(name: bytes, default: int | None = None, _crc: Callable[[bytes], int] = crc32,
-            _bounds: Callable[..., tuple[int, int]] = _U32X2.unpack_from, _runs: list[Callable[..., tuple[int, ...]]] = runs,
-            _mm: Any = mm, _shift: int = shift, _b: int = buckets, _h: int = hashes, _e: int = entries,
-            _heap: int = heap, _values: tuple[int, ...] = values, _bits: int = _LEN_BITS,
-            _mask: int = _VALUE_MASK) -> int | None:
+            _bounds: Callable[..., tuple[int, int]] = _U32X2.unpack_from,
+            _entry: Callable[..., tuple[int, int, int]] = _U32X3.unpack_from, _runs: list[Callable[..., tuple[int, ...]]] = runs,
+            _mm: Any = mm, _f: int = filt, _fmask: int = fmask, _shift: int = shift, _b: int = buckets, _h: int = hashes, _e: int = entries,
+            _heap: int = heap, _values: tuple[int, ...] = values) -> int | None:
         h = _crc(name)
+        if not _mm[_f + (h & _fmask)]:
+            return default
         s, e = _bounds(_mm, _b + (h >> _shift << 2))
         if s == e:
             return default
@@ -268,10 +272,9 @@ def _lookup(mm: Any, nbuckets: int, maxb: int, offsets: list[int], values: tuple
             return default
         i = run.index(h)
         while True:
-            off, packed = _bounds(_mm, _e + (s + i << 3))
-            n = packed >> _bits
-            if n == len(name) and _mm[_heap + off : _heap + off + n] == name:
-                return _values[packed & _mask]
+            start, value, end = _entry(_mm, _e + (s + i << 3))
+            if _mm[_heap + start : _heap + end] == name:
+                return _values[value]
             try:  # another name with the same hash (rare): look further along the run
                 i = run.index(h, i + 1)
             except ValueError:

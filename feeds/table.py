@@ -46,7 +46,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from collections import Counter, deque
 from itertools import accumulate, chain, repeat
-from operator import and_, rshift
+from operator import and_, itemgetter, rshift
 from array import array
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,10 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     value_ids = {v: i for i, v in enumerate(set(table.values()))}
     entries = array("I", bytes(8 * (count + 1)))
     entries[0::2] = array("I", accumulate(map(len, names), initial=0))
-    entries[1::2] = array("I", chain(map(value_ids.__getitem__, map(table.__getitem__, names)), (0,)))
+    if count > 1:  # itemgetter: one C call for all the lookups (one name gives a scalar)
+        entries[1::2] = array("I", chain(itemgetter(*itemgetter(*names)(table))(value_ids), (0,)))
+    elif count:
+        entries[1] = value_ids[table[names[0]]]
     heap = b"".join(names)
     if len(heap) >= 1 << 32:
         raise ValueError("names too long for 32-bit heap offsets")

@@ -43,10 +43,11 @@ import json
 import mmap
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterator, Mapping
-from collections import Counter, deque
+from collections import deque
 from itertools import accumulate, chain, repeat
-from operator import and_, itemgetter, rshift
+from operator import add, and_, itemgetter, rshift
 from array import array
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ _U32 = struct.Struct("<I")
 _U32X2 = struct.Struct("<II")
 _U32X3 = struct.Struct("<III")
 _CHUNK = 1 << 20
+assert array("I").itemsize == 4, "the writer's arrays must hold 32-bit numbers"
 # filter bytes per name, rounded up to a power of two: 4 to 8, so that 12 to 22 % of the
 # misses get past it (1 - exp(-names / size)); measured in tools/table_bench.py
 _FILTER_BYTES = 4
@@ -78,9 +80,8 @@ def _align(n: int) -> int:
 
 
 def _buckets_for(count: int) -> int:
-    """A power of two at least ``count``: half to one name per bucket on average. Measured
-    (tools/table_bench.py): twice as many buckets makes misses a little cheaper and the file
-    4 bytes a name larger; fewer makes every lookup read longer runs."""
+    """A power of two at least ``count``: half to one name per bucket on average, so a bucket's
+    run of hashes is one to a few numbers. Only lookups that pass the filter read a bucket."""
     n = 1
     while n < count:
         n <<= 1
@@ -108,9 +109,10 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     shift = 32 - nbuckets.bit_length() + 1
     fbits = max(_buckets_for(count * _FILTER_BYTES).bit_length() - 1, 3)
     # Sorted by hash, the names are grouped by bucket (the top bits of the hash). Everything
-    # below is C-level (sort, map, accumulate, Counter): no Python loop per name.
+    # below is C-level (sort, map, accumulate, itemgetter): no Python loop per name, and the
+    # per-name data lives in arrays (4 bytes a number, not a 32-byte int object).
     names = sorted(table, key=crc32)
-    hashes = list(map(crc32, names))
+    hashes = array("I", map(crc32, names))
     value_ids = {v: i for i, v in enumerate(set(table.values()))}
     entries = array("I", bytes(8 * (count + 1)))
     entries[0::2] = array("I", accumulate(map(len, names), initial=0))
@@ -124,15 +126,23 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     del names
     filt = bytearray(1 << fbits)
     deque(map(filt.__setitem__, map(and_, hashes, repeat((1 << fbits) - 1)), repeat(1)), maxlen=0)
-    per_bucket = Counter(map(rshift, hashes, repeat(shift)))
-    buckets = array("I", accumulate(map(per_bucket.get, range(nbuckets), repeat(0)), initial=0))
-    longest = max(per_bucket.values(), default=0)
+    # names per bucket: sizes[b] += 1 for each name's bucket b, as one C-level map (the read
+    # of sizes[b] for a name happens after the write for the name before it)
+    ids = array("I", map(rshift, hashes, repeat(shift)))
+    sizes = array("I", bytes(4 * nbuckets))
+    deque(map(sizes.__setitem__, ids, map(add, map(sizes.__getitem__, ids), repeat(1))), maxlen=0)
+    del ids
+    buckets = array("I", accumulate(sizes, initial=0))
+    longest = max(sizes)
     others = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name not in ("table", "rules")}
     doc = json.dumps(
         {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids)},
         separators=(",", ":"),
     ).encode()
-    sections = [doc, filt, buckets.tobytes(), array("I", hashes).tobytes(), entries.tobytes(), heap]
+    if sys.byteorder != "little":  # the file is little-endian, arrays are native
+        for a in (buckets, hashes, entries):
+            a.byteswap()
+    sections = [memoryview(s).cast("B") for s in (doc, filt, buckets, hashes, entries, heap)]  # no copies
     pads = [b"\0" * (_align(len(s)) - len(s)) for s in sections]
     body_crc = 0
     for s, pad in zip(sections, pads):

@@ -22,7 +22,7 @@ Layout (little-endian, every section 8-byte aligned, in this order)::
 
 The hash is ``zlib.crc32`` of the wire name, the same in every process (``hash()`` of bytes
 is salted per process). Buckets, not open addressing, because a lookup is a few Python
-operations and most lookups are misses: the filter (about 6 bytes a name) answers most
+operations and most lookups are misses: the filter (4 to 8 bytes a name) answers most
 misses with one subscript of the mapping, and a bucket is read with two ``unpack_from`` and a
 tuple ``in``. A hash match is confirmed by comparing the name bytes, so a collision never blocks
 another name. Values (rule ids, or ``(self, below)`` pairs as negative ints, see
@@ -44,11 +44,11 @@ import mmap
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from array import array
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from itertools import accumulate, chain, repeat
 from operator import add, and_, itemgetter, rshift
-from array import array
 from pathlib import Path
 from typing import Any
 from zlib import crc32
@@ -67,7 +67,7 @@ _U32X3 = struct.Struct("<III")
 _CHUNK = 1 << 20
 assert array("I").itemsize == 4, "the writer's arrays must hold 32-bit numbers"
 # filter bytes per name, rounded up to a power of two: 4 to 8, so that 12 to 22 % of the
-# misses get past it (1 - exp(-names / size)); measured in tools/table_bench.py
+# misses get past it (1 - exp(-names / size)) to the two unpacks of a bucket
 _FILTER_BYTES = 4
 
 

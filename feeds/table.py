@@ -16,9 +16,9 @@ Layout (little-endian, every section 8-byte aligned, in this order)::
     filter   2**fbits bytes: filter[hash & (2**fbits - 1)] is 0 when no name has such a hash
     buckets  nbuckets + 1 u32: entries of bucket b are [buckets[b], buckets[b + 1])
     hashes   count u32: CRC-32 of each name, grouped by bucket (bucket = hash >> shift)
-    entries  count + 1 (u32 offset of the name in the heap, u32 index into the values); the
-             name of entry i ends where the name of entry i + 1 starts (the last is a sentinel)
-    heap     the names, lower-case wire format, back to back
+    entries  count (u32 offset of the name in the heap, u32 index into the values << 8 | the
+             name's length), in the order of the hashes
+    heap     the names, lower-case wire format, back to back, in the snapshot's order
 
 The hash is ``zlib.crc32`` of the wire name, the same in every process (``hash()`` of bytes
 is salted per process). Buckets, not open addressing, because a lookup is a few Python
@@ -47,8 +47,9 @@ import sys
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from itertools import accumulate, chain, repeat
-from operator import add, and_, itemgetter, rshift
+from itertools import accumulate, repeat
+from itertools import count as count_up
+from operator import add, and_, is_, lshift, rshift
 from pathlib import Path
 from typing import Any
 from zlib import crc32
@@ -63,7 +64,6 @@ FORMAT = 1
 HEADER = struct.Struct("<8sIIqQQIIQQII")
 _U32 = struct.Struct("<I")
 _U32X2 = struct.Struct("<II")
-_U32X3 = struct.Struct("<III")
 _CHUNK = 1 << 20
 assert array("I").itemsize == 4, "the writer's arrays must hold 32-bit numbers"
 # filter bytes per name, rounded up to a power of two: 4 to 8, so that 12 to 22 % of the
@@ -108,32 +108,50 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     nbuckets = _buckets_for(count)
     shift = 32 - nbuckets.bit_length() + 1
     fbits = max(_buckets_for(count * _FILTER_BYTES).bit_length() - 1, 3)
-    # Sorted by hash, the names are grouped by bucket (the top bits of the hash). Everything
-    # below is C-level (sort, map, accumulate, itemgetter): no Python loop per name, and the
-    # per-name data lives in arrays (4 bytes a number, not a 32-byte int object).
-    names = sorted(table, key=crc32)
+    # Everything below is C-level (map, accumulate, join over arrays): no Python loop per
+    # name, no sort, and per-name numbers live in arrays (4 bytes each, not an int object).
+    # The heap keeps the dict's order (one sequential pass over the names); only the small
+    # per-name records are put in bucket order, by a counting sort.
+    names = list(table)
     hashes = array("I", map(crc32, names))
+    lengths = array("I", map(len, names))
+    if count and max(lengths) > 255:
+        raise ValueError("a name longer than 255 bytes is not a wire name")
     value_ids = {v: i for i, v in enumerate(set(table.values()))}
-    entries = array("I", bytes(8 * (count + 1)))
-    entries[0::2] = array("I", accumulate(map(len, names), initial=0))
-    if count > 1:  # itemgetter: one C call for all the lookups (one name gives a scalar)
-        entries[1::2] = array("I", chain(itemgetter(*itemgetter(*names)(table))(value_ids), (0,)))
-    elif count:
-        entries[1] = value_ids[table[names[0]]]
+    if len(value_ids) >= 1 << 24:
+        raise ValueError(f"{len(value_ids)} distinct table values, more than the format holds")
+    starts = array("I", accumulate(lengths, initial=0))
     heap = b"".join(names)
+    del names
     if len(heap) >= 1 << 32:
         raise ValueError("names too long for 32-bit heap offsets")
-    del names
+    # value index above the name's length: (vid << 8) + length
+    packed = array("I", map(add, map(lshift, map(value_ids.__getitem__, table.values()), repeat(8)), lengths))
+    del lengths
     filt = bytearray(1 << fbits)
     deque(map(filt.__setitem__, map(and_, hashes, repeat((1 << fbits) - 1)), repeat(1)), maxlen=0)
-    # names per bucket: sizes[b] += 1 for each name's bucket b, as one C-level map (the read
-    # of sizes[b] for a name happens after the write for the name before it)
+    # Names per bucket: sizes[b] += 1 for each name's bucket b, as one map: map pulls its
+    # arguments left to right, so the read of sizes[b] for a name comes after the write for
+    # the name before it.
     ids = array("I", map(rshift, hashes, repeat(shift)))
     sizes = array("I", bytes(4 * nbuckets))
     deque(map(sizes.__setitem__, ids, map(add, map(sizes.__getitem__, ids), repeat(1))), maxlen=0)
-    del ids
     buckets = array("I", accumulate(sizes, initial=0))
     longest = max(sizes)
+    del sizes
+    # The counting sort, the same way: for name i in bucket b, order[nxt[b]] = i, then
+    # nxt[b] += 1 (setitem returns None; ``None is None`` is the 1 that is added).
+    nxt = buckets[:-1]
+    order = array("I", bytes(4 * count))
+    deque(map(nxt.__setitem__, ids,
+              map(add, map(nxt.__getitem__, ids),
+                  map(is_, map(order.__setitem__, map(nxt.__getitem__, ids), count_up()), repeat(None)))), maxlen=0)
+    del ids, nxt
+    hashes = array("I", map(hashes.__getitem__, order))
+    entries = array("I", bytes(8 * count))
+    entries[0::2] = array("I", map(starts.__getitem__, order))
+    entries[1::2] = array("I", map(packed.__getitem__, order))
+    del order, starts, packed
     others = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name not in ("table", "rules")}
     doc = json.dumps(
         {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids)},
@@ -182,7 +200,7 @@ def open_table(path: Path) -> PolicySnapshot:
             raise TableDamaged(f"{path}: header CRC-32 does not match (changed bytes)")
         if not 3 <= fbits <= 32 or nbuckets < 1 or nbuckets & (nbuckets - 1) or nbuckets > 1 << 32 or count >= 1 << 32 or maxb > count:
             raise TableDamaged(f"{path}: impossible counts ({count} names, {nbuckets} buckets)")
-        lengths = (doc_len, 1 << fbits, 4 * (nbuckets + 1), 4 * count, 8 * (count + 1), heap_len)
+        lengths = (doc_len, 1 << fbits, 4 * (nbuckets + 1), 4 * count, 8 * count, heap_len)
         offsets = list(accumulate((_align(n) for n in lengths), initial=HEADER.size))
         if size != offsets[-1]:
             raise TableDamaged(f"{path}: {size} bytes where the header says {offsets[-1]} (truncated or extended)")
@@ -244,9 +262,12 @@ class PolicyTable(Mapping[bytes, int]):
         entries, heap = self._offsets[4], self._offsets[5]
         values = self._values
         ents = array("I")
-        ents.frombytes(mm[entries : entries + 8 * (self._count + 1)])
-        for i in range(0, len(ents) - 2, 2):
-            yield mm[heap + ents[i] : heap + ents[i + 2]], values[ents[i + 1]]
+        ents.frombytes(mm[entries : entries + 8 * self._count])
+        if sys.byteorder != "little":
+            ents.byteswap()
+        for i in range(0, len(ents), 2):
+            start, packed = heap + ents[i], ents[i + 1]
+            yield mm[start : start + (packed & 255)], values[packed >> 8]
 
     def values(self) -> Iterator[int]:  # type: ignore[override]
         return (value for _, value in self.items())
@@ -270,8 +291,7 @@ def _lookup(mm: Any, nbuckets: int, maxb: int, fbits: int, offsets: list[int], v
     runs = [struct.Struct(f"<{n}I").unpack_from for n in range(maxb + 1)]
 
     def get(name: bytes, default: int | None = None, _crc: Callable[[bytes], int] = crc32,
-            _bounds: Callable[..., tuple[int, int]] = _U32X2.unpack_from,
-            _entry: Callable[..., tuple[int, int, int]] = _U32X3.unpack_from, _runs: list[Callable[..., tuple[int, ...]]] = runs,
+            _bounds: Callable[..., tuple[int, int]] = _U32X2.unpack_from, _runs: list[Callable[..., tuple[int, ...]]] = runs,
             _mm: Any = mm, _f: int = filt, _fmask: int = fmask, _shift: int = shift, _b: int = buckets, _h: int = hashes, _e: int = entries,
             _heap: int = heap, _values: tuple[int, ...] = values) -> int | None:
         h = _crc(name)
@@ -285,9 +305,10 @@ def _lookup(mm: Any, nbuckets: int, maxb: int, fbits: int, offsets: list[int], v
             return default
         i = run.index(h)
         while True:
-            start, value, end = _entry(_mm, _e + (s + i << 3))
-            if _mm[_heap + start : _heap + end] == name:
-                return _values[value]
+            start, packed = _bounds(_mm, _e + (s + i << 3))
+            start += _heap
+            if _mm[start : start + (packed & 255)] == name:
+                return _values[packed >> 8]
             try:  # another name with the same hash (rare): look further along the run
                 i = run.index(h, i + 1)
             except ValueError:

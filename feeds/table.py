@@ -110,19 +110,17 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     fbits = max(_buckets_for(count * _FILTER_BYTES).bit_length() - 1, 3)
     # Everything below is C-level (map, accumulate, join over arrays): no Python loop per
     # name, no sort, and per-name numbers live in arrays (4 bytes each, not an int object).
-    # The heap keeps the dict's order (one sequential pass over the names); only the small
+    # The heap keeps the dict's order (sequential passes over the names); only the small
     # per-name records are put in bucket order, by a counting sort.
-    names = list(table)
-    hashes = array("I", map(crc32, names))
-    lengths = array("I", map(len, names))
+    hashes = array("I", map(crc32, table))
+    lengths = array("I", map(len, table))
     if count and max(lengths) > 255:
         raise ValueError("a name longer than 255 bytes is not a wire name")
     value_ids = {v: i for i, v in enumerate(set(table.values()))}
     if len(value_ids) >= 1 << 24:
         raise ValueError(f"{len(value_ids)} distinct table values, more than the format holds")
     starts = array("I", accumulate(lengths, initial=0))
-    heap = b"".join(names)
-    del names
+    heap = b"".join(table)
     if len(heap) >= 1 << 32:
         raise ValueError("names too long for 32-bit heap offsets")
     # value index above the name's length: (vid << 8) + length

@@ -230,7 +230,8 @@ def measure(a: argparse.Namespace, job: peers.Job, server: procs.Server, upstrea
              server_core_ticks=core, client_core_ticks=pcore,
              client_steal_pct=share(pcore["steal"], pcore["total"]),
              us_per_query=round(cpu_s / r["completed"] * 1e6, 2) if r["completed"] else None,
-             rss_after_kib=server.rss_kib())
+             rss_after_kib=server.rss_kib(), pss_after_kib=server.pss_kib(),
+             server_procs=len(server.pids()))
     return r
 
 
@@ -293,7 +294,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
         checks = {"listed": [listed, str(got["listed"])], "subdomain": [sub, str(got["subdomain"])],
                   "allowed": [allowed, str(got["allowed"])]}
         time.sleep(1.0)  # let the allocator settle after the load before reading RSS
-        rss_ready = server.rss_kib()
+        rss_ready, pss_ready, nprocs = server.rss_kib(), server.pss_kib(), len(server.pids())
         # Work a server does after it answers (betblock writes the lists into its feed store in
         # the background) must not eat into the first measured run: wait until its own CPU
         # use falls under 5 % for half a second, at most 120 s, and report when that was.
@@ -306,7 +307,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
         settle_s = round(load_s + 1.0 + time.monotonic() - settle_t0, 2)
         log(f"{job.peer} {job.size}: pid {server.pid} on :{job.port} loaded in {load_s:.2f} s "
             f"({load_ticks / procs.CLK_TCK:.2f} s CPU, others {load_foreign:.0f} % of its CPU meanwhile), "
-            f"RSS {rss_ready / 1024:,.0f} MiB; " + "; ".join(f"{k} {v[1]}" for k, v in checks.items())
+            f"RSS {rss_ready / 1024:,.0f} MiB, PSS {pss_ready / 1024:,.0f} MiB over {nprocs} processes; " + "; ".join(f"{k} {v[1]}" for k, v in checks.items())
             + f"; idle again {settle_s:.1f} s after start" + ("" if ok else "  <-- CHECK FAILED"))
         load_rec = {"type": "load", "peer": job.peer, "size": job.size, "port": job.port,
                     "pid": server.pid, "cmd": shlex.join(launch.argv), "answer": launch.describe,
@@ -315,6 +316,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                     "load_s": round(load_s, 3), "load_cpu_s": round(load_ticks / procs.CLK_TCK, 2),
                     "settle_s": settle_s,
                     "load_foreign_pct": round(load_foreign, 1), "rss_ready_kib": rss_ready, "checks": checks,
+                    "pss_ready_kib": pss_ready, "server_procs": nprocs,
                     "checks_ok": ok}
         emit(load_rec)
 

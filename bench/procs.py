@@ -1,8 +1,10 @@
 """Processes, /proc accounting and a tiny DNS probe for the benchmark.
 
 Owns: starting a server pinned to one CPU in its own session, stopping it by PID (SIGTERM,
-then SIGKILL after a grace period), summing CPU time and RSS over that session, and one-shot
-UDP queries to 127.0.0.1 that report rcode, answer types and Extended DNS Error codes.
+then SIGKILL after a grace period), summing CPU time, RSS and PSS over the server's processes
+(its session and every descendant of it: a server that runs its work in child processes, as
+betblock's DNS workers, is measured whole), and one-shot UDP queries to 127.0.0.1 that report
+rcode, answer types and Extended DNS Error codes.
 
 Standard library only; must not import betblock or the other bench modules.
 """
@@ -44,25 +46,44 @@ class Server:
         return self.proc.poll() is None
 
     def pids(self) -> list[int]:
-        return session_pids(self.pid)
+        """The server's live processes: its session and its descendants."""
+        return tree_pids(self.pid)
 
     def cpu_ticks(self) -> int:
-        return sum(_cpu_ticks(pid) for pid in self.pids())
+        # Zombies too: a child that exited but is not reaped yet has its CPU time only in its
+        # own entry (once reaped, in its parent's cutime + cstime).
+        return sum(_cpu_ticks(pid) for pid in tree_pids(self.pid, zombies=True))
 
     def rss_kib(self) -> int:
+        """VmRSS summed: pages shared between the processes count once per process."""
         return sum(_rss_kib(pid) for pid in self.pids())
 
+    def pss_kib(self) -> int:
+        """PSS summed: each shared page divided among the processes that map it, so N workers
+        sharing one memory-mapped policy count it once."""
+        return sum(_pss_kib(pid) for pid in self.pids())
+
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every process of the session by PID; SIGKILL whatever is left after `grace`."""
-        for pid in self.pids():
+        """SIGTERM every process of the server by PID; SIGKILL whatever is left after `grace`.
+
+        The processes seen at the SIGTERM are remembered (with their start time, so a recycled
+        PID is never signalled): once the leader is gone, a child outside its session is no
+        longer anyone's descendant of it."""
+        seen = {pid: _start_time(pid) for pid in self.pids()}
+        for pid in seen:
             _kill(pid, signal.SIGTERM)
+
+        def left() -> list[int]:
+            now = set(self.pids()) | {pid for pid, t in seen.items() if t is not None and _start_time(pid) == t}
+            return sorted(now)
+
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             self.proc.poll()  # reap the leader as soon as it exits
-            if not self.pids():
+            if not left():
                 break
             time.sleep(0.05)
-        for pid in self.pids():
+        for pid in left():
             _kill(pid, signal.SIGKILL)
         try:
             self.proc.wait(5)
@@ -86,12 +107,37 @@ def session_pids(sid: int) -> list[int]:
     The session id is checked each time, so a recycled PID of an unrelated process is never
     counted or signalled.
     """
-    found = []
+    return [pid for pid, (state, _ppid, s) in _processes().items() if state != "Z" and s == sid]
+
+
+def tree_pids(root: int, zombies: bool = False) -> list[int]:
+    """The processes of `root`'s session and every descendant of `root` (by parent PID, read
+    afresh each time, so a recycled PID is never taken for a child), zombies only when asked.
+
+    Both, because each can miss one: a child that calls setsid() leaves the session, and one
+    whose parent exits is re-parented away from the tree.
+    """
+    table = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (_state, ppid, _sid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found = {pid for pid, (_state, _ppid, sid) in table.items() if sid == root}
+    todo = [root] if root in table else []
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(c for c in children.get(pid, ()) if c not in found)
+    return sorted(pid for pid in found if zombies or table[pid][0] != "Z")
+
+
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """state, parent PID and session id of every process."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             f = _stat_fields(int(entry))
-            if f and f[0] != "Z" and int(f[3]) == sid:
-                found.append(int(entry))
+            if f:
+                found[int(entry)] = (f[0], int(f[1]), int(f[3]))
     return found
 
 
@@ -106,6 +152,22 @@ def _rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot); None when it is gone or a zombie."""
+    f = _stat_fields(pid)
+    return int(f[19]) if f and f[0] != "Z" else None
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         pass

@@ -306,7 +306,10 @@ def _targets(loads: dict, runs: dict) -> list[str]:
     rss = ld["rss_ready_kib"] * 1024
     peak = max([r["rss_after_kib"] for (p, sz, _), r in runs.items() if p == SUBJECT and sz == size] or [0]) * 1024
     lines.append(f"- ≤ 300 MB RSS once loaded: {rss / 1e6:,.0f} MB — {verdict(rss <= TARGET_RSS_BYTES)}"
-                 + (f" (highest after a run: {peak / 1e6:,.0f} MB)" if peak else ""))
+                 + (f" (highest after a run: {peak / 1e6:,.0f} MB)" if peak else "")
+                 # RSS counts pages that processes share (a mapped policy) once per process
+                 + (f"; PSS {ld['pss_ready_kib'] * 1024 / 1e6:,.0f} MB over {ld['server_procs']} processes"
+                    if ld.get("server_procs", 1) > 1 else ""))
     return lines
 
 

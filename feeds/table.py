@@ -1,0 +1,315 @@
+"""The compiled policy as one memory-mapped file that every worker process reads.
+
+Owns the file format (``write_table``) and the reader (``open_table``, ``PolicyTable``). The
+control plane writes one file per snapshot version; each data-plane worker maps it read-only
+and shared, so N workers hold one copy of the table in the page cache instead of N dicts. A
+worker swaps by opening the new file and dropping its reference to the old snapshot; the
+mapping is unmapped when the last reference goes (never closed under a reader's feet). The
+file is replaced by rename, never rewritten in place, so a mapped file never shrinks (which
+would be SIGBUS, not an exception).
+
+Layout (little-endian, every section 8-byte aligned, in this order)::
+
+    header   HEADER: magic, format, version, counts, section lengths, CRC-32 of the body,
+             CRC-32 of the header itself
+    doc      JSON: the snapshot's other fields (stats, ...), the rules, the distinct values
+    filter   2**fbits bytes: filter[hash & (2**fbits - 1)] is 0 when no name has such a hash
+    buckets  nbuckets + 1 u32: entries of bucket b are [buckets[b], buckets[b + 1])
+    hashes   count u32: CRC-32 of each name, grouped by bucket (bucket = hash >> shift)
+    entries  count (u32 offset of the name in the heap, u32 index into the values << 8 | the
+             name's length), in the order of the hashes
+    heap     the names, lower-case wire format, back to back, in the snapshot's order
+
+The hash is ``zlib.crc32`` of the wire name, the same in every process (``hash()`` of bytes
+is salted per process). Buckets, not open addressing, because a lookup is a few Python
+operations and most lookups are misses: the filter (4 to 8 bytes a name) answers most
+misses with one subscript of the mapping, and a bucket is read with two ``unpack_from`` and a
+tuple ``in``. A hash match is confirmed by comparing the name bytes, so a collision never blocks
+another name. Values (rule ids, or ``(self, below)`` pairs as negative ints, see
+``feeds.snapshot``) are few and distinct ones are stored once in the doc.
+
+The CRC of the body is checked at open (read through the file, not the mapping, so a worker's
+RSS only grows by the pages its lookups touch), and every section size is derived from the
+counts and checked against the file size, so a damaged, truncated or extended file is refused
+with ``TableDamaged`` before a lookup reads a byte of it.
+
+Must not import the resolver, aiohttp or SQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import mmap
+import os
+import struct
+import sys
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from itertools import accumulate, repeat
+from itertools import count as count_up
+from operator import add, and_, is_, lshift, rshift
+from pathlib import Path
+from typing import Any
+from zlib import crc32
+
+from config.errors import BetblockError
+from feeds.snapshot import PolicySnapshot, Rule
+
+MAGIC = b"BBPTABLE"
+FORMAT = 1
+# magic, format, header size, version, count, nbuckets, max bucket size, log2 of the filter's
+# size, doc length, heap length, body CRC-32, header CRC-32 (of every byte before it); 72 bytes
+HEADER = struct.Struct("<8sIIqQQIIQQII")
+_U32 = struct.Struct("<I")
+_U32X2 = struct.Struct("<II")
+_CHUNK = 1 << 20
+assert array("I").itemsize == 4, "the writer's arrays must hold 32-bit numbers"
+# filter bytes per name, rounded up to a power of two: 4 to 8, so that 12 to 22 % of the
+# misses get past it (1 - exp(-names / size)) to the two unpacks of a bucket
+_FILTER_BYTES = 4
+
+
+class TableDamaged(BetblockError):
+    """The file is not an intact policy table of this format (the message says what is wrong)."""
+
+
+def _align(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _buckets_for(count: int) -> int:
+    """A power of two at least ``count``: half to one name per bucket on average, so a bucket's
+    run of hashes is one to a few numbers. Only lookups that pass the filter read a bucket."""
+    n = 1
+    while n < count:
+        n <<= 1
+    return n
+
+
+def _rule_doc(rule: Rule | None) -> dict[str, Any] | None:
+    return None if rule is None else {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule)}
+
+
+def _rule_from(doc: dict[str, Any] | None) -> Rule | None:
+    # JSON has no tuples: every list field of a Rule is a tuple
+    if doc is None:
+        return None
+    return Rule(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+
+
+def write_table(snapshot: PolicySnapshot, path: Path) -> None:
+    """Write ``snapshot`` as a table file at ``path``: a temporary file beside it, then a
+    rename, so a reader sees the old file or the new one, whole. Not fsynced: the file is
+    derived from the snapshot and rewritten when lost."""
+    table = snapshot.table
+    count = len(table)
+    nbuckets = _buckets_for(count)
+    shift = 32 - nbuckets.bit_length() + 1
+    fbits = max(_buckets_for(count * _FILTER_BYTES).bit_length() - 1, 3)
+    # Everything below is C-level (map, accumulate, join over arrays): no Python loop per
+    # name, no sort, and per-name numbers live in arrays (4 bytes each, not an int object).
+    # The heap keeps the dict's order (sequential passes over the names); only the small
+    # per-name records are put in bucket order, by a counting sort.
+    hashes = array("I", map(crc32, table))
+    lengths = array("I", map(len, table))
+    if count and max(lengths) > 255:
+        raise ValueError("a name longer than 255 bytes is not a wire name")
+    value_ids = {v: i for i, v in enumerate(set(table.values()))}
+    if len(value_ids) >= 1 << 24:
+        raise ValueError(f"{len(value_ids)} distinct table values, more than the format holds")
+    starts = array("I", accumulate(lengths, initial=0))
+    heap = b"".join(table)
+    if len(heap) >= 1 << 32:
+        raise ValueError("names too long for 32-bit heap offsets")
+    # value index above the name's length: (vid << 8) + length
+    packed = array("I", map(add, map(lshift, map(value_ids.__getitem__, table.values()), repeat(8)), lengths))
+    del lengths
+    filt = bytearray(1 << fbits)
+    deque(map(filt.__setitem__, map(and_, hashes, repeat((1 << fbits) - 1)), repeat(1)), maxlen=0)
+    # Names per bucket: sizes[b] += 1 for each name's bucket b, as one map: map pulls its
+    # arguments left to right, so the read of sizes[b] for a name comes after the write for
+    # the name before it.
+    ids = array("I", map(rshift, hashes, repeat(shift)))
+    sizes = array("I", bytes(4 * nbuckets))
+    deque(map(sizes.__setitem__, ids, map(add, map(sizes.__getitem__, ids), repeat(1))), maxlen=0)
+    buckets = array("I", accumulate(sizes, initial=0))
+    longest = max(sizes)
+    del sizes
+    # The counting sort, the same way: for name i in bucket b, order[nxt[b]] = i, then
+    # nxt[b] += 1 (setitem returns None; ``None is None`` is the 1 that is added).
+    nxt = buckets[:-1]
+    order = array("I", bytes(4 * count))
+    deque(map(nxt.__setitem__, ids,
+              map(add, map(nxt.__getitem__, ids),
+                  map(is_, map(order.__setitem__, map(nxt.__getitem__, ids), count_up()), repeat(None)))), maxlen=0)
+    del ids, nxt
+    hashes = array("I", map(hashes.__getitem__, order))
+    entries = array("I", bytes(8 * count))
+    entries[0::2] = array("I", map(starts.__getitem__, order))
+    entries[1::2] = array("I", map(packed.__getitem__, order))
+    del order, starts, packed
+    others = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name not in ("table", "rules")}
+    doc = json.dumps(
+        {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids)},
+        separators=(",", ":"),
+    ).encode()
+    if sys.byteorder != "little":  # the file is little-endian, arrays are native
+        for a in (buckets, hashes, entries):
+            a.byteswap()
+    sections = [memoryview(s).cast("B") for s in (doc, filt, buckets, hashes, entries, heap)]  # no copies
+    pads = [b"\0" * (_align(len(s)) - len(s)) for s in sections]
+    body_crc = 0
+    for s, pad in zip(sections, pads):
+        body_crc = crc32(pad, crc32(s, body_crc))
+    head = HEADER.pack(MAGIC, FORMAT, HEADER.size, snapshot.version, count, nbuckets, longest, fbits,
+                       len(doc), len(heap), body_crc, 0)
+    head = head[:-4] + _U32.pack(crc32(head[:-4]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            for s, pad in zip(sections, pads):
+                f.write(s)
+                f.write(pad)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def open_table(path: Path) -> PolicySnapshot:
+    """The snapshot stored at ``path``, its ``table`` a ``PolicyTable`` over a shared read-only
+    mapping of the file. Raises ``TableDamaged`` when the file is not intact (and
+    ``FileNotFoundError`` when it is not there)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(HEADER.size)
+        if len(head) < HEADER.size:
+            raise TableDamaged(f"{path}: {len(head)} bytes, shorter than the {HEADER.size}-byte header")
+        magic, fmt, hsize, version, count, nbuckets, maxb, fbits, doc_len, heap_len, body_crc, head_crc = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise TableDamaged(f"{path}: not a policy table (bad magic)")
+        if fmt != FORMAT or hsize != HEADER.size:
+            raise TableDamaged(f"{path}: format {fmt} (header {hsize} bytes), this reader reads format {FORMAT}")
+        if crc32(head[:-4]) != head_crc:
+            raise TableDamaged(f"{path}: header CRC-32 does not match (changed bytes)")
+        if not 3 <= fbits <= 32 or nbuckets < 1 or nbuckets & (nbuckets - 1) or nbuckets > 1 << 32 or count >= 1 << 32 or maxb > count:
+            raise TableDamaged(f"{path}: impossible counts ({count} names, {nbuckets} buckets)")
+        lengths = (doc_len, 1 << fbits, 4 * (nbuckets + 1), 4 * count, 8 * count, heap_len)
+        offsets = list(accumulate((_align(n) for n in lengths), initial=HEADER.size))
+        if size != offsets[-1]:
+            raise TableDamaged(f"{path}: {size} bytes where the header says {offsets[-1]} (truncated or extended)")
+        crc = 0
+        f.seek(offsets[0])
+        while chunk := f.read(_CHUNK):
+            crc = crc32(chunk, crc)
+        if crc != body_crc:
+            raise TableDamaged(f"{path}: CRC-32 of the contents does not match the header (changed bytes)")
+        f.seek(offsets[0])
+        try:
+            doc = json.loads(f.read(doc_len))
+            rules = tuple(_rule_from(r) for r in doc["rules"])
+            values = tuple(int(v) for v in doc["values"])
+            others = doc["snapshot"]
+        except (ValueError, KeyError, TypeError) as exc:  # CRC right, contents not: another build
+            raise TableDamaged(f"{path}: unreadable rules ({type(exc).__name__}: {exc})") from None
+        mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    others["version"] = version
+    table = PolicyTable(mm, count, nbuckets, maxb, fbits, offsets, values)
+    if _U32.unpack_from(mm, offsets[2])[0] != 0 or _U32.unpack_from(mm, offsets[2] + 4 * nbuckets)[0] != count:
+        raise TableDamaged(f"{path}: bucket index does not cover the {count} names")
+    return PolicySnapshot(table=table, rules=rules, **others)  # type: ignore[arg-type]
+
+
+class PolicyTable(Mapping[bytes, int]):
+    """A read-only mapping from wire names to table values over a mapped table file: ``get``
+    has exactly ``dict.get``'s answers. ``get`` is a closure with everything it needs bound as
+    locals (no attribute lookups on the hot path); iteration (exporters, tests) is slow and
+    meant for the control plane."""
+
+    def __init__(self, mm: mmap.mmap | None, count: int, nbuckets: int, maxb: int, fbits: int, offsets: list[int],
+                 values: tuple[int, ...]) -> None:
+        self._mm = mm
+        self._count = count
+        self._offsets = offsets
+        self._values = values
+        self.get: Callable[..., int | None] = _lookup(mm, nbuckets, maxb, fbits, offsets, values) if count else _empty
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, name: bytes) -> int:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, bytes) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (name for name, _ in self.items())  # type: ignore[attr-defined]
+
+    def items(self) -> Iterator[tuple[bytes, int]]:  # type: ignore[override]
+        mm = self._mm
+        if mm is None or not self._count:
+            return
+        entries, heap = self._offsets[4], self._offsets[5]
+        values = self._values
+        ents = array("I")
+        ents.frombytes(mm[entries : entries + 8 * self._count])
+        if sys.byteorder != "little":
+            ents.byteswap()
+        for i in range(0, len(ents), 2):
+            start, packed = heap + ents[i], ents[i + 1]
+            yield mm[start : start + (packed & 255)], values[packed >> 8]
+
+    def values(self) -> Iterator[int]:  # type: ignore[override]
+        return (value for _, value in self.items())
+
+    def keys(self) -> Iterator[bytes]:  # type: ignore[override]
+        return iter(self)
+
+
+def _empty(name: bytes, default: int | None = None) -> int | None:
+    return default
+
+
+def _lookup(mm: Any, nbuckets: int, maxb: int, fbits: int, offsets: list[int], values: tuple[int, ...]) -> Callable[..., int | None]:
+    """``get(name, default=None)`` over the mapped sections. Kept to the fewest Python steps:
+    CRC and one byte of the filter (most misses end here); then one unpack of the bucket's
+    bounds, one of its hashes, and only on a hash match an unpack of the entry and a slice of
+    the name."""
+    shift = 32 - nbuckets.bit_length() + 1
+    filt, buckets, hashes, entries, heap = offsets[1:6]
+    fmask = (1 << fbits) - 1
+    runs = [struct.Struct(f"<{n}I").unpack_from for n in range(maxb + 1)]
+
+    def get(name: bytes, default: int | None = None, _crc: Callable[[bytes], int] = crc32,
+            _bounds: Callable[..., tuple[int, int]] = _U32X2.unpack_from, _runs: list[Callable[..., tuple[int, ...]]] = runs,
+            _mm: Any = mm, _f: int = filt, _fmask: int = fmask, _shift: int = shift, _b: int = buckets, _h: int = hashes, _e: int = entries,
+            _heap: int = heap, _values: tuple[int, ...] = values) -> int | None:
+        h = _crc(name)
+        if not _mm[_f + (h & _fmask)]:
+            return default
+        s, e = _bounds(_mm, _b + (h >> _shift << 2))
+        if s == e:
+            return default
+        run = _runs[e - s](_mm, _h + (s << 2))
+        if h not in run:
+            return default
+        i = run.index(h)
+        while True:
+            start, packed = _bounds(_mm, _e + (s + i << 3))
+            start += _heap
+            if _mm[start : start + (packed & 255)] == name:
+                return _values[packed >> 8]
+            try:  # another name with the same hash (rare): look further along the run
+                i = run.index(h, i + 1)
+            except ValueError:
+                return default
+
+    return get

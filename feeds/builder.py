@@ -2,7 +2,7 @@
 
 Owns compiling (off the event loop, coalesced: callers arriving during a compile share the next
 one), the choice between patching the last snapshot (only plain names of one source changed, up
-to ``PATCH_LIMIT``) and a full compile, publishing (one call of ``install``), saving the snapshot
+to ``PATCH_LIMIT``) and a full compile, publishing (one call of ``install``, awaited when it returns an awaitable), saving the snapshot
 in the background (only the latest; a superseded one is never written), recording each install
 for the compliance report, and the timer that recompiles when a listing or removal date passes.
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class PolicyBuilder:
     def __init__(
         self,
         *,
-        install: Callable[[PolicySnapshot], None],
+        install: Callable[[PolicySnapshot], Awaitable[None] | None],
         inputs: Callable[[], CompileInputs],
         store: Callable[[], FeedStore | None],
         clock: Callable[[], float],
@@ -115,7 +116,7 @@ class PolicyBuilder:
             self.compile_seconds = time.perf_counter() - started
             self.compiles += 1
             self._compiled_gen = gen
-            self.publish(compiled.snapshot, compiled.next_change)
+            await self.publish(compiled.snapshot, compiled.next_change)
             installed = self.clock()
             self.dates_at = dates_at
             self._save_later(compiled.snapshot, compiled.next_change)
@@ -148,8 +149,12 @@ class PolicyBuilder:
         if len(self._dirty) > PATCH_LIMIT:
             self._dirty = None
 
-    def publish(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
-        self._install(snapshot)
+    async def publish(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
+        """Install ``snapshot``; it counts as in force (``self.snapshot``) once ``install`` has
+        returned, or what it returned (separate DNS processes taking it) has completed."""
+        pending = self._install(snapshot)
+        if inspect.isawaitable(pending):
+            await pending
         self.snapshot = snapshot
         self._last_version = max(self._last_version, snapshot.version)
         self.next_change = next_change

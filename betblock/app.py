@@ -3,7 +3,9 @@
 Owns the wiring of every part and the process lifecycle: start-up (lists compiled before the
 listeners open, so no listed name is ever answered unblocked), SIGHUP (lists recompiled off the
 event loop and swapped), SIGTERM/SIGINT (listeners closed, queries in flight finished, hits
-flushed). Nothing else wires components together.
+flushed). With ``dns.workers`` > 0 the DNS answering runs in worker processes that
+``betblock.workers`` starts and supervises (each wires its own data plane in
+``betblock.worker``); this process keeps the control plane. Nothing else wires components together.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import structlog
@@ -25,6 +27,7 @@ from betblock.http import HttpMount, HttpServer, build_app, connection_limit, ht
 from betblock.metrics import ExtraMetrics, mount_metrics
 from betblock.review import ManagerView
 from betblock.warning import Provenance, WarningPage
+from betblock.workers import WorkerError, Workers
 from config.settings import ConfigError, Settings, load_settings
 from feeds import api as feeds_api
 from feeds import persist
@@ -40,6 +43,7 @@ from resolver.cache import AnswerCache
 from resolver.pipeline import Pipeline
 from resolver.rrl import RateLimiter
 from resolver.server import DnsServer
+from resolver import stats
 from resolver.upstream import UpstreamClient
 from xfr.service import XfrService
 
@@ -62,6 +66,8 @@ class App:
         http_mounts: Iterable[HttpMount] = (),
         clock: Callable[[], float] = time.time,
         config_path: Path | None = None,
+        workers: int = 0,
+        log_format: str | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path  # re-read on SIGHUP when set
@@ -90,6 +96,9 @@ class App:
             rrl=self.rrl,
         )
         self.server = DnsServer(settings.dns, self.pipeline.answer)
+        # With worker processes (``dns.workers`` > 0, ``betblock serve``'s default) they answer
+        # DNS and the parts above only hold this process's view of the policy; 0 answers here.
+        self.workers = Workers(settings, self.recorder, workers, log_format) if workers else None
         # The policy as RPZ zones for a fleet (off unless [xfr] enabled): every installed
         # snapshot is also published there.
         self.xfr = XfrService(settings, clock) if settings.xfr.enabled else None
@@ -142,10 +151,26 @@ class App:
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Future[None]] = set()
 
-    def _install(self, snapshot: PolicySnapshot) -> None:
+    def _install(self, snapshot: PolicySnapshot) -> Awaitable[None] | None:
+        if self.workers is not None:
+            return self._install_in_workers(snapshot)
         self.pipeline.install(snapshot)
         if self.xfr is not None:
             self.xfr.publish(snapshot)
+        return None
+
+    async def _install_in_workers(self, snapshot: PolicySnapshot) -> None:
+        # In force (and so reported, and published to the fleet) once every worker has it.
+        await self.workers.install(snapshot)  # type: ignore[union-attr]
+        self.pipeline.install(snapshot)
+        if self.xfr is not None:
+            self.xfr.publish(snapshot)
+
+    def dataplane_stats(self) -> stats.Stats:
+        """The data plane's counters: this process's, or every worker's summed (for /metrics)."""
+        if self.workers is not None:
+            return self.workers.dataplane_stats()
+        return stats.collect(self.pipeline, self.server)
 
     async def load_policy(self) -> PolicySnapshot:
         """Install the first snapshot: the one saved by the last run when it still holds, else
@@ -195,7 +220,11 @@ class App:
                 except (ConfigError, OSError) as exc:
                     log.error("reload: configuration refused; keeping the current one", error=str(exc))
                 else:
+                    before = (self.settings.acl, self.settings.policy.cname_inspection)
                     self._apply(new)
+                    after = (self.settings.acl, self.settings.policy.cname_inspection)
+                    if self.workers is not None and after != before:
+                        await self.workers.configure(self.settings.acl.allow, self.settings.policy.cname_inspection)
             await self.feeds.reload()
 
     def _hangup(self) -> None:
@@ -255,7 +284,11 @@ class App:
     async def _start_serving(self) -> None:
         await self.load_policy()
         await self.hitlog.open()  # schema migrated before the first hit can arrive; a damaged store only fails the hit log
-        await self.server.start()
+        if self.workers is not None:
+            self.server.bound.extend(self.workers.bind())  # where DNS answers (the compliance self-test asks there)
+            await self.workers.start(self.pipeline.policy.snapshot)
+        else:
+            await self.server.start()
         if self.xfr is not None:
             await self.xfr.start(self.pipeline.policy.snapshot)  # zones before its listener opens
         if self.settings.warning_page.enabled:
@@ -287,6 +320,7 @@ class App:
                 feeds = tg.create_task(self.feeds.run())  # polls, file watches, date timer
                 rrl = tg.create_task(self.rrl.run()) if self.rrl is not None else None  # its clock
                 xfr = tg.create_task(self.xfr.run()) if self.xfr is not None else None  # zones follow installs
+                workers = tg.create_task(self.workers.run()) if self.workers is not None else None  # restarts
                 await self.stopping.wait()
                 feeds.cancel()
                 if rrl is not None:
@@ -294,8 +328,12 @@ class App:
                 for http in (self.http, self.warning):
                     if http is not None:
                         await http.close()
-                await self.server.close()
-                self.upstream.close()  # after the queries in flight had their chance to finish
+                if self.workers is not None and workers is not None:
+                    workers.cancel()
+                    await self.workers.stop()  # they drain and send their last hits first
+                else:
+                    await self.server.close()
+                    self.upstream.close()  # after the queries in flight had their chance to finish
                 if xfr is not None:
                     xfr.cancel()
                     await self.xfr.close()  # type: ignore[union-attr]
@@ -312,8 +350,9 @@ class App:
         self.stopping.set()
 
 
-def serve(settings: Settings, config_path: Path | None = None) -> int:
-    """Run one node in this process until SIGTERM/SIGINT; SIGHUP re-reads ``config_path``."""
+def serve(settings: Settings, config_path: Path | None = None, log_format: str | None = None) -> int:
+    """Run one node until SIGTERM/SIGINT, DNS answered by ``dns.workers`` worker processes (or
+    in this process with 0); SIGHUP re-reads ``config_path``."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
@@ -322,7 +361,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
         runner = uvloop.run
 
     async def main() -> None:
-        await App(settings, config_path=config_path).run()
+        await App(settings, config_path=config_path, workers=settings.dns.worker_count(), log_format=log_format).run()
 
     # State files (the hit log holds subscriber addresses) are private unless configured otherwise.
     os.umask(int(settings.umask, 8))
@@ -334,7 +373,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
 
     try:
         runner(main())
-    except (OSError, StoreError, StoreProblem) as exc:
+    except (OSError, StoreError, StoreProblem, WorkerError) as exc:
         log.error("cannot start", error=str(exc))
         return 1
     return 0

@@ -224,7 +224,7 @@ class App:
                     self._apply(new)
                     after = (self.settings.acl, self.settings.policy.cname_inspection)
                     if self.workers is not None and after != before:
-                        await self.workers.configure(self.settings.acl.allow, self.settings.policy.cname_inspection)
+                        await self.workers.configure(self.settings)
             await self.feeds.reload()
 
     def _hangup(self) -> None:

@@ -285,12 +285,16 @@ class Workers:
             fut.set_result(None)
         return fut
 
-    async def _all(self, kind: str, timeout: float, *args: Any) -> tuple[list[_Worker], list[_Worker]]:
-        """Send a request to every live worker; (those that answered, those that did not) within ``timeout``."""
-        asked = [(w, self._ask(w, kind, *args)) for w in self.live()]
-        if not asked:
-            return [], []
-        await asyncio.wait([f for _, f in asked], timeout=timeout)
+    async def _all(self, kind: str, timeout: float, *args: Any, starting: bool = True) -> tuple[list[_Worker], list[_Worker]]:
+        """Send a request to every live worker (``starting``: also those still starting, which
+        answer once they listen and get ``START_TIMEOUT`` for it); (those that answered, those
+        that did not) within the bound."""
+        asked = [(w, self._ask(w, kind, *args)) for w in self.live() if starting or w.ready.done()]
+        started = [f for w, f in asked if w.ready.done()]
+        if started:
+            await asyncio.wait(started, timeout=timeout)
+        if len(started) < len(asked):
+            await asyncio.wait([f for _, f in asked], timeout=START_TIMEOUT)
         return [w for w, f in asked if f.done()], [w for w, f in asked if not f.done()]
 
     # -- policy, configuration, hits, counters ------------------------------------------
@@ -321,9 +325,12 @@ class Workers:
             if not late:
                 handover.prune(self.directory, path)
 
-    async def configure(self, allow: list[str], cname_inspection: bool) -> None:
-        """SIGHUP: the client ACL and CNAME inspection to every worker."""
-        answered, late = await self._all("config", SWAP_TIMEOUT, list(allow), cname_inspection)
+    async def configure(self, settings: Settings) -> None:
+        """SIGHUP: the client ACL and CNAME inspection of ``settings`` to every worker (and to
+        every worker started from now on)."""
+        self.settings = settings
+        allow, cname = list(settings.acl.allow), settings.policy.cname_inspection
+        answered, late = await self._all("config", SWAP_TIMEOUT, allow, cname)
         for w in late:
             log.error("DNS worker did not take the new configuration in time; replacing it", worker=w.slot, pid=w.pid)
             w.proc.kill()
@@ -350,7 +357,7 @@ class Workers:
         self.recorder.record_batch(flat, mapped, dropped)
 
     async def refresh_stats(self) -> None:
-        await self._all("stats", STATS_TIMEOUT)
+        await self._all("stats", STATS_TIMEOUT, starting=False)  # one still starting has no counts yet
 
     def dataplane_stats(self) -> dpstats.Stats:
         """Every worker's counters summed (with those of workers that have died)."""

@@ -1,8 +1,8 @@
 """How a policy snapshot travels from the control plane to the worker processes.
 
 Owns ``write`` (control plane: the snapshot into ``directory``, returning where) and ``read``
-(worker: that file back into a ``PolicySnapshot``) and ``prune``. Today a file per version:
-``marshal`` in slices as ``feeds.persist`` does (each slice holds the GIL for a few milliseconds,
+(worker: that file back into a ``PolicySnapshot``) and ``prune``. Today a file per version: the
+table in ``marshal`` slices as ``feeds.persist`` does (each slice holds the GIL for a few milliseconds,
 so the worker's event loop goes on answering while it reads in a thread), without the fsync:
 the file only lives as long as the run, and a crash makes the control plane write it anew. Each
 worker holds its own copy of the table in memory. The memory-mapped table of ``feeds.table``
@@ -13,14 +13,16 @@ Must not import the resolver.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import marshal
 import os
+import pickle
 from pathlib import Path
 
-from feeds.snapshot import PolicySnapshot, Rule
+from feeds.snapshot import PolicySnapshot
 
-FORMAT = 1
+FORMAT = 2  # 2: the fields beside the table pickled whole
 SLICE = 32768  # keys per marshal call (see feeds.persist)
 
 
@@ -29,11 +31,13 @@ def write(snapshot: PolicySnapshot, directory: Path) -> Path:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"policy-{snapshot.version}.marshal"
     tmp = path.with_name(path.name + ".tmp")
-    rules = [None if r is None else (r.id, r.agencies, r.agency_name, r.action, r.ipv4, r.ipv6, r.ttl) for r in snapshot.rules]
+    # Every field but the table as it is (pickle: the rules and whatever a snapshot carries,
+    # so a field added to PolicySnapshot or Rule reaches the workers without a change here).
+    head = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name != "table"}
     table = snapshot.table
     slices = (len(table) + SLICE - 1) // SLICE
     with open(tmp, "wb") as f:
-        marshal.dump((FORMAT, snapshot.version, rules, snapshot.stats, slices), f)
+        pickle.dump((FORMAT, head, slices), f, protocol=pickle.HIGHEST_PROTOCOL)
         items = iter(table.items())
         for _ in range(slices):
             marshal.dump(dict(itertools.islice(items, SLICE)), f)
@@ -42,23 +46,16 @@ def write(snapshot: PolicySnapshot, directory: Path) -> Path:
 
 
 def read(path: Path | str) -> PolicySnapshot:
-    """The snapshot ``write`` put at ``path``."""
+    """The snapshot ``write`` put at ``path`` (written by this program's control plane into its
+    own private data directory, so unpickling it is unpickling our own data)."""
     with open(path, "rb") as f:
-        fmt, version, rules, stats, slices = marshal.load(f)
+        fmt, head, slices = pickle.load(f)
         if fmt != FORMAT:
             raise ValueError(f"{path}: hand-over format {fmt}, expected {FORMAT}")
         table: dict[bytes, int] = {}
         for _ in range(slices):
             table.update(marshal.load(f))
-    return PolicySnapshot(
-        version=version,
-        table=table,
-        rules=tuple(
-            None if r is None else Rule(id=r[0], agencies=r[1], agency_name=r[2], action=r[3], ipv4=r[4], ipv6=r[5], ttl=r[6])
-            for r in rules
-        ),
-        stats=stats,
-    )
+    return PolicySnapshot(table=table, **head)
 
 
 def prune(directory: Path, keep: Path) -> None:

@@ -20,6 +20,7 @@ def collect(pipeline: Any, server: Any) -> Stats:
     cache, upstream, tcp, rrl = pipeline.cache, pipeline.upstream, server.tcp, pipeline.rrl
     counters: dict[str, Any] = {
         "answers": list(pipeline.counters.counts),
+        "observed": getattr(pipeline.counters, "observed", 0),  # would-block queries (observe mode)
         "cache_hits": cache.hits,
         "cache_misses": cache.misses,
         "upstream_failures": dict(getattr(upstream, "failures", {})),

@@ -21,7 +21,7 @@ import dns.exception
 import dns.rcode
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.dnsutil import ede, query, udp
+from tests.dnsutil import ede, query, tcp, udp
 from tests.fakedns import FakeDns
 from tests.feeds_plane.helpers import TOKENS, push_agency
 from tests.procutil import Serve
@@ -302,7 +302,8 @@ async def test_sighup_acl_change_reaches_every_worker(tmp_path: Path, upstream: 
     node, cfg = await _start(tmp_path, upstream)
     try:
         answers = await _ask_many(node.dns_port, ["allowed.test"] * 40)
-        assert all(a.rcode() == dns.rcode.NOERROR for a in answers)
+        answers += await asyncio.gather(*(tcp(node.dns_port, query("casino.test")) for _ in range(10)))
+        assert [a.rcode() for a in answers] == [dns.rcode.NOERROR] * 40 + [dns.rcode.NXDOMAIN] * 10  # TCP too
         cfg.write_text(_config(tmp_path, upstream, acl='["10.0.0.0/8"]'))
         node.proc.send_signal(signal.SIGHUP)
         await _until(lambda: bool(_events(node, "reload: workers reconfigured")), "the workers to take the new ACL")

@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import structlog
@@ -104,6 +104,10 @@ class App:
         self.xfr = XfrService(settings, clock) if settings.xfr.enabled else None
         # The feeds control plane: sources, store, guardrails, compile; it installs snapshots.
         self.feeds = FeedManager(settings, self._install, clock=clock)
+        if self.workers is not None:
+            # A compiled snapshot is in force (reported by the API, published to the fleet) only
+            # once every worker answers from it.
+            self.feeds.builder.handover = self.workers.install
         if self.xfr is not None:  # a NOTIFY for a zone an xfr source follows polls it now
             self.xfr.server.on_notify = self.feeds.notify
         # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
@@ -151,17 +155,7 @@ class App:
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Future[None]] = set()
 
-    def _install(self, snapshot: PolicySnapshot) -> Awaitable[None] | None:
-        if self.workers is not None:
-            return self._install_in_workers(snapshot)
-        self.pipeline.install(snapshot)
-        if self.xfr is not None:
-            self.xfr.publish(snapshot)
-        return None
-
-    async def _install_in_workers(self, snapshot: PolicySnapshot) -> None:
-        # In force (and so reported, and published to the fleet) once every worker has it.
-        await self.workers.install(snapshot)  # type: ignore[union-attr]
+    def _install(self, snapshot: PolicySnapshot) -> None:
         self.pipeline.install(snapshot)
         if self.xfr is not None:
             self.xfr.publish(snapshot)

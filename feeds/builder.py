@@ -2,7 +2,7 @@
 
 Owns compiling (off the event loop, coalesced: callers arriving during a compile share the next
 one), the choice between patching the last snapshot (only plain names of one source changed, up
-to ``PATCH_LIMIT``) and a full compile, publishing (one call of ``install``, awaited when it returns an awaitable), saving the snapshot
+to ``PATCH_LIMIT``) and a full compile, publishing (one call of ``install``), saving the snapshot
 in the background (only the latest; a superseded one is never written), recording each install
 for the compliance report, and the timer that recompiles when a listing or removal date passes.
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from collections.abc import Awaitable
 from pathlib import Path
 
 import structlog
@@ -47,10 +47,14 @@ class CompileInputs:
 class PolicyBuilder:
     """Compiles, publishes and persists snapshots; ``changed`` says what a compile must read anew."""
 
+    # Separate DNS processes take each compiled snapshot before it is published (and so counts as
+    # in force): set by the composition root when it runs DNS worker processes.
+    handover: Callable[[PolicySnapshot], Awaitable[None]] | None = None
+
     def __init__(
         self,
         *,
-        install: Callable[[PolicySnapshot], Awaitable[None] | None],
+        install: Callable[[PolicySnapshot], None],
         inputs: Callable[[], CompileInputs],
         store: Callable[[], FeedStore | None],
         clock: Callable[[], float],
@@ -116,7 +120,9 @@ class PolicyBuilder:
             self.compile_seconds = time.perf_counter() - started
             self.compiles += 1
             self._compiled_gen = gen
-            await self.publish(compiled.snapshot, compiled.next_change)
+            if self.handover is not None:  # every DNS worker answers from it before it is reported in force
+                await self.handover(compiled.snapshot)
+            self.publish(compiled.snapshot, compiled.next_change)
             installed = self.clock()
             self.dates_at = dates_at
             self._save_later(compiled.snapshot, compiled.next_change)
@@ -149,12 +155,8 @@ class PolicyBuilder:
         if len(self._dirty) > PATCH_LIMIT:
             self._dirty = None
 
-    async def publish(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
-        """Install ``snapshot``; it counts as in force (``self.snapshot``) once ``install`` has
-        returned, or what it returned (separate DNS processes taking it) has completed."""
-        pending = self._install(snapshot)
-        if inspect.isawaitable(pending):
-            await pending
+    def publish(self, snapshot: PolicySnapshot, next_change: float | None) -> None:
+        self._install(snapshot)
         self.snapshot = snapshot
         self._last_version = max(self._last_version, snapshot.version)
         self.next_change = next_change

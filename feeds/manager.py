@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,7 @@ class FeedManager:
     def __init__(
         self,
         settings: Settings,
-        install: Callable[[PolicySnapshot], Awaitable[None] | None],
+        install: Callable[[PolicySnapshot], None],
         *,
         clock: Callable[[], float] = time.time,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
@@ -195,13 +195,13 @@ class FeedManager:
             if saved is None:
                 raise  # nothing could enforce the lists: the start stops, naming the way out
             # No usable store: the saved snapshot keeps enforcing, and every update is refused.
-            await self.builder.publish(saved, None)
+            self.builder.publish(saved, None)
             self._degrade(str(exc))
             return saved
         if saved is not None:
             # 4a. Serve the saved snapshot at once; the store's lists are read in step 8.
             self._check_store = True
-            await self.builder.publish(saved, None)
+            self.builder.publish(saved, None)
             # No date has passed since it was compiled: its dated decisions hold as of now.
             self.builder.dates_at = self.clock()
             # Already recorded by the run that compiled it, unless that run died first.

@@ -98,7 +98,10 @@ class App:
         self.server = DnsServer(settings.dns, self.pipeline.answer)
         # With worker processes (``dns.workers`` > 0, ``betblock serve``'s default) they answer
         # DNS and the parts above only hold this process's view of the policy; 0 answers here.
-        self.workers = Workers(settings, self.recorder, workers, log_format) if workers else None
+        self.workers = (
+            Workers(settings, self.recorder, workers, log_format, show=lambda total: stats.show(total, self.pipeline, self.server))
+            if workers else None
+        )
         # The policy as RPZ zones for a fleet (off unless [xfr] enabled): every installed
         # snapshot is also published there.
         self.xfr = XfrService(settings, clock) if settings.xfr.enabled else None
@@ -119,6 +122,10 @@ class App:
         self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}, self.auth_limiter))
         if self.xfr is not None:
             self.extra_metrics.append(self.xfr.metrics)
+        if self.workers is not None:
+            # This process's data-plane counters show the workers' sum (``stats.show``); this
+            # adds what is per worker: answers, cache, TCP, how many run, restarts.
+            self.extra_metrics.append(self.workers.metrics)
         # "Why is this name blocked?": one service for the API, the page and the tests.
         self.lookup = LookupService(self.feeds)
         # One auth layer for every route: admin and agency tokens, page sessions, declared roles.
@@ -159,12 +166,6 @@ class App:
         self.pipeline.install(snapshot)
         if self.xfr is not None:
             self.xfr.publish(snapshot)
-
-    def dataplane_stats(self) -> stats.Stats:
-        """The data plane's counters: this process's, or every worker's summed (for /metrics)."""
-        if self.workers is not None:
-            return self.workers.dataplane_stats()
-        return stats.collect(self.pipeline, self.server)
 
     async def load_policy(self) -> PolicySnapshot:
         """Install the first snapshot: the one saved by the last run when it still holds, else

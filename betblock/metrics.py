@@ -38,45 +38,44 @@ class AppCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         app = self.app
-        # The data plane's counters: this process's, or the sum of every worker process's
-        # (the workers' last reports, refreshed by the /metrics handler before it collects).
-        stats = app.dataplane_stats()
-        counters, gauges = stats["counters"], stats["gauges"]
+        pipeline = app.pipeline
         answers = CounterMetricFamily("betblock_answers", "DNS answers by outcome kind", labels=["kind"])
         for kind in Kind:
-            answers.add_metric([kind.name.lower()], counters["answers"][kind] if kind < len(counters["answers"]) else 0)
+            answers.add_metric([kind.name.lower()], pipeline.counters.counts[kind])
         yield answers
 
-        yield GaugeMetricFamily("betblock_cache_entries", "Answers held in the cache", value=gauges["cache_entries"])
-        yield CounterMetricFamily("betblock_cache_hits", "Cache lookups that found a live answer", value=counters["cache_hits"])
-        yield CounterMetricFamily("betblock_cache_misses", "Cache lookups that went upstream", value=counters["cache_misses"])
-        looked = counters["cache_hits"] + counters["cache_misses"]
+        cache = app.cache
+        yield GaugeMetricFamily("betblock_cache_entries", "Answers held in the cache", value=len(cache))
+        yield CounterMetricFamily("betblock_cache_hits", "Cache lookups that found a live answer", value=cache.hits)
+        yield CounterMetricFamily("betblock_cache_misses", "Cache lookups that went upstream", value=cache.misses)
+        looked = cache.hits + cache.misses
         yield GaugeMetricFamily(
-            "betblock_cache_hit_ratio", "Cache hits / lookups since start", value=counters["cache_hits"] / looked if looked else 0.0
+            "betblock_cache_hit_ratio", "Cache hits / lookups since start", value=cache.hits / looked if looked else 0.0
         )
 
         failures = CounterMetricFamily("betblock_upstream_failures", "Failed upstream attempts", labels=["server"])
-        for server, count in counters["upstream_failures"].items():
+        for server, count in app.upstream.failures.items():
             failures.add_metric([server], count)
         yield failures
         yield CounterMetricFamily(
             "betblock_upstream_ignored_replies",
             "Upstream replies ignored for a wrong address, ID or question (spoofing defence)",
-            value=counters["upstream_ignored"],
+            value=app.upstream.ignored_replies,
         )
-        yield GaugeMetricFamily("betblock_upstream_inflight", "Distinct questions waiting on upstreams", value=gauges["inflight"])
+        yield GaugeMetricFamily("betblock_upstream_inflight", "Distinct questions waiting on upstreams", value=len(pipeline.inflight))
+        latency = pipeline.latency
         buckets, total = [], 0
-        for bound, n in zip((*LATENCY_BOUNDS, float("inf")), counters["latency_counts"]):
+        for bound, n in zip((*LATENCY_BOUNDS, float("inf")), list(latency.counts)):
             total += n
             buckets.append((floatToGoString(bound), total))
         yield HistogramMetricFamily(
             "betblock_forward_latency_seconds",
             "Time to answer queries that missed the cache (upstream wait included); blocked and cached answers are not timed",
             buckets=buckets,
-            sum_value=counters["latency_sum"],
+            sum_value=latency.sum,
         )
 
-        policy = app.pipeline.policy.snapshot
+        policy = pipeline.policy.snapshot
         yield GaugeMetricFamily("betblock_policy_version", "Version of the policy snapshot in force", value=policy.version)
         yield GaugeMetricFamily("betblock_policy_entries", "Blocked names in the snapshot", value=policy.stats.get("entries", 0))
 
@@ -86,24 +85,24 @@ class AppCollector(Collector):
         yield CounterMetricFamily("betblock_hits_dropped", "Hits lost because even aggregation was full", value=rec["dropped"])
         yield GaugeMetricFamily("betblock_hits_buffered", "Hits waiting for the next flush", value=rec["buffered"])
 
-        if "rrl_limited" in counters:
-            yield CounterMetricFamily("betblock_rrl_limited", "UDP answers over a prefix's rate limit (slipped + dropped)", value=counters["rrl_limited"])
-            yield CounterMetricFamily("betblock_rrl_slipped", "Limited UDP answers sent as empty TC=1 answers", value=counters["rrl_slipped"])
-            yield CounterMetricFamily("betblock_rrl_dropped", "Limited UDP answers not sent", value=counters["rrl_dropped"])
-            yield GaugeMetricFamily("betblock_rrl_prefixes", "Client prefixes with a rate-limit account", value=gauges.get("rrl_prefixes", 0))
-            yield CounterMetricFamily("betblock_rrl_evicted", "Rate-limit accounts evicted from a full table", value=counters["rrl_evicted"])
+        rrl = pipeline.rrl
+        if rrl is not None:
+            yield CounterMetricFamily("betblock_rrl_limited", "UDP answers over a prefix's rate limit (slipped + dropped)", value=rrl.limited)
+            yield CounterMetricFamily("betblock_rrl_slipped", "Limited UDP answers sent as empty TC=1 answers", value=rrl.slipped)
+            yield CounterMetricFamily("betblock_rrl_dropped", "Limited UDP answers not sent", value=rrl.dropped)
+            yield GaugeMetricFamily("betblock_rrl_prefixes", "Client prefixes with a rate-limit account", value=len(rrl.table))
+            yield CounterMetricFamily("betblock_rrl_evicted", "Rate-limit accounts evicted from a full table", value=rrl.evicted)
 
-        yield GaugeMetricFamily("betblock_tcp_connections", "Open client TCP connections", value=gauges["tcp_connections"])
-        yield CounterMetricFamily("betblock_tcp_rejected", "TCP connections closed at once over a cap, none idle to close", value=counters["tcp_rejected"])
+        tcp = app.server.tcp
+        yield GaugeMetricFamily("betblock_tcp_connections", "Open client TCP connections", value=len(tcp.connections))
+        yield CounterMetricFamily("betblock_tcp_rejected", "TCP connections closed at once over a cap, none idle to close", value=tcp.rejected)
         yield GaugeMetricFamily(
             "betblock_tcp_unread_waiting",
             "TCP connections not read now because their client is not reading its answers",
-            value=gauges["tcp_unread_waiting"],
+            value=tcp.waiting_on_clients(),
         )
-        yield CounterMetricFamily("betblock_tcp_evicted", "Idle TCP connections closed to make room at a cap", value=counters["tcp_evicted"])
-        yield CounterMetricFamily("betblock_tcp_unread", "TCP connections closed because the client did not read its answers", value=counters["tcp_unread"])
-        if app.workers is not None:
-            yield from app.workers.metrics()
+        yield CounterMetricFamily("betblock_tcp_evicted", "Idle TCP connections closed to make room at a cap", value=tcp.evicted)
+        yield CounterMetricFamily("betblock_tcp_unread", "TCP connections closed because the client did not read its answers", value=tcp.unread)
         yield GaugeMetricFamily("betblock_ready", "1 once a snapshot is loaded and DNS listeners are up", value=1 if app.ready.is_set() else 0)
         for extra in self.extra:
             yield from extra()
@@ -117,8 +116,6 @@ def mount_metrics(app: App) -> Callable[[web.Application], None]:
 
     @accepts(PUBLIC)  # scraped by Prometheus without a token, as before the auth layer
     async def metrics(_request: web.Request) -> web.Response:
-        if app.workers is not None:
-            await app.workers.refresh_stats()  # every worker's counters as of now (bounded wait)
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
 
     def mount(http_app: web.Application) -> None:

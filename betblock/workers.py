@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,8 @@ log = structlog.get_logger("betblock.workers")
 SECTIONS = ("dns", "acl", "upstream", "cache", "rrl", "policy", "log")  # what a worker is built from
 SWAP_TIMEOUT = 10.0  # seconds every worker has to take a new snapshot (a 1M list loads in about 1)
 START_TIMEOUT = 60.0  # seconds a worker has to load the policy and open its listeners at start
-STATS_TIMEOUT = 1.0  # seconds /metrics waits for the workers' counters (else their last report)
-STATS_EVERY = 5.0  # seconds between reports kept for a worker that dies (its counts are kept)
+STATS_TIMEOUT = 1.0  # seconds a report of the workers' counters waits for each (else its last one)
+STATS_EVERY = 1.0  # seconds between reports: /metrics shows counters at most this old
 STOP_TIMEOUT = 10.0  # seconds the workers have to drain at SIGTERM; then they are killed
 VERSIONS_KEPT = 16  # snapshots whose rules map hits of that version back (hits arrive late)
 RCVBUF = 4 << 20  # as resolver.server.DnsServer: a burst queues instead of dropping
@@ -75,8 +75,16 @@ class _Worker:
 class Workers:
     """Binds, starts, supervises and drains ``count`` worker processes."""
 
-    def __init__(self, settings: Settings, recorder: HitRecorder, count: int, log_format: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        recorder: HitRecorder,
+        count: int,
+        log_format: str | None = None,
+        show: Callable[[dpstats.Stats], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self.show = show  # where the workers' summed counters go after each report (for /metrics)
         self.recorder = recorder
         self.count = count
         self.log_format = log_format
@@ -357,7 +365,10 @@ class Workers:
         self.recorder.record_batch(flat, mapped, dropped)
 
     async def refresh_stats(self) -> None:
+        """Ask every worker for its counters and show their sum."""
         await self._all("stats", STATS_TIMEOUT, starting=False)  # one still starting has no counts yet
+        if self.show is not None:
+            self.show(self.dataplane_stats())
 
     def dataplane_stats(self) -> dpstats.Stats:
         """Every worker's counters summed (with those of workers that have died)."""
@@ -373,6 +384,17 @@ class Workers:
                 for kind in Kind:
                     per.add_metric([str(w.slot), kind.name.lower()], counts[kind] if kind < len(counts) else 0)
         yield per
+        # Levels are per worker (a sum of cache sizes would say nothing of either cache).
+        for name, key, doc in (
+            ("betblock_worker_cache_entries", "cache_entries", "Answers held in each worker's cache"),
+            ("betblock_worker_upstream_inflight", "inflight", "Distinct questions each worker has waiting on upstreams"),
+            ("betblock_worker_tcp_connections", "tcp_connections", "Open client TCP connections per worker"),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["worker"])
+            for w in self.slots:
+                if w is not None and w.stats is not None:
+                    family.add_metric([str(w.slot)], w.stats["gauges"].get(key, 0))
+            yield family
 
     # -- shutdown -----------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """The data plane's counters as one plain dict, and the sum of several.
 
 Owns ``collect`` (read a pipeline's and a server's counters: answers by kind, cache, upstream,
-latency buckets, rate limiting, TCP) and ``merge`` (add up the dicts of several worker
-processes). /metrics turns the result into metric families; a worker sends it to the control
-plane as it is (plain ints, floats, lists and dicts). Counters only grow; gauges are a level now.
+latency buckets, rate limiting, TCP), ``merge`` (add up the dicts of several worker processes)
+and ``show`` (set the counters of an idle data plane to such a sum). A worker sends ``collect``'s
+dict to the control plane as it is (plain ints, floats, lists and dicts); the control plane
+shows the workers' sum in its own data plane's counters, which answer nothing there, so /metrics
+reads them as it does in one process. Counters only grow; gauges are a level now.
 
 Must not import feeds or hits.
 """
@@ -61,3 +63,27 @@ def merge(parts: list[Stats]) -> Stats:
     for part in parts:
         total = _add(total, part)
     return total
+
+
+def show(total: Stats, pipeline: Any, server: Any) -> None:
+    """Set the counters of ``pipeline`` and ``server`` (the control plane's own, which answer
+    nothing while workers do) to ``total``. Levels (gauges) are not set: they are counted by
+    each worker and read per worker (``betblock.workers``)."""
+    c = total["counters"]
+    if not c:
+        return
+    counts = pipeline.counters.counts
+    for i, n in enumerate(c["answers"][: len(counts)]):
+        counts[i] = n
+    if hasattr(pipeline.counters, "observed"):
+        pipeline.counters.observed = c.get("observed", 0)
+    cache, upstream, tcp, rrl = pipeline.cache, pipeline.upstream, server.tcp, pipeline.rrl
+    cache.hits, cache.misses = c["cache_hits"], c["cache_misses"]
+    upstream.failures.update(c["upstream_failures"])
+    upstream.ignored_replies = c["upstream_ignored"]
+    latency = pipeline.latency
+    latency.counts[:] = c["latency_counts"]
+    latency.sum = c["latency_sum"]
+    tcp.rejected, tcp.evicted, tcp.unread = c["tcp_rejected"], c["tcp_evicted"], c["tcp_unread"]
+    if rrl is not None and "rrl_limited" in c:
+        rrl.limited, rrl.slipped, rrl.dropped, rrl.evicted = c["rrl_limited"], c["rrl_slipped"], c["rrl_dropped"], c["rrl_evicted"]

@@ -109,6 +109,22 @@ async def _metrics(node: Serve) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     return out
 
 
+async def _metrics_when(node: Serve, cond: Callable[[dict[tuple[str, tuple[tuple[str, str], ...]], float]], bool], what: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics once ``cond`` holds for it: the workers report their counters every second."""
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    async def check() -> bool:
+        nonlocal found
+        found = await _metrics(node)
+        try:
+            return cond(found)
+        except KeyError:
+            return False
+
+    await _until(check, what)
+    return found
+
+
 def _per_worker(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], kind: str | None = None) -> dict[str, float]:
     out: dict[str, float] = {}
     for (name, labels), value in m.items():
@@ -159,7 +175,7 @@ async def test_both_workers_answer_metrics_add_up_and_hits_reach_the_log(tmp_pat
         answers = await _ask_many(node.dns_port, names)
         assert [a.rcode() for a in answers] == [dns.rcode.NXDOMAIN, dns.rcode.NOERROR] * 100
 
-        m = await _metrics(node)
+        m = await _metrics_when(node, lambda m: sum(_per_worker(m).values()) == 200, "the workers' counters of 200 answers")
         blocked = _per_worker(m, "blocked")
         everything = _per_worker(m)
         assert set(everything) == {"0", "1"} and all(v > 0 for v in everything.values()), everything  # both took queries
@@ -229,9 +245,8 @@ async def test_a_killed_worker_is_replaced_while_the_other_answers(tmp_path: Pat
 
         answers = await _ask_many(node.dns_port, ["allowed.test"] * 60)
         assert all(a.rcode() == dns.rcode.NOERROR for a in answers)
-        m = await _metrics(node)
-        assert m[("betblock_worker_restarts_total", ())] == 1
-        assert _per_worker(m)["0"] > 0  # the replacement takes queries
+        m = await _metrics_when(node, lambda m: _per_worker(m).get("0", 0) > 0, "the replacement's counters")
+        assert m[("betblock_worker_restarts_total", ())] == 1  # the replacement takes queries (above)
         assert await node.stop(signal.SIGTERM) == 0
     finally:
         await node.stop()
@@ -291,8 +306,8 @@ async def test_no_query_lost_and_no_stale_block_across_ten_swaps_with_two_worker
                 await asyncio.gather(*streams)
         assert lost == [] and sent > 200, (len(lost), sent)
         assert len(_events(node, "policy in force in every worker")) >= 11
-        m = await _metrics(node)
-        assert all(v > 0 for v in _per_worker(m).values()) and len(_per_worker(m)) == WORKERS
+        m = await _metrics_when(node, lambda m: len(_per_worker(m)) == WORKERS, "both workers' counters")
+        assert all(v > 0 for v in _per_worker(m).values())
         assert await node.stop(signal.SIGTERM) == 0
     finally:
         await node.stop()
@@ -310,7 +325,8 @@ async def test_sighup_acl_change_reaches_every_worker(tmp_path: Path, upstream: 
         assert _events(node, "reload: workers reconfigured")[0]["workers"] == WORKERS
         answers = await _ask_many(node.dns_port, ["allowed.test"] * 60)
         assert {dns.rcode.to_text(a.rcode()) for a in answers} == {"REFUSED"}
-        refused = _per_worker(await _metrics(node), "refused")
+        m = await _metrics_when(node, lambda m: sum(_per_worker(m, "refused").values()) == 60, "60 refused in the counters")
+        refused = _per_worker(m, "refused")
         assert len(refused) == WORKERS and all(v > 0 for v in refused.values()), refused
         assert await node.stop(signal.SIGTERM) == 0
     finally:

@@ -87,3 +87,21 @@ def test_counters_of_several_workers_add_up() -> None:
         "counters": {"answers": [11, 22, 30], "cache_hits": 7, "upstream_failures": {"a": 3, "b": 1}, "latency_sum": 0.75},
         "gauges": {"inflight": 3},
     }
+
+
+def test_the_control_plane_shows_the_workers_sum_in_its_idle_counters(tmp_path: Path) -> None:
+    from betblock.app import App
+
+    app = App(Settings(data_dir=tmp_path / "var"), handle_signals=False)
+    total = {
+        "counters": {
+            "answers": [5, 6, 7], "cache_hits": 3, "cache_misses": 4, "upstream_failures": {"192.0.2.1:53": 2},
+            "upstream_ignored": 1, "latency_counts": [1] * 13, "latency_sum": 0.5, "tcp_rejected": 1, "tcp_evicted": 2,
+            "tcp_unread": 3, "observed": 0,
+        },
+        "gauges": {},
+    }
+    stats.show(total, app.pipeline, app.server)
+    assert app.pipeline.counters.counts[:3] == [5, 6, 7] and (app.cache.hits, app.cache.misses) == (3, 4)
+    assert app.upstream.failures["192.0.2.1:53"] == 2 and app.pipeline.latency.sum == 0.5
+    assert (app.server.tcp.rejected, app.server.tcp.evicted, app.server.tcp.unread) == (1, 2, 3)

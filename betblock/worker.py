@@ -43,7 +43,6 @@ HIT_INTERVAL = 0.05  # seconds between hit batches: one write per batch, not one
 # A batch is not written while this much is still unsent on the channel (the control plane is
 # not reading): hits stay in the bounded buffer, then are counted per second, as the recorder does.
 CHANNEL_HIGH = 8 << 20
-SECTIONS = ("dns", "acl", "upstream", "cache", "rrl", "policy", "log")
 _RULE_ID = attrgetter("id")
 PR_SET_PDEATHSIG = 1
 

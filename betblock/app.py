@@ -3,7 +3,9 @@
 Owns the wiring of every part and the process lifecycle: start-up (lists compiled before the
 listeners open, so no listed name is ever answered unblocked), SIGHUP (lists recompiled off the
 event loop and swapped), SIGTERM/SIGINT (listeners closed, queries in flight finished, hits
-flushed). Nothing else wires components together.
+flushed). With ``dns.workers`` > 0 the DNS answering runs in worker processes that
+``betblock.workers`` starts and supervises (each wires its own data plane in
+``betblock.worker``); this process keeps the control plane. Nothing else wires components together.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from betblock.metrics import (
 )
 from betblock.review import ManagerView
 from betblock.warning import Provenance, WarningPage
+from betblock.workers import WorkerError, Workers
 from config.settings import ConfigError, Settings, load_settings
 from feeds import api as feeds_api
 from feeds.manager import FeedManager
@@ -40,6 +43,7 @@ from resolver.cache import AnswerCache
 from resolver.pipeline import Pipeline
 from resolver.rrl import RateLimiter
 from resolver.server import DnsServer
+from resolver import stats
 from resolver.upstream import UpstreamClient
 from xfr.service import XfrService
 
@@ -62,6 +66,8 @@ class App:
         http_mounts: Iterable[HttpMount] = (),
         clock: Callable[[], float] = time.time,
         config_path: Path | None = None,
+        workers: int = 0,
+        log_format: str | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path  # re-read on SIGHUP when set
@@ -90,11 +96,21 @@ class App:
             rrl=self.rrl,
         )
         self.server = DnsServer(settings.dns, self.pipeline.answer)
+        # With worker processes (``dns.workers`` > 0, ``betblock serve``'s default) they answer
+        # DNS and the parts above only hold this process's view of the policy; 0 answers here.
+        self.workers = (
+            Workers(settings, self.recorder, workers, log_format, show=lambda total: stats.show(total, self.pipeline, self.server))
+            if workers else None
+        )
         # The policy as RPZ zones for a fleet (off unless [xfr] enabled): every installed
         # snapshot is also published there.
         self.xfr = XfrService(settings, clock) if settings.xfr.enabled else None
         # The feeds control plane: sources, store, guardrails, compile; it installs snapshots.
         self.feeds = FeedManager(settings, self._install, clock=clock)
+        if self.workers is not None:
+            # A compiled snapshot is in force (reported by the API, published to the fleet) only
+            # once every worker answers from it.
+            self.feeds.builder.handover = self.workers.install
         if self.xfr is not None:  # a NOTIFY for a zone an xfr source follows polls it now
             self.xfr.server.on_notify = self.feeds.notify
         # Owners add their HTTP routes here (feeds: agency API; hits: admin API and page).
@@ -106,6 +122,10 @@ class App:
         self.extra_metrics.append(http_metrics(lambda: {"api": self.http, "warning_page": self.warning}, self.auth_limiter))
         if self.xfr is not None:
             self.extra_metrics.append(self.xfr.metrics)
+        if self.workers is not None:
+            # This process's data-plane counters show the workers' sum (``stats.show``); this
+            # adds what is per worker: answers, cache, TCP, how many run, restarts.
+            self.extra_metrics.append(self.workers.metrics)
         # "Why is this name blocked?": one service for the API, the page and the tests.
         self.lookup = self.feeds.lookup
         # One auth layer for every route: admin and agency tokens, page sessions, declared roles.
@@ -199,7 +219,11 @@ class App:
                 except (ConfigError, OSError) as exc:
                     log.error("reload: configuration refused; keeping the current one", error=str(exc))
                 else:
+                    before = (self.settings.acl, self.settings.policy.cname_inspection)
                     self._apply(new)
+                    after = (self.settings.acl, self.settings.policy.cname_inspection)
+                    if self.workers is not None and after != before:
+                        await self.workers.configure(self.settings)
             await self.feeds.reload()
 
     def _hangup(self) -> None:
@@ -258,7 +282,11 @@ class App:
     async def _start_serving(self) -> None:
         await self.load_policy()
         await self.hitlog.open()  # schema migrated before the first hit can arrive; a damaged store only fails the hit log
-        await self.server.start()
+        if self.workers is not None:
+            self.server.bound.extend(self.workers.bind())  # where DNS answers (the compliance self-test asks there)
+            await self.workers.start(self.pipeline.policy.snapshot)
+        else:
+            await self.server.start()
         if self.xfr is not None:
             await self.xfr.start(self.pipeline.policy.snapshot)  # zones before its listener opens
         if self.settings.warning_page.enabled:
@@ -290,6 +318,7 @@ class App:
                 feeds = tg.create_task(self.feeds.run())  # polls, file watches, date timer
                 rrl = tg.create_task(self.rrl.run()) if self.rrl is not None else None  # its clock
                 xfr = tg.create_task(self.xfr.run()) if self.xfr is not None else None  # zones follow installs
+                workers = tg.create_task(self.workers.run()) if self.workers is not None else None  # restarts
                 await self.stopping.wait()
                 feeds.cancel()
                 if rrl is not None:
@@ -297,8 +326,12 @@ class App:
                 for http in (self.http, self.warning):
                     if http is not None:
                         await http.close()
-                await self.server.close()
-                self.upstream.close()  # after the queries in flight had their chance to finish
+                if self.workers is not None and workers is not None:
+                    workers.cancel()
+                    await self.workers.stop()  # they drain and send their last hits first
+                else:
+                    await self.server.close()
+                    self.upstream.close()  # after the queries in flight had their chance to finish
                 if xfr is not None:
                     xfr.cancel()
                     await self.xfr.close()  # type: ignore[union-attr]
@@ -315,8 +348,9 @@ class App:
         self.stopping.set()
 
 
-def serve(settings: Settings, config_path: Path | None = None) -> int:
-    """Run one node in this process until SIGTERM/SIGINT; SIGHUP re-reads ``config_path``."""
+def serve(settings: Settings, config_path: Path | None = None, log_format: str | None = None) -> int:
+    """Run one node until SIGTERM/SIGINT, DNS answered by ``dns.workers`` worker processes (or
+    in this process with 0); SIGHUP re-reads ``config_path``."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
@@ -325,7 +359,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
         runner = uvloop.run
 
     async def main() -> None:
-        await App(settings, config_path=config_path).run()
+        await App(settings, config_path=config_path, workers=settings.dns.worker_count(), log_format=log_format).run()
 
     # State files (the hit log holds subscriber addresses) are private unless configured otherwise.
     os.umask(int(settings.umask, 8))
@@ -337,7 +371,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
 
     try:
         runner(main())
-    except (OSError, StoreError, StoreProblem) as exc:
+    except (OSError, StoreError, StoreProblem, WorkerError) as exc:
         log.error("cannot start", error=str(exc))
         return 1
     return 0

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from betblock import access, logs
     from betblock.app import serve
 
-    logs.configure(settings.log.level, args.log_format or settings.log.format)
+    logs.configure(settings.log.level, args.log_format or settings.log.format, shared=True)  # with the DNS workers
     try:
         settings, token_file = access.with_admin_token(settings)
     except (ConfigError, OSError) as exc:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.http.admin_token is None:
             where = "nothing: admin routes are off (set http.admin_token or http.admin_token_file)"
         structlog.get_logger("betblock").info(f"admin page at {access.admin_url(settings)}, sign in with {where}")
-    return serve(settings, args.config)
+    return serve(settings, args.config, log_format=args.log_format)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,6 +114,12 @@ class DnsSettings(_Section):
         le=4096,
         description="UDP payload size we advertise and the largest UDP answer we send (DNS flag day 2020).",
     )
+    workers: int | Literal["auto"] = Field(
+        default="auto",
+        description="Worker processes answering DNS on the same addresses (SO_REUSEPORT, UDP and TCP), the "
+        "control plane (feeds, API, hit log, warning page) in a process of its own; \"auto\": one per CPU this "
+        "process may use; 0: answer inside the control-plane process (one process, as before).",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -123,8 +130,24 @@ class DnsSettings(_Section):
             _host_port(item, 53)
         return v
 
+    @field_validator("workers")
+    @classmethod
+    def _check_workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 0 <= v <= 1024:
+            raise ValueError("workers must be \"auto\" or a number from 0 to 1024")
+        return v
+
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [_host_port(item, 53) for item in self.listen]
+
+    def worker_count(self) -> int:
+        """Worker processes to run: ``workers``, with "auto" as the CPUs this process may use."""
+        if self.workers == "auto":
+            try:
+                return len(os.sched_getaffinity(0))
+            except AttributeError:  # no affinity call (not Linux)
+                return os.cpu_count() or 1
+        return int(self.workers)
 
 
 class AclSettings(_Section):

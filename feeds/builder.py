@@ -20,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from collections.abc import Awaitable
 from pathlib import Path
 
 import structlog
@@ -47,6 +48,10 @@ class CompileInputs:
 
 class PolicyBuilder:
     """Compiles, publishes and persists snapshots; ``changed`` says what a compile must read anew."""
+
+    # Separate DNS processes take each compiled snapshot before it is published (and so counts as
+    # in force): set by the composition root when it runs DNS worker processes.
+    handover: Callable[[PolicySnapshot], Awaitable[None]] | None = None
 
     def __init__(
         self,
@@ -119,6 +124,8 @@ class PolicyBuilder:
             self.seconds_total += self.compile_seconds
             self.compiles += 1
             self._compiled_gen = gen
+            if self.handover is not None:  # every DNS worker answers from it before it is reported in force
+                await self.handover(compiled.snapshot)
             self.publish(compiled.snapshot, compiled.next_change)
             installed = self.clock()
             self.dates_at = dates_at

@@ -170,6 +170,30 @@ class HitRecorder:
         else:
             self.dropped += 1
 
+    def record_batch(self, flat: list[Any], agg: dict[tuple[Any, ...], int], dropped: int = 0) -> None:
+        """Hits recorded in another process (a DNS worker's batch, laid out as ``FlatHits``, its
+        per-second counts and its losses): appended while there is room, the rest counted as
+        ``record`` counts them."""
+        if not self.enabled:
+            return
+        self.dropped += dropped
+        room = self._cap_fields - len(self.buffer)
+        if len(flat) <= room:
+            self.buffer.extend(flat)
+        else:
+            room -= room % HIT_FIELDS
+            self.buffer.extend(flat[:room])
+            for i in range(room, len(flat), HIT_FIELDS):
+                self.record(flat[i : i + HIT_FIELDS])  # type: ignore[arg-type]
+        target = self.aggregated
+        for key, count in agg.items():
+            if key in target:
+                target[key] += count
+            elif len(target) < self.cap * 4:
+                target[key] = count
+            else:
+                self.dropped += count
+
     def take(self) -> tuple[FlatHits, dict[tuple[Any, ...], int]]:
         """Everything buffered, leaving the buffers empty (called on the event loop)."""
         batch, self.buffer = self.buffer, FlatHits()

@@ -299,10 +299,20 @@ class TcpServer:
 class DnsServer:
     """All configured listeners; ``start`` binds them, ``close`` releases them."""
 
-    def __init__(self, settings: DnsSettings, answer: AnswerFn, rcvbuf: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        settings: DnsSettings,
+        answer: AnswerFn,
+        rcvbuf: int = 4 << 20,
+        sockets: list[tuple[socket.socket, socket.socket | None]] | None = None,
+    ) -> None:
         self.settings = settings
         self.answer = answer
         self.rcvbuf = rcvbuf
+        # Bound by someone else (a worker process gets its UDP and listening TCP socket per
+        # listen address from the control plane, which binds them with SO_REUSEPORT): served
+        # as they are instead of binding ``settings.listen``.
+        self.sockets = sockets
         self.udp: list[udp.Listener] = []  # one per listen address (resolver/udp.py)
         self.tcp = TcpServer(settings, answer)
         self.tcp_servers: list[asyncio.Server] = []
@@ -311,6 +321,10 @@ class DnsServer:
     async def start(self) -> None:
         if self.settings.tcp:
             self.tcp.budget()
+        if self.sockets is not None:
+            for usock, tsock in self.sockets:
+                await self._serve_bound(usock, tsock)
+            return
         for host, port in self.settings.listen_addresses():
             # Port 0 (tests): the kernel picks a free UDP port and TCP must take the same number,
             # which another socket may hold (a client's connection in TIME_WAIT, say). Pick again
@@ -350,6 +364,15 @@ class DnsServer:
             self.tcp_servers.append(srv)
         self.udp.append(listener)
         return port
+
+    async def _serve_bound(self, usock: socket.socket, tsock: socket.socket | None) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = usock.getsockname()[:2]
+        self.udp.append(await udp.listen(usock, self.answer, self.settings.udp_batch))
+        if tsock is not None:
+            tsock.setblocking(False)
+            self.tcp_servers.append(await loop.create_server(lambda: TcpConnection(self.tcp), sock=tsock, backlog=1024))
+        self.bound.append((host, port))
 
     async def close(self, drain: float = 5.0, flush: float = 2.0) -> None:
         """Stop accepting, answer what is in flight (each query is bounded by its deadline; at

@@ -19,6 +19,13 @@ from tests.fakedns import FakeDns
 
 # A test run writes nothing into the repository: Hypothesis keeps no example database, and its
 # caches (constants, Unicode tables) go to a temporary directory instead of ./.hypothesis.
+# `betblock serve` started by a test answers DNS in its own process (dns.workers = 0), as the
+# in-process App does: most tests are about what is answered, not by which process, and a worker
+# per CPU in every such test would cost the suite minutes of interpreter starts. The worker
+# processes of the default configuration have their own tests (tests/test_workers.py), which
+# start `betblock serve` without this variable.
+os.environ.setdefault("BETBLOCK_DNS__WORKERS", "0")
+
 set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / f"betblock-hypothesis-{os.getuid()}"))
 hypothesis_settings.register_profile("betblock", database=None)
 hypothesis_settings.load_profile("betblock")

@@ -137,11 +137,14 @@ class Serve:
         self._drain: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, cfg: Path, *extra: str, seconds: float = 30.0, preexec_fn: Callable[[], None] | None = None) -> Serve:
+    async def start(
+        cls, cfg: Path, *extra: str, seconds: float = 30.0, preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Serve:
         """Start the node and wait, within ``seconds``, for its "ready" log line."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg), *extra,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=preexec_fn,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=preexec_fn, env=env,
         )
         node = cls(proc)
         try:

@@ -118,11 +118,31 @@ def _rule_doc(rule: Rule | None) -> dict[str, Any] | None:
     return None if rule is None else {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule)}
 
 
+def _json_default(value: object) -> object:
+    # sets (e.g. a snapshot's agencies in some mode) go as sorted lists; _revive turns them back
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} cannot go into a policy table's header")
+
+
+def _revive(cls: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc``'s values for ``cls``'s fields with JSON's lists back as the field's collection
+    type: the type of its default when that is a set or tuple, else a tuple."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in doc:
+            continue
+        value = doc[f.name]
+        if isinstance(value, list):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else ())
+            value = type(default)(value) if isinstance(default, (set, frozenset, tuple)) else tuple(value)
+        out[f.name] = value
+    return out
+
+
 def _rule_from(doc: dict[str, Any] | None) -> Rule | None:
-    # JSON has no tuples: every list field of a Rule is a tuple
-    if doc is None:
-        return None
-    return Rule(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+    return None if doc is None else Rule(**_revive(Rule, doc))
 
 
 def write_table(snapshot: PolicySnapshot, path: Path) -> None:
@@ -183,7 +203,7 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     others = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name not in ("table", "rules")}
     doc = json.dumps(
         {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids)},
-        separators=(",", ":"),
+        separators=(",", ":"), default=_json_default,
     ).encode()
     if sys.byteorder != "little":  # the file is little-endian, arrays are native
         for a in (buckets, hashes, entries):
@@ -243,7 +263,7 @@ def open_table(path: Path) -> PolicySnapshot:
             doc = json.loads(f.read(doc_len))
             rules = tuple(_rule_from(r) for r in doc["rules"])
             values = tuple(int(v) for v in doc["values"])
-            others = doc["snapshot"]
+            others = _revive(PolicySnapshot, doc["snapshot"])
         except (ValueError, KeyError, TypeError) as exc:  # CRC right, contents not: another build
             raise TableDamaged(f"{path}: unreadable rules ({type(exc).__name__}: {exc})") from None
         mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)

@@ -46,8 +46,8 @@ import struct
 import sys
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from itertools import accumulate, repeat
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import accumulate, islice, repeat
 from itertools import count as count_up
 from operator import add, and_, is_, lshift, rshift
 from pathlib import Path
@@ -65,6 +65,7 @@ HEADER = struct.Struct("<8sIIqQQIIQQII")
 _U32 = struct.Struct("<I")
 _U32X2 = struct.Struct("<II")
 _CHUNK = 1 << 20
+_SLICE = 1 << 13  # names per step of a writer's pass: at most a few milliseconds with the GIL held
 assert array("I").itemsize == 4, "the writer's arrays must hold 32-bit numbers"
 # filter bytes per name, rounded up to a power of two: 4 to 8, so that 12 to 22 % of the
 # misses get past it (1 - exp(-names / size)) to the two unpacks of a bucket
@@ -88,15 +89,60 @@ def _buckets_for(count: int) -> int:
     return n
 
 
+def _slices(values: Iterable[Any]) -> Iterator[list[Any]]:
+    """``values`` in lists of ``_SLICE``."""
+    it = iter(values)
+    while part := list(islice(it, _SLICE)):
+        yield part
+
+
+def _collect(values: Iterable[int]) -> array[int]:
+    """``array("I", values)``, built ``_SLICE`` values at a time: between slices a thread can
+    hand over the GIL, so a writer in a thread holds it for milliseconds, not a whole pass."""
+    out = array("I")
+    it = iter(values)
+    while True:
+        before = len(out)
+        out.extend(islice(it, _SLICE))
+        if len(out) - before < _SLICE:
+            return out
+
+
+def _run(effects: Iterator[object], count: int) -> None:
+    """Consume ``count`` side effects, ``_SLICE`` at a time (as ``_collect``)."""
+    for _ in range(0, count, _SLICE):
+        deque(islice(effects, _SLICE), maxlen=0)
+
+
 def _rule_doc(rule: Rule | None) -> dict[str, Any] | None:
     return None if rule is None else {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule)}
 
 
+def _json_default(value: object) -> object:
+    # sets (e.g. a snapshot's agencies in some mode) go as sorted lists; _revive turns them back
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} cannot go into a policy table's header")
+
+
+def _revive(cls: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc``'s values for ``cls``'s fields with JSON's lists back as the field's collection
+    type: the type of its default when that is a set or tuple, else a tuple."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in doc:
+            continue
+        value = doc[f.name]
+        if isinstance(value, list):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else ())
+            value = type(default)(value) if isinstance(default, (set, frozenset, tuple)) else tuple(value)
+        out[f.name] = value
+    return out
+
+
 def _rule_from(doc: dict[str, Any] | None) -> Rule | None:
-    # JSON has no tuples: every list field of a Rule is a tuple
-    if doc is None:
-        return None
-    return Rule(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+    return None if doc is None else Rule(**_revive(Rule, doc))
 
 
 def write_table(snapshot: PolicySnapshot, path: Path) -> None:
@@ -111,49 +157,53 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     # Everything below is C-level (map, accumulate, join over arrays): no Python loop per
     # name, no sort, and per-name numbers live in arrays (4 bytes each, not an int object).
     # The heap keeps the dict's order (sequential passes over the names); only the small
-    # per-name records are put in bucket order, by a counting sort.
-    hashes = array("I", map(crc32, table))
-    lengths = array("I", map(len, table))
-    if count and max(lengths) > 255:
+    # per-name records are put in bucket order, by a counting sort. Each pass runs a slice at
+    # a time (_collect, _run), so a writer in a thread lets the event loop run between slices.
+    hashes = _collect(map(crc32, table))
+    lengths = _collect(map(len, table))
+    if count and max(map(max, _slices(lengths))) > 255:
         raise ValueError("a name longer than 255 bytes is not a wire name")
-    value_ids = {v: i for i, v in enumerate(set(table.values()))}
+    distinct: set[int] = set()
+    for part in _slices(table.values()):
+        distinct.update(part)
+    value_ids = {v: i for i, v in enumerate(distinct)}
     if len(value_ids) >= 1 << 24:
         raise ValueError(f"{len(value_ids)} distinct table values, more than the format holds")
-    starts = array("I", accumulate(lengths, initial=0))
-    heap = b"".join(table)
+    starts = _collect(accumulate(lengths, initial=0))
+    heap = b"".join([b"".join(part) for part in _slices(table)])
     if len(heap) >= 1 << 32:
         raise ValueError("names too long for 32-bit heap offsets")
     # value index above the name's length: (vid << 8) + length
-    packed = array("I", map(add, map(lshift, map(value_ids.__getitem__, table.values()), repeat(8)), lengths))
+    packed = _collect(map(add, map(lshift, map(value_ids.__getitem__, table.values()), repeat(8)), lengths))
     del lengths
     filt = bytearray(1 << fbits)
-    deque(map(filt.__setitem__, map(and_, hashes, repeat((1 << fbits) - 1)), repeat(1)), maxlen=0)
+    _run(map(filt.__setitem__, map(and_, hashes, repeat((1 << fbits) - 1)), repeat(1)), count)
     # Names per bucket: sizes[b] += 1 for each name's bucket b, as one map: map pulls its
     # arguments left to right, so the read of sizes[b] for a name comes after the write for
     # the name before it.
-    ids = array("I", map(rshift, hashes, repeat(shift)))
+    ids = _collect(map(rshift, hashes, repeat(shift)))
     sizes = array("I", bytes(4 * nbuckets))
-    deque(map(sizes.__setitem__, ids, map(add, map(sizes.__getitem__, ids), repeat(1))), maxlen=0)
-    buckets = array("I", accumulate(sizes, initial=0))
-    longest = max(sizes)
+    _run(map(sizes.__setitem__, ids, map(add, map(sizes.__getitem__, ids), repeat(1))), count)
+    buckets = _collect(accumulate(sizes, initial=0))
+    longest = max(map(max, _slices(sizes)))
     del sizes
     # The counting sort, the same way: for name i in bucket b, order[nxt[b]] = i, then
     # nxt[b] += 1 (setitem returns None; ``None is None`` is the 1 that is added).
     nxt = buckets[:-1]
     order = array("I", bytes(4 * count))
-    deque(map(nxt.__setitem__, ids,
-              map(add, map(nxt.__getitem__, ids),
-                  map(is_, map(order.__setitem__, map(nxt.__getitem__, ids), count_up()), repeat(None)))), maxlen=0)
+    _run(map(nxt.__setitem__, ids,
+             map(add, map(nxt.__getitem__, ids),
+                 map(is_, map(order.__setitem__, map(nxt.__getitem__, ids), count_up()), repeat(None)))), count)
     del ids, nxt
-    hashes = array("I", map(hashes.__getitem__, order))
+    hashes = _collect(map(hashes.__getitem__, order))
     entries = array("I", bytes(8 * count))
-    entries[0::2] = array("I", map(starts.__getitem__, order))
-    entries[1::2] = array("I", map(packed.__getitem__, order))
+    entries[0::2] = _collect(map(starts.__getitem__, order))
+    entries[1::2] = _collect(map(packed.__getitem__, order))
     del order, starts, packed
     others = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name not in ("table", "rules")}
     doc = json.dumps(
         {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids)},
-        separators=(",", ":"),
+        separators=(",", ":"), default=_json_default,
     ).encode()
     if sys.byteorder != "little":  # the file is little-endian, arrays are native
         for a in (buckets, hashes, entries):
@@ -213,7 +263,7 @@ def open_table(path: Path) -> PolicySnapshot:
             doc = json.loads(f.read(doc_len))
             rules = tuple(_rule_from(r) for r in doc["rules"])
             values = tuple(int(v) for v in doc["values"])
-            others = doc["snapshot"]
+            others = _revive(PolicySnapshot, doc["snapshot"])
         except (ValueError, KeyError, TypeError) as exc:  # CRC right, contents not: another build
             raise TableDamaged(f"{path}: unreadable rules ({type(exc).__name__}: {exc})") from None
         mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from betblock import access, compliance
+from betblock import access, compliance, dataplane
 from betblock.authlimit import FailureLimiter
 from betblock.auth import Authenticator
 from betblock.portal import Portal
@@ -39,12 +39,8 @@ from hits import api as hits_api
 from hits.service import HitLog
 from hits.store import StoreError
 from resolver.acl import Acl
-from resolver.cache import AnswerCache
-from resolver.pipeline import Pipeline
-from resolver.rrl import RateLimiter
 from resolver.server import DnsServer
 from resolver import stats
-from resolver.upstream import UpstreamClient
 from xfr.service import XfrService
 
 log = structlog.get_logger("betblock.app")
@@ -75,26 +71,8 @@ class App:
         # The hit log: store (opened in run), writer thread, recorder, retention job.
         self.hitlog = HitLog(settings)
         self.recorder = self.hitlog.recorder
-        self.cache = AnswerCache(settings.cache)
-        self.upstream = UpstreamClient(
-            settings.upstream.addresses(),
-            settings.upstream.attempt_timeout,
-            settings.dns.edns_udp_size,
-            ports=settings.upstream.ports,
-            port_reuse=settings.upstream.port_reuse,
-        )
-        self.rrl = RateLimiter(settings.rrl) if settings.rrl.enabled else None
-        self.pipeline = Pipeline(
-            acl=Acl(settings.acl.networks()),
-            cache=self.cache,
-            upstream=self.upstream,
-            recorder=self.recorder,
-            udp_size=settings.dns.edns_udp_size,
-            deadline=settings.upstream.deadline,
-            max_inflight=settings.upstream.max_inflight,
-            cname_inspection=settings.policy.cname_inspection,
-            rrl=self.rrl,
-        )
+        plane = dataplane.build(settings, self.recorder)
+        self.cache, self.upstream, self.rrl, self.pipeline = plane.cache, plane.upstream, plane.rrl, plane.pipeline
         self.server = DnsServer(settings.dns, self.pipeline.answer)
         # With worker processes (``dns.workers`` > 0, ``betblock serve``'s default) they answer
         # DNS and the parts above only hold this process's view of the policy; 0 answers here.

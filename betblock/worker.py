@@ -26,16 +26,12 @@ from typing import Any
 
 import structlog
 
-from betblock import channel, handover, logs
+from betblock import channel, dataplane, handover, logs
 from config.settings import AclSettings, Settings
 from hits.batch import HIT_FIELDS
 from resolver import stats
 from resolver.acl import Acl
-from resolver.cache import AnswerCache
-from resolver.pipeline import Pipeline
-from resolver.rrl import RateLimiter
 from resolver.server import DnsServer
-from resolver.upstream import UpstreamClient
 
 log = structlog.get_logger("betblock.worker")
 
@@ -126,26 +122,8 @@ class Worker:
         self.hits = HitBatcher(conf["hits_enabled"], conf["hits_buffer"])
         self.hits.writer = writer
         # The same parts as ``betblock.app.App`` builds for its own data plane.
-        self.cache = AnswerCache(settings.cache)
-        self.upstream = UpstreamClient(
-            settings.upstream.addresses(),
-            settings.upstream.attempt_timeout,
-            settings.dns.edns_udp_size,
-            ports=settings.upstream.ports,
-            port_reuse=settings.upstream.port_reuse,
-        )
-        self.rrl = RateLimiter(settings.rrl) if settings.rrl.enabled else None
-        self.pipeline = Pipeline(
-            acl=Acl(settings.acl.networks()),
-            cache=self.cache,
-            upstream=self.upstream,
-            recorder=self.hits,  # type: ignore[arg-type]
-            udp_size=settings.dns.edns_udp_size,
-            deadline=settings.upstream.deadline,
-            max_inflight=settings.upstream.max_inflight,
-            cname_inspection=settings.policy.cname_inspection,
-            rrl=self.rrl,
-        )
+        plane = dataplane.build(settings, self.hits)  # type: ignore[arg-type]
+        self.cache, self.upstream, self.rrl, self.pipeline = plane.cache, plane.upstream, plane.rrl, plane.pipeline
         snapshot = await asyncio.to_thread(handover.read, conf["policy"])
         self.pipeline.install(snapshot)
         socks = [

@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config.settings import AgencySettings, PolicySettings, Settings
+from config.settings import AgencySettings, PolicySettings
 from feeds.entry import Entry
 from feeds.formats.plain import scan
 from feeds.guard import Protected
@@ -539,26 +539,6 @@ def _lift(masks: dict[bytes, int], present: dict[bytes, int], exceptions: dict[i
                 off += name[off] + 1
         for name in names:
             present[name] = present.get(name, 0) | flag
-
-
-def load_from_settings(settings: Settings, version: int | None = None) -> tuple[PolicySnapshot, dict[str, PlainList]]:
-    """Read every agency's plain list files and the allowlist, and compile them (no store, no
-    history: what ``betblock`` did before the feeds control plane, kept for tools).
-
-    Returns the snapshot and, per file, what was read (for reject reporting).
-    """
-    reports: dict[str, PlainList] = {}
-    lists: list[AgencyList] = []
-    for agency in settings.agencies:
-        names: list[bytes] = []
-        for path in agency.lists:
-            full = settings.resolve_path(path)
-            parsed = read_plain(Path(full).read_bytes())
-            reports[str(full)] = parsed
-            names.extend(parsed.names)
-        lists.append(AgencyList(agency, names))
-    allow = allow_names(settings.policy, settings.resolve_path, reports)
-    return compile_snapshot(lists, allow, settings.policy.sinkhole_ttl, version), reports
 
 
 def allow_names(policy: PolicySettings, resolve: Callable[[Path], Path], reports: dict[str, PlainList]) -> list[AllowItem]:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import NodeFactory, port_of
 from tests.dnsutil import a_records, query, udp
-from tests.hits.test_dashboard_page import ARGS, CHROMIUM, keep
+from tests.browser import ARGS, CHROMIUM, keep
 
 TOKEN = "observe-page-t0ken-0123456789"
 

@@ -374,6 +374,11 @@ class Workers:
         """Every worker's counters summed (with those of workers that have died)."""
         return dpstats.merge([self.retired] + [w.stats for w in self.slots if w is not None and w.stats is not None])
 
+    def levels(self) -> dict[str, int]:
+        """Every live worker's levels (cache entries, connections, ...) summed, as of its last
+        report; a worker that died holds nothing any more."""
+        return dpstats.merge([w.stats for w in self.slots if w is not None and w.stats is not None])["gauges"]
+
     def metrics(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("betblock_workers", "DNS worker processes answering now", value=len(self.live()))
         yield CounterMetricFamily("betblock_worker_restarts", "DNS worker processes replaced after they died", value=self.restarts)
@@ -384,7 +389,7 @@ class Workers:
                 for kind in Kind:
                     per.add_metric([str(w.slot), kind.name.lower()], counts[kind] if kind < len(counts) else 0)
         yield per
-        # Levels are per worker (a sum of cache sizes would say nothing of either cache).
+        # Levels per worker too: the plain families carry their sum (``levels``), this how it splits.
         for name, key, doc in (
             ("betblock_worker_cache_entries", "cache_entries", "Answers held in each worker's cache"),
             ("betblock_worker_upstream_inflight", "inflight", "Distinct questions each worker has waiting on upstreams"),

@@ -31,6 +31,7 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from betblock import channel, handover
+from betblock.dataplane import Sections
 from config.errors import BetblockError
 from config.settings import Settings
 from feeds.snapshot import PolicySnapshot, Rule
@@ -41,7 +42,6 @@ from resolver.outcome import Kind
 
 log = structlog.get_logger("betblock.workers")
 
-SECTIONS = ("dns", "acl", "upstream", "cache", "rrl", "policy", "log")  # what a worker is built from
 SWAP_TIMEOUT = 10.0  # seconds every worker has to take a new snapshot (a 1M list loads in about 1)
 START_TIMEOUT = 60.0  # seconds a worker has to load the policy and open its listeners at start
 STATS_TIMEOUT = 1.0  # seconds a report of the workers' counters waits for each (else its last one)
@@ -200,7 +200,7 @@ class Workers:
         self.slots[slot] = w
         hello = {
             "slot": slot,
-            "sections": {name: getattr(self.settings, name).model_dump(mode="json") for name in SECTIONS},
+            "sections": Sections.dump(self.settings),  # what a worker is built from
             "log_format": self.log_format,
             "policy": str(self.current[1]),
             "sockets": [(u.fileno(), t.fileno() if t is not None else None) for u, t in socks],

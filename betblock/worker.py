@@ -111,7 +111,7 @@ class Worker:
             return 1
         conf: dict[str, Any] = hello[1]
         self.slot = conf["slot"]
-        settings = dataplane.Sections.load(conf["sections"])  # not the settings loader: a third of the imports
+        settings = dataplane.Sections.load(conf["sections"])  # without the settings loader's imports
         logs.configure(settings.log.level, conf.get("log_format") or settings.log.format, shared=True)
         structlog.contextvars.bind_contextvars(worker=self.slot, pid=os.getpid())
         for sig in (signal.SIGINT, signal.SIGHUP):

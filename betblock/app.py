@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -326,6 +328,39 @@ class App:
         self.stopping.set()
 
 
+class _AbandonAtExit(ThreadPoolExecutor):
+    """The event loop's executor for ``asyncio.to_thread`` in ``betblock serve``: each call in a
+    daemon thread of its own, and no waiting for them at exit.
+
+    By the time the process exits after SIGTERM, everything that must not be lost is done (the
+    workers drained, the hits written, the feed store's work in flight interrupted and rolled
+    back by ``StoreGate.close``). What may still run in a thread is derived work whose result
+    nobody awaits any more: compiling or parsing millions of names, writing a policy table
+    (files appear by rename only, so a half-done one never replaces a whole one). A pool would
+    join those threads at exit, so SIGTERM would wait for a 10M-name compile; here the process
+    ends as after a crash, which every file it writes survives (the feed store's transactions,
+    temporary files renamed into place)."""
+
+    def submit(self, fn: Callable[..., object], /, *args: object, **kwargs: object) -> Future[object]:  # type: ignore[override]
+        future: Future[object] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=run, name="betblock-thread", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass  # nothing to join: see the class docstring
+
+
 def serve(settings: Settings, config_path: Path | None = None, log_format: str | None = None) -> int:
     """Run one node until SIGTERM/SIGINT, DNS answered by ``dns.workers`` worker processes (or
     in this process with 0); SIGHUP re-reads ``config_path``."""
@@ -337,6 +372,7 @@ def serve(settings: Settings, config_path: Path | None = None, log_format: str |
         runner = uvloop.run
 
     async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(_AbandonAtExit())
         await App(settings, config_path=config_path, workers=settings.dns.worker_count(), log_format=log_format).run()
 
     # State files (the hit log holds subscriber addresses) are private unless configured otherwise.

@@ -54,6 +54,8 @@ from feeds.updates import UpdateService
 
 log = structlog.get_logger("betblock.feeds")
 
+SAVE_GRACE = 2.0  # seconds shutdown waits for a snapshot save before it stops it (small lists: done in ms)
+
 
 class FeedManager:
     """Builds the feeds parts from the settings and runs the start-up; ``install`` hands a
@@ -234,10 +236,18 @@ class FeedManager:
             await self.builder.persist_task
 
     async def aclose(self) -> None:
-        """Close the HTTP session and wait for the snapshot on its way to disk."""
+        """Close the HTTP session; wait for the snapshot on its way to disk, for ``SAVE_GRACE``
+        seconds at most: a save of millions of names that takes longer is stopped (the file
+        before it stays; the next start compiles what it would have held), so that SIGTERM is
+        done in seconds at any list size."""
         await self.scheduler.aclose()
-        if self.builder.persist_task is not None:
-            await asyncio.shield(self.builder.persist_task)
+        task = self.builder.persist_task
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), SAVE_GRACE)
+            except TimeoutError:
+                self.builder.stop_saving()
+                await asyncio.shield(task)
 
     def close(self) -> None:
         self.gate.close()

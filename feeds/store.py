@@ -302,9 +302,23 @@ class FeedStore:
             return str(exc)
         return None if rows == ["ok"] else "; ".join(rows)
 
-    def close(self) -> None:
-        with self.lock:
+    def close(self, *, interrupt: bool = False) -> None:
+        """Close the connection once no call holds it. ``interrupt`` (shutdown): a call in flight
+        in another thread, such as the start-up write of a million-name version, is stopped at
+        SQLite's next step instead of waited for; its transaction is rolled back whole (the
+        store keeps every version before it and none of it), so the version is written again
+        when the next start reads its source."""
+        if interrupt:
+            # interrupt() only reaches a statement that is running: the caller may be between
+            # two statements (reading rows for the next one), so ask again until it lets go.
+            while not self.lock.acquire(timeout=0.02):
+                self.db.interrupt()
+        else:
+            self.lock.acquire()
+        try:
             self.db.close()
+        finally:
+            self.lock.release()
 
     @contextmanager
     def _tx(self) -> Iterator[None]:

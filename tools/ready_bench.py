@@ -8,7 +8,7 @@ agency, one plain list file of SIZE names made by ``bench/gen_data.py``'s name g
 ``--data``, never in the repository) three times:
 
 - ``cold/during``: an empty data directory; ready = the list's last name answered NXDOMAIN over
-  UDP (asked every 10 ms from the moment the process is started); then SIGTERM at once, while the
+  UDP (asked every 10 ms from the moment the process is started); then SIGTERM 0.5 s later, while the
   start-up store write and the snapshot save still run in the background;
 - ``cold/after``: an empty data directory again; after ready, wait until the process tree is idle
   (its CPU under 5 % for a second: store written, snapshot saved), then SIGTERM;
@@ -225,6 +225,10 @@ def one_run(size: str, listed: Path, run: Path, workers: int, start: str, term: 
                     break
                 last = now
             out["idle_s"] = round(time.monotonic() - started - 1.0, 1)
+        else:
+            # "during": half a second after ready, so that SIGTERM finds its handler installed
+            # (a SIGTERM before the listeners opened ends the process at once: nothing to flush)
+            time.sleep(0.5)
         out["cpu_s"] = round(sampler.cpu(), 1)
         pids = tree(proc.pid)
         stop = time.monotonic()

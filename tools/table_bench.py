@@ -173,11 +173,25 @@ def memory(kind: str, path: Path, n: int) -> tuple[list[int], list[int]]:
     return [s["Rss"] for s in stats], [s["Pss"] for s in stats]
 
 
+def peak(fn) -> float:  # type: ignore[no-untyped-def]
+    """MiB that ``fn`` allocates at its peak (Python objects and numpy arrays: both report to tracemalloc)."""
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--names", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200_000)
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--write-only", action="store_true", help="only the write and open figures (for 10M names)")
     args = ap.parse_args()
     snap = snapshot(args.names)
     with tempfile.TemporaryDirectory(prefix="table-bench-") as tmp:
@@ -192,6 +206,11 @@ def main() -> None:
               f"saved snapshot {spath.stat().st_size / 2**20:.1f} MiB")
         print(f"write_table   {w_wall:.2f} s wall, {w_cpu:.2f} s CPU | persist.save {s_wall:.2f} s wall, {s_cpu:.2f} s CPU")
         print(f"open_table    {o_wall:.3f} s wall, {o_cpu:.3f} s CPU | persist.load {l_wall:.2f} s wall, {l_cpu:.2f} s CPU")
+        if args.write_only:
+            del opened
+            print(f"memory above the snapshot while writing (tracemalloc peak): write_table {peak(lambda: write_table(snap, tpath)):.0f} MiB"
+                  f" | persist.save {peak(lambda: persist.save(spath, snap, 'fp', None)):.0f} MiB")
+            return
 
         names = queries(snap, args.queries)
         table = opened.table  # type: ignore[attr-defined]

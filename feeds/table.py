@@ -124,10 +124,18 @@ def _rule_from(doc: dict[str, Any] | None) -> Rule | None:
     return None if doc is None else Rule(**_revive(Rule, doc))
 
 
-def write_table(snapshot: PolicySnapshot, path: Path) -> None:
+class WriteStopped(Exception):
+    """``write_table`` was asked to stop (shutdown): the file at the path, if any, is the one before."""
+
+
+def write_table(snapshot: PolicySnapshot, path: Path, *, extra: dict[str, Any] | None = None, fsync: bool = False,
+                stop: Callable[[], bool] = lambda: False) -> None:
     """Write ``snapshot`` as a table file at ``path``: a temporary file beside it, then a
-    rename, so a reader sees the old file or the new one, whole. Not fsynced: the file is
-    derived from the snapshot and rewritten when lost."""
+    rename, so a reader sees the old file or the new one, whole. ``extra`` (JSON) goes into
+    the doc for the caller (``PolicyTable.extra``: the saved snapshot's fingerprint). ``fsync``
+    before the rename when the file must survive a power cut (the saved snapshot; the workers'
+    hand-over files are rewritten when lost). ``stop`` is asked between slices: when it says so
+    the temporary file is removed and ``WriteStopped`` raised."""
     import numpy as np  # here, not at the top: workers only read tables, and numpy costs each one ~20 MiB
 
     table = snapshot.table
@@ -141,8 +149,8 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     # scatter, bucket sizes by bincount, the per-name records into bucket order by one stable
     # argsort (the heap keeps the dict's order). At 10M names this is seconds, where a Python
     # pass per step over arrays took a minute.
-    hashes = _numbers(map(crc32, table), count)
-    lengths = _numbers(map(len, table), count)
+    hashes = _numbers(map(crc32, table), count, stop)
+    lengths = _numbers(map(len, table), count, stop)
     if count and int(lengths.max()) > 255:
         raise ValueError("a name longer than 255 bytes is not a wire name")
     distinct: set[int] = set()
@@ -158,7 +166,7 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     if count > 1:
         np.cumsum(lengths[:-1], out=starts[1:])
     # value index above the name's length: (vid << 8) | length
-    packed = _numbers(map(value_ids.__getitem__, table.values()), count)
+    packed = _numbers(map(value_ids.__getitem__, table.values()), count, stop)
     packed <<= 8
     packed |= lengths
     del lengths
@@ -179,7 +187,8 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     del order, starts, packed
     others = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name not in ("table", "rules")}
     doc = json.dumps(
-        {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids)},
+        {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids),
+         **({"extra": extra} if extra is not None else {})},
         separators=(",", ":"), default=_json_default,
     ).encode()
     # every section as bytes without a copy (the arrays are little-endian and contiguous)
@@ -195,18 +204,23 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
+        if stop():
+            raise WriteStopped(str(path))
         with open(tmp, "wb") as f:
             f.write(head)
             for s, pad in zip(sections, pads):
                 f.write(s)
                 f.write(pad)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def _numbers(values: Iterator[int], count: int) -> Any:
+def _numbers(values: Iterator[int], count: int, stop: Callable[[], bool]) -> Any:
     """The first ``count`` of ``values`` as a little-endian uint32 numpy array, filled
     ``_SLICE`` values at a time: between slices a thread can hand over the GIL, so a writer in
     a thread holds it for milliseconds, not a whole pass."""
@@ -214,6 +228,8 @@ def _numbers(values: Iterator[int], count: int) -> Any:
 
     out = np.empty(count, _LE32)
     for at in range(0, count, _SLICE):
+        if stop():
+            raise WriteStopped("stopped")
         n = min(_SLICE, count - at)
         out[at : at + n] = np.fromiter(values, _LE32, n)
     return out
@@ -256,8 +272,10 @@ def open_table(path: Path) -> PolicySnapshot:
         except (ValueError, KeyError, TypeError) as exc:  # CRC right, contents not: another build
             raise TableDamaged(f"{path}: unreadable rules ({type(exc).__name__}: {exc})") from None
         mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        inode = os.fstat(f.fileno()).st_ino
     others["version"] = version
     table = PolicyTable(mm, count, nbuckets, maxb, fbits, offsets, values)
+    table.path, table.inode, table.extra = Path(path), inode, doc.get("extra")
     if _U32.unpack_from(mm, offsets[2])[0] != 0 or _U32.unpack_from(mm, offsets[2] + 4 * nbuckets)[0] != count:
         raise TableDamaged(f"{path}: bucket index does not cover the {count} names")
     return PolicySnapshot(table=table, rules=rules, **others)  # type: ignore[arg-type]
@@ -273,6 +291,11 @@ class PolicyTable(Mapping[bytes, int]):
                  values: tuple[int, ...]) -> None:
         self._mm = mm
         self._count = count
+        # set by open_table: the file and its inode (the hand-over links that very file rather
+        # than writing another: ``betblock.handover``), and the writer's ``extra``
+        self.path: Path | None = None
+        self.inode: int | None = None
+        self.extra: Any = None
         self._offsets = offsets
         self._values = values
         self.get: Callable[..., int | None] = _lookup(mm, nbuckets, maxb, fbits, offsets, values) if count else _empty

@@ -186,7 +186,9 @@ def one_run(size: str, listed: Path, run: Path, workers: int, start: str, term: 
     port = free_port()
     cfg = write_config(run, listed, port)
     env = dict(os.environ, BETBLOCK_DNS__WORKERS=str(workers))
-    log = (run / f"serve-{start}-{term}.log").open("w")
+    logs = run.parent / "logs"  # beside the run's directory, which the next cold run wipes
+    logs.mkdir(exist_ok=True)
+    log = (logs / f"{run.name}-{start}-{term}.log").open("w")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(0.01)
     target = last_name(listed)

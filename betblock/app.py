@@ -301,6 +301,7 @@ class App:
                 workers = tg.create_task(self.workers.run()) if self.workers is not None else None  # restarts
                 await self.stopping.wait()
                 feeds.cancel()
+                await self.feeds.interrupt()  # big store writes and saves: stopped, not waited for
                 if rrl is not None:
                     rrl.cancel()
                 for http in (self.http, self.warning):

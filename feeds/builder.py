@@ -90,6 +90,7 @@ class PolicyBuilder:
         self.persist_task: asyncio.Future[None] | None = None
         self._to_save: tuple[PolicySnapshot, float | None] | None = None
         self._stop_saving = threading.Event()  # set at shutdown (stop_saving); read by the saving thread
+        self._saving = 0  # names in the snapshot being saved now
 
     async def compile(self, *, force: bool = False) -> PolicySnapshot:
         """Compile what the sources hold now, off the event loop, and install it. Callers that
@@ -201,6 +202,7 @@ class PolicyBuilder:
         while self._to_save is not None:
             snapshot, next_change = self._to_save
             self._to_save = None
+            self._saving = len(snapshot)
             started = time.perf_counter()
             try:
                 await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change,
@@ -214,13 +216,17 @@ class PolicyBuilder:
                 return
             except Exception as exc:  # a restart then compiles from the store instead
                 log.error("cannot save the compiled snapshot", path=str(self.snapshot_path), error=str(exc))
+            finally:
+                self._saving = 0
             del snapshot
 
-    def stop_saving(self) -> None:
-        """Shutdown: a save in progress stops at its next slice (the file before it stays) and
-        none starts; the snapshot is derived, so the next start compiles it again if need be."""
-        self._stop_saving.set()
-        self._to_save = None
+    def stop_saving(self, *, over: int = 0) -> None:
+        """Shutdown: a save in progress or queued of a snapshot of more than ``over`` names stops
+        at its next slice (the file before it stays) and none starts; the snapshot is derived,
+        so the next start compiles it again if need be."""
+        if max(self._saving, len(self._to_save[0]) if self._to_save else 0) > over:
+            self._stop_saving.set()
+            self._to_save = None
 
     async def tick(self) -> bool:
         """Recompile when a listing or removal date has passed; True when it did."""

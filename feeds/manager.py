@@ -54,7 +54,7 @@ from feeds.updates import UpdateService
 
 log = structlog.get_logger("betblock.feeds")
 
-SAVE_GRACE = 2.0  # seconds shutdown waits for a snapshot save before it stops it (small lists: done in ms)
+SAVE_WAIT_NAMES = 200_000  # a save of up to this many names is waited for at shutdown (well under a second)
 
 
 class FeedManager:
@@ -235,19 +235,21 @@ class FeedManager:
         if self.builder.persist_task is not None:
             await self.builder.persist_task
 
+    async def interrupt(self) -> None:
+        """Shutdown begins (SIGTERM): stop the work that may take minutes at 10M names rather
+        than wait for it; nothing is lost. Feed-store work in flight is interrupted and rolled
+        back whole (the next start records it again); a save of a snapshot over
+        ``SAVE_WAIT_NAMES`` stops between slices (the file before it stays; the next start
+        compiles what it would have held). A smaller save is waited for by ``aclose``."""
+        self.builder.stop_saving(over=SAVE_WAIT_NAMES)
+        await asyncio.to_thread(self.gate.interrupt)
+
     async def aclose(self) -> None:
-        """Close the HTTP session; wait for the snapshot on its way to disk, for ``SAVE_GRACE``
-        seconds at most: a save of millions of names that takes longer is stopped (the file
-        before it stays; the next start compiles what it would have held), so that SIGTERM is
-        done in seconds at any list size."""
+        """Close the HTTP session and wait for the snapshot on its way to disk (unless
+        ``interrupt`` stopped it)."""
         await self.scheduler.aclose()
-        task = self.builder.persist_task
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), SAVE_GRACE)
-            except TimeoutError:
-                self.builder.stop_saving()
-                await asyncio.shield(task)
+        if self.builder.persist_task is not None:
+            await asyncio.shield(self.builder.persist_task)
 
     def close(self) -> None:
         self.gate.close()

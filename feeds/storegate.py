@@ -91,6 +91,15 @@ class StoreGate:
                   version=version, problem=problem)
         self.settled.set()
 
+    def interrupt(self) -> None:
+        """Shutdown begins: store work in flight is interrupted (a write is rolled back whole)
+        rather than waited for, so SIGTERM never waits on a big start-up write. Blocks briefly:
+        call it in a thread."""
+        self.closing = True
+        store = self.store
+        if store is not None:
+            store.interrupt()
+
     def close(self) -> None:
         """Shutdown: store work still in flight (a write is rolled back whole) is interrupted
         rather than waited for, so SIGTERM never waits on a big start-up write."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -372,9 +373,12 @@ def serve(settings: Settings, config_path: Path | None = None, log_format: str |
     else:
         runner = uvloop.run
 
+    nodes: list[App] = []  # the node outlives the loop: see the end
+
     async def main() -> None:
         asyncio.get_running_loop().set_default_executor(_AbandonAtExit())
-        await App(settings, config_path=config_path, workers=settings.dns.worker_count(), log_format=log_format).run()
+        nodes.append(App(settings, config_path=config_path, workers=settings.dns.worker_count(), log_format=log_format))
+        await nodes[0].run()
 
     # State files (the hit log holds subscriber addresses) are private unless configured otherwise.
     os.umask(int(settings.umask, 8))
@@ -389,5 +393,10 @@ def serve(settings: Settings, config_path: Path | None = None, log_format: str |
     except (OSError, StoreError, StoreProblem, WorkerError) as exc:
         log.error("cannot start", error=str(exc))
         return 1
-    return 0
+    # Stopped: hits written, stores closed, log lines flushed line by line. Exit without
+    # freeing the node's objects one by one: with 10M names (the compiled table, the lists)
+    # that took longer than everything SIGTERM does before it (14 s on a loaded 2-core VM).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 

@@ -124,7 +124,7 @@ def _rule_from(doc: dict[str, Any] | None) -> Rule | None:
     return None if doc is None else Rule(**_revive(Rule, doc))
 
 
-class WriteStopped(Exception):
+class WriteStopped(BetblockError):
     """``write_table`` was asked to stop (shutdown): the file at the path, if any, is the one before."""
 
 
@@ -159,8 +159,8 @@ def write_table(snapshot: PolicySnapshot, path: Path, *, extra: dict[str, Any] |
     value_ids = {v: i for i, v in enumerate(distinct)}
     if len(value_ids) >= 1 << 24:
         raise ValueError(f"{len(value_ids)} distinct table values, more than the format holds")
-    heap = b"".join([b"".join(part) for part in _slices(table)])
-    if len(heap) >= 1 << 32:
+    heap_len = int(lengths.sum(dtype=np.uint64))
+    if heap_len >= 1 << 32:
         raise ValueError("names too long for 32-bit heap offsets")
     starts = np.zeros(count, _LE32)
     if count > 1:
@@ -191,26 +191,38 @@ def write_table(snapshot: PolicySnapshot, path: Path, *, extra: dict[str, Any] |
          **({"extra": extra} if extra is not None else {})},
         separators=(",", ":"), default=_json_default,
     ).encode()
-    # every section as bytes without a copy (the arrays are little-endian and contiguous)
-    sections = [memoryview(doc), *(memoryview(a.reshape(-1).view(np.uint8)) for a in (filt, buckets, hashes, entries)),
-                memoryview(heap)]
-    pads = [b"\0" * (_align(len(s)) - len(s)) for s in sections]
-    body_crc = 0
-    for s, pad in zip(sections, pads):
-        body_crc = crc32(pad, crc32(s, body_crc))
-    head = HEADER.pack(MAGIC, FORMAT, HEADER.size, snapshot.version, count, nbuckets, longest, fbits,
-                       len(doc), len(heap), body_crc, 0)
-    head = head[:-4] + _U32.pack(crc32(head[:-4]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        if stop():
-            raise WriteStopped(str(path))
         with open(tmp, "wb") as f:
-            f.write(head)
-            for s, pad in zip(sections, pads):
-                f.write(s)
-                f.write(pad)
+            f.write(bytes(HEADER.size))  # written last, once the body's CRC is known
+            body_crc = 0
+
+            def put(data: Any) -> None:
+                nonlocal body_crc
+                body_crc = crc32(data, body_crc)
+                f.write(data)
+
+            def pad(n: int) -> None:
+                put(bytes(_align(n) - n))
+
+            put(doc)
+            pad(len(doc))
+            # the arrays as bytes without a copy (little-endian and contiguous); each dropped once written
+            for array_ in (filt, buckets, hashes, entries):
+                put(memoryview(array_.reshape(-1).view(np.uint8)))
+                pad(array_.nbytes)
+            del filt, buckets, hashes, entries, array_
+            # The heap, streamed in the dict's order: never the whole of it in memory.
+            for part in _slices(table):
+                if stop():
+                    raise WriteStopped(str(path))
+                put(b"".join(part))
+            pad(heap_len)
+            head = HEADER.pack(MAGIC, FORMAT, HEADER.size, snapshot.version, count, nbuckets, longest, fbits,
+                               len(doc), heap_len, body_crc, 0)
+            f.seek(0)
+            f.write(head[:-4] + _U32.pack(crc32(head[:-4])))
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())

@@ -121,11 +121,17 @@ class HitWriter:
                 for table, key in ((out.daily_rule, rule), (out.daily_name, name), (out.daily_net, nets[cid])):
                     per = table.setdefault(day, {})
                     per[key] = per.get(key, 0) + c
-        pairs = set(map(add, map(_HI.__mul__, name_ids), rule_ids))
+        distinct_names = set(name_ids)
+        distinct_rules = set(rule_ids)
+        if len(distinct_rules) == 1:
+            # One agency set in the batch (the usual case): the pairs are its distinct names,
+            # not one big int per hit (measured 239 -> about 20 ns a hit at 50k hits, 10k names).
+            pairs = set(map(next(iter(distinct_rules)).__add__, map(_HI.__mul__, distinct_names)))
+        else:
+            pairs = set(map(add, map(_HI.__mul__, name_ids), rule_ids))
         pairs.difference_update(self._name_rules)
         if pairs:
             out.name_rules = sorted((p >> 32, p & 0xFFFFFFFF) for p in pairs)
-        distinct_names = set(name_ids)
         new_names = distinct_names - self._first_seen
         if new_names:
             fs = out.first_seen
@@ -142,7 +148,7 @@ class HitWriter:
             ("name", distinct_names),
             ("node", (node,)),
             ("policy", set(policy_ids)),
-            ("rule", set(rule_ids)),
+            ("rule", distinct_rules),
         )
         out.text_block = b"".join(b"".join(map(lines[kind].__getitem__, sorted(ids))) for kind, ids in refs)
         return out

@@ -2,7 +2,10 @@
 
 Owns the SQLite schema and its migrations, the writer connection (used only by the writer
 thread, so a write never runs on the event loop), and read-only connections in a small thread
-pool for the API. WAL lets the API read while the writer appends. Must not import the resolver.
+pool for the API. WAL lets the API read while the writer appends. Also owns deferring the daily
+roll-ups under load (``ROLLUP_SECONDS``, meta ``rolled_upto``): a flood hits the same names every
+second, and one upsert per name every few seconds costs a fraction of one per name per batch.
+Must not import the resolver.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, Entries, HitS
 
 # SQLite's primary result codes (``sqlite3.Error.sqlite_errorcode & 0xff``) -> cause.
 _CAUSES = {13: "disk_full", 8: "read_only", 11: "corrupt", 26: "corrupt", 10: "io", 14: "io", 5: "unavailable", 6: "unavailable"}
+
+
+# Daily roll-ups are written with every batch while they are few (a quiet node, the tests: the
+# statistics are current at once); beyond ``ROLLUP_KEYS`` keys pending they wait, merged in
+# memory, at most ``ROLLUP_SECONDS``: under a flood each listed name is hit every second, and its
+# upsert is the costliest statement per hit after the row itself. Meta ``rolled_upto`` is the
+# newest hit id counted in the tables, written in the same transaction as the counts; at open,
+# rows after it (a process killed with counts pending) are rolled up from the rows.
+ROLLUP_SECONDS = 5.0
+ROLLUP_KEYS = 1024
 
 
 def sqlite_cause(exc: BaseException) -> str:
@@ -78,6 +91,39 @@ def _head(conn: sqlite3.Connection) -> ChainHead:
     if newest is None:
         return ChainHead(total, anchor_hex, _meta_int(conn, "last_id") or 0, purged, anchor_hex)
     return ChainHead(total, bytes(newest[0]).hex(), newest[1], purged, anchor_hex)
+
+_ROWS_AFTER = "FROM batches b JOIN hits h ON h.id >= b.first_hit AND h.id <= b.last_hit WHERE b.last_hit > ? AND h.id > ?"
+_DAY_OF = f"(b.min_ts + h.ts) / {DAY_MS}"
+# The daily roll-ups of the rows after ``rolled_upto`` (bound twice), added to the tables.
+ROLL_UP_AFTER = [
+    f"INSERT INTO daily_rule (day, rule, hits) SELECT {_DAY_OF}, h.rule, SUM(h.cnt) {_ROWS_AFTER} GROUP BY 1, 2 "
+    "ON CONFLICT (day, rule) DO UPDATE SET hits = hits + excluded.hits",
+    f"INSERT INTO daily_name (day, name, hits) SELECT {_DAY_OF}, h.name, SUM(h.cnt) {_ROWS_AFTER} GROUP BY 1, 2 "
+    "ON CONFLICT (day, name) DO UPDATE SET hits = hits + excluded.hits",
+    f"INSERT INTO daily_net (day, net, hits) SELECT {_DAY_OF}, n.id, SUM(h.cnt) FROM batches b JOIN hits h "
+    "ON h.id >= b.first_hit AND h.id <= b.last_hit JOIN clients c ON c.id = h.client JOIN nets n ON n.net = c.net "
+    "WHERE b.last_hit > ? AND h.id > ? GROUP BY 1, 2 ON CONFLICT (day, net) DO UPDATE SET hits = hits + excluded.hits",
+]
+
+
+def _last_id(conn: sqlite3.Connection) -> int:
+    top = conn.execute("SELECT MAX(id) FROM hits").fetchone()[0] or 0
+    return max(top, _meta_int(conn, "last_id") or 0)
+
+
+def _catch_up_rollups(conn: sqlite3.Connection) -> None:
+    """Inside the caller's transaction: count rows after ``rolled_upto`` into the roll-ups
+    (written before a crash, their counts still pending), or set it when a store has none."""
+    rolled = _meta_int(conn, "rolled_upto")
+    last = _last_id(conn)
+    if rolled is None:  # a store written before deferral: every row is counted
+        _set_meta(conn, "rolled_upto", str(last))
+        return
+    if rolled < last:
+        for stmt in ROLL_UP_AFTER:
+            conn.execute(stmt, (rolled, rolled))
+        _set_meta(conn, "rolled_upto", str(last))
+
 
 # Each migration moves the schema from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -231,6 +277,12 @@ class SqliteStore(HitStore):
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hits-read")
         self._conns: list[sqlite3.Connection] = []
         self._wlock = threading.Lock()  # writer thread and retention never write at once
+        # Daily roll-ups not written yet (table -> day -> key -> hits), and ``rolled_upto`` as
+        # this process last wrote or read it (another value in the store: rebuilt meanwhile).
+        self._pending: dict[str, dict[int, dict[int, int]]] = {"daily_rule": {}, "daily_name": {}, "daily_net": {}}
+        self._pending_keys = 0
+        self._rolled: int | None = None
+        self._rolled_at = float("-inf")  # time.monotonic() of the last roll-up write (the first write is due)
 
     async def open(self, create: bool = True) -> None:
         await asyncio.to_thread(self._open, create)
@@ -296,6 +348,9 @@ class SqliteStore(HitStore):
             )
             if _meta_int(conn, "batches_total") is None:  # stores written before checkpoints
                 _set_meta(conn, "batches_total", str(_head(conn).batches))
+            _catch_up_rollups(conn)
+            self._rolled = _meta_int(conn, "rolled_upto")
+            self._clear_pending()
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -308,6 +363,7 @@ class SqliteStore(HitStore):
         self._conns.clear()
         if self._w is not None:
             with self._wlock:
+                self._flush_rollups()
                 self._w.close()
             self._w = None
 
@@ -407,13 +463,79 @@ class SqliteStore(HitStore):
                     (batch.node, int(self.clock() * 1000), first, last, batch.base_ts, batch.max_ts, h),
                 )
                 conn.executemany("INSERT INTO rule_blocks (rule, block) VALUES (?,?) ON CONFLICT DO NOTHING", batch.rule_blocks(first))
-                _rollups(conn, batch)
+                _pairs(conn, batch)
+                rolled = _meta_int(conn, "rolled_upto")
+                if rolled != self._rolled:
+                    # ``rebuild-index`` counted every row up to its own mark, or a failed write
+                    # lost what was pending: count the rows after the store's mark (this batch's too).
+                    self._clear_pending()
+                    _catch_up_rollups(conn)
+                    due, new_rolled = True, last
+                else:
+                    pending = self._merge_pending(batch)
+                    due = self._pending_keys <= ROLLUP_KEYS or time.monotonic() - self._rolled_at >= ROLLUP_SECONDS
+                    if due:
+                        _rollups(conn, pending)
+                        _set_meta(conn, "rolled_upto", str(last))
+                        new_rolled = last
+                    else:
+                        new_rolled = rolled
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
+                self._clear_pending()
+                self._rolled = None  # counts of committed batches may have been lost: read it back and catch up
                 raise
+            self._rolled = new_rolled
+            if due:
+                self._clear_pending()
+                self._rolled_at = time.monotonic()
             self.head = ChainHead(total + 1, h.hex(), last, purged, anchor_hex)
         return first, last
+
+    def _merge_pending(self, batch: Batch) -> dict[str, dict[int, dict[int, int]]]:
+        """The batch's roll-ups added to what is pending (a copy when nothing was: the batch's own)."""
+        pending = self._pending
+        for table, per_day in (("daily_rule", batch.daily_rule), ("daily_name", batch.daily_name), ("daily_net", batch.daily_net)):
+            into = pending[table]
+            for day, counts in per_day.items():
+                have = into.get(day)
+                if have is None:
+                    into[day] = dict(counts)
+                    self._pending_keys += len(counts)
+                    continue
+                before = len(have)
+                get = have.get
+                for key, c in counts.items():
+                    have[key] = get(key, 0) + c
+                self._pending_keys += len(have) - before
+        return pending
+
+    def _clear_pending(self) -> None:
+        self._pending = {"daily_rule": {}, "daily_name": {}, "daily_net": {}}
+        self._pending_keys = 0
+
+    def _flush_rollups(self) -> None:
+        """Under the write lock: write the pending roll-ups now (shutdown, retention)."""
+        conn = self._w
+        if conn is None or not self._pending_keys:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if _meta_int(conn, "rolled_upto") == self._rolled:
+                _rollups(conn, self._pending)  # the rows after the mark, up to the newest
+                _set_meta(conn, "rolled_upto", str(_last_id(conn)))
+            else:  # rebuilt meanwhile (every row counted up to its mark), or the mark was lost
+                _catch_up_rollups(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            self._rolled = None  # the next write counts from the rows
+            raise
+        finally:
+            self._clear_pending()
+        self._rolled = _meta_int(conn, "rolled_upto")
+        self._rolled_at = time.monotonic()
 
     async def execute_locked(self, stmts: Sequence[str]) -> None:
         await asyncio.to_thread(self._execute_locked, stmts)
@@ -437,6 +559,8 @@ class SqliteStore(HitStore):
     def _purge(self, cutoff_ms: int) -> int:
         conn = self._w
         assert conn is not None
+        with self._wlock:  # counts pending for the days about to go would come back after them
+            self._flush_rollups()
         removed = 0
         while True:
             # Oldest batches first, a chunk per transaction so that the writer is never held up long.
@@ -488,9 +612,9 @@ class SqliteStore(HitStore):
         return removed
 
 
-def _rollups(conn: sqlite3.Connection, batch: Batch) -> None:
-    for table, key, per_day in (("daily_rule", "rule", batch.daily_rule), ("daily_name", "name", batch.daily_name), ("daily_net", "net", batch.daily_net)):
-        for day, counts in per_day.items():
+def _rollups(conn: sqlite3.Connection, pending: dict[str, dict[int, dict[int, int]]]) -> None:
+    for table, key in (("daily_rule", "rule"), ("daily_name", "name"), ("daily_net", "net")):
+        for day, counts in pending[table].items():
             # The day as a literal (an int), the rows as (key, hits) pairs in key order:
             # neighbouring rows of the table, and no tuple built per row.
             conn.executemany(
@@ -498,6 +622,9 @@ def _rollups(conn: sqlite3.Connection, batch: Batch) -> None:
                 f"ON CONFLICT (day, {key}) DO UPDATE SET hits = hits + excluded.hits",
                 sorted(counts.items()),
             )
+
+
+def _pairs(conn: sqlite3.Connection, batch: Batch) -> None:
     if batch.name_rules:
         conn.executemany("INSERT INTO name_rules (name, rule) VALUES (?,?) ON CONFLICT DO NOTHING", batch.name_rules)
     if batch.first_seen:

@@ -151,7 +151,7 @@ def run(a: argparse.Namespace) -> dict[str, float]:
 
 def breakdown(store, writer, picks, qnames, listed, clients, t0) -> dict[str, list[float]]:
     """The SQLite transaction statement by statement (the same statements as ``write_batch``)."""
-    from hits.sqlite import _INSERT, _INSERT_ID, _pairs, _rollups
+    from hits.sqlite import _INSERT_ID, _insert_rows, _pairs, _rollups
 
     conn = store._w
     out: dict[str, list[float]] = {}
@@ -165,10 +165,10 @@ def breakdown(store, writer, picks, qnames, listed, clients, t0) -> dict[str, li
 
         def ins() -> None:
             conn.execute(_INSERT_ID, (first, *next(rows)))
-            conn.executemany(_INSERT, rows)
+            _insert_rows(conn, enc.columns)
 
         parts = [
-            ("6a   hits rows (executemany)", ins),
+            ("6a   hits rows", ins),
             ("6b   name_hits (sorted INSERT SELECT)", lambda: conn.execute("INSERT INTO name_hits (n, hid) SELECT name, id FROM hits WHERE id >= ? ORDER BY name, id", (first,))),
             ("6c   client_hits (sorted INSERT SELECT)", lambda: conn.execute("INSERT INTO client_hits (c, hid) SELECT client, id FROM hits WHERE id >= ? ORDER BY client, id", (first,))),
             ("6d   chain digest", lambda: enc.digest(b"\0" * 32, first)),

@@ -170,7 +170,7 @@ def breakdown(store, writer, picks, qnames, listed, clients, t0) -> dict[str, li
         parts = [
             ("6a   hits rows", ins),
             ("6b   name_hits (sorted INSERT SELECT)", lambda: conn.execute("INSERT INTO name_hits (n, hid) SELECT name, id FROM hits WHERE id >= ? ORDER BY name, id", (first,))),
-            ("6c   client_hits (sorted INSERT SELECT)", lambda: conn.execute("INSERT INTO client_hits (c, hid) SELECT client, id FROM hits WHERE id >= ? ORDER BY client, id", (first,))),
+            ("6c   client_blocks", lambda: conn.executemany("INSERT INTO client_blocks (client, block) VALUES (?,?) ON CONFLICT DO NOTHING", enc.client_blocks(first))),
             ("6d   chain digest", lambda: enc.digest(b"\0" * 32, first)),
             ("6e   rule_blocks", lambda: conn.executemany("INSERT INTO rule_blocks (rule, block) VALUES (?,?) ON CONFLICT DO NOTHING", enc.rule_blocks(first))),
             ("6f   name_rules, first_seen", lambda: _pairs(conn, enc)),

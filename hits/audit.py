@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hits.checkpoint import ChainHead, Checkpoint
-from hits.store import BLOCK_SHIFT, DAY_MS, Broken, HitStore, anchor_text
+from hits.store import BLOCK_SHIFT, CLIENT_BLOCK_SHIFT, DAY_MS, Broken, HitStore, anchor_text
 
 MAX_SHOWN = 5  # differences named per table
 
@@ -52,6 +52,7 @@ class _Acc:
         self.daily_client: Counter[tuple[int, int]] = Counter()
         self.name_rules: set[tuple[int, int]] = set()
         self.rule_blocks: set[tuple[int, int]] = set()
+        self.client_blocks: set[tuple[int, int]] = set()
         self.names: set[int] = set()
         self.bad_bounds: list[str] = []
         self.first_batch_max: int | None = None
@@ -71,6 +72,7 @@ class _Acc:
             self.bad_bounds.append(f"batch {bid}: max_ts {max_ts}, its rows end at {real_max}")
         self.name_rules.update(zip(name, rule))
         self.rule_blocks.update(zip(rule, ((first + i) >> BLOCK_SHIFT for i in range(len(rows)))))
+        self.client_blocks.update(zip(client, ((first + i) >> CLIENT_BLOCK_SHIFT for i in range(len(rows)))))
         self.names.update(name)
         if self.rolled is not None and first + len(rows) - 1 > self.rolled:  # counts still pending in the writer
             keep = max(0, self.rolled - first + 1)
@@ -226,8 +228,11 @@ async def _derived(store: HitStore, acc: _Acc, purged: int) -> list[str]:
     problems += _missing("rule_blocks", acc.rule_blocks, have_blocks)
     have_seen = {int(r[0]) for r in await store.fetch("SELECT name FROM first_seen")}
     problems += _missing("first_seen", acc.names, have_seen)
-    if store.postings:  # SQLite: the name and client lookups are tables, filled per batch
-        for table, key, col in (("name_hits", "n", "name"), ("client_hits", "c", "client")):
+    if store.client_blocks:  # SQLite: clients are found through the blocks that hold them
+        have_clients = {(int(a), int(b)) for a, b in await store.fetch("SELECT client, block FROM client_blocks")}
+        problems += _missing("client_blocks", acc.client_blocks, have_clients)
+    if store.postings:  # SQLite: the name lookups are a table, filled per batch
+        for table, key, col in (("name_hits", "n", "name"),):
             gone = (await store.fetch(
                 f"SELECT COUNT(*) FROM hits h WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.{key} = h.{col} AND x.hid = h.id)"
             ))[0][0]
@@ -268,8 +273,8 @@ REBUILD_POSTINGS = [  # SQLite only: the name and client lookups are tables; the
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     "DELETE FROM name_hits",
     "INSERT INTO name_hits (n, hid) SELECT name, id FROM hits ORDER BY name, id",
-    "DELETE FROM client_hits",
-    "INSERT INTO client_hits (c, hid) SELECT client, id FROM hits ORDER BY client, id",
+    "DELETE FROM client_blocks",
+    f"INSERT INTO client_blocks (client, block) SELECT DISTINCT client, id >> {CLIENT_BLOCK_SHIFT} FROM hits",
 ]
 
 

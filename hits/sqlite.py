@@ -22,7 +22,7 @@ from typing import Any
 
 from hits.chain import GENESIS
 from hits.checkpoint import ChainHead, create_private
-from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, Entries, HitStore, StoreError, anchor_text
+from hits.store import BLOCK_SHIFT, CLIENT_BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, Entries, HitStore, StoreError, anchor_text
 
 # SQLite's primary result codes (``sqlite3.Error.sqlite_errorcode & 0xff``) -> cause.
 _CAUSES = {13: "disk_full", 8: "read_only", 11: "corrupt", 26: "corrupt", 10: "io", 14: "io", 5: "unavailable", 6: "unavailable"}
@@ -225,6 +225,13 @@ MIGRATIONS: list[str] = [
     DROP TABLE daily_net;
     ALTER TABLE daily_net_v3 RENAME TO daily_net;
     """,
+    # 4: which clients occur in each block of 4096 hit ids (CLIENT_BLOCK_SHIFT) instead of one
+    # entry per hit: a client's hits repeat, and its filter scans those blocks.
+    """
+    CREATE TABLE client_blocks (client INTEGER, block INTEGER, PRIMARY KEY (client, block)) WITHOUT ROWID;
+    INSERT INTO client_blocks (client, block) SELECT DISTINCT client, id >> 12 FROM hits;
+    DROP TABLE client_hits;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -272,6 +279,7 @@ class SqliteStore(HitStore):
 
     kind = "sqlite"
     postings = True
+    client_blocks = True
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock)
@@ -460,7 +468,7 @@ class SqliteStore(HitStore):
                 if last - first + 1 != n:
                     raise StoreError(f"hit ids not contiguous: {first}..{last} for {n} rows")
                 conn.execute("INSERT INTO name_hits (n, hid) SELECT name, id FROM hits WHERE id >= ? ORDER BY name, id", (first,))
-                conn.execute("INSERT INTO client_hits (c, hid) SELECT client, id FROM hits WHERE id >= ? ORDER BY client, id", (first,))
+                conn.executemany("INSERT INTO client_blocks (client, block) VALUES (?,?) ON CONFLICT DO NOTHING", batch.client_blocks(first))
                 h = batch.digest(prev_hash, first)
                 conn.execute(
                     "INSERT INTO batches (node, written, first_hit, last_hit, min_ts, max_ts, hash, format) VALUES (?,?,?,?,?,?,?,2)",
@@ -584,13 +592,13 @@ class SqliteStore(HitStore):
                             "INSERT INTO meta (key, value) SELECT 'last_id', CAST(COALESCE(MAX(id), 0) AS TEXT) FROM hits WHERE true "
                             "ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))"
                         )
-                        for table, key, col in (("name_hits", "n", "name"), ("client_hits", "c", "client")):
-                            conn.executemany(
-                                f"DELETE FROM {table} WHERE hid >= ? AND hid <= ? AND {key} IN (SELECT DISTINCT {col} FROM hits WHERE id >= ? AND id <= ?)",
-                                [(b[1], b[2], b[1], b[2]) for b in gone],
-                            )
+                        conn.executemany(
+                            "DELETE FROM name_hits WHERE hid >= ? AND hid <= ? AND n IN (SELECT DISTINCT name FROM hits WHERE id >= ? AND id <= ?)",
+                            [(b[1], b[2], b[1], b[2]) for b in gone],
+                        )
                         conn.executemany("DELETE FROM hits WHERE id >= ? AND id <= ?", [(b[1], b[2]) for b in gone])
                         conn.execute("DELETE FROM rule_blocks WHERE block < ?", ((gone[-1][2] + 1) >> BLOCK_SHIFT,))
+                        conn.execute("DELETE FROM client_blocks WHERE block < ?", ((gone[-1][2] + 1) >> CLIENT_BLOCK_SHIFT,))
                         conn.execute("DELETE FROM batches WHERE id <= ?", (gone[-1][0],))
                         conn.execute(
                             "INSERT INTO meta (key, value) VALUES ('anchor', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",

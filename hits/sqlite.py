@@ -294,6 +294,7 @@ class SqliteStore(HitStore):
         self._pending: dict[str, dict[int, dict[int, int]]] = {"daily_rule": {}, "daily_name": {}, "daily_net": {}}
         self._pending_keys = 0
         self._rolled: int | None = None
+        self._pending_upto = 0  # the newest hit id of the batches whose counts are pending
         self._rolled_at = float("-inf")  # time.monotonic() of the last roll-up write (the first write is due)
 
     async def open(self, create: bool = True) -> None:
@@ -477,9 +478,10 @@ class SqliteStore(HitStore):
                 conn.executemany("INSERT INTO rule_blocks (rule, block) VALUES (?,?) ON CONFLICT DO NOTHING", batch.rule_blocks(first))
                 _pairs(conn, batch)
                 rolled = _meta_int(conn, "rolled_upto")
-                if rolled != self._rolled:
-                    # ``rebuild-index`` counted every row up to its own mark, or a failed write
-                    # lost what was pending: count the rows after the store's mark (this batch's too).
+                if rolled != self._rolled or (self._pending_keys and first != self._pending_upto + 1):
+                    # ``rebuild-index`` counted every row up to its own mark, a failed write lost
+                    # what was pending, or rows of another writer lie between the pending ones and
+                    # this batch: count the rows after the store's mark (this batch's too).
                     self._clear_pending()
                     _catch_up_rollups(conn)
                     due, new_rolled = True, last
@@ -499,6 +501,7 @@ class SqliteStore(HitStore):
                 self._rolled = None  # counts of committed batches may have been lost: read it back and catch up
                 raise
             self._rolled = new_rolled
+            self._pending_upto = last
             if due:
                 self._clear_pending()
                 self._rolled_at = time.monotonic()
@@ -535,8 +538,9 @@ class SqliteStore(HitStore):
         conn.execute("BEGIN IMMEDIATE")
         try:
             if _meta_int(conn, "rolled_upto") == self._rolled:
-                _rollups(conn, self._pending)  # the rows after the mark, up to the newest
-                _set_meta(conn, "rolled_upto", str(_last_id(conn)))
+                _rollups(conn, self._pending)  # the rows after the mark, up to this writer's newest
+                _set_meta(conn, "rolled_upto", str(self._pending_upto))
+                _catch_up_rollups(conn)  # and any another writer added since (none, as a rule)
             else:  # rebuilt meanwhile (every row counted up to its mark), or the mark was lost
                 _catch_up_rollups(conn)
             conn.execute("COMMIT")

@@ -107,3 +107,18 @@ async def test_a_moved_mark_is_named_by_the_audit(sq: SqliteStore, mark: str) ->
     report = await audit(sq)
     assert not report.ok
     assert any("daily_" in p or "rolled_upto" in p for p in report.problems), report.problems
+
+
+async def test_two_writers_of_one_file_count_each_hit_once(sq: SqliteStore, tmp_path: Path, clock: Clock) -> None:
+    other = SqliteStore(tmp_path / "hits.sqlite", clock=clock)
+    await other.open()
+    try:
+        w1 = HitWriter(sq, ClientPrivacy("full"), "node-a")
+        w2 = HitWriter(other, ClientPrivacy("full"), "node-b")
+        for b in range(6):  # each holds counts pending while the other writes rows between
+            await write(w1 if b % 2 == 0 else w2, _batch(b))
+        assert (await sq.status())["hits"] == 60
+    finally:
+        await other.close()
+    await sq.close()
+    assert _tables(tmp_path / "hits.sqlite") == {"daily_rule": 60, "daily_name": 60, "daily_net": 60}

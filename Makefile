@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_APT := nsd unbound chromium bind9 pdns-recursor
 BENCH_APT := dnsperf unbound pdns-recursor nsd
 
-.PHONY: run test test-fast bench bench-quick torture bench-rrl bench-xfr check-config clean readme
+.PHONY: run test test-fast bench bench-icount bench-quick torture bench-rrl bench-xfr check-config clean readme
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ check-config: $(STAMP)
 bench: $(STAMP)
 	tools/apt-install.sh $(BENCH_APT)
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+
+## Instructions per answered query under valgrind's callgrind: same count on a loaded machine.
+bench-icount: $(STAMP)
+	tools/apt-install.sh valgrind $(BENCH_APT)
+	$(PYTHON) bench/icount.py $(BENCH_ARGS)
 
 bench-quick: $(STAMP)
 	tools/apt-install.sh $(BENCH_APT)

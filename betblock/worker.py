@@ -110,6 +110,7 @@ class Worker:
         ]
         self.server = DnsServer(settings.dns, self.pipeline.answer, sockets=socks)
         await self.server.start()
+        dataplane.settle_heap()
         channel.send(writer, ("ready", os.getpid(), snapshot.version))  # the control plane logs it
 
         self._installing = asyncio.Lock()
@@ -161,6 +162,7 @@ class Worker:
                 log.exception("cannot read a policy snapshot; the one in force stays", path=path)
                 return  # no ack: the control plane replaces this worker
             self.pipeline.install(snapshot)
+            dataplane.settle_heap()
             channel.send(writer, ("ack", seq, snapshot.version))
 
 

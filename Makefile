@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TEST_APT := nsd unbound chromium bind9 pdns-recursor
 BENCH_APT := dnsperf unbound pdns-recursor nsd
+# Most tests wait on processes they started (betblock, NSD, Unbound, BIND, Chromium): two workers
+# keep both cores of the reference machine busy; more only add starvation when it is loaded.
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-fast bench bench-quick torture bench-rrl bench-xfr check-config clean readme
 
@@ -19,10 +22,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/betblock serve --config config/betblock.toml --log-format console
 
-## Install what the tests need (venv, Debian packages) and run them.
+## Install what the tests need (venv, Debian packages) and run them, in TEST_WORKERS processes
+## (pytest-xdist; worksteal: an idle worker takes tests queued for a busy one).
 test: $(STAMP)
 	tools/apt-install.sh $(TEST_APT)
-	tools/tree-unchanged.sh $(PY) -m pytest -q -p no:cacheprovider
+	tools/tree-unchanged.sh $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow"

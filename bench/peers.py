@@ -5,7 +5,8 @@ Owns what each server is told: addresses, ports, the list it loads, where its sc
 go. Every address is 127.0.0.1; every path lives under the run directory or bench/data/.
 
 Standard library only; must not import betblock (it is started as a program, never imported)
-nor bench.bench.
+nor bench.bench. NSD's config comes from tests/nodes.py (standard library only as well), the one
+place that knows NSD's server section.
 """
 
 from __future__ import annotations
@@ -13,16 +14,24 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # bench/bench.py runs as a script: only bench/ is on the path
+    sys.path.insert(0, str(REPO))
+
+from tests.nodes import nsd_conf, nsd_zone_section  # noqa: E402
+
 BETBLOCK_CMD = f"{REPO}/.venv/bin/betblock serve --config {{config}}"
-PEERS = ("betblock", "unbound", "pdns")
+# betblock: the benchmark configuration below (hits as JSON lines, no hit store);
+# betblock-default: the configuration as shipped (hits into the SQLite store, the default).
+PEERS = ("betblock", "betblock-default", "unbound", "pdns")
 PLACEHOLDER = re.compile(r"\{(config|port|dir|blocklist|upstream)\}")
 # Port of each peer relative to --base-port; the upstream sits on the base port itself.
 # betblock's +10 gives 5310 with the default base, the port of the benchmark contract.
-PORT_OFFSET = {"unbound": 1, "pdns": 3, "betblock": 10}
+PORT_OFFSET = {"unbound": 1, "pdns": 3, "betblock": 10, "betblock-default": 12}
 BINARY = {"unbound": "unbound", "pdns": "pdns_recursor"}
 
 
@@ -49,28 +58,9 @@ class Launch:
 def nsd(run_dir: Path, port: int, zones: list[tuple[str, Path]]) -> list[str]:
     """NSD in the foreground, authoritative for each (zone, file), every state file under `run_dir`."""
     conf = run_dir / "nsd.conf"
-    conf.write_text(f"""server:
-  ip-address: 127.0.0.1
-  port: {port}
-  do-ip4: yes
-  do-ip6: no
-  server-count: 1
-  username: ""
-  chroot: ""
-  database: ""
-  zonesdir: "{run_dir}"
-  zonelistfile: "{run_dir}/zone.list"
-  xfrdfile: "{run_dir}/xfrd.state"
-  xfrdir: "{run_dir}"
-  pidfile: "{run_dir}/nsd.pid"
-  logfile: "{run_dir}/nsd.log"
-  verbosity: 0
-  # Response rate limiting off: warm-up bursts of cache misses must all be answered.
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-remote-control:
-  control-enable: no
-""" + "".join(f'zone:\n  name: "{zone}"\n  zonefile: "{path}"\n' for zone, path in zones))
+    # Response rate limiting off: warm-up bursts of cache misses must all be answered.
+    no_rrl = "  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n"
+    conf.write_text(nsd_conf(run_dir, port, "".join(nsd_zone_section(zone, path) for zone, path in zones), no_rrl))
     return ["nsd", "-d", "-c", str(conf)]
 
 
@@ -144,7 +134,8 @@ disable-syslog=yes
 
 
 def betblock(job: Job, command: str) -> Launch:
-    """betblock with the benchmark TOML: one agency, action nxdomain, hits to the run dir.
+    """betblock with the benchmark TOML: one agency, action nxdomain, hits to the run dir
+    (``betblock``) or to the default SQLite store (``betblock-default``).
 
     Hit recording, ACL and EDE keep their defaults (on): the benchmark measures the
     resolver as an ISP runs it. `command` may use {config}, {port}, {dir}, {blocklist},
@@ -152,6 +143,17 @@ def betblock(job: Job, command: str) -> Launch:
     """
     conf = job.run_dir / "betblock.toml"
     q = json.dumps  # a JSON string is a valid TOML basic string
+    if job.peer == "betblock-default":
+        # As shipped: every hit into the SQLite store under data_dir, no JSON lines.
+        hits = "# [hits]: the defaults (the SQLite hit store under data_dir).\n"
+    else:
+        hits = f"""[hits]
+# Every blocked answer is recorded as a JSON line (the resolver issue's recorder). The hit
+# store is measured by bench/hitlog.py and by the betblock-default peer, or here with
+# BETBLOCK_HITS__STORE=sqlite in the environment (it overrides this file).
+jsonl_path = {q(str(job.run_dir / "hits.jsonl"))}
+store = "none"
+"""
     conf.write_text(f"""# Written by bench/peers.py for one benchmark run.
 # State (feed store, saved snapshot, hit store) in the fresh run directory: a saved snapshot
 # from an earlier run must not shorten the measured list load.
@@ -166,13 +168,7 @@ servers = [{q(f"127.0.0.1:{job.upstream_port}")}]
 [cache]
 max_entries = 200000
 
-[hits]
-# Every blocked answer is recorded as a JSON line (the resolver issue's recorder). The hit
-# store is measured by bench/hitlog.py, or here with BETBLOCK_HITS__STORE=sqlite in the
-# environment (it overrides this file).
-jsonl_path = {q(str(job.run_dir / "hits.jsonl"))}
-store = "none"
-
+{hits}
 [http]
 listen = "127.0.0.1:0"
 

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procutil import free_port
+from tests.procutil import START_SECONDS, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -29,12 +28,6 @@ def _instruction(name: str) -> str:
     found = re.findall(rf"^{name}\s+(.*)$", text, re.M)
     assert found, f"no {name} in Dockerfile"
     return found[-1]
-
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_hadolint_is_clean() -> None:
@@ -64,7 +57,7 @@ def test_wheel_install_serves_with_the_image_cmd_and_passes_its_healthcheck(tmp_
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for package in ("betblock", "config", "resolver", "feeds", "hits"):
+    for package in ("betblock", "config", "resolver", "feeds", "hits", "xfr"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(src)],
@@ -84,7 +77,7 @@ def test_wheel_install_serves_with_the_image_cmd_and_passes_its_healthcheck(tmp_
     assert json.loads(_instruction("ENTRYPOINT")) == ["betblock"]
     args = [str(etc) if a == "/etc/betblock/betblock.toml" else a for a in cmd]
 
-    dns_port, http_port = free_port(), _free_port(socket.SOCK_STREAM)  # free_port: free for UDP and TCP
+    dns_port, http_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("BETBLOCK_")},
         "PYTHONPATH": str(target),
@@ -104,7 +97,7 @@ def test_wheel_install_serves_with_the_image_cmd_and_passes_its_healthcheck(tmp_
     probe = [sys.executable if healthcheck[0] == "python3" else healthcheck[0], *healthcheck[1:]]
     probe = [p.replace("127.0.0.1:8053", f"127.0.0.1:{http_port}") for p in probe]
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_SECONDS
         while True:
             assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
             if subprocess.run(probe, capture_output=True, timeout=10).returncode == 0:

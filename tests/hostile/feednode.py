@@ -23,12 +23,12 @@ import dns.message
 
 from config.auth import sha256_hex
 from tests.fakedns import FakeDns
-from tests.procutil import node_toml, start_serve, until
+from tests.procutil import START_SECONDS, node_toml, start_serve, until
 
 SINKHOLE = "198.51.100.77"
 ADMIN = "admin-token-for-hostile-tests-0123456789abcdef"
 AGENCY_TOKEN = "pl-token-for-hostile-tests-0123456789abcdef"
-DEADLINE = 30.0
+DEADLINE = START_SECONDS  # a start, and each wait after it (see procutil.START_SECONDS)
 
 
 class FeedNode:

@@ -3,16 +3,23 @@
 Owns the configuration of each (Unbound with ``rpz:``/``primary:``, BIND 9 with
 ``response-policy`` over a secondary zone, PowerDNS Recursor with ``rpzPrimary``), written into
 a temporary directory with the ports the test chose, and starting them as child processes on
-127.0.0.1. These snippets are the ones the README shows.
+127.0.0.1 (their output read as it comes: a full pipe would stall them). These snippets are the
+ones the README shows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.query
+
+from tests.procutil import START_SECONDS, until
 from tests.xfr.primary import KEY_NAME, KEY_SECRET, ZONE
 
 
@@ -22,23 +29,51 @@ class Follower:
     argv: list[str]
     port: int
     proc: asyncio.subprocess.Process | None = None
+    output: list[bytes] = field(default_factory=list)
+    _drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Start it and wait until it answers on its port (any answer); one that exits first
+        (say, its port was taken) fails at once, with its output."""
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
+        self._drain = asyncio.create_task(self._read())
+
+        async def answers() -> bool:
+            assert self.proc is not None
+            assert self.proc.returncode is None, f"{self.kind} exited with {self.proc.returncode}:\n{self.log()}"
+            try:
+                # A name no test asks: the answer is never one a test reads from a cache.
+                await dns.asyncquery.udp(dns.message.make_query("follower-up.test", "SOA"), "127.0.0.1", port=self.port, timeout=1)
+            except (dns.exception.Timeout, dns.query.BadResponse):
+                return False
+            return True
+
+        await until(answers, f"{self.kind} to answer on port {self.port}", START_SECONDS, log=self.log)
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while chunk := await self.proc.stdout.read(65536):
+            self.output.append(chunk)
+
+    def log(self) -> str:
+        return b"".join(self.output).decode(errors="replace")
 
     async def stop(self) -> str:
+        """Stop it; everything it wrote."""
         if self.proc is None:
             return ""
         if self.proc.returncode is None:
             self.proc.terminate()
         try:
-            out, _ = await asyncio.wait_for(self.proc.communicate(), 20)
+            await asyncio.wait_for(self.proc.wait(), 20)
         except TimeoutError:
             self.proc.kill()
-            out, _ = await self.proc.communicate()
-        return out.decode(errors="replace")
+            await self.proc.wait()
+        if self._drain is not None:
+            await self._drain
+        return self.log()
 
 
 def available(kind: str) -> bool:

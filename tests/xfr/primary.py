@@ -1,13 +1,14 @@
 """A betblock node serving RPZ zones as a real process, for the zone-transfer tests.
 
 Owns its config (a push agency and a file agency, the [xfr] section with a TSIG key and the
-given NOTIFY targets), starting it, pushing a new list through the feeds API, and polling a
-condition with a deadline.
+given NOTIFY targets), starting it (procutil.Serve: its JSON log read as it comes, so a node that
+exits fails the start at once), pushing a new list through the feeds API, and polling a
+condition with a deadline. Its ports are chosen before the first start (followers are configured
+with them, and a restart comes back on them): procutil.free_port.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import aiohttp
 
 from config.auth import sha256_hex
 from tests.fakedns import FakeDns
-from tests.procutil import first_answer, free_port, node_toml, start_serve, until  # until: for the xfr tests too
+from tests.procutil import Serve, first_answer, free_port, node_toml, until  # until: for the xfr tests too
 
 TOKEN = "pl-token-0123456789abcdef"
 KEY_NAME = "fleet-key"
@@ -31,7 +32,7 @@ class Primary:
     http_port: int
     xfr_port: int
     upstream: FakeDns
-    proc: asyncio.subprocess.Process | None = None
+    node: Serve | None = None
 
     def config(self, xfr_extra: str = "") -> str:
         (self.tmp / "it.txt").write_text("slots.test\n")
@@ -63,8 +64,8 @@ sources = [{{kind = "file", path = "it.txt", poll_interval = 3600}}]
     async def start(self, xfr_extra: str = "") -> None:
         cfg = self.tmp / "betblock.toml"
         cfg.write_text(self.config(xfr_extra))
-        self.proc = await start_serve(cfg, "--log-format", "console")
-        await first_answer(self.dns_port, "slots.test", 30.0)
+        self.node = await Serve.start(cfg, "--log-format", "json")
+        await first_answer(self.dns_port, "slots.test")
 
         async def ready() -> bool:
             async with aiohttp.ClientSession() as s:
@@ -73,15 +74,12 @@ sources = [{{kind = "file", path = "it.txt", poll_interval = 3600}}]
 
         await until(ready, "the node to be ready")
 
-    async def stop(self) -> str:
-        """Stop the node; its log (stderr and stdout); "" when it is not running."""
-        if self.proc is None:
-            return ""
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        out, err = await self.proc.communicate()
-        self.proc = None
-        return err.decode() + out.decode()
+    async def stop(self) -> Serve | None:
+        """Stop the node; the stopped node (its log), None when it was not running."""
+        node, self.node = self.node, None
+        if node is not None:
+            await node.stop()
+        return node
 
     async def put(self, names: list[str]) -> dict[str, object]:
         async with aiohttp.ClientSession() as s:

@@ -6,9 +6,7 @@ followers resume with IXFR."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 from pathlib import Path
 
 import dns.asyncquery
@@ -18,17 +16,13 @@ import pytest
 
 from tests.dnsutil import address_of
 from tests.hits.conftest import PG_DSN, need_pg, pg_schema
-from tests.procutil import betblock, first_answer, free_port, node_toml, start_serve
+from tests.procutil import Serve, betblock, first_answer, free_port, node_toml
 from tests.xfr import followers
 from tests.xfr.primary import KEY_NAME, KEY_SECRET, ZONE, primary, until
 
 pytestmark = pytest.mark.slow
 
 SINKHOLE = "198.51.100.99"
-
-
-def _plain(text: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 async def test_fleet_follows_survives_the_primary_and_shares_one_hit_store(tmp_path: Path) -> None:
@@ -73,17 +67,16 @@ poll_interval = 3600  # changes arrive by NOTIFY
     p.upstream.add("roulette.test", "A", "192.0.2.7")
     p.upstream.add("poker.test", "A", "192.0.2.8")
     ports = [n[2] for n in nodes] + [u_port]
-    logs: list[str] = []
-    primary_log = ""
-    procs: list[asyncio.subprocess.Process] = []
+    primaries: list[Serve] = []  # the primary's two runs
+    edges: list[Serve] = []
     try:
         await p.start(extra)
         await p.put(["casino.test", "poker.test"])
         for _name, cfg, _d, _x in nodes:
-            procs.append(await start_serve(cfg, "--log-format", "console"))
+            edges.append(await Serve.start(cfg, "--log-format", "json"))
         await unbound.start()
         for port in ports[:2]:
-            await first_answer(port, "ok.test", 30)
+            await first_answer(port, "ok.test")
 
         async def everyone(name: str, want: bool) -> bool:
             got = [await address_of(port, name) == SINKHOLE for port in ports]
@@ -95,7 +88,7 @@ poll_interval = 3600  # changes arrive by NOTIFY
                 assert await address_of(port, "casino.test") == SINKHOLE
 
         # The primary dies: the followers keep the last policy.
-        primary_log += await p.stop()
+        primaries.append(await p.stop())  # type: ignore[arg-type]
         assert await everyone("poker.test", True) and await everyone("casino.test", True)
 
         # It comes back (same serial, from its data directory) and a change is pushed.
@@ -107,19 +100,18 @@ poll_interval = 3600  # changes arrive by NOTIFY
 
         await until(followed, "every follower to take the change after the restart", 60)
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-            out, err = await proc.communicate()
-            logs.append(_plain(err.decode() + out.decode()))
+        for edge in edges:
+            await edge.stop()
         await unbound.stop()
-        primary_log += await p.stop()
+        if (last := await p.stop()) is not None:
+            primaries.append(last)
         await p.upstream.stop()
     # The followers' first transfer was an AXFR; after the primary's restart, IXFR resumed.
-    for log in logs:
-        assert "kind=axfr" in log and "kind=ixfr" in log, log[-3000:]
-    plain = _plain(primary_log)
-    assert plain.count("kind=ixfr") >= 3, plain[-3000:]  # both nodes and Unbound
+    for edge in edges:
+        kinds = [e["kind"] for e in edge.events("zone transferred in")]
+        assert "axfr" in kinds and "ixfr" in kinds, edge.log()[-3000:]
+    served = [e for run in primaries for e in run.events("zone transferred", kind="ixfr")]
+    assert len(served) >= 3, "\n".join(run.log()[-3000:] for run in primaries)  # both nodes and Unbound
 
     # One hit store for the fleet: both nodes' hits are there.
     rc, out, err = await betblock("hits", "--config", str(nodes[0][1]), "list", "--json", "--limit", "1000")

@@ -71,4 +71,4 @@ async def test_resolver_follows_betblock(tmp_path: Path, kind: str) -> None:
         node = await p.stop()
         await p.upstream.stop()
         print(log[-3000:])
-        print(node[-3000:])
+        print(node.log()[-3000:] if node is not None else "")

@@ -5,7 +5,8 @@ Owns what each server is told: addresses, ports, the list it loads, where its sc
 go. Every address is 127.0.0.1; every path lives under the run directory or bench/data/.
 
 Standard library only; must not import betblock (it is started as a program, never imported)
-nor bench.bench.
+nor bench.bench. NSD's config comes from tests/nodes.py (standard library only as well), the one
+place that knows NSD's server section.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # bench/bench.py runs as a script: only bench/ is on the path
+    sys.path.insert(0, str(REPO))
+
+from tests.nodes import nsd_conf, nsd_zone_section  # noqa: E402
+
 BETBLOCK_CMD = f"{REPO}/.venv/bin/betblock serve --config {{config}}"
 PEERS = ("betblock", "unbound", "pdns")
 PLACEHOLDER = re.compile(r"\{(config|port|dir|blocklist|upstream)\}")
@@ -49,28 +56,9 @@ class Launch:
 def nsd(run_dir: Path, port: int, zones: list[tuple[str, Path]]) -> list[str]:
     """NSD in the foreground, authoritative for each (zone, file), every state file under `run_dir`."""
     conf = run_dir / "nsd.conf"
-    conf.write_text(f"""server:
-  ip-address: 127.0.0.1
-  port: {port}
-  do-ip4: yes
-  do-ip6: no
-  server-count: 1
-  username: ""
-  chroot: ""
-  database: ""
-  zonesdir: "{run_dir}"
-  zonelistfile: "{run_dir}/zone.list"
-  xfrdfile: "{run_dir}/xfrd.state"
-  xfrdir: "{run_dir}"
-  pidfile: "{run_dir}/nsd.pid"
-  logfile: "{run_dir}/nsd.log"
-  verbosity: 0
-  # Response rate limiting off: warm-up bursts of cache misses must all be answered.
-  rrl-ratelimit: 0
-  rrl-whitelist-ratelimit: 0
-remote-control:
-  control-enable: no
-""" + "".join(f'zone:\n  name: "{zone}"\n  zonefile: "{path}"\n' for zone, path in zones))
+    # Response rate limiting off: warm-up bursts of cache misses must all be answered.
+    no_rrl = "  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n"
+    conf.write_text(nsd_conf(run_dir, port, "".join(nsd_zone_section(zone, path) for zone, path in zones), no_rrl))
     return ["nsd", "-d", "-c", str(conf)]
 
 

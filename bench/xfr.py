@@ -32,6 +32,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.dnsutil import first_address  # noqa: E402
+from tests.nodes import nsd_conf, nsd_zone_section  # noqa: E402
+
 RUN = ROOT / "bench" / "run" / "xfr"
 PY = sys.executable
 KEY = "fleet-key"
@@ -77,11 +82,7 @@ def a_record(port: int, name: str) -> str | None:
         r = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.5)
     except (dns.exception.Timeout, OSError):
         return None
-    for rrset in r.answer:
-        for rd in rrset:
-            if hasattr(rd, "address"):
-                return str(rd.address)
-    return None
+    return first_address(r)
 
 
 def soa_serial(port: int) -> int | None:
@@ -233,24 +234,8 @@ sources = [{{kind = "push", format = "plain", max_bytes = 268435456}}]
         (nsd_home / "zone").write_text("\n".join(
             line for line in text.splitlines() if line and not line.startswith(";") and "\tTSIG\t" not in line
         ) + "\n")
-        (nsd_home / "nsd.conf").write_text(f"""server:
-    ip-address: 127.0.0.1@{nsd_port}
-    port: {nsd_port}
-    zonesdir: "{nsd_home}"
-    pidfile: "{nsd_home}/nsd.pid"
-    xfrdfile: "{nsd_home}/xfrd.state"
-    zonelistfile: "{nsd_home}/zone.list"
-    database: ""
-    username: ""
-    chroot: ""
-    verbosity: 1
-remote-control:
-    control-enable: no
-zone:
-    name: {ZONE}
-    zonefile: zone
-    provide-xfr: 127.0.0.1 NOKEY
-""")
+        zone = nsd_zone_section(ZONE, nsd_home / "zone", "  provide-xfr: 127.0.0.1 NOKEY\n")
+        (nsd_home / "nsd.conf").write_text(nsd_conf(nsd_home, nsd_port, zone))
         nsd = start(["nsd", "-d", "-c", str(nsd_home / "nsd.conf")], nsd_home / "log")
         procs.append(nsd)
         wait(lambda: _soa_plain(nsd_port), "NSD to load the zone", 900, 0.5)

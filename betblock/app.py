@@ -101,8 +101,9 @@ class App:
         if self.xfr is not None:
             self.extra_metrics.append(self.xfr.metrics)
         if self.workers is not None:
-            # This process's data-plane counters show the workers' sum (``stats.show``); this
-            # adds what is per worker: answers, cache, TCP, how many run, restarts.
+            # This process's data-plane counters show the workers' sum (``stats.show``), its
+            # levels are read from theirs (``Workers.levels``); this adds what is per worker:
+            # answers, cache, TCP, how many run, restarts.
             self.extra_metrics.append(self.workers.metrics)
         # "Why is this name blocked?": one service for the API, the page and the tests.
         self.lookup = self.feeds.lookup
@@ -130,9 +131,12 @@ class App:
         self.http_mounts.append(
             compliance.mount(self.feeds, lambda: compliance.query_address(*self.server.bound[0]))
         )
+        # Levels (cache entries, connections, ...): with workers their sum, as the counters.
+        levels = self.workers.levels if self.workers is not None else lambda: stats.levels(self.pipeline, self.server)
         node_metrics = [
-            pipeline_metrics(self.pipeline, settings.agencies), cache_metrics(self.cache), upstream_metrics(self.upstream),
-            recorder_metrics(self.recorder.stats), tcp_metrics(self.server.tcp), ready_metric(lambda: self.ready.is_set()),
+            pipeline_metrics(self.pipeline, settings.agencies, levels), cache_metrics(self.cache, levels),
+            upstream_metrics(self.upstream), recorder_metrics(self.recorder.stats), tcp_metrics(self.server.tcp, levels),
+            ready_metric(lambda: self.ready.is_set()),
         ]
         self.http_mounts.append(mount_metrics([*node_metrics, *self.extra_metrics]))
         self.http: HttpServer | None = None

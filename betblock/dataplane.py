@@ -1,18 +1,47 @@
 """The data plane's parts built from the settings: one recipe for the single-process node
 (``betblock.app.App``) and each worker process (``betblock.worker``), so a pipeline setting
-reaches both modes alike."""
+reaches both modes alike; and ``Sections``, the settings a worker is sent and rebuilds.
+
+Imported by the workers: nothing here may pull in the settings loader, the hit log's recorder,
+SQL, HTTP or the feeds compiler (tests/test_imports.py).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, get_type_hints
 
-from config.settings import Settings
-from hits.recorder import HitRecorder
+from config import sections
 from resolver.acl import Acl
 from resolver.cache import AnswerCache
-from resolver.pipeline import Pipeline
+from resolver.pipeline import HitSink, Pipeline
 from resolver.rrl import RateLimiter
 from resolver.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Sections:
+    """The sections of ``Settings`` a data plane is built from: what a worker process is sent
+    (as JSON-ready dicts, ``dump``) and rebuilds (``load``) without the whole settings tree."""
+
+    dns: sections.DnsSettings
+    acl: sections.AclSettings
+    upstream: sections.UpstreamSettings
+    cache: sections.CacheSettings
+    rrl: sections.RrlSettings
+    policy: sections.PolicySettings
+    log: sections.LogSettings
+
+    @staticmethod
+    def dump(settings: Settings) -> dict[str, dict[str, Any]]:
+        return {f.name: getattr(settings, f.name).model_dump(mode="json") for f in fields(Sections)}
+
+    @classmethod
+    def load(cls, dumped: dict[str, dict[str, Any]]) -> Sections:
+        return cls(**{name: section.model_validate(dumped[name]) for name, section in get_type_hints(cls).items()})
 
 
 @dataclass
@@ -23,7 +52,7 @@ class DataPlane:
     pipeline: Pipeline
 
 
-def build(settings: Settings, recorder: HitRecorder) -> DataPlane:
+def build(settings: Settings | Sections, recorder: HitSink) -> DataPlane:
     """Cache, upstream client, rate limiter and the pipeline over them; ``recorder`` takes the hits."""
     cache = AnswerCache(settings.cache)
     upstream = UpstreamClient(

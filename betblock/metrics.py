@@ -9,7 +9,7 @@ into metric families. Each App has its own registry (tests run several).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -29,18 +29,22 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Extra families from other owners (feeds status, hit store, ...), registered by the composition root.
 ExtraMetrics = Callable[[], Iterable[Metric]]
+# The data plane's levels (``resolver.stats.levels``): this process's, or with worker processes
+# their sum, since the control plane's own cache, sockets and tables hold nothing then.
+Levels = Callable[[], Mapping[str, int]]
 
 
-def pipeline_metrics(pipeline: Pipeline, agencies: list[AgencySettings]) -> ExtraMetrics:
+def pipeline_metrics(pipeline: Pipeline, agencies: list[AgencySettings], levels: Levels) -> ExtraMetrics:
     """Answers by kind, questions in flight, the forward latency, the policy in force (with each
     of ``agencies``' mode in it), RRL."""
 
     def collect() -> Iterator[Metric]:
+        now = levels()
         answers = CounterMetricFamily("betblock_answers", "DNS answers by outcome kind", labels=["kind"])
         for kind in Kind:
             answers.add_metric([kind.name.lower()], pipeline.counters.counts[kind])
         yield answers
-        yield GaugeMetricFamily("betblock_upstream_inflight", "Distinct questions waiting on upstreams", value=len(pipeline.inflight))
+        yield GaugeMetricFamily("betblock_upstream_inflight", "Distinct questions waiting on upstreams", value=now.get("inflight", 0))
         latency = pipeline.latency
         buckets, total = [], 0
         for bound, n in zip((*LATENCY_BOUNDS, float("inf")), list(latency.counts)):
@@ -73,15 +77,15 @@ def pipeline_metrics(pipeline: Pipeline, agencies: list[AgencySettings]) -> Extr
             yield CounterMetricFamily("betblock_rrl_limited", "UDP answers over a prefix's rate limit (slipped + dropped)", value=rrl.limited)
             yield CounterMetricFamily("betblock_rrl_slipped", "Limited UDP answers sent as empty TC=1 answers", value=rrl.slipped)
             yield CounterMetricFamily("betblock_rrl_dropped", "Limited UDP answers not sent", value=rrl.dropped)
-            yield GaugeMetricFamily("betblock_rrl_prefixes", "Client prefixes with a rate-limit account", value=len(rrl.table))
+            yield GaugeMetricFamily("betblock_rrl_prefixes", "Client prefixes with a rate-limit account (one table per worker)", value=now.get("rrl_prefixes", 0))
             yield CounterMetricFamily("betblock_rrl_evicted", "Rate-limit accounts evicted from a full table", value=rrl.evicted)
 
     return collect
 
 
-def cache_metrics(cache: AnswerCache) -> ExtraMetrics:
+def cache_metrics(cache: AnswerCache, levels: Levels) -> ExtraMetrics:
     def collect() -> Iterator[Metric]:
-        yield GaugeMetricFamily("betblock_cache_entries", "Answers held in the cache", value=len(cache))
+        yield GaugeMetricFamily("betblock_cache_entries", "Answers held in the cache (in every worker's cache)", value=levels().get("cache_entries", 0))
         yield CounterMetricFamily("betblock_cache_hits", "Cache lookups that found a live answer", value=cache.hits)
         yield CounterMetricFamily("betblock_cache_misses", "Cache lookups that went upstream", value=cache.misses)
         looked = cache.hits + cache.misses
@@ -120,14 +124,15 @@ def recorder_metrics(stats: Callable[[], dict[str, int]]) -> ExtraMetrics:
     return collect
 
 
-def tcp_metrics(tcp: TcpServer) -> ExtraMetrics:
+def tcp_metrics(tcp: TcpServer, levels: Levels) -> ExtraMetrics:
     def collect() -> Iterator[Metric]:
-        yield GaugeMetricFamily("betblock_tcp_connections", "Open client TCP connections", value=len(tcp.connections))
+        now = levels()
+        yield GaugeMetricFamily("betblock_tcp_connections", "Open client TCP connections", value=now.get("tcp_connections", 0))
         yield CounterMetricFamily("betblock_tcp_rejected", "TCP connections closed at once over a cap, none idle to close", value=tcp.rejected)
         yield GaugeMetricFamily(
             "betblock_tcp_unread_waiting",
             "TCP connections not read now because their client is not reading its answers",
-            value=tcp.waiting_on_clients(),
+            value=now.get("tcp_unread_waiting", 0),
         )
         yield CounterMetricFamily("betblock_tcp_evicted", "Idle TCP connections closed to make room at a cap", value=tcp.evicted)
         yield CounterMetricFamily("betblock_tcp_unread", "TCP connections closed because the client did not read its answers", value=tcp.unread)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import socket
@@ -27,7 +26,7 @@ from typing import Any
 import structlog
 
 from betblock import channel, dataplane, handover, logs
-from config.settings import AclSettings, Settings
+from config.sections import AclSettings
 from hits.batch import HIT_FIELDS
 from resolver import stats
 from resolver.acl import Acl
@@ -112,7 +111,7 @@ class Worker:
             return 1
         conf: dict[str, Any] = hello[1]
         self.slot = conf["slot"]
-        settings = Settings(**conf["sections"])
+        settings = dataplane.Sections.load(conf["sections"])  # without the settings loader's imports
         logs.configure(settings.log.level, conf.get("log_format") or settings.log.format, shared=True)
         structlog.contextvars.bind_contextvars(worker=self.slot, pid=os.getpid())
         for sig in (signal.SIGINT, signal.SIGHUP):
@@ -122,7 +121,7 @@ class Worker:
         self.hits = HitBatcher(conf["hits_enabled"], conf["hits_buffer"])
         self.hits.writer = writer
         # The same parts as ``betblock.app.App`` builds for its own data plane.
-        plane = dataplane.build(settings, self.hits)  # type: ignore[arg-type]
+        plane = dataplane.build(settings, self.hits)
         self.cache, self.upstream, self.rrl, self.pipeline = plane.cache, plane.upstream, plane.rrl, plane.pipeline
         snapshot = await asyncio.to_thread(handover.read, conf["policy"])
         self.pipeline.install(snapshot)
@@ -189,7 +188,9 @@ def _die_with_parent(parent: int) -> None:
     """Ask Linux for SIGTERM when the control plane dies, then check it had not already."""
     if sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            # The process's own symbols, libc's among them: ctypes.util.find_library would import
+            # shutil and tempfile and may run ldconfig, on every worker start.
+            libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):
             pass  # end of file on the channel still stops us

@@ -31,6 +31,7 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from betblock import channel, handover
+from betblock.dataplane import Sections
 from config.errors import BetblockError
 from config.settings import Settings
 from feeds.snapshot import PolicySnapshot, Rule
@@ -41,7 +42,6 @@ from resolver.outcome import Kind
 
 log = structlog.get_logger("betblock.workers")
 
-SECTIONS = ("dns", "acl", "upstream", "cache", "rrl", "policy", "log")  # what a worker is built from
 SWAP_TIMEOUT = 10.0  # seconds every worker has to take a new snapshot (a 1M list loads in about 1)
 START_TIMEOUT = 60.0  # seconds a worker has to load the policy and open its listeners at start
 STATS_TIMEOUT = 1.0  # seconds a report of the workers' counters waits for each (else its last one)
@@ -200,7 +200,7 @@ class Workers:
         self.slots[slot] = w
         hello = {
             "slot": slot,
-            "sections": {name: getattr(self.settings, name).model_dump(mode="json") for name in SECTIONS},
+            "sections": Sections.dump(self.settings),  # what a worker is built from
             "log_format": self.log_format,
             "policy": str(self.current[1]),
             "sockets": [(u.fileno(), t.fileno() if t is not None else None) for u, t in socks],
@@ -374,6 +374,11 @@ class Workers:
         """Every worker's counters summed (with those of workers that have died)."""
         return dpstats.merge([self.retired] + [w.stats for w in self.slots if w is not None and w.stats is not None])
 
+    def levels(self) -> dict[str, int]:
+        """Every live worker's levels (cache entries, connections, ...) summed, as of its last
+        report; a worker that died holds nothing any more."""
+        return dpstats.merge([w.stats for w in self.slots if w is not None and w.stats is not None])["gauges"]
+
     def metrics(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("betblock_workers", "DNS worker processes answering now", value=len(self.live()))
         yield CounterMetricFamily("betblock_worker_restarts", "DNS worker processes replaced after they died", value=self.restarts)
@@ -384,7 +389,7 @@ class Workers:
                 for kind in Kind:
                     per.add_metric([str(w.slot), kind.name.lower()], counts[kind] if kind < len(counts) else 0)
         yield per
-        # Levels are per worker (a sum of cache sizes would say nothing of either cache).
+        # Levels per worker too: the plain families carry their sum (``levels``), this how it splits.
         for name, key, doc in (
             ("betblock_worker_cache_entries", "cache_entries", "Answers held in each worker's cache"),
             ("betblock_worker_upstream_inflight", "inflight", "Distinct questions each worker has waiting on upstreams"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 from config.settings import DEFAULT_CONFIG, ConfigError, load_settings
-from hits.query import FilterError, Filters, csv_header, csv_rows, ndjson_lines, parse_cursor, parse_limit
+from hits.query import FILTER_ACTIONS, FilterError, Filters, csv_header, csv_rows, ndjson_lines, parse_cursor, parse_limit
 from hits.audit import audit, rebuild
 from hits.checkpoint import CheckpointError, CheckpointLog
 from hits.service import build_checkpoints, build_store
@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--agency", help="hits where this agency's entry matched")
         sp.add_argument("--client", help="a stored client value or client network")
         sp.add_argument("--qtype", help="query type, e.g. A, AAAA, 65")
-        sp.add_argument("--action", help="redirect, nxdomain, nodata or refused")
+        sp.add_argument("--action", help=", ".join(FILTER_ACTIONS))
 
     ls = sub.add_parser("list", help="one page of hits, newest first")
     filters(ls)

@@ -306,33 +306,33 @@ def add_routes(
         )
         return render(body, logged_in=True)
 
-    async def switch_mode(request: web.Request) -> web.StreamResponse:
+    async def checked_form(request: web.Request) -> tuple[FeedsView, Any, str]:
+        """For a posted quarantine decision: the feed manager, the form once its CSRF token is
+        ours, and the form's reason stripped (empty when missing)."""
         if feeds is None:
             raise web.HTTPNotFound()
         form = await request.post()
         token = form.get("csrf")
         if not isinstance(token, str) or not hmac.compare_digest(token, csrf_for(request)):
             raise web.HTTPForbidden(reason="the form is stale or not ours: reload the page")
-        mode, reason = form.get("mode"), form.get("reason")
-        reason = reason.strip() if isinstance(reason, str) else ""
+        reason = form.get("reason")
+        return feeds, form, reason.strip() if isinstance(reason, str) else ""
+
+    async def switch_mode(request: web.Request) -> web.StreamResponse:
+        view, form, reason = await checked_form(request)
+        mode = form.get("mode")
         agency = request.match_info["agency"]
         if not reason:
             raise web.HTTPSeeOther("/quarantine?" + urlencode({"error": f"{agency}: give a reason for the audit"}) + "#modes")
         try:
-            said = await feeds.set_mode(agency, str(mode), "admin (page)", reason)
+            said = await view.set_mode(agency, str(mode), "admin (page)", reason)
         except ValueError as exc:
             raise web.HTTPSeeOther("/quarantine?" + urlencode({"error": str(exc)}) + "#modes") from None
         raise web.HTTPSeeOther("/quarantine?" + urlencode({"done": said}) + "#modes")
 
     async def decide(request: web.Request) -> web.StreamResponse:
-        if feeds is None:
-            raise web.HTTPNotFound()
-        form = await request.post()
-        token = form.get("csrf")
-        if not isinstance(token, str) or not hmac.compare_digest(token, csrf_for(request)):
-            raise web.HTTPForbidden(reason="the form is stale or not ours: reload the page")
-        decision, reason = form.get("decision"), form.get("reason")
-        reason = reason.strip() if isinstance(reason, str) else ""
+        view, form, reason = await checked_form(request)
+        decision = form.get("decision")
         if decision not in ("approve", "reject"):
             raise web.HTTPBadRequest(reason="decision: approve or reject")
         try:
@@ -343,7 +343,7 @@ def add_routes(
         if not reason:
             raise web.HTTPSeeOther("/quarantine?" + urlencode({"error": f"{agency} v{version}: give a reason for the audit"}))
         try:
-            said = await feeds.decide(agency, version, decision == "approve", "admin (page)", reason)
+            said = await view.decide(agency, version, decision == "approve", "admin (page)", reason)
         except ValueError as exc:
             raise web.HTTPSeeOther("/quarantine?" + urlencode({"error": str(exc)})) from None
         raise web.HTTPSeeOther("/quarantine?" + urlencode({"done": said}))

@@ -149,6 +149,13 @@ def _policy(result: dict[str, Any]) -> str:
     return f", policy version {esc(version)}" if version is not None else ""
 
 
+def _entry(result: dict[str, Any], rule: str) -> str:
+    """The winning entry and every agency that lists it: ``<code>name</code> (scope, rule), listed by A, B``."""
+    w = result["winner"]
+    listers = ", ".join([w["agency"], *(result.get("also_listed_by") or [])])
+    return f'<code>{esc(w["listed"])}</code> ({esc(w.get("scope", "subtree"))}{rule}), listed by {esc(listers)}'
+
+
 def lookup_section(name: str, result: dict[str, Any] | None, error: str) -> str:
     """The lookup service's answer (``GET /v1/lookup/{name}``), in a sentence and a table."""
     out = ""
@@ -159,21 +166,17 @@ def lookup_section(name: str, result: dict[str, Any] | None, error: str) -> str:
     elif result is not None:
         if result.get("blocked"):
             w = result["winner"]
-            also = result.get("also_listed_by") or []
             out = (
                 f'<p id="lookup-result"><span class="blocked">{esc(result["name"])} is blocked</span> by the entry '
-                f'<code>{esc(w["listed"])}</code> ({esc(w.get("scope", "subtree"))}{_rule(result)}), '
-                f'listed by {esc(", ".join([w["agency"], *also]))}; '
+                f'{_entry(result, _rule(result))}; '
                 f'answer: {esc(w["action"])} (decided by {esc(w["agency"])}{_policy(result)}).</p>'
             )
         elif result.get("observed"):
             w = result["winner"]
-            also = result.get("also_listed_by") or []
             out = (
                 f'<p id="lookup-result"><span class="observed">{esc(result["name"])} would be blocked</span> (observe mode: '
                 f'it resolves normally and each query is recorded as a would-block hit) by the entry '
-                f'<code>{esc(w["listed"])}</code> ({esc(w.get("scope", "subtree"))}), listed by {esc(", ".join([w["agency"], *also]))}; '
-                f'enforcing would answer {esc(w["action"])}{_policy(result)}.</p>'
+                f'{_entry(result, "")}; enforcing would answer {esc(w["action"])}{_policy(result)}.</p>'
             )
         elif result.get("overridden_by"):
             o = result["overridden_by"]

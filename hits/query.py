@@ -25,7 +25,10 @@ from config.errors import BetblockError
 
 QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33, "SVCB": 64, "HTTPS": 65, "ANY": 255}
 QTYPE_NAMES = {v: k for k, v in QTYPES.items()}
-ACTIONS = ("redirect", "nxdomain", "nodata", "refused")
+# Every action a hit can be recorded with: feeds.snapshot.Action, written again because hits must
+# not import feeds (tests/hits/test_hits_rpz_action_filter.py keeps the two alike). drop and
+# tcp-only come from RPZ rules (rpz-drop., rpz-tcp-only.).
+ACTIONS = ("redirect", "nxdomain", "nodata", "refused", "drop", "tcp-only")
 # A hit in observe mode is stored with action "observe:<action>" (feeds.snapshot.Rule.hit_action):
 # the filter "observe" takes every would-block hit, "observe:<action>" one kind of them.
 OBSERVE = "observe"

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from config.settings import CacheSettings
+from config.sections import CacheSettings
 from resolver.wire import (
     CD,
     EDE_STALE,

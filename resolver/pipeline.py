@@ -22,12 +22,12 @@ from bisect import bisect_left
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from feeds.snapshot import EMPTY, PolicySnapshot, Rule
-from hits.recorder import HitRecorder
+from hits.record import HitTuple
 from resolver.acl import Acl
 from resolver.cache import AnswerCache, CacheEntry
 from resolver.outcome import Counters, Kind
@@ -187,6 +187,15 @@ class ActivePolicy:
     answers: dict[bytes, tuple[bytes, bytes, int, Rule, bytes]] = field(default_factory=dict)
 
 
+class HitSink(Protocol):
+    """Where blocked answers go as hits: ``hits.recorder.HitRecorder`` in one process, a
+    worker's ``HitBatcher``. A protocol, so that the data plane does not import the hit log's
+    recorder and store (a worker process has no use for them)."""
+
+    def record(self, hit: HitTuple) -> None:
+        """Take one hit; never blocks."""
+
+
 class Pipeline:
     """Answers one DNS message. ``answer`` is called by the UDP and TCP servers alike."""
 
@@ -196,7 +205,7 @@ class Pipeline:
         acl: Acl,
         cache: AnswerCache,
         upstream: UpstreamClient,
-        recorder: HitRecorder,
+        recorder: HitSink,
         udp_size: int,
         deadline: float,
         max_inflight: int,

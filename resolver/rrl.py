@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from itertools import islice
 
-from config.settings import RrlSettings
+from config.sections import RrlSettings
 
 ANSWER, SLIP, DROP = 0, 1, 2
 # The memo's account for a client that is never limited (exempt, or not an address).

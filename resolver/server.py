@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from config.settings import DnsSettings
+from config.sections import DnsSettings
 from resolver import udp
 from resolver.pipeline import Answer
 

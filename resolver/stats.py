@@ -1,11 +1,13 @@
 """The data plane's counters as one plain dict, and the sum of several.
 
 Owns ``collect`` (read a pipeline's and a server's counters: answers by kind, cache, upstream,
-latency buckets, rate limiting, TCP), ``merge`` (add up the dicts of several worker processes)
-and ``show`` (set the counters of an idle data plane to such a sum). A worker sends ``collect``'s
-dict to the control plane as it is (plain ints, floats, lists and dicts); the control plane
-shows the workers' sum in its own data plane's counters, which answer nothing there, so /metrics
-reads them as it does in one process. Counters only grow; gauges are a level now.
+latency buckets, rate limiting, TCP), ``levels`` (its gauges: what it holds now), ``merge`` (add
+up the dicts of several worker processes) and ``show`` (set the counters of an idle data plane to
+such a sum). A worker sends ``collect``'s dict to the control plane as it is (plain ints, floats,
+lists and dicts); the control plane shows the workers' sum in its own data plane's counters,
+which answer nothing there, so /metrics reads them as it does in one process. Counters only grow;
+gauges are a level now, which an idle data plane cannot be set to: /metrics reads every gauge
+from a ``levels`` dict, this process's own or the workers' sum (``betblock.app``).
 
 Must not import feeds or hits.
 """
@@ -33,16 +35,24 @@ def collect(pipeline: Any, server: Any) -> Stats:
         "tcp_evicted": tcp.evicted,
         "tcp_unread": tcp.unread,
     }
-    gauges: dict[str, Any] = {
-        "cache_entries": len(cache),
+    if rrl is not None:
+        counters.update(rrl_limited=rrl.limited, rrl_slipped=rrl.slipped, rrl_dropped=rrl.dropped, rrl_evicted=rrl.evicted)
+    return {"counters": counters, "gauges": levels(pipeline, server)}
+
+
+def levels(pipeline: Any, server: Any) -> dict[str, int]:
+    """The levels of one data plane now: cache entries, questions in flight, open and unread
+    TCP connections, rate-limit accounts (with RRL on). Each adds up across worker processes."""
+    tcp, rrl = server.tcp, pipeline.rrl
+    out = {
+        "cache_entries": len(pipeline.cache),
         "inflight": len(pipeline.inflight),
         "tcp_connections": len(tcp.connections),
         "tcp_unread_waiting": tcp.waiting_on_clients(),
     }
     if rrl is not None:
-        counters.update(rrl_limited=rrl.limited, rrl_slipped=rrl.slipped, rrl_dropped=rrl.dropped, rrl_evicted=rrl.evicted)
-        gauges["rrl_prefixes"] = len(rrl.table)
-    return {"counters": counters, "gauges": gauges}
+        out["rrl_prefixes"] = len(rrl.table)
+    return out
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -67,8 +77,8 @@ def merge(parts: list[Stats]) -> Stats:
 
 def show(total: Stats, pipeline: Any, server: Any) -> None:
     """Set the counters of ``pipeline`` and ``server`` (the control plane's own, which answer
-    nothing while workers do) to ``total``. Levels (gauges) are not set: they are counted by
-    each worker and read per worker (``betblock.workers``)."""
+    nothing while workers do) to ``total``. Levels (gauges) are not set: /metrics reads them
+    from the workers' sum (``Workers.levels``)."""
     c = total["counters"]
     if not c:
         return

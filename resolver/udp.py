@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
 import mmap
 import socket
@@ -82,7 +81,9 @@ def _libc_calls() -> tuple[Any, Any] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own symbols, libc's among them: ctypes.util.find_library imports shutil
+        # and tempfile and runs ldconfig, at every start of every worker process.
+        libc = ctypes.CDLL(None, use_errno=True)
         recv, send = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None

@@ -46,6 +46,15 @@ def a_records(msg: dns.message.Message) -> list[str]:
     return sorted(rr.address for rrset in msg.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset)
 
 
+def first_address(msg: dns.message.Message) -> str | None:
+    """The first address record in the answer section (None: none). bench/xfr.py polls with it too."""
+    for rrset in msg.answer:
+        for rd in rrset:
+            if hasattr(rd, "address"):
+                return str(rd.address)
+    return None
+
+
 class RawUdp(asyncio.DatagramProtocol):
     """A UDP socket that sends arbitrary bytes and queues every datagram it receives."""
 
@@ -150,13 +159,7 @@ async def ask_patiently(port: int, name: str, rdtype: str = "A", seconds: float 
 async def address_of(port: int, name: str) -> str | None:
     """The first A address ``name`` gets from the resolver on ``port`` (None: none, or no answer)."""
     r = await ask_patiently(port, name)
-    if r is None:
-        return None
-    for rrset in r.answer:
-        for rd in rrset:
-            if hasattr(rd, "address"):
-                return str(rd.address)
-    return None
+    return None if r is None else first_address(r)
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:

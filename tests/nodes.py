@@ -4,6 +4,9 @@ as the peer of the RPZ comparison.
 Owns where their binaries are (Debian's packages; None when not installed), NSD's server section
 (foreground, 127.0.0.1 only, every file in the test's directory) and stopping such a process by
 its PID. Starting them stays with each test, which knows what answer means "up".
+
+The benchmarks (bench/peers.py, bench/xfr.py) write their NSD config with ``nsd_conf`` too, so
+this module stays standard library only and imports nothing of betblock or of the tests.
 """
 
 from __future__ import annotations
@@ -24,9 +27,15 @@ NSD = sbin("nsd")
 UNBOUND = sbin("unbound")
 
 
-def nsd_conf(run: Path, port: int, zones: str) -> str:
+def nsd_zone_section(name: str, zonefile: Path | str, options: str = "") -> str:
+    """One ``zone:`` section of an nsd.conf; ``options``: further lines, each indented two spaces."""
+    return f'zone:\n  name: "{name}"\n  zonefile: "{zonefile}"\n{options}'
+
+
+def nsd_conf(run: Path, port: int, zones: str, server: str = "") -> str:
     """An nsd.conf serving ``zones`` (its ``zone:`` sections) on 127.0.0.1:``port``, IPv4 only,
-    one server process, with its state, pid file and log in ``run``."""
+    one server process, with its state, pid file and log in ``run``; ``server``: further lines
+    of the server section, each indented two spaces."""
     return f"""server:
   ip-address: 127.0.0.1
   port: {port}
@@ -43,7 +52,7 @@ def nsd_conf(run: Path, port: int, zones: str) -> str:
   pidfile: "{run}/nsd.pid"
   logfile: "{run}/nsd.log"
   verbosity: 0
-remote-control:
+{server}remote-control:
   control-enable: no
 {zones}"""
 

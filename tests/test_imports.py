@@ -92,3 +92,79 @@ def test_every_module_has_a_docstring() -> None:
         if p.name != "__init__.py" and ast.get_docstring(ast.parse(p.read_text())) is None
     ]
     assert missing == []
+
+
+# A DNS worker process (betblock.worker) imports only what answering needs: not HTTP, SQL, the
+# settings loader, metrics or DNS libraries, nor the hit log's recorder and stores or the feeds
+# compiler; each would cost every worker start (and memory) for nothing.
+WORKER = "betblock.worker"
+WORKER_FORBIDDEN = {"aiohttp", "sqlite3", "asyncpg", "pydantic_settings", "prometheus_client", "dns", "dnslib", "idna"}
+WORKER_FORBIDDEN_OURS = {"config.settings", "feeds.compile", "hits.recorder", "hits.store", "hits.sqlite", "hits.postgres", "hits.writer"}
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Every module an import statement of ``path`` may name (function bodies included, since
+    they run too; ``if TYPE_CHECKING:`` blocks left out, since they never run)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)  # a submodule, or a name in it
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return found
+
+
+def _closure(start: str) -> set[str]:
+    """``start`` and every module it imports, through our own modules (and their packages)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b too
+            mod = ".".join(parts[:i])
+            if mod in seen:
+                continue
+            path = _module_file(mod) if parts[0] in PACKAGES else None
+            if parts[0] in PACKAGES and path is None:
+                continue  # a name inside a module, not a module
+            seen.add(mod)
+            if path is not None:
+                todo.extend(_runtime_imports(path))
+    return seen
+
+
+def test_a_worker_imports_only_what_answering_needs() -> None:
+    reached = _closure(WORKER)
+    assert "resolver.pipeline" in reached and "feeds.table" in reached  # the walk follows our imports
+    assert sorted(m for m in reached if m.split(".")[0] in WORKER_FORBIDDEN) == []
+    assert sorted(reached & WORKER_FORBIDDEN_OURS) == []
+
+
+def test_a_worker_process_has_no_forbidden_module_loaded() -> None:
+    # Libraries import more than their names say: ask a fresh interpreter what loading the
+    # worker's module really brings in.
+    import subprocess
+
+    code = "import sys, betblock.worker; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
+    assert WORKER in loaded
+    assert sorted(m for m in loaded if m.split(".")[0] in WORKER_FORBIDDEN or m in WORKER_FORBIDDEN_OURS) == []

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import port_of
 from tests.dnsutil import a_records, ede, query, tcp, udp
-from tests.nodes import NSD, nsd_conf, stop
+from tests.nodes import NSD, nsd_conf, nsd_zone_section, stop
 from tests.procutil import free_port
 
 
@@ -41,7 +41,7 @@ clean   IN CNAME www
 def write_config(run: Path, port: int) -> Path:
     (run / "nsd.test.zone").write_text(ZONE)
     conf = run / "nsd.conf"
-    conf.write_text(nsd_conf(run, port, f'zone:\n  name: "nsd.test"\n  zonefile: "{run}/nsd.test.zone"\n'))
+    conf.write_text(nsd_conf(run, port, nsd_zone_section("nsd.test", run / "nsd.test.zone")))
     return conf
 
 

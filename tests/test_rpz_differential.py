@@ -40,7 +40,7 @@ from betblock.app import App
 from config.settings import Settings
 from tests.conftest import port_of
 from tests.dnsutil import ede
-from tests.nodes import NSD, UNBOUND, nsd_conf, stop
+from tests.nodes import NSD, UNBOUND, nsd_conf, nsd_zone_section, stop
 from tests.procutil import free_port
 
 
@@ -224,7 +224,7 @@ async def start_nsd(run: Path, policy: Policy) -> tuple[int, asyncio.subprocess.
     zones = ""
     for tld in TLDS:
         (run / f"{tld}.zone").write_text(nsd_zone(tld, names))
-        zones += f'zone:\n  name: "{tld}"\n  zonefile: "{run}/{tld}.zone"\n'
+        zones += nsd_zone_section(tld, run / f"{tld}.zone")
     conf = run / "nsd.conf"
 
     def write(port: int) -> list[str]:

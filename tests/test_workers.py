@@ -21,7 +21,7 @@ import dns.exception
 import dns.rcode
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.dnsutil import ede, query, tcp, udp
+from tests.dnsutil import RawTcp, RawUdp, ede, query, tcp, udp
 from tests.fakedns import FakeDns
 from tests.feeds_plane.helpers import TOKENS, push_agency
 from tests.procutil import Serve
@@ -31,9 +31,11 @@ AUTH = {"Authorization": f"Bearer {ADMIN}"}
 WORKERS = 2
 
 
-def _env() -> dict[str, str]:
+def _env(**settings: str) -> dict[str, str]:
+    """The environment of a node with workers; ``settings``: BETBLOCK_* overrides by their names."""
     env = dict(os.environ)
     env.pop("BETBLOCK_DNS__WORKERS", None)  # tests/conftest.py sets 0 for every other test
+    env.update(settings)
     return env
 
 
@@ -65,11 +67,11 @@ sources = [{{kind = "file", path = "{tmp_path / 'list.txt'}", poll_interval = 36
 """
 
 
-async def _start(tmp_path: Path, upstream: FakeDns, **kw: Any) -> tuple[Serve, Path]:
+async def _start(tmp_path: Path, upstream: FakeDns, env: dict[str, str] | None = None, **kw: Any) -> tuple[Serve, Path]:
     (tmp_path / "list.txt").write_text("casino.test\n")
     cfg = tmp_path / "betblock.toml"
     cfg.write_text(_config(tmp_path, upstream, **kw))
-    node = await Serve.start(cfg, env=_env(), seconds=120.0)
+    node = await Serve.start(cfg, env=_env(**(env or {})), seconds=120.0)
     return node, cfg
 
 
@@ -165,8 +167,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _per_worker_level(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return sum(v for (n, _), v in m.items() if n == f"betblock_worker_{name}")
+
+
 async def test_both_workers_answer_metrics_add_up_and_hits_reach_the_log(tmp_path: Path, upstream: FakeDns) -> None:
-    node, _ = await _start(tmp_path, upstream)
+    # Loopback is not exempt from rate limiting here, so each worker keeps an account for it
+    # (a level to sum); the deadline and TCP idle time outlast a report or two of the levels.
+    levels_env = {"BETBLOCK_RRL__EXEMPT": "[]", "BETBLOCK_UPSTREAM__DEADLINE": "60", "BETBLOCK_DNS__TCP_IDLE_TIMEOUT": "300"}
+    node, _ = await _start(tmp_path, upstream, env=levels_env)
     try:
         started = _events(node, "worker started")
         pids = {r["pid"] for r in started}
@@ -183,12 +192,34 @@ async def test_both_workers_answer_metrics_add_up_and_hits_reach_the_log(tmp_pat
         answered = sum(_total(m, k) for k in ("cached", "forwarded"))
         assert answered == 100 and sum(everything.values()) == 200
         assert m[("betblock_workers", ())] == WORKERS
+        # Levels are the workers' sum, not the idle control plane's zero: the caches hold
+        # allowed.test, and each worker has an account for 127.0.0.0/24.
+        assert m[("betblock_cache_entries", ())] == _per_worker_level(m, "cache_entries") >= 1
+        assert m[("betblock_rrl_prefixes", ())] == WORKERS
 
         # Every blocked answer, from either worker, is a hit in the control plane's log.
         async def all_hits() -> bool:
             return await _hits_total(node) == 100
 
         await _until(all_hits, "100 hits in /v1/hits")
+
+        # An open TCP connection and a question waiting on a silent upstream show as levels too.
+        conn = await RawTcp.open(node.dns_port)
+        waiting = await RawUdp.open(node.dns_port)
+        try:
+            conn.send(query("allowed.test").to_wire())
+            await conn.recv()
+            upstream.behaviour.silent = True
+            waiting.send(query("slow.test").to_wire())
+            m = await _metrics_when(
+                node, lambda m: m[("betblock_tcp_connections", ())] == 1 and m[("betblock_upstream_inflight", ())] == 1,
+                "the open connection and the waiting question in /metrics",
+            )
+            assert _per_worker_level(m, "tcp_connections") == 1 and _per_worker_level(m, "upstream_inflight") == 1
+        finally:
+            upstream.behaviour.silent = False  # the next attempt is answered: nothing left to drain
+            waiting.close()
+            await conn.close()
         assert await node.stop(signal.SIGTERM) == 0, node.log()[-3000:]
         assert not any(_alive(p) for p in pids)
         assert '"level": "error"' not in node.log(), node.log()[-3000:]

@@ -338,7 +338,10 @@ async def ask(port: int, name: str, rdtype: str) -> tuple[Outcome, bool]:
     """(comparable outcome, whether betblock's EDE says blocked) of one UDP query with EDNS."""
     q = dns.message.make_query(name, rdtype, use_edns=0, payload=1232)
     try:
-        r = await dns.asyncquery.udp(q, "127.0.0.1", port=port, timeout=1.5)
+        # ignore_unexpected: a late answer to an earlier query (from another server, or with
+        # another ID) can reach this socket when the kernel gives it that query's port again;
+        # it is not this question's answer (seen under load: dns.query.UnexpectedSource).
+        r = await dns.asyncquery.udp(q, "127.0.0.1", port=port, timeout=1.5, ignore_unexpected=True)
     except dns.exception.Timeout:
         return ("no answer",), True
     types = tuple(sorted({dns.rdatatype.to_text(rrset.rdtype) for rrset in r.answer}))

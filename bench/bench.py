@@ -161,9 +161,10 @@ def last_word(path: Path) -> str:
 COUNT_FIELD = re.compile(rb'"count":\s*(\d+)')
 
 
-def count_hits(path: Path) -> dict:
-    """Lines, bytes and hits of a hits.jsonl; a line with a "count" field stands for that many."""
-    if not path.exists():
+def count_hits(path: Path | None) -> dict:
+    """Lines, bytes and hits of a hits.jsonl; a line with a "count" field stands for that many.
+    None (or no such file): nothing to count."""
+    if path is None or not path.exists():
         return {"hits_lines": None, "hits_bytes": None, "hits_counted": None}
     lines = hits = 0
     rest = b""
@@ -180,9 +181,10 @@ def count_hits(path: Path) -> dict:
 
 
 def measure(a: argparse.Namespace, job: peers.Job, server: procs.Server, upstream: procs.Server,
-            mix: str, qfile: Path, extra: list[str] = ()) -> dict:
-    """One closed-loop dnsperf run and what the server, the upstream and both CPUs did meanwhile."""
-    waited = wait_idle(a, [server, upstream])
+            mix: str, qfile: Path, extra: list[str] = (), idle: bool = True) -> dict:
+    """One closed-loop dnsperf run and what the server, the upstream and both CPUs did meanwhile
+    (after waiting for other programs to go idle, unless ``idle`` is false)."""
+    waited = wait_idle(a, [server, upstream]) if idle else 0.0
     everyone0 = procs.all_ticks()
     core0, ticks0, up0 = procs.core_ticks(a.server_cpu), server.cpu_ticks(), upstream.cpu_ticks()
     pcore0, self0 = procs.core_ticks(a.perf_cpu), os.times()
@@ -261,7 +263,21 @@ def miss_latency(a: argparse.Namespace, job: peers.Job, server: procs.Server, up
     return rec
 
 
-def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit) -> None:
+def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit,
+             mixes: list[str] | None = None, ready: bool = False) -> None:
+    """Start ``job``'s server, check it, run each mix, stop it. ``ready``: the mixes start 1 s
+    after the last listed name is answered, without waiting for the server's own background
+    work or other programs to finish (what an ISP that restarts a node at peak gets); the
+    records' peer is then ``PEER@ready``."""
+    mixes = a.mixes if mixes is None else mixes
+    if ready:
+        label = f"{job.peer}@ready"
+        inner = emit
+
+        def emit(rec: dict) -> None:  # noqa: F811 - the same records, under the peer's ready label
+            if rec.get("peer") == job.peer:
+                rec = {**rec, "peer": label}
+            inner(rec)
     wait_idle(a, [upstream])
     shutil.rmtree(job.run_dir, ignore_errors=True)  # no cache or state left from an earlier run
     job.run_dir.mkdir(parents=True)
@@ -299,7 +315,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
         # the background) must not eat into the first measured run: wait until its own CPU
         # use falls under 5 % for half a second, at most 120 s, and report when that was.
         settle_t0 = time.monotonic()
-        while time.monotonic() - settle_t0 < 120:
+        while not ready and time.monotonic() - settle_t0 < 120:
             before = server.cpu_ticks()
             time.sleep(0.5)
             if (server.cpu_ticks() - before) / procs.CLK_TCK < 0.025:
@@ -312,7 +328,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
         load_rec = {"type": "load", "peer": job.peer, "size": job.size, "port": job.port,
                     "pid": server.pid, "cmd": shlex.join(launch.argv), "answer": launch.describe,
                     # betblock's tree may change between peers of one run: the rev it started from.
-                    "rev": git_rev() if job.peer == "betblock" else None,
+                    "rev": git_rev() if job.peer.startswith("betblock") else None,
                     "load_s": round(load_s, 3), "load_cpu_s": round(load_ticks / procs.CLK_TCK, 2),
                     "settle_s": settle_s,
                     "load_foreign_pct": round(load_foreign, 1), "rss_ready_kib": rss_ready, "checks": checks,
@@ -320,7 +336,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                     "checks_ok": ok}
         emit(load_rec)
 
-        if "miss" in a.mixes:
+        if "miss" in mixes:
             lat = miss_latency(a, job, server, upstream)
             emit(lat)
             log(f"  miss latency (2,000 names one at a time): median {lat['via_median_us']} µs, p99 "
@@ -328,7 +344,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
                 f"added {lat['added_median_us']} / {lat['added_p99_us']} µs; lost {lat['lost']}")
 
         warmed = False
-        for mix in a.mixes:
+        for mix in mixes:
             if mix in ("allowed", "mix") and not warmed:
                 # Every allowed name once, at a bounded rate: each is a cache miss forwarded
                 # to NSD. Afterwards the allowed names in the allowed and mix runs are hits.
@@ -342,7 +358,7 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
             # Misses: each name once (-n 1), and no repeat, since a second pass would hit the cache.
             extra, retries = (["-n", "1"], 0) if mix == "miss" else ([], a.retries)
             for attempt in range(1, retries + 2):
-                r = measure(a, job, server, upstream, mix, qfile, extra)
+                r = measure(a, job, server, upstream, mix, qfile, extra, idle=not ready)
                 r["attempt"] = attempt
                 emit(r)
                 log(f"  {mix:8s} {r['qps']:>10,.0f} qps  {r['us_per_query']} µs/q  server CPU "
@@ -362,7 +378,9 @@ def run_peer(a: argparse.Namespace, job: peers.Job, upstream: procs.Server, emit
     rc = server.proc.returncode
     if rc not in (0, -signal.SIGTERM):
         log(f"  note: {job.peer} exited with rc {rc} after SIGTERM")
-    hits = count_hits(job.run_dir / "hits.jsonl")
+    # From ready, each mix has a start of its own: the hits file holds the last one's only, so
+    # it is not set against the answers of all of them.
+    hits = count_hits(job.run_dir / "hits.jsonl") if not ready else count_hits(None)
     if hits["hits_lines"] is not None:
         log(f"  hits.jsonl: {hits['hits_lines']:,} lines, {hits['hits_counted']:,} hits, "
             f"{hits['hits_bytes'] / 2**20:,.0f} MiB")
@@ -403,7 +421,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--sizes", help="list sizes, comma-separated (default: 100k,1m; --quick: 10k)")
     ap.add_argument("--duration", type=int, help="seconds per dnsperf run, -l (default: 15; --quick: 3)")
     ap.add_argument("--mixes", default=",".join(MIXES), help=f"comma-separated from {','.join(MIXES)}")
-    ap.add_argument("--peers", default="unbound,pdns,betblock", help="comma-separated from unbound,pdns,betblock")
+    ap.add_argument("--peers", default="unbound,pdns,betblock",
+                    help="comma-separated from unbound,pdns,betblock,betblock-default (betblock as "
+                         "shipped: hits into the SQLite store)")
+    ap.add_argument("--after", default="idle",
+                    help="when the mixes start: idle (after the server's background work and other "
+                         "programs went quiet), ready (a fresh start per mix, from 1 s after the last "
+                         "listed name is answered; rows PEER@ready), or idle,ready (default: idle)")
     ap.add_argument("--quick", action="store_true", help="smoke check: 10k list, 3 s runs")
     ap.add_argument("--betblock-cmd", default=peers.BETBLOCK_CMD,
                     help="command that starts betblock in the foreground; placeholders {config}, "
@@ -437,6 +461,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error(str(exc))
     if not a.mixes:
         ap.error(f"--mixes: choose from {','.join(MIXES)}")
+    a.after = [t for t in a.after.split(",") if t]
+    if not a.after or set(a.after) - {"idle", "ready"}:
+        ap.error("--after: idle, ready or idle,ready")
     if bad := [p for p in a.peers if p not in peers.PEERS]:
         ap.error(f"--peers: unknown {bad}; choose from {','.join(peers.PEERS)}")
     if not 1 <= a.duration <= 600:
@@ -476,7 +503,7 @@ def main(argv: list[str]) -> int:
 
     cpu_model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                       if ln.startswith("model name")), "?")
-    emit({"type": "meta", "run_id": run_id, "argv": argv, "sizes": a.sizes, "peers": a.peers,
+    emit({"type": "meta", "run_id": run_id, "argv": argv, "sizes": a.sizes, "peers": a.peers, "after": a.after,
           "mixes": a.mixes, "duration": a.duration, "server_cpu": a.server_cpu, "perf_cpu": a.perf_cpu,
           "dnsperf_args": " ".join(dnsperf_args(a) + ["-l", str(a.duration)])
                           .replace("{port}", "PORT").replace("{file}", "FILE"),
@@ -517,7 +544,12 @@ def main(argv: list[str]) -> int:
                 job = peers.Job(peer, size, a.base_port + peers.PORT_OFFSET[peer], a.base_port,
                                 RUNS / f"{peer}-{size}", DATA / f"blocklist-{size}.txt", DATA / f"rpz-{size}.zone")
                 try:
-                    run_peer(a, job, nsd, emit)
+                    if "idle" in a.after:
+                        run_peer(a, job, nsd, emit)
+                    if "ready" in a.after:
+                        # One fresh start per mix, so each is measured from 1 s after ready.
+                        for mix in (m for m in a.mixes if m != "miss"):
+                            run_peer(a, job, nsd, emit, mixes=[mix], ready=True)
                 except BenchError as exc:
                     log(f"!! {peer} {size}: {exc}")
                     log_tail = tail(RUNS / f"{peer}-{size}.log")

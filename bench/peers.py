@@ -25,11 +25,13 @@ if str(REPO) not in sys.path:  # bench/bench.py runs as a script: only bench/ is
 from tests.nodes import nsd_conf, nsd_zone_section  # noqa: E402
 
 BETBLOCK_CMD = f"{REPO}/.venv/bin/betblock serve --config {{config}}"
-PEERS = ("betblock", "unbound", "pdns")
+# betblock: the benchmark configuration below (hits as JSON lines, no hit store);
+# betblock-default: the configuration as shipped (hits into the SQLite store, the default).
+PEERS = ("betblock", "betblock-default", "unbound", "pdns")
 PLACEHOLDER = re.compile(r"\{(config|port|dir|blocklist|upstream)\}")
 # Port of each peer relative to --base-port; the upstream sits on the base port itself.
 # betblock's +10 gives 5310 with the default base, the port of the benchmark contract.
-PORT_OFFSET = {"unbound": 1, "pdns": 3, "betblock": 10}
+PORT_OFFSET = {"unbound": 1, "pdns": 3, "betblock": 10, "betblock-default": 12}
 BINARY = {"unbound": "unbound", "pdns": "pdns_recursor"}
 
 
@@ -132,7 +134,8 @@ disable-syslog=yes
 
 
 def betblock(job: Job, command: str) -> Launch:
-    """betblock with the benchmark TOML: one agency, action nxdomain, hits to the run dir.
+    """betblock with the benchmark TOML: one agency, action nxdomain, hits to the run dir
+    (``betblock``) or to the default SQLite store (``betblock-default``).
 
     Hit recording, ACL and EDE keep their defaults (on): the benchmark measures the
     resolver as an ISP runs it. `command` may use {config}, {port}, {dir}, {blocklist},
@@ -140,6 +143,17 @@ def betblock(job: Job, command: str) -> Launch:
     """
     conf = job.run_dir / "betblock.toml"
     q = json.dumps  # a JSON string is a valid TOML basic string
+    if job.peer == "betblock-default":
+        # As shipped: every hit into the SQLite store under data_dir, no JSON lines.
+        hits = "# [hits]: the defaults (the SQLite hit store under data_dir).\n"
+    else:
+        hits = f"""[hits]
+# Every blocked answer is recorded as a JSON line (the resolver issue's recorder). The hit
+# store is measured by bench/hitlog.py and by the betblock-default peer, or here with
+# BETBLOCK_HITS__STORE=sqlite in the environment (it overrides this file).
+jsonl_path = {q(str(job.run_dir / "hits.jsonl"))}
+store = "none"
+"""
     conf.write_text(f"""# Written by bench/peers.py for one benchmark run.
 # State (feed store, saved snapshot, hit store) in the fresh run directory: a saved snapshot
 # from an earlier run must not shorten the measured list load.
@@ -154,13 +168,7 @@ servers = [{q(f"127.0.0.1:{job.upstream_port}")}]
 [cache]
 max_entries = 200000
 
-[hits]
-# Every blocked answer is recorded as a JSON line (the resolver issue's recorder). The hit
-# store is measured by bench/hitlog.py, or here with BETBLOCK_HITS__STORE=sqlite in the
-# environment (it overrides this file).
-jsonl_path = {q(str(job.run_dir / "hits.jsonl"))}
-store = "none"
-
+{hits}
 [http]
 listen = "127.0.0.1:0"
 

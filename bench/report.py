@@ -21,10 +21,10 @@ from gen_data import parse_size
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIX_ORDER = ("blocked", "allowed", "mix", "miss")
-PEER_ORDER = ("unbound", "pdns", "betblock")
+PEER_ORDER = ("unbound", "pdns", "betblock", "betblock-default")
 REFERENCE = "unbound"
 SECOND = "pdns"  # the issue's target for blocked and cached µs/query
-SUBJECT = "betblock"
+SUBJECT = "betblock"  # every peer whose name starts so: betblock, betblock-default, betblock@ready, ...
 # Issue targets, measured with one worker and the 1m list. 300 MB is 300e6 bytes.
 TARGETS_NAMES = 1_000_000
 TARGET_BLOCKED_QPS, TARGET_CACHED_QPS = 1.2, 0.5
@@ -97,7 +97,9 @@ def render(records: list[dict]) -> str:
     warm = {(r["peer"], r["size"]): r for r in records if r["type"] == "warmup"}
     stops = {(r["peer"], r["size"]): r for r in records if r["type"] == "stop"}
     errors = [r for r in records if r["type"] == "error"]
-    peers = [p for p in PEER_ORDER if p in meta.get("peers", PEER_ORDER)]
+    # Each peer after idle, then (``--after ready``) from 1 s after ready: PEER@ready rows.
+    peers = [p if after == "idle" else f"{p}@{after}"
+             for p in PEER_ORDER if p in meta.get("peers", PEER_ORDER) for after in meta.get("after", ["idle"])]
     sizes = meta.get("sizes", [])
 
     out = [f"# betblock benchmark {meta.get('run_id', '')}", ""]
@@ -119,7 +121,7 @@ def render(records: list[dict]) -> str:
             ld = loads.get((peer, size))
             if ld is None:
                 continue
-            cmp = peer == SUBJECT
+            cmp = peer.startswith(SUBJECT)
             ref_ld = loads.get((REFERENCE, size), {})
             rows.append([peer, size, "load", "", "", "", "", "", "",
                          _fmt(ld["rss_ready_kib"] / 1024, ",.0f",
@@ -217,11 +219,12 @@ def render(records: list[dict]) -> str:
         out.append(f"- **error** {e['peer']} {e['size']}: {e['error']}")
     out.append("")
 
-    targets = _targets(loads, runs)
+    targets = [line for subject in peers if subject.startswith(SUBJECT) for line in _targets(loads, runs, subject)]
     if targets:
         out += ["## Targets (1m list, one worker)", "", *targets, ""]
 
-    issue = _data_plane_targets(records, runs, sizes)
+    issue = [line for subject in peers if subject.startswith(SUBJECT)
+             for line in _data_plane_targets(records, runs, sizes, subject)]
     if issue:
         out += ["## Data-plane targets (per core, this run)", "", *issue, ""]
 
@@ -251,7 +254,7 @@ def _misses(records: list[dict], runs: dict, peers: list[str], sizes: list[str])
             r, lat = runs.get((peer, size, "miss")), lats.get((peer, size))
             if r is None and lat is None:
                 continue
-            cmp = peer == SUBJECT
+            cmp = peer.startswith(SUBJECT)
             ref = runs.get((REFERENCE, size, "miss"), {})
             lat = lat or {}
             rows.append([peer, size,
@@ -275,8 +278,8 @@ def _misses(records: list[dict], runs: dict, peers: list[str], sizes: list[str])
     return out
 
 
-def _targets(loads: dict, runs: dict) -> list[str]:
-    size = next((s for (p, s) in loads if p == SUBJECT and parse_size(s) == TARGETS_NAMES), None)
+def _targets(loads: dict, runs: dict, subject: str = SUBJECT) -> list[str]:
+    size = next((s for (p, s) in loads if p == subject and parse_size(s) == TARGETS_NAMES), None)
     if size is None:
         return []
     lines = []
@@ -286,7 +289,7 @@ def _targets(loads: dict, runs: dict) -> list[str]:
 
     for mix, want, label in (("blocked", TARGET_BLOCKED_QPS, "blocked QPS"),
                              ("allowed", TARGET_CACHED_QPS, "cached QPS")):
-        mine, ref = runs.get((SUBJECT, size, mix)), runs.get((REFERENCE, size, mix))
+        mine, ref = runs.get((subject, size, mix)), runs.get((REFERENCE, size, mix))
         if mine and ref and ref["qps"]:
             got = mine["qps"] / ref["qps"]
             # A disturbed or client-bound run understates that peer's QPS. Unbound understated:
@@ -299,13 +302,13 @@ def _targets(loads: dict, runs: dict) -> list[str]:
             note = "; ".join(f"{who}'s run was {' and '.join(w)}" for who, w in why.items() if w)
             if note:
                 note = f" ({'not conclusive' if shaky else 'stands'}: {note})"
-            lines.append(f"- {label} ≥ {want}× Unbound's: {got:.2f}× — {verdict(ok)}{note}")
-    ld = loads[(SUBJECT, size)]
-    lines.append(f"- list loaded in ≤ {TARGET_LOAD_S:.0f} s: {ld['load_s']:.2f} s — "
+            lines.append(f"- {subject}: {label} ≥ {want}× Unbound's: {got:.2f}× — {verdict(ok)}{note}")
+    ld = loads[(subject, size)]
+    lines.append(f"- {subject}: list loaded in ≤ {TARGET_LOAD_S:.0f} s: {ld['load_s']:.2f} s — "
                  f"{verdict(ld['load_s'] <= TARGET_LOAD_S)}")
     rss = ld["rss_ready_kib"] * 1024
-    peak = max([r["rss_after_kib"] for (p, sz, _), r in runs.items() if p == SUBJECT and sz == size] or [0]) * 1024
-    lines.append(f"- ≤ 300 MB RSS once loaded: {rss / 1e6:,.0f} MB — {verdict(rss <= TARGET_RSS_BYTES)}"
+    peak = max([r["rss_after_kib"] for (p, sz, _), r in runs.items() if p == subject and sz == size] or [0]) * 1024
+    lines.append(f"- {subject}: ≤ 300 MB RSS once loaded: {rss / 1e6:,.0f} MB — {verdict(rss <= TARGET_RSS_BYTES)}"
                  + (f" (highest after a run: {peak / 1e6:,.0f} MB)" if peak else "")
                  # RSS counts pages that processes share (a mapped policy) once per process
                  + (f"; PSS {ld['pss_ready_kib'] * 1024 / 1e6:,.0f} MB over {ld['server_procs']} processes"
@@ -313,25 +316,25 @@ def _targets(loads: dict, runs: dict) -> list[str]:
     return lines
 
 
-def _data_plane_targets(records: list[dict], runs: dict, sizes: list[str]) -> list[str]:
+def _data_plane_targets(records: list[dict], runs: dict, sizes: list[str], subject: str = SUBJECT) -> list[str]:
     """Blocked and cached answers at no more CPU per query than PowerDNS Recursor's; a cache
     miss adding no more latency than Unbound adds (median and p99)."""
     lats = {(r["peer"], r["size"]): r for r in records if r["type"] == "latency"}
     lines = []
     for size in sizes:
         for mix, label in (("blocked", "blocked"), ("allowed", "cached")):
-            mine, ref = runs.get((SUBJECT, size, mix)), runs.get((SECOND, size, mix))
+            mine, ref = runs.get((subject, size, mix)), runs.get((SECOND, size, mix))
             if mine and ref and mine.get("us_per_query") and ref.get("us_per_query"):
                 ok = mine["us_per_query"] <= ref["us_per_query"]
-                lines.append(f"- {size}, {label}: betblock {mine['us_per_query']:.2f} µs/query vs PowerDNS "
+                lines.append(f"- {size}, {label}: {subject} {mine['us_per_query']:.2f} µs/query vs PowerDNS "
                              f"{ref['us_per_query']:.2f} ({mine['us_per_query'] / ref['us_per_query']:.2f}×) — "
                              + ("met" if ok else "**not met**"))
-        mine, ref = lats.get((SUBJECT, size)), lats.get((REFERENCE, size))
+        mine, ref = lats.get((subject, size)), lats.get((REFERENCE, size))
         if mine and ref:
             for q in ("median", "p99"):
                 m, u = mine.get(f"added_{q}_us"), ref.get(f"added_{q}_us")
                 if m is not None and u is not None:
-                    lines.append(f"- {size}, a miss adds ({q}): betblock {m:,.0f} µs vs Unbound {u:,.0f} µs — "
+                    lines.append(f"- {size}, a miss adds ({q}): {subject} {m:,.0f} µs vs Unbound {u:,.0f} µs — "
                                  + ("met" if m <= u else "**not met**"))
     return lines
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class PolicyBuilder:
         self._timer_wake = asyncio.Event()
         self.persist_task: asyncio.Future[None] | None = None
         self._to_save: tuple[PolicySnapshot, float | None] | None = None
+        self._stop_saving = threading.Event()  # set at shutdown (stop_saving); read by the saving thread
+        self._saving = 0  # names in the snapshot being saved now
 
     async def compile(self, *, force: bool = False) -> PolicySnapshot:
         """Compile what the sources hold now, off the event loop, and install it. Callers that
@@ -199,12 +202,31 @@ class PolicyBuilder:
         while self._to_save is not None:
             snapshot, next_change = self._to_save
             self._to_save = None
+            self._saving = len(snapshot)
+            started = time.perf_counter()
             try:
-                await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change)
+                await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change,
+                                        self._stop_saving.is_set)
                 self.saved_bytes = self.snapshot_path.stat().st_size
+                log.info("compiled snapshot saved", version=snapshot.version, bytes=self.saved_bytes,
+                         seconds=round(time.perf_counter() - started, 3))
+            except persist.SaveStopped:
+                log.warning("shutdown stopped saving the compiled snapshot; the file before it stays",
+                            version=snapshot.version)
+                return
             except Exception as exc:  # a restart then compiles from the store instead
                 log.error("cannot save the compiled snapshot", path=str(self.snapshot_path), error=str(exc))
+            finally:
+                self._saving = 0
             del snapshot
+
+    def stop_saving(self, *, over: int = 0) -> None:
+        """Shutdown: a save in progress or queued of a snapshot of more than ``over`` names stops
+        at its next slice (the file before it stays) and none starts; the snapshot is derived,
+        so the next start compiles it again if need be."""
+        if max(self._saving, len(self._to_save[0]) if self._to_save else 0) > over:
+            self._stop_saving.set()
+            self._to_save = None
 
     async def tick(self) -> bool:
         """Recompile when a listing or removal date has passed; True when it did."""

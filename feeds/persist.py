@@ -1,20 +1,22 @@
 """The compiled snapshot on disk, so that a restart answers at once, before any source is
 reachable and before the store is read.
 
-Owns the file format: a fixed header (magic and format version, the SHA-256 of the payload, the
-payload's length), then the payload: ``marshal`` of plain values (a document with the rules as
-tuples, then the table, a dict of bytes to ints, in slices). It is written to a temporary file
-and renamed into place, so a crash never leaves half a snapshot; the digest is checked before a
-byte of the payload is unmarshalled, so a damaged file (a changed byte, a bit flip, a renamed
+Owns what the saved file holds and when it is trusted. The file is a policy table
+(``feeds.table``, the same format the DNS workers map), with the configuration's fingerprint
+and the next listing or removal date in its ``extra``. A start maps it instead of loading it:
+ready in the time of a CRC-32 pass over the file, whatever the list size (a marshalled dict of
+10M names took seconds to load and 1 GiB of memory), and with workers the hand-over links the
+very file instead of writing another. It is written to a temporary file, fsynced and renamed
+into place, so a crash never leaves half a snapshot; both CRC-32s and every section size are
+checked before a byte of it is used, so a damaged file (a changed byte, a bit flip, a renamed
 key, a truncation) is rejected whole with a reason rather than loaded as another policy or
-crashing the start. The digest guards against damage, not against someone who can write the
+crashing the start. The checks guard against damage, not against someone who can write the
 data directory (they could edit the feed store as well).
 
-Slices, because one ``marshal.dump`` of a million-key dict holds the GIL for a third of a second,
-and the resolver's event loop with it. ``marshal`` rather than ``pickle``: loading it runs no
-code, and it is the fastest way CPython has to read a million-key dict. A file from another
-Python version, another format or another configuration (a different fingerprint) is ignored,
-never trusted.
+A file of an earlier format (the marshal of formats 2 to 4), another configuration (a
+different fingerprint) or one a date has passed since is ignored, never trusted: the caller
+compiles from the store. The name ``snapshot.marshal`` stays from those formats, so that a
+data directory keeps its one saved file (and ``feeds.ondisk`` its evidence that a store existed).
 
 Must not import aiohttp, SQL or resolver code.
 """
@@ -22,11 +24,7 @@ Must not import aiohttp, SQL or resolver code.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import marshal
-import os
-import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,14 +32,14 @@ from typing import Any
 
 from config.errors import BetblockError
 from config.settings import AgencySettings, PolicySettings, Settings
-from feeds.snapshot import PolicySnapshot, Rule
+from feeds.snapshot import PolicySnapshot
+from feeds.table import MAGIC as TABLE_MAGIC
+from feeds.table import TableDamaged, WriteStopped, open_table, write_table
 
-FORMAT = 4  # 4: table values may be (self, below) pairs (feeds.snapshot)
+FORMAT = 5  # 5: a feeds.table file; 4: marshal, table values may be (self, below) pairs (feeds.snapshot)
 FILENAME = "snapshot.marshal"
-SLICE = 32768  # keys per marshal call: a few milliseconds with the GIL held
-MAGIC = b"BBSNAP"
-HEADER = struct.Struct(">6sH32sQ")  # magic, format, SHA-256 of the payload, payload length
-CHUNK = 1 << 20
+SLICE = 32768  # names per step of a save: a few milliseconds with the GIL held (tests size lists by it)
+SaveStopped = WriteStopped  # save was asked to stop (shutdown): the file before it stays
 
 
 class SnapshotDamaged(BetblockError):
@@ -82,46 +80,13 @@ def fingerprint_of(policy: PolicySettings, agencies: list[AgencySettings], resol
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def save(path: Path, snapshot: PolicySnapshot, fp: str, next_change: float | None) -> None:
-    """Write ``snapshot`` atomically (temporary file, fsync, rename), digest in the header."""
-    rules = [
-        None if r is None else (r.id, r.agencies, r.agency_name, r.action, r.ipv4, r.ipv6, r.ttl, r.observe)
-        for r in snapshot.rules
-    ]
-    table = snapshot.table
-    doc = {
-        "format": FORMAT,
-        "fingerprint": fp,
-        "version": snapshot.version,
-        "rules": rules,
-        "stats": snapshot.stats,
-        "observing": sorted(snapshot.observing),
-        "next_change": next_change,
-        "slices": (len(table) + SLICE - 1) // SLICE,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    digest = hashlib.sha256()
-    length = 0
-    with open(tmp, "wb") as f:
-        f.write(HEADER.pack(MAGIC, FORMAT, bytes(32), 0))  # rewritten once the payload is known
-
-        def put(value: Any) -> None:
-            nonlocal length
-            data = marshal.dumps(value)
-            digest.update(data)
-            f.write(data)
-            length += len(data)
-
-        put(doc)
-        items = iter(table.items())
-        for _ in range(doc["slices"]):
-            put(dict(itertools.islice(items, SLICE)))
-        f.seek(0)
-        f.write(HEADER.pack(MAGIC, FORMAT, digest.digest(), length))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def save(path: Path, snapshot: PolicySnapshot, fp: str, next_change: float | None,
+         stop: Callable[[], bool] = lambda: False) -> None:
+    """Write ``snapshot`` atomically (temporary file, fsync, rename) as a policy table.
+    ``stop`` is asked between slices: when it says so, the temporary file is removed and
+    ``SaveStopped`` raised (SIGTERM need not wait for a save of millions of names)."""
+    write_table(snapshot, path, extra={"format": FORMAT, "fingerprint": fp, "next_change": next_change},
+                fsync=True, stop=stop)
 
 
 def load(path: Path, fp: str, now: float) -> PolicySnapshot | None:
@@ -155,44 +120,21 @@ def load_checked(path: Path, fp: str, now: float) -> PolicySnapshot | None:
 
 
 def _read(f: Any, fp: str, now: float) -> PolicySnapshot | None:
-    head = f.read(HEADER.size)
-    if len(head) < HEADER.size:
-        raise SnapshotDamaged(f"{len(head)} bytes, shorter than the {HEADER.size}-byte header")
-    magic, fmt, want, length = HEADER.unpack(head)
-    if magic != MAGIC:
-        if head[:1] in (b"{", b"\xfb"):  # the headerless marshal of format 2 and before
+    head = f.read(len(TABLE_MAGIC))
+    if head != TABLE_MAGIC:
+        if head[:6] == b"BBSNAP" or head[:1] in (b"{", b"\xfb"):  # the marshal of formats 4 and before
             return None
         raise SnapshotDamaged("not a betblock snapshot (bad magic)")
-    if fmt != FORMAT:
-        return None  # another format: ignored, the caller compiles
-    size = os.fstat(f.fileno()).st_size
-    if size != HEADER.size + length:
-        raise SnapshotDamaged(f"{size} bytes where the header says {HEADER.size + length} (truncated or extended)")
-    digest = hashlib.sha256()
-    while chunk := f.read(CHUNK):
-        digest.update(chunk)
-    if digest.digest() != want:
-        raise SnapshotDamaged("SHA-256 of the contents does not match the header (changed bytes)")
-    f.seek(HEADER.size)
-    doc: Any = marshal.load(f)
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise SnapshotDamaged("the document inside is not a snapshot")
-    if doc.get("fingerprint") != fp:
+    try:
+        snapshot = open_table(Path(f.name))
+    except TableDamaged as exc:
+        raise SnapshotDamaged(str(exc).split(": ", 1)[-1]) from None
+    extra = snapshot.table.extra  # type: ignore[attr-defined]
+    if not isinstance(extra, dict) or extra.get("format") != FORMAT:
+        raise SnapshotDamaged("the table inside is not a saved snapshot")
+    if extra.get("fingerprint") != fp:
         return None
-    next_change = doc.get("next_change")
+    next_change = extra.get("next_change")
     if next_change is not None and next_change <= now:
         return None
-    table: dict[bytes, int] = {}
-    for _ in range(doc["slices"]):
-        table.update(marshal.load(f))
-    if f.tell() != size:
-        raise SnapshotDamaged("bytes left over after the table")
-    rules = tuple(
-        # r[7], observe, is absent from files written before observe mode (all enforced)
-        None if r is None else Rule(id=r[0], agencies=r[1], agency_name=r[2], action=r[3], ipv4=r[4], ipv6=r[5], ttl=r[6],
-                                    observe=len(r) > 7 and bool(r[7]))
-        for r in doc["rules"]
-    )
-    return PolicySnapshot(
-        version=doc["version"], table=table, rules=rules, stats=doc["stats"], observing=tuple(doc.get("observing", ()))
-    )
+    return snapshot

@@ -260,6 +260,7 @@ class FeedStore:
                 raise
         self.db.row_factory = sqlite3.Row
         self.lock = threading.Lock()
+        self.refusing = False  # set by interrupt (shutdown): a write that would start now fails
         self.store_id: str | None = None
         self.created_at: float | None = None
         if not readonly:
@@ -302,15 +303,49 @@ class FeedStore:
             return str(exc)
         return None if rows == ["ok"] else "; ".join(rows)
 
-    def close(self) -> None:
-        with self.lock:
+    def close(self, *, interrupt: bool = False) -> None:
+        """Close the connection once no call holds it; ``interrupt``: see ``interrupt``."""
+        if interrupt:
+            self._take_interrupting()
+        else:
+            self.lock.acquire()
+        try:
             self.db.close()
+        finally:
+            self.lock.release()
+
+    def interrupt(self) -> None:
+        """Shutdown: stop a call in flight in another thread, such as the start-up write of a
+        million-name version, at SQLite's next step instead of waiting for it; its transaction
+        is rolled back whole (the store keeps every version before it and none of it), so the
+        version is written again when the next start reads its source. Returns once it has."""
+        self._take_interrupting()
+        self.lock.release()
+
+    def _take_interrupting(self) -> None:
+        # Refuse first: a write's row feeds (``_rows``) stop at their next thousand rows, and
+        # no write starts. interrupt() stops a long read or statement, but only while one is
+        # running: between rows of executemany none is, so it is asked again until the caller
+        # lets go.
+        self.refusing = True
+        while not self.lock.acquire(timeout=0.02):
+            self.db.interrupt()
+
+    def _rows(self, rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+        """``rows`` for executemany, stopping (the transaction then rolls back) once
+        ``interrupt`` refuses."""
+        for i, row in enumerate(rows):
+            if not i & 1023 and self.refusing:
+                raise sqlite3.OperationalError("interrupted: the node is shutting down")
+            yield row
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
         """One write transaction under the lock: committed whole, or rolled back whole on any
         error (the connection is in autocommit mode, so without it each statement commits)."""
         with self.lock:
+            if self.refusing:
+                raise sqlite3.OperationalError("interrupted: the node is shutting down")
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield
@@ -389,17 +424,17 @@ class FeedStore:
             self.db.executemany(
                 "UPDATE entries SET dropped_version = ?, dropped_at = ? WHERE agency = ? AND source = ? "
                 "AND name = ? AND wildcard = ? AND allow = ? AND dropped_version IS NULL",
-                _removed_keys(v, now, info.agency, info.source, d),
+                self._rows(_removed_keys(v, now, info.agency, info.source, d)),
             )
             a, src = info.agency, info.source
             self.db.executemany(
                 "INSERT INTO entries (agency, source, name, wildcard, allow, added_version, added_at) VALUES (?,?,?,0,0,?,?)",
-                ((a, src, w, v, now) for w in d.added_plain),
+                self._rows((a, src, w, v, now) for w in d.added_plain),
             )
             self.db.executemany(
                 "INSERT INTO entries (agency, source, name, wildcard, allow, action, redirect, listed_at, removed_at, "
                 "legal_ref, source_id, line, added_version, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (_entry_row(a, src, e, v, now) for e in d.added_rich),
+                self._rows(_entry_row(a, src, e, v, now) for e in d.added_rich),
             )
             if audit is not None:
                 self._insert_audit(audit, v)

@@ -37,6 +37,7 @@ class StoreGate:
         self.problem: str | None = None  # why the store cannot be used
         self.loaded = asyncio.Event()  # the store's lists are in memory: updates may proceed
         self.settled = asyncio.Event()  # loaded, or the store found unusable: updates may be answered
+        self.closing = False  # set by close: a write that fails now was interrupted by shutdown
 
     def require(self) -> FeedStore:
         """The store, or ``StoreUnavailable`` saying why there is none."""
@@ -90,9 +91,21 @@ class StoreGate:
                   version=version, problem=problem)
         self.settled.set()
 
+    def interrupt(self) -> None:
+        """Shutdown begins: store work in flight is interrupted (a write is rolled back whole)
+        rather than waited for, so SIGTERM never waits on a big start-up write. Blocks briefly:
+        call it in a thread."""
+        self.closing = True
+        store = self.store
+        if store is not None:
+            store.interrupt()
+
     def close(self) -> None:
+        """Shutdown: store work still in flight (a write is rolled back whole) is interrupted
+        rather than waited for, so SIGTERM never waits on a big start-up write."""
+        self.closing = True
         if self.store is not None:
-            self.store.close()
+            self.store.close(interrupt=True)
 
     def status(self) -> dict[str, Any]:
         return {

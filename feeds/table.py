@@ -45,11 +45,8 @@ import os
 import struct
 import sys
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from itertools import accumulate, islice, repeat
-from itertools import count as count_up
-from operator import add, and_, is_, lshift, rshift
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import Any
 from zlib import crc32
@@ -65,8 +62,8 @@ HEADER = struct.Struct("<8sIIqQQIIQQII")
 _U32 = struct.Struct("<I")
 _U32X2 = struct.Struct("<II")
 _CHUNK = 1 << 20
-_SLICE = 1 << 13  # names per step of a writer's pass: at most a few milliseconds with the GIL held
-assert array("I").itemsize == 4, "the writer's arrays must hold 32-bit numbers"
+_SLICE = 1 << 15  # names per step of a writer's pass: a few milliseconds with the GIL held
+_LE32 = "<u4"  # numpy's type of every number in the file: little-endian whatever the machine
 # filter bytes per name, rounded up to a power of two: 4 to 8, so that 12 to 22 % of the
 # misses get past it (1 - exp(-names / size)) to the two unpacks of a bucket
 _FILTER_BYTES = 4
@@ -94,24 +91,6 @@ def _slices(values: Iterable[Any]) -> Iterator[list[Any]]:
     it = iter(values)
     while part := list(islice(it, _SLICE)):
         yield part
-
-
-def _collect(values: Iterable[int]) -> array[int]:
-    """``array("I", values)``, built ``_SLICE`` values at a time: between slices a thread can
-    hand over the GIL, so a writer in a thread holds it for milliseconds, not a whole pass."""
-    out = array("I")
-    it = iter(values)
-    while True:
-        before = len(out)
-        out.extend(islice(it, _SLICE))
-        if len(out) - before < _SLICE:
-            return out
-
-
-def _run(effects: Iterator[object], count: int) -> None:
-    """Consume ``count`` side effects, ``_SLICE`` at a time (as ``_collect``)."""
-    for _ in range(0, count, _SLICE):
-        deque(islice(effects, _SLICE), maxlen=0)
 
 
 def _rule_doc(rule: Rule | None) -> dict[str, Any] | None:
@@ -145,23 +124,34 @@ def _rule_from(doc: dict[str, Any] | None) -> Rule | None:
     return None if doc is None else Rule(**_revive(Rule, doc))
 
 
-def write_table(snapshot: PolicySnapshot, path: Path) -> None:
+class WriteStopped(BetblockError):
+    """``write_table`` was asked to stop (shutdown): the file at the path, if any, is the one before."""
+
+
+def write_table(snapshot: PolicySnapshot, path: Path, *, extra: dict[str, Any] | None = None, fsync: bool = False,
+                stop: Callable[[], bool] = lambda: False) -> None:
     """Write ``snapshot`` as a table file at ``path``: a temporary file beside it, then a
-    rename, so a reader sees the old file or the new one, whole. Not fsynced: the file is
-    derived from the snapshot and rewritten when lost."""
+    rename, so a reader sees the old file or the new one, whole. ``extra`` (JSON) goes into
+    the doc for the caller (``PolicyTable.extra``: the saved snapshot's fingerprint). ``fsync``
+    before the rename when the file must survive a power cut (the saved snapshot; the workers'
+    hand-over files are rewritten when lost). ``stop`` is asked between slices: when it says so
+    the temporary file is removed and ``WriteStopped`` raised."""
+    import numpy as np  # here, not at the top: workers only read tables, and numpy costs each one ~20 MiB
+
     table = snapshot.table
     count = len(table)
     nbuckets = _buckets_for(count)
     shift = 32 - nbuckets.bit_length() + 1
     fbits = max(_buckets_for(count * _FILTER_BYTES).bit_length() - 1, 3)
-    # Everything below is C-level (map, accumulate, join over arrays): no Python loop per
-    # name, no sort, and per-name numbers live in arrays (4 bytes each, not an int object).
-    # The heap keeps the dict's order (sequential passes over the names); only the small
-    # per-name records are put in bucket order, by a counting sort. Each pass runs a slice at
-    # a time (_collect, _run), so a writer in a thread lets the event loop run between slices.
-    hashes = _collect(map(crc32, table))
-    lengths = _collect(map(len, table))
-    if count and max(map(max, _slices(lengths))) > 255:
+    # One C-level pass over the dict per per-name number (CRC-32, length, value), each into a
+    # numpy array (4 bytes a name, a slice at a time so that a writer in a thread lets the event
+    # loop run between slices); everything after is numpy over those arrays: the filter by one
+    # scatter, bucket sizes by bincount, the per-name records into bucket order by one stable
+    # argsort (the heap keeps the dict's order). At 10M names this is seconds, where a Python
+    # pass per step over arrays took a minute.
+    hashes = _numbers(map(crc32, table), count, stop)
+    lengths = _numbers(map(len, table), count, stop)
+    if count and int(lengths.max()) > 255:
         raise ValueError("a name longer than 255 bytes is not a wire name")
     distinct: set[int] = set()
     for part in _slices(table.values()):
@@ -169,65 +159,92 @@ def write_table(snapshot: PolicySnapshot, path: Path) -> None:
     value_ids = {v: i for i, v in enumerate(distinct)}
     if len(value_ids) >= 1 << 24:
         raise ValueError(f"{len(value_ids)} distinct table values, more than the format holds")
-    starts = _collect(accumulate(lengths, initial=0))
-    heap = b"".join([b"".join(part) for part in _slices(table)])
-    if len(heap) >= 1 << 32:
+    heap_len = int(lengths.sum(dtype=np.uint64))
+    if heap_len >= 1 << 32:
         raise ValueError("names too long for 32-bit heap offsets")
-    # value index above the name's length: (vid << 8) + length
-    packed = _collect(map(add, map(lshift, map(value_ids.__getitem__, table.values()), repeat(8)), lengths))
+    starts = np.zeros(count, _LE32)
+    if count > 1:
+        np.cumsum(lengths[:-1], out=starts[1:])
+    # value index above the name's length: (vid << 8) | length
+    packed = _numbers(map(value_ids.__getitem__, table.values()), count, stop)
+    packed <<= 8
+    packed |= lengths
     del lengths
-    filt = bytearray(1 << fbits)
-    _run(map(filt.__setitem__, map(and_, hashes, repeat((1 << fbits) - 1)), repeat(1)), count)
-    # Names per bucket: sizes[b] += 1 for each name's bucket b, as one map: map pulls its
-    # arguments left to right, so the read of sizes[b] for a name comes after the write for
-    # the name before it.
-    ids = _collect(map(rshift, hashes, repeat(shift)))
-    sizes = array("I", bytes(4 * nbuckets))
-    _run(map(sizes.__setitem__, ids, map(add, map(sizes.__getitem__, ids), repeat(1))), count)
-    buckets = _collect(accumulate(sizes, initial=0))
-    longest = max(map(max, _slices(sizes)))
+    filt = np.zeros(1 << fbits, np.uint8)
+    filt[hashes & ((1 << fbits) - 1)] = 1
+    ids = hashes >> shift
+    sizes = np.bincount(ids, minlength=nbuckets)
+    buckets = np.zeros(nbuckets + 1, _LE32)
+    np.cumsum(sizes, out=buckets[1:])
+    longest = int(sizes.max()) if count else 0
     del sizes
-    # The counting sort, the same way: for name i in bucket b, order[nxt[b]] = i, then
-    # nxt[b] += 1 (setitem returns None; ``None is None`` is the 1 that is added).
-    nxt = buckets[:-1]
-    order = array("I", bytes(4 * count))
-    _run(map(nxt.__setitem__, ids,
-             map(add, map(nxt.__getitem__, ids),
-                 map(is_, map(order.__setitem__, map(nxt.__getitem__, ids), count_up()), repeat(None)))), count)
-    del ids, nxt
-    hashes = _collect(map(hashes.__getitem__, order))
-    entries = array("I", bytes(8 * count))
-    entries[0::2] = _collect(map(starts.__getitem__, order))
-    entries[1::2] = _collect(map(packed.__getitem__, order))
+    order = np.argsort(ids, kind="stable")  # by bucket, in the dict's order within one
+    del ids
+    hashes = hashes[order]
+    entries = np.empty((count, 2), _LE32)
+    entries[:, 0] = starts[order]
+    entries[:, 1] = packed[order]
     del order, starts, packed
     others = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name not in ("table", "rules")}
     doc = json.dumps(
-        {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids)},
+        {"snapshot": others, "rules": [_rule_doc(r) for r in snapshot.rules], "values": list(value_ids),
+         **({"extra": extra} if extra is not None else {})},
         separators=(",", ":"), default=_json_default,
     ).encode()
-    if sys.byteorder != "little":  # the file is little-endian, arrays are native
-        for a in (buckets, hashes, entries):
-            a.byteswap()
-    sections = [memoryview(s).cast("B") for s in (doc, filt, buckets, hashes, entries, heap)]  # no copies
-    pads = [b"\0" * (_align(len(s)) - len(s)) for s in sections]
-    body_crc = 0
-    for s, pad in zip(sections, pads):
-        body_crc = crc32(pad, crc32(s, body_crc))
-    head = HEADER.pack(MAGIC, FORMAT, HEADER.size, snapshot.version, count, nbuckets, longest, fbits,
-                       len(doc), len(heap), body_crc, 0)
-    head = head[:-4] + _U32.pack(crc32(head[:-4]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(head)
-            for s, pad in zip(sections, pads):
-                f.write(s)
-                f.write(pad)
+            f.write(bytes(HEADER.size))  # written last, once the body's CRC is known
+            body_crc = 0
+
+            def put(data: Any) -> None:
+                nonlocal body_crc
+                body_crc = crc32(data, body_crc)
+                f.write(data)
+
+            def pad(n: int) -> None:
+                put(bytes(_align(n) - n))
+
+            put(doc)
+            pad(len(doc))
+            # the arrays as bytes without a copy (little-endian and contiguous); each dropped once written
+            for array_ in (filt, buckets, hashes, entries):
+                put(memoryview(array_.reshape(-1).view(np.uint8)))
+                pad(array_.nbytes)
+            del filt, buckets, hashes, entries, array_
+            # The heap, streamed in the dict's order: never the whole of it in memory.
+            for part in _slices(table):
+                if stop():
+                    raise WriteStopped(str(path))
+                put(b"".join(part))
+            pad(heap_len)
+            head = HEADER.pack(MAGIC, FORMAT, HEADER.size, snapshot.version, count, nbuckets, longest, fbits,
+                               len(doc), heap_len, body_crc, 0)
+            f.seek(0)
+            f.write(head[:-4] + _U32.pack(crc32(head[:-4])))
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _numbers(values: Iterator[int], count: int, stop: Callable[[], bool]) -> Any:
+    """The first ``count`` of ``values`` as a little-endian uint32 numpy array, filled
+    ``_SLICE`` values at a time: between slices a thread can hand over the GIL, so a writer in
+    a thread holds it for milliseconds, not a whole pass."""
+    import numpy as np
+
+    out = np.empty(count, _LE32)
+    for at in range(0, count, _SLICE):
+        if stop():
+            raise WriteStopped("stopped")
+        n = min(_SLICE, count - at)
+        out[at : at + n] = np.fromiter(values, _LE32, n)
+    return out
 
 
 def open_table(path: Path) -> PolicySnapshot:
@@ -267,8 +284,10 @@ def open_table(path: Path) -> PolicySnapshot:
         except (ValueError, KeyError, TypeError) as exc:  # CRC right, contents not: another build
             raise TableDamaged(f"{path}: unreadable rules ({type(exc).__name__}: {exc})") from None
         mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        inode = os.fstat(f.fileno()).st_ino
     others["version"] = version
     table = PolicyTable(mm, count, nbuckets, maxb, fbits, offsets, values)
+    table.path, table.inode, table.extra = Path(path), inode, doc.get("extra")
     if _U32.unpack_from(mm, offsets[2])[0] != 0 or _U32.unpack_from(mm, offsets[2] + 4 * nbuckets)[0] != count:
         raise TableDamaged(f"{path}: bucket index does not cover the {count} names")
     return PolicySnapshot(table=table, rules=rules, **others)  # type: ignore[arg-type]
@@ -284,6 +303,11 @@ class PolicyTable(Mapping[bytes, int]):
                  values: tuple[int, ...]) -> None:
         self._mm = mm
         self._count = count
+        # set by open_table: the file and its inode (the hand-over links that very file rather
+        # than writing another: ``betblock.handover``), and the writer's ``extra``
+        self.path: Path | None = None
+        self.inode: int | None = None
+        self.extra: Any = None
         self._offsets = offsets
         self._values = values
         self.get: Callable[..., int | None] = _lookup(mm, nbuckets, maxb, fbits, offsets, values) if count else _empty

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,10 +74,18 @@ class UpdateService(SourceWriter):
         force, and a restart reads the files again)."""
         async with self.lock:
             jobs, self._deferred = self._deferred, []
+            started = time.perf_counter()
             try:
                 await asyncio.to_thread(lambda: [job() for job in jobs])
+                if jobs:
+                    log.info("lists read at start-up recorded in the feed store", versions=len(jobs),
+                             seconds=round(time.perf_counter() - started, 3))
             except sqlite3.Error as exc:
-                log.error("cannot record the lists read at start-up in the feed store", error=str(exc))
+                if self.gate.closing:  # SIGTERM: rolled back whole; the next start reads the sources again
+                    log.warning("shutdown interrupted recording the lists read at start-up; the next start records them",
+                                error=str(exc))
+                else:
+                    log.error("cannot record the lists read at start-up in the feed store", error=str(exc))
             except Exception:  # our own bug: the same, with the traceback
                 log.exception("cannot record the lists read at start-up in the feed store")
             self._reserved.clear()

@@ -27,7 +27,7 @@ ALLOWED = {
 # third-party modules each package may import (anything not stdlib and not ours)
 THIRD_PARTY = {
     "config": {"pydantic", "pydantic_settings"},
-    "feeds": {"aiohttp", "cryptography", "dns", "idna", "prometheus_client", "publicsuffixlist", "structlog"},
+    "feeds": {"aiohttp", "cryptography", "dns", "idna", "numpy", "prometheus_client", "publicsuffixlist", "structlog"},
     "hits": {"aiohttp", "asyncpg", "prometheus_client", "pydantic", "structlog"},
     # the data plane: no HTTP, SQL or parsing libraries on the hot path
     "resolver": {"structlog"},

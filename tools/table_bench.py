@@ -3,9 +3,11 @@
 Prints, for one generated list (default 1M names like the bench's: 60 % two labels, 30 %
 three, 10 % four; a few percent ALLOW and (self, below) pairs):
 
-- write: ``write_table`` (wall and CPU seconds, best of 3), beside ``feeds.persist.save`` of
-  the same snapshot (the saved snapshot a restart loads); open: ``open_table`` (CRC check of
-  the whole file included) beside ``feeds.persist.load``;
+- write: ``write_table`` (wall and CPU seconds, best of 3), beside a save of the same snapshot
+  in the saved snapshot's format before format 5 (marshalled dicts, SHA-256, fsync); open:
+  ``open_table`` (CRC check of the whole file included) beside loading that marshal back into
+  a dict (what a restart did before the saved snapshot became a table file); ``--write-only``
+  adds what each allocates at its peak;
 - ns per lookup: the pipeline's suffix walk (a fresh slice per suffix, every suffix until the
   first listed one) over 200,000 queries (3-4 labels, 90 % not listed) through ``dict.get``
   and ``PolicyTable.get``, best of 7 alternating rounds, minus the same walk calling a Python
@@ -31,12 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from feeds import persist  # noqa: E402
 from feeds.snapshot import ALLOW, PolicySnapshot, Rule, pair  # noqa: E402
 from feeds.table import open_table, write_table  # noqa: E402
 
@@ -173,25 +175,75 @@ def memory(kind: str, path: Path, n: int) -> tuple[list[int], list[int]]:
     return [s["Rss"] for s in stats], [s["Pss"] for s in stats]
 
 
+def marshal_save(path: Path, snap: PolicySnapshot) -> None:
+    """The saved snapshot's format before format 5 (the peer): the table as marshalled dicts of
+    32,768 names, a SHA-256 of it all, fsynced."""
+    import hashlib
+    import marshal
+
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        items = iter(snap.table.items())
+        for _ in range(0, len(snap.table), 32768):
+            data = marshal.dumps(dict(islice(items, 32768)))
+            digest.update(data)
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def marshal_load(path: Path) -> dict[bytes, int]:
+    import hashlib
+    import marshal
+
+    table: dict[bytes, int] = {}
+    with open(path, "rb") as f:
+        hashlib.sha256(f.read())
+        f.seek(0)
+        size = os.fstat(f.fileno()).st_size
+        while f.tell() < size:
+            table.update(marshal.load(f))
+    return table
+
+
+def peak(fn) -> float:  # type: ignore[no-untyped-def]
+    """MiB that ``fn`` allocates at its peak (Python objects and numpy arrays: both report to tracemalloc)."""
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--names", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200_000)
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--write-only", action="store_true", help="only the write and open figures (for 10M names)")
     args = ap.parse_args()
     snap = snapshot(args.names)
     with tempfile.TemporaryDirectory(prefix="table-bench-") as tmp:
         d = Path(tmp)
         tpath, spath = d / "policy.table", d / "snapshot.marshal"
         w_wall, w_cpu, _ = timed(lambda: write_table(snap, tpath))
-        s_wall, s_cpu, _ = timed(lambda: persist.save(spath, snap, "fp", None))
+        s_wall, s_cpu, _ = timed(lambda: marshal_save(spath, snap))
         o_wall, o_cpu, opened = timed(lambda: open_table(tpath))
-        l_wall, l_cpu, _ = timed(lambda: persist.load(spath, "fp", 0.0))
+        l_wall, l_cpu, _ = timed(lambda: marshal_load(spath))
         size = tpath.stat().st_size
         print(f"{args.names:,} names; table file {size / 2**20:.1f} MiB ({size / args.names:.1f} B/name), "
               f"saved snapshot {spath.stat().st_size / 2**20:.1f} MiB")
-        print(f"write_table   {w_wall:.2f} s wall, {w_cpu:.2f} s CPU | persist.save {s_wall:.2f} s wall, {s_cpu:.2f} s CPU")
-        print(f"open_table    {o_wall:.3f} s wall, {o_cpu:.3f} s CPU | persist.load {l_wall:.2f} s wall, {l_cpu:.2f} s CPU")
+        print(f"write_table   {w_wall:.2f} s wall, {w_cpu:.2f} s CPU | marshal save (format 4) {s_wall:.2f} s wall, {s_cpu:.2f} s CPU")
+        print(f"open_table    {o_wall:.3f} s wall, {o_cpu:.3f} s CPU | marshal load (format 4) {l_wall:.2f} s wall, {l_cpu:.2f} s CPU")
+        if args.write_only:
+            del opened
+            print(f"memory above the snapshot while writing (tracemalloc peak): write_table {peak(lambda: write_table(snap, tpath)):.0f} MiB"
+                  f" | marshal save {peak(lambda: marshal_save(spath, snap)):.0f} MiB")
+            return
 
         names = queries(snap, args.queries)
         table = opened.table  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ BENCH_APT := dnsperf unbound pdns-recursor nsd
 # keep both cores of the reference machine busy; more only add starvation when it is loaded.
 TEST_WORKERS ?= 2
 
-.PHONY: run test test-fast bench bench-quick torture bench-rrl bench-xfr check-config clean readme
+.PHONY: run test test-fast bench bench-icount bench-quick torture bench-rrl bench-xfr check-config clean readme
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ check-config: $(STAMP)
 bench: $(STAMP)
 	tools/apt-install.sh $(BENCH_APT)
 	$(PYTHON) bench/bench.py $(BENCH_ARGS)
+
+## Instructions per answered query under valgrind's callgrind: same count on a loaded machine.
+bench-icount: $(STAMP)
+	tools/apt-install.sh valgrind $(BENCH_APT)
+	$(PYTHON) bench/icount.py $(BENCH_ARGS)
 
 bench-quick: $(STAMP)
 	tools/apt-install.sh $(BENCH_APT)

@@ -3,7 +3,7 @@
 latency and size over a bulk-loaded store. Benchmarks, not tests: run by hand, on an idle box.
 
     .venv/bin/python bench/hitlog.py writer  [--hits 1000000]             # writer µs per hit, per store
-    .venv/bin/python bench/hitlog.py dnsperf [--seconds 20]               # blocked QPS, recording off/on, hits lost
+    .venv/bin/python bench/hitlog.py dnsperf [--seconds 20] [--qps N] [--list 10k|100k]  # blocked QPS, server CPU per query, recording off/on, hits lost
     .venv/bin/python bench/hitlog.py query   [--rows 10000000] [--store sqlite|postgres]
     .venv/bin/python bench/hitlog.py all
 
@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from procs import _cpu_ticks, tree_pids  # noqa: E402  (bench/procs.py, beside this file)
 from config.settings import HitsSettings  # noqa: E402
 from feeds.compile import to_wire  # noqa: E402
 from feeds.snapshot import Rule  # noqa: E402
@@ -224,7 +225,7 @@ level = "warning"
 [[agencies]]
 id = "pl-mf"
 action = "nxdomain"
-lists = ["{ROOT / 'bench/data/blocklist-10k.txt'}"]
+lists = ["{ROOT / f'bench/data/blocklist-{a.list}.txt'}"]
 """)
     proc = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, "-m", "betblock.cli", "serve", "--config", str(cfg)],
@@ -237,9 +238,12 @@ lists = ["{ROOT / 'bench/data/blocklist-10k.txt'}"]
                 break
             except OSError:
                 time.sleep(0.1)
+        # Server CPU from here to its exit (the hits flushed at SIGTERM included): every process
+        # of its tree now, then the reaped process's own and its reaped workers' rusage.
+        cpu_before = sum(_cpu_ticks(p) for p in tree_pids(proc.pid)) / os.sysconf("SC_CLK_TCK")
         perf = subprocess.run(
-            ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(ROOT / "bench/data/q-blocked-10k.txt"),
-             "-c", "10", "-T", "1", "-q", "500", "-t", "2", "-l", str(a.seconds)],
+            ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(ROOT / f"bench/data/q-blocked-{a.list}.txt"),
+             "-c", "10", "-T", "1", "-q", "500", "-t", "2", "-l", str(a.seconds)] + (["-Q", str(a.qps)] if a.qps else []),
             capture_output=True, text=True, timeout=a.seconds + 60,
         )
         qps = float(re.search(r"Queries per second:\s+([0-9.]+)", perf.stdout).group(1))  # type: ignore[union-attr]
@@ -248,12 +252,20 @@ lists = ["{ROOT / 'bench/data/blocklist-10k.txt'}"]
         dropped_live = _metric(f"http://127.0.0.1:{http}/metrics", "betblock_hits_dropped_total")
         t = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(120)
+        deadline = time.monotonic() + 120
+        while True:
+            pid, _status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        proc.returncode = 0 if pid else None
         stop_s = time.perf_counter() - t
+        cpu = usage.ru_utime + usage.ru_stime - cpu_before if pid else float("nan")
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None and proc.poll() is None:
             proc.kill()
-    out = {"mode": mode, "qps": qps, "completed": completed, "blocked": int(blocked), "dropped": int(dropped_live), "stop_s": stop_s}
+    out = {"mode": mode, "qps": qps, "completed": completed, "blocked": int(blocked), "dropped": int(dropped_live), "stop_s": stop_s,
+           "cpu_s": cpu, "cpu_us_per_query": cpu * 1e6 / completed}
     if mode in ("sqlite", "postgres"):
         status = subprocess.run([sys.executable, "-m", "betblock.cli", "hits", "--config", str(cfg), "status"],
                                 capture_output=True, text=True, cwd=ROOT)
@@ -269,7 +281,7 @@ lists = ["{ROOT / 'bench/data/blocklist-10k.txt'}"]
             for line in f:
                 n += int(json.loads(line)["count"])
         out.update(stored_hits=n, lost=int(blocked) - n)
-    log(f"dnsperf {mode}: {qps:,.0f} qps, blocked {int(blocked):,}, " + ", ".join(f"{k} {v}" for k, v in out.items() if k in ("stored_hits", "stored_rows", "lost", "dropped")))
+    log(f"dnsperf {mode}: {qps:,.0f} qps, {out['cpu_us_per_query']:.2f} µs server CPU per query, blocked {int(blocked):,}, " + ", ".join(f"{k} {v}" for k, v in out.items() if k in ("stored_hits", "stored_rows", "lost", "dropped")))
     return out
 
 
@@ -366,6 +378,8 @@ def main() -> None:
     ap.add_argument("--stores", nargs="+", default=["sqlite", "postgres"], help="writer: stores")
     ap.add_argument("--seconds", type=int, default=20, help="dnsperf: seconds per run")
     ap.add_argument("--modes", nargs="+", default=["off", "jsonl", "sqlite", "postgres"], help="dnsperf: recording modes")
+    ap.add_argument("--qps", type=int, default=0, help="dnsperf: queries per second (-Q; default full speed)")
+    ap.add_argument("--list", default="10k", help="dnsperf: list and query file size tag (bench/gen_data.py)")
     ap.add_argument("--rows", type=int, default=10_000_000, help="query: rows bulk-loaded")
     ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite", help="query: store")
     ap.add_argument("--samples", type=int, default=100, help="query: queries per case")

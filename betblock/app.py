@@ -67,8 +67,12 @@ class App:
         config_path: Path | None = None,
         workers: int = 0,
         log_format: str | None = None,
+        settle_heap: bool = False,
     ) -> None:
         self.settings = settings
+        # ``betblock serve`` freezes the heap at each install (``dataplane.settle_heap``); the
+        # tests' in-process nodes share the test runner's heap and leave it alone.
+        self.settle_heap = settle_heap
         self.config_path = config_path  # re-read on SIGHUP when set
         self.handle_signals = handle_signals
         # The hit log: store (opened in run), writer thread, recorder, retention job.
@@ -155,6 +159,8 @@ class App:
         self.pipeline.install(snapshot)
         if self.xfr is not None:
             self.xfr.publish(snapshot)
+        if self.settle_heap:
+            dataplane.settle_heap()
 
     async def load_policy(self) -> PolicySnapshot:
         """Install the first snapshot: the one saved by the last run when it still holds, else
@@ -381,7 +387,8 @@ def serve(settings: Settings, config_path: Path | None = None, log_format: str |
 
     async def main() -> None:
         asyncio.get_running_loop().set_default_executor(_AbandonAtExit())
-        nodes.append(App(settings, config_path=config_path, workers=settings.dns.worker_count(), log_format=log_format))
+        nodes.append(App(settings, config_path=config_path, workers=settings.dns.worker_count(), log_format=log_format,
+                         settle_heap=True))
         await nodes[0].run()
 
     # State files (the hit log holds subscriber addresses) are private unless configured otherwise.

@@ -27,7 +27,7 @@ import structlog
 
 from betblock import channel, dataplane, handover, logs
 from config.sections import AclSettings
-from hits.batch import HIT_FIELDS
+from hits.batch import HIT_FIELDS, HitBuffer
 from resolver import stats
 from resolver.acl import Acl
 from resolver.server import DnsServer
@@ -42,36 +42,17 @@ _RULE_ID = attrgetter("id")
 PR_SET_PDEATHSIG = 1
 
 
-class HitBatcher:
+class HitBatcher(HitBuffer):
     """The worker's hit recorder: the same ``record(hit)`` on the hot path into a bounded flat
-    buffer (per-second counts beyond it, losses counted beyond those), handed to the control
-    plane every ``HIT_INTERVAL`` in one write, rules as their ids (the control plane maps them
-    back through the snapshot of that version)."""
+    buffer (``HitBuffer``: per-second counts beyond it, losses counted beyond those, as in the
+    control plane's recorder), handed to the control plane every ``HIT_INTERVAL`` in one
+    write, rules as their ids (the control plane maps them back through the snapshot of that
+    version)."""
 
     def __init__(self, enabled: bool, cap: int) -> None:
-        self.enabled = enabled
-        self.cap = cap
-        self._cap_fields = cap * HIT_FIELDS
-        self.buffer: list[Any] = []
-        self.aggregated: dict[tuple[Any, ...], int] = {}
-        self.dropped = 0
+        super().__init__(enabled, cap)
         self.sent = 0
         self.writer: asyncio.StreamWriter | None = None
-
-    def record(self, hit: tuple[Any, ...]) -> None:
-        if not self.enabled:
-            return
-        if len(self.buffer) < self._cap_fields:
-            self.buffer.extend(hit)
-            return
-        key = (int(hit[0]), hit[1], hit[2], hit[3], hit[4], hit[5], hit[6])
-        agg = self.aggregated
-        if key in agg:
-            agg[key] += 1
-        elif len(agg) < self.cap * 4:
-            agg[key] = 1
-        else:
-            self.dropped += 1
 
     def flush(self) -> None:
         """Send what is buffered in one message, unless the channel is backed up."""
@@ -80,8 +61,7 @@ class HitBatcher:
             return
         if w.transport.get_write_buffer_size() > CHANNEL_HIGH:
             return  # the control plane is behind: keep counting here (bounded)
-        flat, self.buffer = self.buffer, []
-        agg, self.aggregated = self.aggregated, {}
+        flat, agg = self.take()
         dropped, self.dropped = self.dropped, 0
         flat[4::HIT_FIELDS] = list(map(_RULE_ID, flat[4::HIT_FIELDS]))
         counts = {(k[0], k[1], k[2], k[3], k[4].id, k[5], k[6]): c for k, c in agg.items()}
@@ -130,6 +110,7 @@ class Worker:
         ]
         self.server = DnsServer(settings.dns, self.pipeline.answer, sockets=socks)
         await self.server.start()
+        dataplane.settle_heap()
         channel.send(writer, ("ready", os.getpid(), snapshot.version))  # the control plane logs it
 
         self._installing = asyncio.Lock()
@@ -181,6 +162,7 @@ class Worker:
                 log.exception("cannot read a policy snapshot; the one in force stays", path=path)
                 return  # no ack: the control plane replaces this worker
             self.pipeline.install(snapshot)
+            dataplane.settle_heap()
             channel.send(writer, ("ack", seq, snapshot.version))
 
 

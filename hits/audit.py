@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hits.checkpoint import ChainHead, Checkpoint
-from hits.store import BLOCK_SHIFT, DAY_MS, Broken, HitStore, anchor_text
+from hits.store import BLOCK_SHIFT, CLIENT_BLOCK_SHIFT, DAY_MS, Broken, HitStore, anchor_text
 
 MAX_SHOWN = 5  # differences named per table
 
@@ -41,8 +41,9 @@ class Audit:
 class _Acc:
     """What the walk collects from the verified rows."""
 
-    def __init__(self, purged: int, expect: list[tuple[int, str, str]]) -> None:
+    def __init__(self, purged: int, expect: list[tuple[int, str, str]], rolled: int | None = None) -> None:
         self.index = purged
+        self.rolled = rolled  # newest hit id the roll-ups count (SQLite defers them under load); None: every row
         self.expect = {n: (h, what) for n, h, what in expect}
         self.found: dict[int, str] = {}
         self.head = ""
@@ -51,6 +52,7 @@ class _Acc:
         self.daily_client: Counter[tuple[int, int]] = Counter()
         self.name_rules: set[tuple[int, int]] = set()
         self.rule_blocks: set[tuple[int, int]] = set()
+        self.client_blocks: set[tuple[int, int]] = set()
         self.names: set[int] = set()
         self.bad_bounds: list[str] = []
         self.first_batch_max: int | None = None
@@ -68,6 +70,15 @@ class _Acc:
         real_max = base_ts + max(ts)
         if real_max != max_ts:
             self.bad_bounds.append(f"batch {bid}: max_ts {max_ts}, its rows end at {real_max}")
+        self.name_rules.update(zip(name, rule))
+        self.rule_blocks.update(zip(rule, ((first + i) >> BLOCK_SHIFT for i in range(len(rows)))))
+        self.client_blocks.update(zip(client, ((first + i) >> CLIENT_BLOCK_SHIFT for i in range(len(rows)))))
+        self.names.update(name)
+        if self.rolled is not None and first + len(rows) - 1 > self.rolled:  # counts still pending in the writer
+            keep = max(0, self.rolled - first + 1)
+            if not keep:
+                return
+            ts, client, name, rule, cnt = ts[:keep], client[:keep], name[:keep], rule[:keep], cnt[:keep]
         lo, hi = base_ts // DAY_MS, real_max // DAY_MS
         days = [lo] * len(ts) if lo == hi else [(base_ts + t) // DAY_MS for t in ts]
         single = max(cnt) == 1  # no aggregated rows: count pairs at C speed
@@ -77,9 +88,6 @@ class _Acc:
             else:
                 for pair, k in zip(zip(days, key), cnt):
                     c[pair] += k
-        self.name_rules.update(zip(name, rule))
-        self.rule_blocks.update(zip(rule, ((first + i) >> BLOCK_SHIFT for i in range(len(rows)))))
-        self.names.update(name)
 
 
 def _diff(label: str, want: dict[Any, int], have: dict[Any, int]) -> list[str]:
@@ -123,7 +131,8 @@ async def audit(
         wanted.append((cp.batches, cp.head, "checkpoint"))
     if expect is not None and expect[1] > purged:
         wanted.append((expect[1], expect[0], "expected head"))
-    acc = _Acc(purged, wanted)
+    rolled = await _meta(store, "rolled_upto")
+    acc = _Acc(purged, wanted, int(rolled) if rolled is not None else None)
     out = Audit()
     out.verified, out.broken = await store.verify(visit=acc.visit)
     out.batches = purged + out.verified
@@ -152,6 +161,10 @@ async def audit(
         elif count == purged and not anchor.startswith(prefix.lower()):
             problems.append(f"the anchor is not the expected head {prefix}")
     problems += await _derived(store, acc, purged)
+    if acc.rolled is not None:
+        newest = (await store.fetch("SELECT MAX(last_hit) FROM batches"))[0][0]
+        if acc.rolled > max(newest or 0, int(await _meta(store, "last_id") or 0)):
+            problems.append(f"rolled_upto ({acc.rolled}) lies beyond the newest hit: the statistics would skip the next hits")
     return out
 
 
@@ -215,8 +228,11 @@ async def _derived(store: HitStore, acc: _Acc, purged: int) -> list[str]:
     problems += _missing("rule_blocks", acc.rule_blocks, have_blocks)
     have_seen = {int(r[0]) for r in await store.fetch("SELECT name FROM first_seen")}
     problems += _missing("first_seen", acc.names, have_seen)
-    if store.postings:  # SQLite: the name and client lookups are tables, filled per batch
-        for table, key, col in (("name_hits", "n", "name"), ("client_hits", "c", "client")):
+    if store.client_blocks:  # SQLite: clients are found through the blocks that hold them
+        have_clients = {(int(a), int(b)) for a, b in await store.fetch("SELECT client, block FROM client_blocks")}
+        problems += _missing("client_blocks", acc.client_blocks, have_clients)
+    if store.postings:  # SQLite: the name lookups are a table, filled per batch
+        for table, key, col in (("name_hits", "n", "name"),):
             gone = (await store.fetch(
                 f"SELECT COUNT(*) FROM hits h WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.{key} = h.{col} AND x.hid = h.id)"
             ))[0][0]
@@ -252,11 +268,13 @@ REBUILD = [
     f"INSERT INTO daily_net (day, net, hits) SELECT * FROM (SELECT {_DAY} AS day, n.id, SUM(h.cnt) AS hits {_BATCH_ROWS} "
     "JOIN clients c ON c.id = h.client JOIN nets n ON n.net = c.net GROUP BY 1, 2) AS x WHERE day > {d0}",
 ]
-REBUILD_POSTINGS = [  # SQLite only: the name and client lookups are tables
+REBUILD_POSTINGS = [  # SQLite only: the name and client lookups are tables; the roll-ups count every row
+    "INSERT INTO meta (key, value) SELECT 'rolled_upto', CAST(COALESCE(MAX(id), 0) AS TEXT) FROM hits WHERE true "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     "DELETE FROM name_hits",
     "INSERT INTO name_hits (n, hid) SELECT name, id FROM hits ORDER BY name, id",
-    "DELETE FROM client_hits",
-    "INSERT INTO client_hits (c, hid) SELECT client, id FROM hits ORDER BY client, id",
+    "DELETE FROM client_blocks",
+    f"INSERT INTO client_blocks (client, block) SELECT DISTINCT client, id >> {CLIENT_BLOCK_SHIFT} FROM hits",
 ]
 
 

@@ -192,7 +192,7 @@ class Resolved:
     subquery: tuple[str, tuple[Any, ...]] | None = None
 
 
-POSTINGS = {"name": ("name_hits", "n"), "client": ("client_hits", "c")}  # column -> (table, key column)
+POSTINGS = {"name": ("name_hits", "n")}  # column -> (table, key column); SQLite's clients: client_blocks (the store)
 COLUMNS = "id, ts, client, name, qtype, listed, rule, policy, cnt"
 
 
@@ -212,8 +212,7 @@ def page_sql(
     each stopped after ``limit`` rows, merged; the other filters are plain predicates. Names
     and clients have indexes; agency sets do not (the store narrows those to id blocks first).
     ``extra`` holds the time predicates (row times are relative to their batch, see the store).
-    With ``postings`` a name or client drives through ``name_hits (n, hid)`` or
-    ``client_hits (c, hid)`` instead of an index on hits, with the id bounds repeated on ``hid``
+    With ``postings`` a name drives through ``name_hits (n, hid)`` instead of an index on hits, with the id bounds repeated on ``hid``
     so that the scan starts at the cursor."""
     preds: list[str] = []
     params: list[Any] = []
@@ -245,13 +244,13 @@ def page_sql(
     hid_where = "".join(f" AND {p}" for p in id_preds)
 
     def one(column: str) -> str:
-        if postings:
+        if postings and column in POSTINGS:
             table, key = POSTINGS[column]
             return (f"SELECT {COLUMNS} FROM {table} CROSS JOIN hits ON hits.id = {table}.hid "
                     f"WHERE {table}.{key} = ?{hid_where} AND {where} ORDER BY {table}.hid DESC LIMIT ?")
         return f"SELECT {COLUMNS} FROM hits WHERE {column} = ? AND {where} ORDER BY id DESC LIMIT ?"
 
-    extra_ids = id_params if postings else []
+    extra_ids = id_params if postings and drive is not None and drive.column in POSTINGS else []
     if drive is None:
         inner = f"SELECT {COLUMNS} FROM hits WHERE {where} ORDER BY id DESC LIMIT ?"
         all_params = params + [limit]

@@ -33,10 +33,10 @@ import structlog
 
 from config.settings import HitsSettings
 from config.names import to_text
-from hits.batch import HIT_FIELDS, FlatHits, HitBatch, batch_size, hit_columns
+from hits.batch import HIT_FIELDS, FlatHits, HitBatch, HitBuffer, batch_size, hit_columns
 from hits.privacy import ClientPrivacy
 from hits.query import QTYPE_NAMES
-from hits.record import Counts, HitTuple, RuleLike, count_key
+from hits.record import Counts, RuleLike, count_key
 from hits.store import CAUSES
 
 if TYPE_CHECKING:
@@ -106,8 +106,9 @@ def _json_str(raw: bytes) -> bytes:
     return json.dumps(raw.decode("latin-1")).encode()
 
 
-class HitRecorder:
-    """Bounded buffer + aggregation + periodic JSON-lines writer."""
+class HitRecorder(HitBuffer):
+    """Bounded buffer + aggregation (``HitBuffer``: ``record`` is the hot path's entry point),
+    periodic flushes to the store and the JSON lines."""
 
     def __init__(
         self,
@@ -117,15 +118,11 @@ class HitRecorder:
         writer: HitWriter | None = None,
         privacy: ClientPrivacy | None = None,
     ) -> None:
+        super().__init__(settings.enabled, settings.buffer_size)
         self.settings = settings
-        self.enabled = settings.enabled
-        self.cap = settings.buffer_size
-        self.buffer = FlatHits()
-        self._cap_fields = self.cap * HIT_FIELDS
-        self.aggregated: Counts = {}
         self.recorded = 0  # hits written one line each
         self.aggregated_count = 0  # hits folded into a count
-        self.dropped = 0  # hits lost: aggregation table full too, or the store failed too long
+        # ``dropped`` (HitBuffer): hits lost: aggregation table full too, or the store failed too long
         self.lost_at_exit = 0  # hits still held (the store refusing them) when the process stopped
         self.stored_rows = 0  # rows the store accepted
         self.store_errors = 0
@@ -152,24 +149,6 @@ class HitRecorder:
         # belong to it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hits-writer")
 
-    def record(self, hit: HitTuple) -> None:
-        """Hot path: one append while there is room, else count it per (client, name, type, entry, second).
-
-        The entry point for every hit, whichever process answered: a plain tuple in ``Hit``'s order."""
-        if not self.enabled:
-            return
-        if len(self.buffer) < self._cap_fields:
-            self.buffer.extend(hit)
-            return
-        key = (int(hit[0]), hit[1], hit[2], hit[3], hit[4], hit[5], hit[6])  # count_key, without the call
-        agg = self.aggregated
-        if key in agg:
-            agg[key] += 1
-        elif len(agg) < self.cap * 4:
-            agg[key] = 1
-        else:
-            self.dropped += 1
-
     def record_batch(self, flat: list[Any], agg: dict[tuple[Any, ...], int], dropped: int = 0) -> None:
         """Hits recorded in another process (a DNS worker's batch, laid out as ``FlatHits``, its
         per-second counts and its losses): appended while there is room, the rest counted as
@@ -185,20 +164,7 @@ class HitRecorder:
             self.buffer.extend(flat[:room])
             for i in range(room, len(flat), HIT_FIELDS):
                 self.record(flat[i : i + HIT_FIELDS])  # type: ignore[arg-type]
-        target = self.aggregated
-        for key, count in agg.items():
-            if key in target:
-                target[key] += count
-            elif len(target) < self.cap * 4:
-                target[key] = count
-            else:
-                self.dropped += count
-
-    def take(self) -> tuple[FlatHits, dict[tuple[Any, ...], int]]:
-        """Everything buffered, leaving the buffers empty (called on the event loop)."""
-        batch, self.buffer = self.buffer, FlatHits()
-        agg, self.aggregated = self.aggregated, {}
-        return batch, agg
+        self.add_counts(agg)
 
     async def run(self) -> None:
         """Flush every ``flush_interval`` until cancelled; then flush what is left."""

@@ -2,7 +2,10 @@
 
 Owns the SQLite schema and its migrations, the writer connection (used only by the writer
 thread, so a write never runs on the event loop), and read-only connections in a small thread
-pool for the API. WAL lets the API read while the writer appends. Must not import the resolver.
+pool for the API. WAL lets the API read while the writer appends. Also owns deferring the daily
+roll-ups under load (``ROLLUP_SECONDS``, meta ``rolled_upto``): a flood hits the same names every
+second, and one upsert per name every few seconds costs a fraction of one per name per batch.
+Must not import the resolver.
 """
 
 from __future__ import annotations
@@ -19,10 +22,20 @@ from typing import Any
 
 from hits.chain import GENESIS
 from hits.checkpoint import ChainHead, create_private
-from hits.store import BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, Entries, HitStore, StoreError, anchor_text
+from hits.store import BLOCK_SHIFT, CLIENT_BLOCK_SHIFT, DAY_MS, SCHEMA_VERSION, Batch, Entries, HitStore, StoreError, anchor_text
 
 # SQLite's primary result codes (``sqlite3.Error.sqlite_errorcode & 0xff``) -> cause.
 _CAUSES = {13: "disk_full", 8: "read_only", 11: "corrupt", 26: "corrupt", 10: "io", 14: "io", 5: "unavailable", 6: "unavailable"}
+
+
+# Daily roll-ups are written with every batch while they are few (a quiet node, the tests: the
+# statistics are current at once); beyond ``ROLLUP_KEYS`` keys pending they wait, merged in
+# memory, at most ``ROLLUP_SECONDS``: under a flood each listed name is hit every second, and its
+# upsert is the costliest statement per hit after the row itself. Meta ``rolled_upto`` is the
+# newest hit id counted in the tables, written in the same transaction as the counts; at open,
+# rows after it (a process killed with counts pending) are rolled up from the rows.
+ROLLUP_SECONDS = 5.0
+ROLLUP_KEYS = 1024
 
 
 def sqlite_cause(exc: BaseException) -> str:
@@ -78,6 +91,39 @@ def _head(conn: sqlite3.Connection) -> ChainHead:
     if newest is None:
         return ChainHead(total, anchor_hex, _meta_int(conn, "last_id") or 0, purged, anchor_hex)
     return ChainHead(total, bytes(newest[0]).hex(), newest[1], purged, anchor_hex)
+
+_ROWS_AFTER = "FROM batches b JOIN hits h ON h.id >= b.first_hit AND h.id <= b.last_hit WHERE b.last_hit > ? AND h.id > ?"
+_DAY_OF = f"(b.min_ts + h.ts) / {DAY_MS}"
+# The daily roll-ups of the rows after ``rolled_upto`` (bound twice), added to the tables.
+ROLL_UP_AFTER = [
+    f"INSERT INTO daily_rule (day, rule, hits) SELECT {_DAY_OF}, h.rule, SUM(h.cnt) {_ROWS_AFTER} GROUP BY 1, 2 "
+    "ON CONFLICT (day, rule) DO UPDATE SET hits = hits + excluded.hits",
+    f"INSERT INTO daily_name (day, name, hits) SELECT {_DAY_OF}, h.name, SUM(h.cnt) {_ROWS_AFTER} GROUP BY 1, 2 "
+    "ON CONFLICT (day, name) DO UPDATE SET hits = hits + excluded.hits",
+    f"INSERT INTO daily_net (day, net, hits) SELECT {_DAY_OF}, n.id, SUM(h.cnt) FROM batches b JOIN hits h "
+    "ON h.id >= b.first_hit AND h.id <= b.last_hit JOIN clients c ON c.id = h.client JOIN nets n ON n.net = c.net "
+    "WHERE b.last_hit > ? AND h.id > ? GROUP BY 1, 2 ON CONFLICT (day, net) DO UPDATE SET hits = hits + excluded.hits",
+]
+
+
+def _last_id(conn: sqlite3.Connection) -> int:
+    top = conn.execute("SELECT MAX(id) FROM hits").fetchone()[0] or 0
+    return max(top, _meta_int(conn, "last_id") or 0)
+
+
+def _catch_up_rollups(conn: sqlite3.Connection) -> None:
+    """Inside the caller's transaction: count rows after ``rolled_upto`` into the roll-ups
+    (written before a crash, their counts still pending), or set it when a store has none."""
+    rolled = _meta_int(conn, "rolled_upto")
+    last = _last_id(conn)
+    if rolled is None:  # a store written before deferral: every row is counted
+        _set_meta(conn, "rolled_upto", str(last))
+        return
+    if rolled < last:
+        for stmt in ROLL_UP_AFTER:
+            conn.execute(stmt, (rolled, rolled))
+        _set_meta(conn, "rolled_upto", str(last))
+
 
 # Each migration moves the schema from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -179,6 +225,13 @@ MIGRATIONS: list[str] = [
     DROP TABLE daily_net;
     ALTER TABLE daily_net_v3 RENAME TO daily_net;
     """,
+    # 4: which clients occur in each block of 4096 hit ids (CLIENT_BLOCK_SHIFT) instead of one
+    # entry per hit: a client's hits repeat, and its filter scans those blocks.
+    """
+    CREATE TABLE client_blocks (client INTEGER, block INTEGER, PRIMARY KEY (client, block)) WITHOUT ROWID;
+    INSERT INTO client_blocks (client, block) SELECT DISTINCT client, id >> 12 FROM hits;
+    DROP TABLE client_hits;
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -192,6 +245,10 @@ DICT = {
 }
 _INSERT = "INSERT INTO hits (ts, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?)"
 _INSERT_ID = "INSERT INTO hits (id, ts, client, name, qtype, listed, rule, policy, cnt) VALUES (?,?,?,?,?,?,?,?,?)"
+# Rows go in ``_ROWS_PER`` at a time, one statement with that many VALUES: the sqlite3 module's
+# per-statement overhead, paid per row by executemany, is most of a row's cost from Python.
+_ROWS_PER = 128
+_INSERT_MANY = _INSERT.replace("(?,?,?,?,?,?,?,?)", ",".join(["(?,?,?,?,?,?,?,?)"] * _ROWS_PER))
 UNIQUE = {"node": ("node",), "client": ("client",), "name": ("rev",), "rule": ("agencies", "action"), "policy": ("version",), "net": ("net",)}
 
 
@@ -222,6 +279,7 @@ class SqliteStore(HitStore):
 
     kind = "sqlite"
     postings = True
+    client_blocks = True
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock)
@@ -231,6 +289,13 @@ class SqliteStore(HitStore):
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hits-read")
         self._conns: list[sqlite3.Connection] = []
         self._wlock = threading.Lock()  # writer thread and retention never write at once
+        # Daily roll-ups not written yet (table -> day -> key -> hits), and ``rolled_upto`` as
+        # this process last wrote or read it (another value in the store: rebuilt meanwhile).
+        self._pending: dict[str, dict[int, dict[int, int]]] = {"daily_rule": {}, "daily_name": {}, "daily_net": {}}
+        self._pending_keys = 0
+        self._rolled: int | None = None
+        self._pending_upto = 0  # the newest hit id of the batches whose counts are pending
+        self._rolled_at = float("-inf")  # time.monotonic() of the last roll-up write (the first write is due)
 
     async def open(self, create: bool = True) -> None:
         await asyncio.to_thread(self._open, create)
@@ -296,6 +361,9 @@ class SqliteStore(HitStore):
             )
             if _meta_int(conn, "batches_total") is None:  # stores written before checkpoints
                 _set_meta(conn, "batches_total", str(_head(conn).batches))
+            _catch_up_rollups(conn)
+            self._rolled = _meta_int(conn, "rolled_upto")
+            self._clear_pending()
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -308,6 +376,7 @@ class SqliteStore(HitStore):
         self._conns.clear()
         if self._w is not None:
             with self._wlock:
+                self._flush_rollups()
                 self._w.close()
             self._w = None
 
@@ -395,25 +464,94 @@ class SqliteStore(HitStore):
                 # write lock is held), so that the rows bind no id.
                 conn.execute(_INSERT_ID, (first, *next(rows)))
                 if n > 1:
-                    conn.executemany(_INSERT, rows)
+                    _insert_rows(conn, batch.columns)
                 last = conn.execute("SELECT MAX(id) FROM hits").fetchone()[0]
                 if last - first + 1 != n:
                     raise StoreError(f"hit ids not contiguous: {first}..{last} for {n} rows")
                 conn.execute("INSERT INTO name_hits (n, hid) SELECT name, id FROM hits WHERE id >= ? ORDER BY name, id", (first,))
-                conn.execute("INSERT INTO client_hits (c, hid) SELECT client, id FROM hits WHERE id >= ? ORDER BY client, id", (first,))
+                conn.executemany("INSERT INTO client_blocks (client, block) VALUES (?,?) ON CONFLICT DO NOTHING", batch.client_blocks(first))
                 h = batch.digest(prev_hash, first)
                 conn.execute(
                     "INSERT INTO batches (node, written, first_hit, last_hit, min_ts, max_ts, hash, format) VALUES (?,?,?,?,?,?,?,2)",
                     (batch.node, int(self.clock() * 1000), first, last, batch.base_ts, batch.max_ts, h),
                 )
                 conn.executemany("INSERT INTO rule_blocks (rule, block) VALUES (?,?) ON CONFLICT DO NOTHING", batch.rule_blocks(first))
-                _rollups(conn, batch)
+                _pairs(conn, batch)
+                rolled = _meta_int(conn, "rolled_upto")
+                if rolled != self._rolled or (self._pending_keys and first != self._pending_upto + 1):
+                    # ``rebuild-index`` counted every row up to its own mark, a failed write lost
+                    # what was pending, or rows of another writer lie between the pending ones and
+                    # this batch: count the rows after the store's mark (this batch's too).
+                    self._clear_pending()
+                    _catch_up_rollups(conn)
+                    due, new_rolled = True, last
+                else:
+                    pending = self._merge_pending(batch)
+                    due = self._pending_keys <= ROLLUP_KEYS or time.monotonic() - self._rolled_at >= ROLLUP_SECONDS
+                    if due:
+                        _rollups(conn, pending)
+                        _set_meta(conn, "rolled_upto", str(last))
+                        new_rolled = last
+                    else:
+                        new_rolled = rolled
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
+                self._clear_pending()
+                self._rolled = None  # counts of committed batches may have been lost: read it back and catch up
                 raise
+            self._rolled = new_rolled
+            self._pending_upto = last
+            if due:
+                self._clear_pending()
+                self._rolled_at = time.monotonic()
             self.head = ChainHead(total + 1, h.hex(), last, purged, anchor_hex)
         return first, last
+
+    def _merge_pending(self, batch: Batch) -> dict[str, dict[int, dict[int, int]]]:
+        """The batch's roll-ups added to what is pending (a copy when nothing was: the batch's own)."""
+        pending = self._pending
+        for table, per_day in (("daily_rule", batch.daily_rule), ("daily_name", batch.daily_name), ("daily_net", batch.daily_net)):
+            into = pending[table]
+            for day, counts in per_day.items():
+                have = into.get(day)
+                if have is None:
+                    into[day] = dict(counts)
+                    self._pending_keys += len(counts)
+                    continue
+                before = len(have)
+                get = have.get
+                for key, c in counts.items():
+                    have[key] = get(key, 0) + c
+                self._pending_keys += len(have) - before
+        return pending
+
+    def _clear_pending(self) -> None:
+        self._pending = {"daily_rule": {}, "daily_name": {}, "daily_net": {}}
+        self._pending_keys = 0
+
+    def _flush_rollups(self) -> None:
+        """Under the write lock: write the pending roll-ups now (shutdown, retention)."""
+        conn = self._w
+        if conn is None or not self._pending_keys:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if _meta_int(conn, "rolled_upto") == self._rolled:
+                _rollups(conn, self._pending)  # the rows after the mark, up to this writer's newest
+                _set_meta(conn, "rolled_upto", str(self._pending_upto))
+                _catch_up_rollups(conn)  # and any another writer added since (none, as a rule)
+            else:  # rebuilt meanwhile (every row counted up to its mark), or the mark was lost
+                _catch_up_rollups(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            self._rolled = None  # the next write counts from the rows
+            raise
+        finally:
+            self._clear_pending()
+        self._rolled = _meta_int(conn, "rolled_upto")
+        self._rolled_at = time.monotonic()
 
     async def execute_locked(self, stmts: Sequence[str]) -> None:
         await asyncio.to_thread(self._execute_locked, stmts)
@@ -437,6 +575,8 @@ class SqliteStore(HitStore):
     def _purge(self, cutoff_ms: int) -> int:
         conn = self._w
         assert conn is not None
+        with self._wlock:  # counts pending for the days about to go would come back after them
+            self._flush_rollups()
         removed = 0
         while True:
             # Oldest batches first, a chunk per transaction so that the writer is never held up long.
@@ -456,13 +596,13 @@ class SqliteStore(HitStore):
                             "INSERT INTO meta (key, value) SELECT 'last_id', CAST(COALESCE(MAX(id), 0) AS TEXT) FROM hits WHERE true "
                             "ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))"
                         )
-                        for table, key, col in (("name_hits", "n", "name"), ("client_hits", "c", "client")):
-                            conn.executemany(
-                                f"DELETE FROM {table} WHERE hid >= ? AND hid <= ? AND {key} IN (SELECT DISTINCT {col} FROM hits WHERE id >= ? AND id <= ?)",
-                                [(b[1], b[2], b[1], b[2]) for b in gone],
-                            )
+                        conn.executemany(
+                            "DELETE FROM name_hits WHERE hid >= ? AND hid <= ? AND n IN (SELECT DISTINCT name FROM hits WHERE id >= ? AND id <= ?)",
+                            [(b[1], b[2], b[1], b[2]) for b in gone],
+                        )
                         conn.executemany("DELETE FROM hits WHERE id >= ? AND id <= ?", [(b[1], b[2]) for b in gone])
                         conn.execute("DELETE FROM rule_blocks WHERE block < ?", ((gone[-1][2] + 1) >> BLOCK_SHIFT,))
+                        conn.execute("DELETE FROM client_blocks WHERE block < ?", ((gone[-1][2] + 1) >> CLIENT_BLOCK_SHIFT,))
                         conn.execute("DELETE FROM batches WHERE id <= ?", (gone[-1][0],))
                         conn.execute(
                             "INSERT INTO meta (key, value) VALUES ('anchor', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -488,9 +628,23 @@ class SqliteStore(HitStore):
         return removed
 
 
-def _rollups(conn: sqlite3.Connection, batch: Batch) -> None:
-    for table, key, per_day in (("daily_rule", "rule", batch.daily_rule), ("daily_name", "name", batch.daily_name), ("daily_net", "net", batch.daily_net)):
-        for day, counts in per_day.items():
+def _insert_rows(conn: sqlite3.Connection, columns: tuple[list[int], ...]) -> None:
+    """Every row but the first (already inserted with its id), ``_ROWS_PER`` per statement."""
+    width = len(columns)
+    flat: list[int] = [0] * (width * (len(columns[0]) - 1))
+    for i, col in enumerate(columns):
+        flat[i::width] = col[1:]  # interleaved at C speed
+    step = width * _ROWS_PER
+    whole = len(flat) - len(flat) % step
+    if whole:
+        conn.executemany(_INSERT_MANY, (flat[j : j + step] for j in range(0, whole, step)))
+    if whole < len(flat):  # the last rows one by one: one prepared statement, not one per remainder
+        conn.executemany(_INSERT, (flat[j : j + width] for j in range(whole, len(flat), width)))
+
+
+def _rollups(conn: sqlite3.Connection, pending: dict[str, dict[int, dict[int, int]]]) -> None:
+    for table, key in (("daily_rule", "rule"), ("daily_name", "name"), ("daily_net", "net")):
+        for day, counts in pending[table].items():
             # The day as a literal (an int), the rows as (key, hits) pairs in key order:
             # neighbouring rows of the table, and no tuple built per row.
             conn.executemany(
@@ -498,6 +652,9 @@ def _rollups(conn: sqlite3.Connection, batch: Batch) -> None:
                 f"ON CONFLICT (day, {key}) DO UPDATE SET hits = hits + excluded.hits",
                 sorted(counts.items()),
             )
+
+
+def _pairs(conn: sqlite3.Connection, batch: Batch) -> None:
     if batch.name_rules:
         conn.executemany("INSERT INTO name_rules (name, rule) VALUES (?,?) ON CONFLICT DO NOTHING", batch.name_rules)
     if batch.first_seen:

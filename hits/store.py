@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import time
+from itertools import repeat
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +25,13 @@ from hits.checkpoint import ChainHead
 from hits.chain import GENESIS, REFS, Row, digest, digest_v2, referenced, referenced_v2, text_block
 from hits.query import DRIVE_MAX, INLINE_MAX, OBSERVE, Filters, Resolved, action_matches, hit_dict, name_rev, page_sql
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DAY_MS = 86_400_000
 BLOCK_SHIFT = 10  # rule_blocks: which agency sets occur among each 1024 consecutive hit ids
+# client_blocks (SQLite, schema 4): which clients occur among each 4096 consecutive hit ids. Far
+# fewer entries than one per hit where clients repeat (a flood, a busy subscriber), and a client
+# filter then scans only those blocks, 4096 rows at most each.
+CLIENT_BLOCK_SHIFT = 12
 BOUNDARY_MAX = 64  # batches straddling a time bound matched one by one; beyond, per row through batches
 KINDS = ("node", "client", "name", "rule", "policy")
 # kind -> (table, text column expression, key column)
@@ -93,15 +98,24 @@ class Batch:
 
     def rule_blocks(self, first: int) -> list[tuple[int, int]]:
         """(rule, block) pairs of the rows once their first id is known (one set per block)."""
-        rules = self.columns[5]
-        out: set[tuple[int, int]] = set()
-        i, n = 0, len(rules)
-        while i < n:
-            block = (first + i) >> BLOCK_SHIFT
-            end = min(n, ((block + 1) << BLOCK_SHIFT) - first)
-            out.update((r, block) for r in set(rules[i:end]))
-            i = end
-        return sorted(out)
+        return blocks(self.columns[5], first, BLOCK_SHIFT)
+
+    def client_blocks(self, first: int) -> list[tuple[int, int]]:
+        """(client, block) pairs of the rows, blocks of ``CLIENT_BLOCK_SHIFT``."""
+        return blocks(self.columns[1], first, CLIENT_BLOCK_SHIFT)
+
+
+def blocks(values: Sequence[int], first: int, shift: int) -> list[tuple[int, int]]:
+    """(value, block) pairs of a column whose first row has id ``first``: which values occur in
+    each ``1 << shift`` consecutive ids (one set per block, C-level)."""
+    out: set[tuple[int, int]] = set()
+    i, n = 0, len(values)
+    while i < n:
+        block = (first + i) >> shift
+        end = min(n, ((block + 1) << shift) - first)
+        out.update(zip(set(values[i:end]), repeat(block)))
+        i = end
+    return sorted(out)
 
 
 @dataclass(frozen=True)
@@ -122,7 +136,8 @@ class HitStore(abc.ABC):
     """A hit store. Subclasses provide the connection handling and the dialect."""
 
     kind = "?"
-    postings = False  # names and clients drive through name_hits / client_hits (SQLite), else indexes on hits
+    postings = False  # names drive through name_hits (SQLite), else an index on hits
+    client_blocks = False  # clients drive through client_blocks (SQLite), else an index on hits
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
@@ -295,21 +310,24 @@ class HitStore(abc.ABC):
             return [], None
         extra = await self._time_preds(f, lo, hi)
         drive = next((r for r in resolved if r.ids is not None and 0 < len(r.ids) <= DRIVE_MAX), None)
-        if drive is None or drive.column != "rule":
+        if drive is not None and (drive.column == "rule" or (drive.column == "client" and self.client_blocks)):
+            rows = await self._page_by_blocks(resolved, drive, f, lo, hi, before, limit, extra)
+        else:
             sql, params = page_sql(resolved, f, lo, hi, before, limit, extra, self.postings)
             rows = await self.fetch(sql, params)
-        else:
-            rows = await self._page_by_rule_blocks(resolved, drive.ids or (), f, lo, hi, before, limit, extra)
         hits = [hit_dict(r) for r in rows]
         nxt = hits[-1]["id"] if len(hits) == limit else None
         return hits, nxt
 
-    async def _page_by_rule_blocks(
-        self, resolved: list[Resolved], rules: Sequence[int], f: Filters, lo: int | None, hi: int | None,
+    async def _page_by_blocks(
+        self, resolved: list[Resolved], drive: Resolved, f: Filters, lo: int | None, hi: int | None,
         before: int | None, limit: int, extra: tuple[list[str], list[Any]],
     ) -> list[tuple[Any, ...]]:
-        """Agency sets have no index on the hits (few values, and an index costs every hit):
-        ``rule_blocks`` says which 1024-id blocks hold them; scan only those, newest first."""
+        """Agency sets (and, in SQLite, clients) have no index on the hits (an index costs every
+        hit): ``rule_blocks`` says which 1024-id blocks hold an agency set, ``client_blocks``
+        which 4096-id blocks a client; scan only those, newest first."""
+        rules = drive.ids or ()
+        table, col, shift = ("rule_blocks", "rule", BLOCK_SHIFT) if drive.column == "rule" else ("client_blocks", "client", CLIENT_BLOCK_SHIFT)
         top = before - 1 if before is not None else (hi if hi is not None else 1 << 62)
         if hi is not None:
             top = min(top, hi)
@@ -318,27 +336,27 @@ class HitStore(abc.ABC):
         chunk = 256
         while top >= bottom and len(out) < limit:
             parts = " UNION ALL ".join(
-                f"SELECT * FROM (SELECT rule, block FROM rule_blocks WHERE rule = ? AND block <= ? AND block >= ? "
+                f"SELECT * FROM (SELECT {col}, block FROM {table} WHERE {col} = ? AND block <= ? AND block >= ? "
                 f"ORDER BY block DESC LIMIT {chunk}) AS b{i}"
                 for i in range(len(rules))
             )
             params: list[Any] = []
             for r in rules:
-                params += [r, top >> BLOCK_SHIFT, bottom >> BLOCK_SHIFT]
+                params += [r, top >> shift, bottom >> shift]
             per_rule: dict[int, list[int]] = {}
             for rule, block in await self.fetch(parts, params):
                 per_rule.setdefault(rule, []).append(block)
             if not per_rule:
                 break
-            blocks = sorted({b for bs in per_rule.values() for b in bs}, reverse=True)
+            found = sorted({b for bs in per_rule.values() for b in bs}, reverse=True)
             # A rule that filled its list may have more blocks below its lowest: stop there this round.
             full = [min(bs) for bs in per_rule.values() if len(bs) >= chunk]
-            floor = max(full) if full else bottom >> BLOCK_SHIFT
+            floor = max(full) if full else bottom >> shift
             ranges: list[list[int]] = []
-            for block in blocks:
+            for block in found:
                 if block < floor:
                     break
-                a, b = block << BLOCK_SHIFT, ((block + 1) << BLOCK_SHIFT) - 1
+                a, b = block << shift, ((block + 1) << shift) - 1
                 if ranges and ranges[-1][0] == b + 1:
                     ranges[-1][0] = a
                 else:
@@ -347,11 +365,12 @@ class HitStore(abc.ABC):
                 a, b = max(a, bottom), min(b, top)
                 if a > b:
                     continue
-                sql, params = page_sql(resolved, f, a, b, None, limit - len(out), extra, self.postings)
+                # Inside a block the rows are few: scanned by id, whichever column drives.
+                sql, params = page_sql(resolved, f, a, b, None, limit - len(out), extra, self.postings and drive.column != "client")
                 out += await self.fetch(sql, params)
                 if len(out) >= limit:
                     break
-            top = (floor << BLOCK_SHIFT) - 1
+            top = (floor << shift) - 1
         return out[:limit]
 
     async def iterate(self, f: Filters, chunk: int = 5000) -> AsyncIterator[list[dict[str, Any]]]:
@@ -454,10 +473,15 @@ class HitStore(abc.ABC):
         rows = await self.fetch("SELECT MIN(first_hit), MAX(last_hit), MIN(min_ts), MAX(max_ts), COUNT(*) FROM batches")
         lo, hi, oldest, newest, batches = rows[0]
         total = await self.fetch("SELECT SUM(hits) FROM daily_rule")
+        hits = int(total[0][0] or 0)
+        rolled = await self.fetch("SELECT value FROM meta WHERE key = 'rolled_upto'")
+        if rolled:  # rows whose roll-ups the writer still holds (SQLite, under load)
+            tail = await self.fetch("SELECT SUM(cnt) FROM hits WHERE id > ?", (int(rolled[0][0]),))
+            hits += int(tail[0][0] or 0)
         return {
             "store": self.kind,
             "rows": (hi - lo + 1) if lo is not None else 0,
-            "hits": int(total[0][0] or 0),
+            "hits": hits,
             "batches": batches,
             "oldest": _ms_text(oldest) if oldest is not None else None,
             "newest": _ms_text(newest) if newest is not None else None,
@@ -541,4 +565,4 @@ def _ms_text(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{int(ms) % 1000:03d}Z"
 
 
-__all__ = ["Batch", "Broken", "Entries", "HitStore", "StoreError", "DAY_MS", "KINDS", "REFS", "SCHEMA_VERSION", "DICT_TABLES"]
+__all__ = ["Batch", "Broken", "Entries", "HitStore", "StoreError", "BLOCK_SHIFT", "CLIENT_BLOCK_SHIFT", "DAY_MS", "KINDS", "REFS", "SCHEMA_VERSION", "DICT_TABLES", "blocks"]

@@ -6,7 +6,8 @@ Owns one measurement: each peer (betblock in a few configurations, PowerDNS Recu
 runs under ``valgrind --tool=callgrind --instr-atstart=no --trace-children=yes`` with the same
 list and upstream as ``bench/bench.py``; after its list is loaded and (for the cached mix) every
 allowed name was asked once, counting is switched on in every one of its processes, dnsperf
-sends each query of the mix's file once, and the counters are dumped. Instructions ÷ answered
+sends each query of the mix's file once, and the counters are dumped (``miss``: unique names
+under NSD's wildcard zone, so every query goes upstream; NSD's own instructions are not counted). Instructions ÷ answered
 queries is the figure, summed over the peer's processes (betblock's control plane included).
 
 Instructions are not CPU time (a cache miss or a system call costs more than its count says,
@@ -43,7 +44,7 @@ VARIANTS = {
     "betblock-w1": {"BETBLOCK_DNS__WORKERS": "1"},  # control plane + one worker, JSON-lines hits
     "betblock-default": {"BETBLOCK_DNS__WORKERS": "1", "BETBLOCK_HITS__STORE": "sqlite"},  # + the default SQLite store
 }
-QUERY_FILE = {"blocked": "q-blocked-{size}.txt", "allowed": "q-allowed.txt", "hot": "q-allowed.txt"}
+QUERY_FILE = {"blocked": "q-blocked-{size}.txt", "allowed": "q-allowed.txt", "hot": "q-allowed.txt", "miss": "q-miss.txt"}
 HOT_REPEAT = 10  # "hot": each allowed name this many times in a row (betblock's per-second memo)
 
 
@@ -154,7 +155,8 @@ def main(argv: list[str]) -> int:
                     help="comma-separated: pdns, unbound and betblock variants " + ", ".join(VARIANTS))
     ap.add_argument("--mixes", default="blocked,allowed,hot",
                     help="blocked; allowed: cached names, each once (the cache's full path); "
-                         "hot: cached names, each 10 times in a row (the memo's path)")
+                         "hot: cached names, each 10 times in a row (the memo's path); "
+                         "miss: unique names under NSD's wildcard zone, each a cache miss (not in the default)")
     ap.add_argument("--betblock-cmd", default=peers.BETBLOCK_CMD, help="as bench/bench.py's")
     ap.add_argument("--queries", type=int, default=5000, help="queries per mix, each sent once (default: 5000)")
     ap.add_argument("--keep", action="store_true", help="keep each mix's callgrind dumps in bench/run/icount/PEER-SIZE/")

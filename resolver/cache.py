@@ -66,9 +66,16 @@ class CacheEntry:
         self.expires = stored + lifetime
         self.cnames = parsed.cname_targets
         self.recheck = 0  # expired, and a refresh failed: served stale without asking until then
-        self._sec = -1  # the second the bodies below were patched for, or _STALE
-        self._plain = b""
-        self._edns = b""
+        if ttls is parsed.ttls:
+            # No TTL was clamped (lifetime_of), so the reply's body is already this second's
+            # render: the miss that stored it is answered without patching a copy.
+            self._sec = stored  # the second the bodies below were patched for, or _STALE
+            self._plain = body = parsed.body
+            self._edns = body[:10] + U16.pack(U16.unpack_from(body, 10)[0] + 1) + body[12:]
+        else:
+            self._sec = -1
+            self._plain = b""
+            self._edns = b""
 
     def render(self, data: bytes, q: Query, now: int, udp_size: int, limit: int) -> bytes:
         """The reply for query ``q`` in ``data``, TTLs decreased to ``now``; TC when over ``limit``."""
@@ -127,20 +134,28 @@ class CacheEntry:
 
 
 def lifetime_of(parsed: ParsedAnswer, settings: CacheSettings) -> tuple[int, tuple[int, ...]]:
-    """(seconds to keep, clamped TTLs); 0 seconds means do not cache."""
-    if parsed.truncated or parsed.rcode not in (NOERROR, NXDOMAIN):
+    """(seconds to keep, clamped TTLs); 0 seconds means do not cache. The TTLs are the reply's
+    own tuple (``is parsed.ttls``) when no clamp changed any of them."""
+    rcode = parsed.rcode
+    if parsed.truncated or (rcode != NOERROR and rcode != NXDOMAIN):
         return 0, ()
-    ttls = tuple(min(max(t, settings.min_ttl), settings.max_ttl) for t in parsed.ttls)
-    negative = parsed.rcode == NXDOMAIN or parsed.ancount == 0
-    if negative:
+    ttls = parsed.ttls
+    if ttls:
+        # Each settings read is a pydantic attribute lookup, and a per-TTL generator costs more
+        # than the rest of this function: clamp only when a TTL is out of bounds (rarely).
+        lo, hi = settings.min_ttl, settings.max_ttl
+        if (lo and min(ttls) < lo) or max(ttls) > hi:
+            ttls = tuple([lo if t < lo else hi if t > hi else t for t in ttls])
+    ancount = parsed.ancount
+    if rcode == NXDOMAIN or ancount == 0:  # negative
         if parsed.neg_ttl is None:
             return 0, ()
         life = min(max(parsed.neg_ttl, settings.min_ttl), settings.max_negative_ttl)
         # Serve the SOA with the negative TTL (RFC 2308 section 5), never longer.
-        ttls = tuple(min(t, life) for t in ttls)
+        if ttls and max(ttls) > life:
+            ttls = tuple([t if t < life else life for t in ttls])
         return life, ttls
-    life = min(ttls[: parsed.ancount]) if parsed.ancount else 0
-    return life, ttls
+    return min(ttls[:ancount]), ttls
 
 
 class AnswerCache:

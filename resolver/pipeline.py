@@ -509,7 +509,8 @@ class Pipeline:
         if exc is None:
             try:
                 cache = self.cache
-                entry, cacheable = cache.entry_for(parse_answer(raw), cache.now())  # type: ignore[arg-type]
+                now = cache.now()
+                entry, cacheable = cache.entry_for(parse_answer(raw), now)  # type: ignore[arg-type]
                 if cacheable:
                     cache.put(fetch.key, entry)
             except WireError as bad:
@@ -521,7 +522,7 @@ class Pipeline:
             else:
                 for m in waiters:
                     if m.done is not None:
-                        self._reply(m, entry)
+                        self._reply(m, entry, now)
                 return
         if isinstance(exc, (TimeoutError, UpstreamError, WireError)):
             log.debug("upstream failed", error=str(exc) or type(exc).__name__)
@@ -535,7 +536,7 @@ class Pipeline:
             for m in waiters:
                 self._deliver(m, self._failed(m.data, m.q))
 
-    def _reply(self, m: Miss, entry: CacheEntry) -> None:
+    def _reply(self, m: Miss, entry: CacheEntry, now: int) -> None:
         try:
             if entry.cnames and self.cname_inspection:
                 blocked = self._cname_block(m.data, m.q, m.name, m.client, entry, m.limit)
@@ -543,7 +544,7 @@ class Pipeline:
                     self._deliver(m, blocked or None)  # type: ignore[arg-type]  # b"": dropped
                     return
             self._counts[_FORWARDED] += 1
-            resp = entry.render(m.data, m.q, self.cache.now(), self.udp_size, m.limit)
+            resp = entry.render(m.data, m.q, now, self.udp_size, m.limit)
         except Exception:
             resp = self._failed(m.data, m.q)
         self._deliver(m, resp)

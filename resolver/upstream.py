@@ -28,18 +28,25 @@ from functools import partial
 from config.errors import BetblockError
 from resolver.timers import FixedDelay
 from resolver.wire import (
+    CD,
     FORMERR,
-    HEADER,
     NOTIMP,
     QR,
+    RD,
     REFUSED,
     SERVFAIL,
-    TC,
+    TYPE_CLASS,
+    U16,
     build_query,
+    opt_record,
 )
 
 _RETRY_RCODES = frozenset((SERVFAIL, REFUSED, FORMERR, NOTIMP))
 _LEN = struct.Struct(">H")
+# A UDP query after its ID, as build_query writes it: flags and counts by CD, then the question,
+# then our OPT record by (UDP size, DO). Built once per exchange from these, not per attempt.
+_FLAGS_COUNTS = {cd: U16.pack(RD | (CD if cd else 0)) + b"\x00\x01\x00\x00\x00\x00\x00\x01" for cd in (False, True)}
+_OPTS: dict[tuple[int, bool], bytes] = {}
 
 
 class UpstreamError(BetblockError):
@@ -298,7 +305,7 @@ class Exchange:
     timer calls ``timed_out``; each ends the attempt (its ID, timer and port released) and
     either finishes or starts the next attempt."""
 
-    __slots__ = ("client", "name", "qtype", "qclass", "do", "cd", "question", "done", "attempt", "errors", "server", "port", "pool", "qid", "timer", "tcp")
+    __slots__ = ("client", "name", "qtype", "qclass", "do", "cd", "question", "query", "done", "attempt", "errors", "server", "port", "pool", "qid", "timer", "tcp")
 
     def __init__(
         self,
@@ -312,10 +319,14 @@ class Exchange:
     ) -> None:
         self.client = client
         self.name, self.qtype, self.qclass, self.do, self.cd = name, qtype, qclass, do, cd
-        self.question = name + struct.pack(">HH", qtype, qclass)
+        self.question = question = name + TYPE_CLASS.pack(qtype, qclass)
+        opt = _OPTS.get((client.udp_size, do))
+        if opt is None:
+            opt = _OPTS[(client.udp_size, do)] = opt_record(client.udp_size, do)
+        self.query = _FLAGS_COUNTS[cd] + question + opt  # the UDP query after its ID
         self.done = done  # None once finished or cancelled
         self.attempt = 0
-        self.errors: list[str] = []
+        self.errors: list[str] | None = None  # what happened to each failed attempt
         self.server: tuple[str, int] | None = None
         self.port: _Port | None = None
         self.pool: PortPool | None = None
@@ -329,7 +340,7 @@ class Exchange:
         servers = client.servers
         while self.done is not None:
             if self.attempt >= len(servers) * 3:
-                self._finish(None, UpstreamError("; ".join(self.errors[-len(servers) :]) or "no attempt made"))
+                self._finish(None, UpstreamError("; ".join((self.errors or [])[-len(servers) :]) or "no attempt made"))
                 return
             server = servers[self.attempt % len(servers)]
             self.attempt += 1
@@ -359,7 +370,7 @@ class Exchange:
         # One shared timer for all attempts (FixedDelay), not a loop timer each: the timeout
         # fails this attempt over; the caller's deadline still cancels the whole exchange.
         self.timer = self.client.timeouts.add(loop, Exchange.timed_out, self)
-        port.sock.send(build_query(qid, self.name, self.qtype, self.qclass, self.do, self.client.udp_size, self.cd))
+        port.sock.send(U16.pack(qid) + self.query)
 
     def _release(self) -> None:
         """End the UDP attempt: its timer, its ID and its port."""
@@ -376,12 +387,14 @@ class Exchange:
     def _failure(self, why: str) -> None:
         key = f"{self.server[0]}:{self.server[1]}"  # type: ignore[index]
         self.client.failures[key] += 1
+        if self.errors is None:
+            self.errors = []
         self.errors.append(f"{key}: {why}")
 
     def answered(self, reply: bytes) -> None:
         """A matching UDP reply (checked by the pool)."""
         self._release()
-        if HEADER.unpack_from(reply)[1] & TC:
+        if reply[2] & 0x02:  # TC (the pool checked that the header is there)
             server = self.pool.server  # type: ignore[union-attr]
             self.tcp = asyncio.ensure_future(self.client.tcp(server, self.name, self.qtype, self.qclass, self.do, self.question, self.cd))
             self.tcp.add_done_callback(self._tcp_done)
@@ -409,7 +422,7 @@ class Exchange:
             self._checked(task.result())
 
     def _checked(self, reply: bytes) -> None:
-        rcode = HEADER.unpack_from(reply)[1] & 0xF
+        rcode = reply[3] & 0xF
         if rcode in _RETRY_RCODES:
             self._failure(f"rcode {rcode}")
             self.next()

@@ -304,6 +304,10 @@ class ParsedAnswer(NamedTuple):
     truncated: bool
 
 
+# Builds a ParsedAnswer without the Python-level NamedTuple.__new__ (once per cache miss).
+_new_parsed = tuple.__new__
+
+
 def parse_answer(data: bytes) -> ParsedAnswer:
     """Walk an upstream reply: TTL offsets, negative TTL, CNAME targets; strip the OPT record."""
     n = len(data)
@@ -318,12 +322,16 @@ def parse_answer(data: bytes) -> ParsedAnswer:
     cnames: list[bytes] = []
     neg_ttl: int | None = None
     opt_span: tuple[int, int] | None = None
+    unpack = RR_FIXED.unpack_from
     for i in range(ancount + nscount + arcount):
         start = pos
-        pos = _skip_name(data, pos)
+        if pos < n and data[pos] >= 0xC0:
+            pos += 2  # the usual owner, a compression pointer (the bounds check below covers it)
+        else:
+            pos = _skip_name(data, pos)
         if pos + 10 > n:
             raise FormErr("record truncated")
-        rtype, _rclass, ttl, rdlen = RR_FIXED.unpack_from(data, pos)
+        rtype, _rclass, ttl, rdlen = unpack(data, pos)
         rdata = pos + 10
         end = rdata + rdlen
         if end > n:
@@ -333,23 +341,31 @@ def parse_answer(data: bytes) -> ParsedAnswer:
         else:
             offsets.append(pos + 4)
             ttls.append(ttl)
-            if i < ancount and rtype == T_CNAME:
-                cnames.append(read_name(data, rdata)[0])
-            elif ancount <= i < ancount + nscount and rtype == T_SOA and rdlen >= 22:
+            if i < ancount:
+                if rtype == T_CNAME:
+                    cnames.append(read_name(data, rdata)[0])
+            elif i < ancount + nscount and rtype == T_SOA and rdlen >= 22:
                 minimum = U32.unpack_from(data, end - 4)[0]
                 neg_ttl = min(ttl, minimum)
         pos = end
     # We are a recursive resolver, not the authority: our answers never carry AA and always
     # carry RA, whatever the upstream set (an authoritative upstream such as NSD sets no RA).
-    body = data[:2] + U16.pack((flags & ~AA) | RA) + data[4:pos]
-    if opt_span is not None:
+    head = data[:2] + U16.pack((flags & ~AA) | RA)
+    if opt_span is None:
+        body = head + data[4:pos]
+    elif opt_span[1] == pos:
+        # The usual place of the OPT record: last. One copy, and no TTL offset moves.
+        body = head + data[4:10] + U16.pack(arcount - 1) + data[12 : opt_span[0]]
+    else:
+        body = head + data[4:pos]
         start, end = opt_span
         body = body[:start] + body[end:pos]
         body = body[:10] + U16.pack(arcount - 1) + body[12:]
         cut = end - start
         offsets = [o - cut if o > start else o for o in offsets]
-    return ParsedAnswer(
-        body, flags & 0xF, flags, tuple(offsets), tuple(ttls), ancount, neg_ttl, tuple(cnames), bool(flags & TC)
+    return _new_parsed(
+        ParsedAnswer,
+        (body, flags & 0xF, flags, tuple(offsets), tuple(ttls), ancount, neg_ttl, tuple(cnames), bool(flags & TC)),
     )
 
 

@@ -3,7 +3,8 @@
 Owns compiling (off the event loop, coalesced: callers arriving during a compile share the next
 one), the choice between patching the last snapshot (only plain names of one source changed, up
 to ``PATCH_LIMIT``) and a full compile, publishing (one call of ``install``), saving the snapshot
-in the background (only the latest; a superseded one is never written), recording each install
+in the background (only the latest; a superseded one is never written; with DNS worker
+processes before the hand-over instead, which then links the saved file), recording each install
 for the compliance report, the timer that recompiles when a listing or removal date passes, and
 its own metrics (compiles and patches, their durations, the last publish, the saved file's size).
 
@@ -32,6 +33,7 @@ from feeds.compile import AgencyList, Compiled, compile_lists, patch_snapshot
 from feeds.lists import ListDiff
 from feeds.snapshot import PolicySnapshot
 from feeds.store import FeedStore
+from feeds.table import open_table
 
 log = structlog.get_logger("betblock.feeds")
 
@@ -127,15 +129,21 @@ class PolicyBuilder:
             self.seconds_total += self.compile_seconds
             self.compiles += 1
             self._compiled_gen = gen
+            snapshot = compiled.snapshot
+            saved = None
             if self.handover is not None:  # every DNS worker answers from it before it is reported in force
-                await self.handover(compiled.snapshot)
-            self.publish(compiled.snapshot, compiled.next_change)
+                # Saved first, so that the hand-over links the saved file: one write of the table
+                # per compile, not two (and the dict this compile built is dropped for the mapping).
+                saved = await self._save_now(snapshot, compiled.next_change)
+                snapshot = saved or snapshot
+                await self.handover(snapshot)
+            self.publish(snapshot, compiled.next_change)
             installed = self.clock()
             self.dates_at = dates_at
-            self._save_later(compiled.snapshot, compiled.next_change)
-            await self.record_install(compiled.snapshot.version, dates_at, installed, inputs.versions,
-                                      compiled.snapshot.observing)
-            return compiled.snapshot
+            if saved is None:
+                self._save_later(snapshot, compiled.next_change)
+            await self.record_install(snapshot.version, dates_at, installed, inputs.versions, snapshot.observing)
+            return snapshot
 
     async def record_install(
         self, snapshot: int, dates_at: float, installed: float, versions: list[tuple[str, str, int]],
@@ -219,6 +227,33 @@ class PolicyBuilder:
             finally:
                 self._saving = 0
             del snapshot
+
+    async def _save_now(self, snapshot: PolicySnapshot, next_change: float | None) -> PolicySnapshot | None:
+        """Save ``snapshot`` now and return it mapped from the saved file (``feeds.table``), for
+        the hand-over to link; None when it was not saved (stopped, or an error, logged): the
+        caller then hands over the compiled one and saves it in the background, as before."""
+        self._to_save = None  # superseded by this one
+        if self.persist_task is not None and not self.persist_task.done():
+            await asyncio.shield(self.persist_task)  # one writer of the file (and its temporary) at a time
+        if self._stop_saving.is_set():
+            return None
+        self._saving = len(snapshot)
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(persist.save, self.snapshot_path, snapshot, self.fingerprint, next_change,
+                                    self._stop_saving.is_set)
+            mapped = await asyncio.to_thread(open_table, self.snapshot_path)
+        except persist.SaveStopped:
+            return None
+        except Exception as exc:  # the hand-over writes its own file; the background save tries again
+            log.error("cannot save the compiled snapshot", path=str(self.snapshot_path), error=str(exc))
+            return None
+        finally:
+            self._saving = 0
+        self.saved_bytes = self.snapshot_path.stat().st_size
+        log.info("compiled snapshot saved", version=snapshot.version, bytes=self.saved_bytes,
+                 seconds=round(time.perf_counter() - started, 3))
+        return mapped
 
     def stop_saving(self, *, over: int = 0) -> None:
         """Shutdown: a save in progress or queued of a snapshot of more than ``over`` names stops

@@ -377,3 +377,28 @@ async def test_workers_exit_when_the_control_plane_is_killed(tmp_path: Path, ups
         for p in pids:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+async def test_each_compile_writes_the_table_once_the_hand_over_links_the_saved_file(tmp_path: Path, upstream: FakeDns) -> None:
+    node, _ = await _start(tmp_path, upstream)
+    var = tmp_path / "var"
+
+    def linked() -> list[Path]:
+        """The hand-over files that are the saved snapshot itself (one inode, two names)."""
+        saved = (var / "snapshot.marshal").stat().st_ino
+        return [p for p in (var / "workers").glob("policy-*.table") if p.stat().st_ino == saved]
+
+    try:
+        first = linked()  # the start's compile
+        assert [p.name for p in first] == [f"policy-{_events(node, 'policy installed')[0]['version']}.table"], node.log()
+        async with aiohttp.ClientSession() as s:
+            async with s.put(f"http://127.0.0.1:{node.http_port}/v1/feeds/pl-mf", data=b"casino.test\nother.test\n",
+                             headers={"Authorization": f"Bearer {TOKENS['pl-mf']}"}) as r:
+                doc = await r.json()
+                assert r.status == 200 and doc["status"] == "applied", doc
+        after = linked()  # a compile and swap while running
+        assert len(after) == 1 and after != first, node.log()
+        assert (await udp(node.dns_port, query("other.test"))).rcode() == dns.rcode.NXDOMAIN
+        assert await node.stop(signal.SIGTERM) == 0
+    finally:
+        await node.stop()

@@ -29,7 +29,7 @@ test: $(STAMP)
 	tools/tree-unchanged.sh $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -x -m "not slow"
+	$(PY) -m pytest -q -x -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 
 check-config: $(STAMP)
 	$(VENV)/bin/betblock check-config --config config/betblock.toml

@@ -3,7 +3,9 @@
 Owns the wiring of every part and the process lifecycle: start-up (lists compiled before the
 listeners open, so no listed name is ever answered unblocked), SIGHUP (lists recompiled off the
 event loop and swapped), SIGTERM/SIGINT (listeners closed, queries in flight finished, hits
-flushed). With ``dns.workers`` > 0 the DNS answering runs in worker processes that
+flushed; handled from the first moment of ``run``, and before it held by ``betblock.signals``,
+so a stop signal during start-up stops the node once the first snapshot is in, without opening
+DNS). With ``dns.workers`` > 0 the DNS answering runs in worker processes that
 ``betblock.workers`` starts and supervises (each wires its own data plane in
 ``betblock.worker``); this process keeps the control plane. Nothing else wires components together.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from betblock import access, compliance, dataplane
+from betblock import access, compliance, dataplane, signals as held_signals
 from betblock.authlimit import FailureLimiter
 from betblock.auth import Authenticator
 from betblock.portal import Portal
@@ -154,6 +156,7 @@ class App:
         self.ready = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Future[None]] = set()
+        self._hup_pending = False  # a SIGHUP during start-up: the reload runs once ready
 
     def _install(self, snapshot: PolicySnapshot) -> None:
         self.pipeline.install(snapshot)
@@ -218,6 +221,9 @@ class App:
             await self.feeds.reload()
 
     def _hangup(self) -> None:
+        if not self.ready.is_set():
+            self._hup_pending = True  # a reload now would race the first compile: after it
+            return
         task = asyncio.ensure_future(self._reload_logged())
         self._reloads.add(task)  # referenced until done; reloads queue on the reload lock
         task.add_done_callback(self._reloads.discard)
@@ -247,6 +253,26 @@ class App:
 
     async def run(self) -> None:
         """Serve until ``stopping`` is set; then drain and flush."""
+        # Signals first, before any listener opens: a SIGTERM at any moment of the start-up ends
+        # in the orderly stop (at the next safe point) instead of the default action.
+        loop = asyncio.get_running_loop()
+        signals = held_signals.HANDLED if self.handle_signals else ()
+        if signals:
+            loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+            loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, self._hangup)
+            for sig in held_signals.take():  # those that came before the loop (the cli held them)
+                if sig == signal.SIGHUP:
+                    self._hangup()
+                else:
+                    self.stopping.set()
+        try:
+            await self._run()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    async def _run(self) -> None:
         # HTTP first: /healthz answers and /readyz says 503 while the first snapshot compiles
         # (other routes answer 503 until ready); DNS opens only once the lists are in force.
         self.http_limit = connection_limit(self.settings.http.max_connections, raise_nofile_limit())
@@ -273,6 +299,10 @@ class App:
     async def _start_serving(self) -> None:
         await self.load_policy()
         await self.hitlog.open()  # schema migrated before the first hit can arrive; a damaged store only fails the hit log
+        if self.stopping.is_set():
+            # A stop signal during start-up (the compile can take minutes at 10M names): the
+            # first safe point. DNS never opens; ``_serve`` runs the orderly stop at once.
+            return
         if self.workers is not None:
             self.server.bound.extend(self.workers.bind())  # where DNS answers (the compliance self-test asks there)
             await self.workers.start(self.pipeline.policy.snapshot)
@@ -294,14 +324,13 @@ class App:
             await self.warning.start()
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if self.handle_signals else ()
-        if signals:
-            loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-            loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-            loop.add_signal_handler(signal.SIGHUP, self._hangup)
-        self.ready.set()
-        log.info("ready", upstreams=[f"{h}:{p}" for h, p in self.upstream.servers])
+        if self.stopping.is_set():
+            log.info("stopping before ready: a stop signal came during start-up")
+        else:
+            self.ready.set()
+            log.info("ready", upstreams=[f"{h}:{p}" for h, p in self.upstream.servers])
+            if self._hup_pending:
+                self._hangup()
         try:
             async with asyncio.TaskGroup() as tg:
                 recorder = tg.create_task(self.recorder.run())
@@ -330,8 +359,6 @@ class App:
                 retention.cancel()
                 recorder.cancel()  # its finally-block writes every buffered hit
         finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
             await self.hitlog.close()  # after the recorder's final flush
             self.feeds.close()
             log.info("stopped", **self.recorder.stats())

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return (feeds_cli.lookup if argv[0] == "lookup" else feeds_cli.token_hash)(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from betblock import signals
+
+        signals.hold()  # a stop signal from here on ends in the orderly stop (App.run takes them)
     if args.command == "config-doc":
         print("| key | default | description |\n|---|---|---|")
         for key, default, desc in field_table():

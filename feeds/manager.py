@@ -242,6 +242,8 @@ class FeedManager:
         ``SAVE_WAIT_NAMES`` stops between slices (the file before it stays; the next start
         compiles what it would have held). A smaller save is waited for by ``aclose``."""
         self.builder.stop_saving(over=SAVE_WAIT_NAMES)
+        if self._flush_task is not None and not self._flush_task.done():
+            log.warning("shutdown interrupts recording the lists read at start-up in the feed store; the next start records them")
         await asyncio.to_thread(self.gate.interrupt)
 
     async def aclose(self) -> None:

@@ -81,9 +81,8 @@ class UpdateService(SourceWriter):
                     log.info("lists read at start-up recorded in the feed store", versions=len(jobs),
                              seconds=round(time.perf_counter() - started, 3))
             except sqlite3.Error as exc:
-                if self.gate.closing:  # SIGTERM: rolled back whole; the next start reads the sources again
-                    log.warning("shutdown interrupted recording the lists read at start-up; the next start records them",
-                                error=str(exc))
+                if self.gate.closing:  # SIGTERM (logged by the manager): rolled back whole; the next start records it
+                    log.debug("start-up store write interrupted", error=str(exc))
                 else:
                     log.error("cannot record the lists read at start-up in the feed store", error=str(exc))
             except Exception:  # our own bug: the same, with the traceback

@@ -16,6 +16,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from betblock.app import App
 from config.settings import Settings
 from tests.fakedns import FakeDns
+from tests.procutil import START_SECONDS
 
 # A test run writes nothing into the repository: Hypothesis keeps no example database, and its
 # caches (constants, Unicode tables) go to a temporary directory instead of ./.hypothesis.
@@ -89,7 +90,10 @@ async def node(tmp_path: Path, upstream: FakeDns) -> AsyncIterator[NodeFactory]:
         app = App(Settings(**data), handle_signals=False, http_mounts=http_mounts or ())
         task = asyncio.create_task(app.run())
         ready = asyncio.create_task(app.ready.wait())
-        done, _ = await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        # A failed start ends the task (raised below at once); the deadline bounds only a hung
+        # one, and is the one a starting process gets (procutil.START_SECONDS): on a loaded
+        # machine two test workers and other runs share the cores.
+        done, _ = await asyncio.wait({task, ready}, timeout=START_SECONDS, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()  # start-up failed: raise its error
         assert ready in done, "betblock did not become ready"

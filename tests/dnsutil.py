@@ -30,7 +30,10 @@ def query(name: str, rdtype: str = "A", *, edns: int | bool = False, payload: in
 
 
 async def udp(port: int, q: dns.message.Message, timeout: float = TIMEOUT) -> dns.message.Message:
-    return await dns.asyncquery.udp(q, HOST, port=port, timeout=timeout)
+    # ignore_unexpected: a late answer to another client's query (another test worker's, say)
+    # can reach this socket when the kernel hands out that client's port again; it is not the
+    # answer to ``q`` (a wrong answer from ``port`` still fails: no answer comes).
+    return await dns.asyncquery.udp(q, HOST, port=port, timeout=timeout, ignore_unexpected=True)
 
 
 async def tcp(port: int, q: dns.message.Message, timeout: float = TIMEOUT) -> dns.message.Message:
@@ -150,8 +153,9 @@ async def ask_patiently(port: int, name: str, rdtype: str = "A", seconds: float 
     while True:
         try:
             return await dns.asyncquery.udp(dns.message.make_query(name, rdtype), HOST, port=port, timeout=1.0)
-        except (dns.exception.Timeout, dns.query.BadResponse):
-            # BadResponse: a late answer to an earlier try reached a new socket on the same port.
+        except (dns.exception.Timeout, dns.query.BadResponse, dns.query.UnexpectedSource):
+            # BadResponse, UnexpectedSource: a late answer to an earlier try (or to another
+            # server's client) reached a new socket on the same port.
             if time.monotonic() > deadline:
                 return None
 

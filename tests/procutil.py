@@ -161,9 +161,10 @@ async def first_answer(port: int, name: str, seconds: float = 20.0) -> dns.messa
     while True:
         try:
             return await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.2)
-        except (dns.exception.Timeout, dns.query.BadResponse):
-            # BadResponse: a late answer to an earlier probe reached a new probe socket that
-            # the kernel gave the same ephemeral port; the probe only waits for readiness.
+        except (dns.exception.Timeout, dns.query.BadResponse, dns.query.UnexpectedSource):
+            # BadResponse, UnexpectedSource: a late answer to an earlier probe (or to another
+            # client) reached a new probe socket that the kernel gave the same ephemeral port;
+            # the probe only waits for readiness.
             if time.monotonic() > deadline:
                 raise
 

@@ -41,7 +41,7 @@ from config.settings import Settings
 from tests.conftest import port_of
 from tests.dnsutil import ede
 from tests.nodes import NSD, UNBOUND, nsd_conf, nsd_zone_section, stop
-from tests.procutil import free_port
+from tests.procutil import START_SECONDS, free_port
 
 
 SEED = 20261202
@@ -173,7 +173,7 @@ def nsd_zone(tld: str, names: set[str]) -> str:
 # -- servers -------------------------------------------------------------------------------
 
 
-async def _wait_answering(port: int, proc: asyncio.subprocess.Process, log: Path, name: str, seconds: float = 20) -> None:
+async def _wait_answering(port: int, proc: asyncio.subprocess.Process, log: Path, name: str, seconds: float = START_SECONDS) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
@@ -321,7 +321,7 @@ async def start_betblock(run: Path, policy: Policy, nsd_port: int, *, as_rpz: bo
     app = App(settings, handle_signals=False)
     task = asyncio.create_task(app.run())
     ready = asyncio.create_task(app.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait({task, ready}, timeout=START_SECONDS, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()
     assert ready in done, "betblock did not become ready"
@@ -338,7 +338,10 @@ async def ask(port: int, name: str, rdtype: str) -> tuple[Outcome, bool]:
     """(comparable outcome, whether betblock's EDE says blocked) of one UDP query with EDNS."""
     q = dns.message.make_query(name, rdtype, use_edns=0, payload=1232)
     try:
-        r = await dns.asyncquery.udp(q, "127.0.0.1", port=port, timeout=1.5)
+        # ignore_unexpected: a late answer to an earlier query (from another server, or with
+        # another ID) can reach this socket when the kernel gives it that query's port again;
+        # it is not this question's answer (seen under load: dns.query.UnexpectedSource).
+        r = await dns.asyncquery.udp(q, "127.0.0.1", port=port, timeout=1.5, ignore_unexpected=True)
     except dns.exception.Timeout:
         return ("no answer",), True
     types = tuple(sorted({dns.rdatatype.to_text(rrset.rdtype) for rrset in r.answer}))

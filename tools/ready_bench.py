@@ -11,7 +11,8 @@ agency, one plain list file of SIZE names made by ``bench/gen_data.py``'s name g
   UDP (asked every 10 ms from the moment the process is started); then SIGTERM 0.5 s later, while the
   start-up store write and the snapshot save still run in the background;
 - ``cold/after``: an empty data directory again; after ready, wait until the process tree is idle
-  (its CPU under 5 % for a second: store written, snapshot saved), then SIGTERM;
+  (for 3 s its CPU under 5 % and its writes under 1 MiB/s: store written, snapshot saved),
+  then SIGTERM;
 - ``saved/after``: the data directory ``cold/after`` left (its saved snapshot); the same.
 
 Reported per run: seconds to ready, peak RSS and PSS summed over every betblock process (the
@@ -155,6 +156,19 @@ def cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def written(pid: int) -> int:
+    """Bytes the tree of ``pid`` has written through system calls (``wchar``)."""
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/io").read_text().splitlines():
+                if line.startswith("wchar:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 class Sampler(threading.Thread):
     """Peak RSS and PSS summed over the process tree, and its CPU, every 100 ms."""
 
@@ -218,15 +232,15 @@ def one_run(size: str, listed: Path, run: Path, workers: int, start: str, term: 
         out["ready_s"] = round(time.monotonic() - started, 2)
         out["rss_ready_mib"] = round(sum(rollup(p)[0] for p in tree(proc.pid)) / MiB)
         if term == "after":
-            # idle: the tree's CPU grows by under 5 % of a core over a second
-            last = sampler.cpu()
-            while time.monotonic() - started < timeout:
+            # idle: for 3 s in a row, the tree's CPU grows by under 5 % of a core and it writes
+            # under 1 MiB a second (a write stalled on a loaded disk takes no CPU)
+            last, quiet = (sampler.cpu(), written(proc.pid)), 0
+            while time.monotonic() - started < timeout and quiet < 3:
                 time.sleep(1.0)
-                now = sampler.cpu()
-                if now - last < 0.05:
-                    break
+                now = (sampler.cpu(), written(proc.pid))
+                quiet = quiet + 1 if now[0] - last[0] < 0.05 and now[1] - last[1] < MiB else 0
                 last = now
-            out["idle_s"] = round(time.monotonic() - started - 1.0, 1)
+            out["idle_s"] = round(time.monotonic() - started - 3.0, 1)
         else:
             # "during": half a second after ready, so that SIGTERM finds its handler installed
             # (a SIGTERM before the listeners opened ends the process at once: nothing to flush)

@@ -3,13 +3,16 @@ damage the feed store and the saved snapshot between runs.
 
 Owns the node's configuration (one push agency, no hit log), starting and stopping the process,
 collecting its log lines (stderr, JSON) while it runs, and the few HTTP and DNS calls the tests
-make. Every wait polls a condition under a deadline.
+make. Every wait polls a condition under a deadline. ``enforced_data`` runs a node once to make
+the data directory of a list enforced, for a module's tests to damage copies of
+(``FeedNode.over``): the configuration's paths are the node's own, not the data's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -54,6 +57,13 @@ sources = [{{kind = "push", format = "plain"}}]
         self.lines: list[str] = []
         self._reader: asyncio.Task[None] | None = None
         self.http_port: int | None = None
+
+    @classmethod
+    def over(cls, data: Path, tmp_path: Path, upstream: FakeDns) -> FeedNode:
+        """A node in ``tmp_path`` (not started) over a copy of the data directory ``data``."""
+        node = cls(tmp_path, upstream)
+        shutil.copytree(data, node.data)
+        return node
 
     @property
     def store(self) -> Path:
@@ -181,6 +191,22 @@ sources = [{{kind = "push", format = "plain"}}]
             await self.until_sinkholed(probe)
         finally:
             await self.stop()
+
+
+def enforced_data(home: Path, names: list[str], probe: str) -> Path:
+    """The data directory of a node in ``home`` that enforced ``names`` (``FeedNode.enforce``)
+    and stopped, made in an event loop of its own (for a module-scoped fixture)."""
+
+    async def run() -> Path:
+        upstream = await FakeDns().start()
+        try:
+            node = FeedNode(home, upstream)
+            await node.enforce(names, probe)
+            return node.data
+        finally:
+            await upstream.stop()
+
+    return asyncio.run(run())
 
 
 def _json(line: str) -> dict[str, Any]:

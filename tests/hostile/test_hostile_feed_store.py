@@ -22,18 +22,24 @@ from typing import Any
 import pytest
 
 from tests.fakedns import FakeDns
-from tests.hostile.feednode import DEADLINE, FeedNode
+from tests.hostile.feednode import DEADLINE, FeedNode, enforced_data
 from tests.procutil import betblock
 
 NAMES = [f"casino{i}.test" for i in range(3000)] + ["kasyno.test"]
 
 
+@pytest.fixture(scope="module")
+def enforced_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data directory of a node that enforced ``NAMES`` (pushed), made once per module."""
+    return enforced_data(tmp_path_factory.mktemp("enforced"), NAMES, "kasyno.test")
+
+
 @pytest.fixture
-async def enforced(tmp_path: Path) -> FeedNode:
-    """A stopped node that enforced ``NAMES`` (pushed): store, marker and snapshot on disk."""
+async def enforced(tmp_path: Path, enforced_once: Path) -> FeedNode:
+    """A stopped node that enforced ``NAMES`` (pushed): store, marker and snapshot on disk (a
+    copy of ``enforced_once``, each test damages its own)."""
     upstream = await FakeDns().start()
-    node = FeedNode(tmp_path, upstream)
-    await node.enforce(NAMES, "kasyno.test")
+    node = FeedNode.over(enforced_once, tmp_path, upstream)
     assert node.store.stat().st_size > 100_000 and node.snapshot.exists()
     return node
 

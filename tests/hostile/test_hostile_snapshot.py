@@ -17,7 +17,7 @@ import pytest
 
 from feeds import persist
 from tests.fakedns import FakeDns
-from tests.hostile.feednode import FeedNode
+from tests.hostile.feednode import FeedNode, enforced_data
 
 NAMES = [f"casino{i}.test" for i in range(200)] + ["kasyno.test"]
 
@@ -26,12 +26,18 @@ def _wire(name: str) -> bytes:
     return b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
 
 
+@pytest.fixture(scope="module")
+def enforced_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data directory of a node that enforced ``NAMES``, made once per module."""
+    return enforced_data(tmp_path_factory.mktemp("saved"), NAMES, "kasyno.test")
+
+
 @pytest.fixture
-async def saved(tmp_path: Path) -> tuple[FeedNode, bytes]:
-    """A node that enforced ``NAMES`` and stopped: its data dir holds a good snapshot."""
+async def saved(tmp_path: Path, enforced_once: Path) -> tuple[FeedNode, bytes]:
+    """A node that enforced ``NAMES`` and stopped: its data dir (a copy of ``enforced_once``)
+    holds a good snapshot."""
     upstream = await FakeDns().start()
-    node = FeedNode(tmp_path, upstream)
-    await node.enforce(NAMES, "kasyno.test")
+    node = FeedNode.over(enforced_once, tmp_path, upstream)
     good = node.snapshot.read_bytes()
     assert _wire("kasyno.test") in good
     return node, good

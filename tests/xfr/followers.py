@@ -46,7 +46,7 @@ class Follower:
             try:
                 # A name no test asks: the answer is never one a test reads from a cache.
                 await dns.asyncquery.udp(dns.message.make_query("follower-up.test", "SOA"), "127.0.0.1", port=self.port, timeout=1)
-            except (dns.exception.Timeout, dns.query.BadResponse):
+            except (dns.exception.Timeout, dns.query.BadResponse, dns.query.UnexpectedSource):
                 return False
             return True
 

@@ -7,6 +7,7 @@ followers resume with IXFR."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dns.asyncquery
@@ -25,9 +26,18 @@ pytestmark = pytest.mark.slow
 SINKHOLE = "198.51.100.99"
 
 
-async def test_fleet_follows_survives_the_primary_and_shares_one_hit_store(tmp_path: Path) -> None:
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    """The fleet's hit store: a PostgreSQL schema of its own, dropped afterwards."""
     await need_pg()
-    schema = pg_schema()
+    name = pg_schema()
+    yield name
+    from hits.postgres import PostgresStore
+
+    await PostgresStore(PG_DSN, name).drop_schema()
+
+
+async def test_fleet_follows_survives_the_primary_and_shares_one_hit_store(tmp_path: Path, schema: str) -> None:
     p = await primary(tmp_path / "primary")
     (tmp_path / "primary").mkdir()
     nodes = []

@@ -18,7 +18,7 @@ import structlog
 
 log = structlog.get_logger("betblock.timers")
 
-Entry = list[Any]  # [when, callback or None once cancelled or fired, argument]
+Entry = list[Any]  # [when, callback or None once cancelled or fired, argument or None likewise]
 
 
 class FixedDelay:
@@ -42,7 +42,9 @@ class FixedDelay:
 
     @staticmethod
     def cancel(entry: Entry) -> None:
-        entry[1] = None
+        # The argument goes too: the entry stays queued until its time, and must not keep the
+        # cancelled miss or attempt (and what it holds) alive that long.
+        entry[1] = entry[2] = None
 
     def _fire(self) -> None:
         loop, queue = self.loop, self.queue
@@ -59,9 +61,10 @@ class FixedDelay:
                 self.handle = loop.call_at(entry[0], self._fire)
                 return
             queue.popleft()
-            entry[1] = None
+            arg = entry[2]
+            entry[1] = entry[2] = None
             try:
-                callback(entry[2])
+                callback(arg)
             except Exception:  # one failing timeout must not stop the others
                 log.exception("timeout callback failed")
         self.handle = None

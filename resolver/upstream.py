@@ -374,8 +374,9 @@ class Exchange:
 
     def _release(self) -> None:
         """End the UDP attempt: its timer, its ID and its port."""
-        if self.timer is not None:
-            self.timer[1] = None  # FixedDelay.cancel
+        timer = self.timer
+        if timer is not None:
+            timer[1] = timer[2] = None  # FixedDelay.cancel
             self.timer = None
         port = self.port
         if port is not None:
